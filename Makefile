@@ -1,0 +1,45 @@
+# The two commands that matter: `make demo` and `make test`.
+#
+# Builds reuse one target directory outside the checkout so a fresh clone
+# (and CI) does not rebuild the AWS SDK and arrow from scratch.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/s3-ingest/target
+export CARGO_TARGET_DIR
+
+WITH_LOCALSTACK := localstack/with-localstack.sh
+
+.PHONY: all build test unit-test lint fmt demo localstack-start localstack-stop clean-demo
+
+all: build
+
+build:
+	cargo build --all-targets
+
+## Every test: unit tests and the LocalStack integration tests. Starts
+## LocalStack (installing it into a venv the first time) and stops it after.
+test:
+	$(WITH_LOCALSTACK) cargo test --all-targets
+
+## Unit tests only (no LocalStack).
+unit-test:
+	cargo test --lib --bins
+
+## Formatting and lints, as CI checks them.
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt
+
+## End to end on LocalStack: worker + sample vendor files + what landed.
+demo:
+	examples/demo.sh
+
+localstack-start:
+	localstack/localstack.sh start
+
+localstack-stop:
+	localstack/localstack.sh stop
+
+clean-demo:
+	rm -rf demo-output

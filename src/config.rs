@@ -1,0 +1,666 @@
+//! Configuration: a TOML file, overridden key by key from the environment,
+//! deserialized into typed structs and validated in one place.
+//!
+//! Environment overrides: `S3_INGEST__<SECTION>__<KEY>` sets `section.key`;
+//! array elements take their index (`S3_INGEST__ROUTES__0__KEY_GLOB`) and
+//! map entries their name (`S3_INGEST__SINKS__LAKE__PATH`). Segments are
+//! matched case-insensitively. A value that parses as a TOML literal
+//! (`20`, `true`, `["a", "b"]`, `"quoted"`) takes that type, anything else
+//! is a string.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::ColumnSpec;
+
+/// The prefix of every environment variable that overrides a config key.
+pub const ENV_PREFIX: &str = "S3_INGEST__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub aws: AwsConfig,
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    pub routes: Vec<RouteConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Falls back to the SDK's default chain (`AWS_REGION`, profile) when unset.
+    pub region: Option<String>,
+    /// Points S3 and SQS at an emulator such as LocalStack.
+    pub endpoint_url: Option<String>,
+    /// Path-style S3 addressing (`http://host/bucket/key`), needed by LocalStack.
+    #[serde(default)]
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub url: String,
+    /// Where poison objects and messages go; without it they are left to the
+    /// queue's own redrive policy.
+    pub dlq_url: Option<String>,
+    #[serde(default = "default_wait_time_secs")]
+    pub wait_time_secs: u64,
+    #[serde(default = "default_max_messages")]
+    pub max_messages: u64,
+    #[serde(default = "default_visibility_timeout_secs")]
+    pub visibility_timeout_secs: u64,
+    /// A message received more often than this is poison, whatever the error.
+    #[serde(default = "default_max_receive_count")]
+    pub max_receive_count: u64,
+}
+
+fn default_wait_time_secs() -> u64 {
+    20
+}
+fn default_max_messages() -> u64 {
+    10
+}
+fn default_visibility_timeout_secs() -> u64 {
+    300
+}
+fn default_max_receive_count() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Objects processed at the same time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: NonZeroUsize,
+    /// On shutdown, how long in-flight objects may take to finish before
+    /// their messages are released back to the queue. Below ECS's default
+    /// 30 s stop timeout.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(4).expect("non-zero")
+}
+fn default_shutdown_grace_secs() -> u64 {
+    20
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: default_concurrency(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    Csv,
+    Parquet,
+    /// Decided per object from the key's extension (after `.gz` / `.zst`).
+    Auto,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Matches any bucket when unset.
+    pub bucket: Option<String>,
+    /// Glob over the whole key: `*` stays within one `/` segment, `**` crosses them.
+    pub key_glob: String,
+    #[serde(default = "default_format")]
+    pub format: FileFormat,
+    pub sink: String,
+    #[serde(default)]
+    pub csv: CsvOptions,
+    /// Explicit column list; without it the schema is inferred from a
+    /// bounded sample at the head of each file (CSV) or read from the footer
+    /// (Parquet).
+    pub schema: Option<Vec<ColumnSpec>>,
+    /// Rows per Arrow record batch.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: NonZeroUsize,
+}
+
+fn default_format() -> FileFormat {
+    FileFormat::Auto
+}
+fn default_batch_rows() -> NonZeroUsize {
+    NonZeroUsize::new(8192).expect("non-zero")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    pub escape: Option<char>,
+    /// Lines starting with this character are skipped.
+    pub comment: Option<char>,
+    /// Whether the first line holds column names.
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// Field values read as null. The empty field is always null.
+    #[serde(default)]
+    pub null_values: Vec<String>,
+    /// Rows read to infer a schema when the route has none.
+    #[serde(default = "default_infer_rows")]
+    pub infer_rows: NonZeroUsize,
+    /// Upper bound on the bytes buffered for schema inference.
+    #[serde(default = "default_infer_max_bytes")]
+    pub infer_max_bytes: NonZeroUsize,
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_quote() -> char {
+    '"'
+}
+fn default_true() -> bool {
+    true
+}
+fn default_infer_rows() -> NonZeroUsize {
+    NonZeroUsize::new(1000).expect("non-zero")
+}
+fn default_infer_max_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(4 << 20).expect("non-zero")
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+            escape: None,
+            comment: None,
+            header: true,
+            null_values: Vec::new(),
+            infer_rows: default_infer_rows(),
+            infer_max_bytes: default_infer_max_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Parquet files under `path`, one per source object version.
+    ParquetDir { path: PathBuf },
+    /// Newline-delimited JSON rows on standard output, for debugging.
+    Stdout {},
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `S3_INGEST__*` overrides from `env`,
+    /// and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|err| ConfigError::Toml {
+                        path: path.to_owned(),
+                        message: err.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut table, env)?;
+        Config::from_table(table)
+    }
+
+    /// Parses and validates a config given as TOML text (no environment).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|err| ConfigError::Toml {
+                path: PathBuf::from("<string>"),
+                message: err.to_string(),
+            })?;
+        Config::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+                let key = err.path().to_string();
+                invalid(
+                    if key == "." { "<root>".into() } else { key },
+                    err.into_inner().to_string(),
+                )
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field and range checks that serde cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let queue = &self.queue;
+        if queue.url.trim().is_empty() {
+            return Err(invalid("queue.url", "must not be empty"));
+        }
+        if queue.wait_time_secs > 20 {
+            return Err(invalid(
+                "queue.wait_time_secs",
+                format!("{} is out of range 0..=20", queue.wait_time_secs),
+            ));
+        }
+        if !(1..=10).contains(&queue.max_messages) {
+            return Err(invalid(
+                "queue.max_messages",
+                format!("{} is out of range 1..=10", queue.max_messages),
+            ));
+        }
+        // SQS accepts 0..=43200; zero would hand every message to every poller.
+        if !(1..=43_200).contains(&queue.visibility_timeout_secs) {
+            return Err(invalid(
+                "queue.visibility_timeout_secs",
+                format!(
+                    "{} is out of range 1..=43200",
+                    queue.visibility_timeout_secs
+                ),
+            ));
+        }
+        if !(1..=1000).contains(&queue.max_receive_count) {
+            return Err(invalid(
+                "queue.max_receive_count",
+                format!("{} is out of range 1..=1000", queue.max_receive_count),
+            ));
+        }
+        if self.worker.shutdown_grace_secs > 3600 {
+            return Err(invalid(
+                "worker.shutdown_grace_secs",
+                format!(
+                    "{} is out of range 0..=3600",
+                    self.worker.shutdown_grace_secs
+                ),
+            ));
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one [[routes]] entry is needed"));
+        }
+        for (name, sink) in &self.sinks {
+            if let SinkConfig::ParquetDir { path } = sink
+                && path.as_os_str().is_empty()
+            {
+                return Err(invalid(format!("sinks.{name}.path"), "must not be empty"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("routes[{index}].{field}");
+            if route.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !seen.insert(route.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("route name `{}` is used twice", route.name),
+                ));
+            }
+            if !self.sinks.contains_key(&route.sink) {
+                let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    key("sink"),
+                    format!(
+                        "sink `{}` is not defined under [sinks] (defined: {})",
+                        route.sink,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            globset::Glob::new(&route.key_glob)
+                .map_err(|err| invalid(key("key_glob"), err.to_string()))?;
+            let csv = &route.csv;
+            for (field, value) in [
+                ("delimiter", Some(csv.delimiter)),
+                ("quote", Some(csv.quote)),
+                ("escape", csv.escape),
+                ("comment", csv.comment),
+            ] {
+                if let Some(c) = value
+                    && !c.is_ascii()
+                {
+                    return Err(invalid(
+                        key(&format!("csv.{field}")),
+                        format!("`{c}` must be a single ASCII character"),
+                    ));
+                }
+            }
+            if let Some(columns) = &route.schema {
+                if columns.is_empty() {
+                    return Err(invalid(key("schema"), "must list at least one column"));
+                }
+                crate::schema::arrow_schema(columns)
+                    .map_err(|message| invalid(key("schema"), message))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies every `S3_INGEST__A__B=value` variable as `a.b = value`.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    // Sorted so that array elements are created in index order.
+    vars.sort();
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "has an empty key segment".into(),
+            });
+        }
+        let value = parse_env_value(&raw);
+        set_path(table, &path, value).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads a TOML literal where there is one (`20`, `true`, `["a"]`,
+/// `"text"`); anything else is taken as a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("value = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (first, rest) = path.split_first().expect("non-empty path");
+    // Map keys keep the file's spelling (sink names may have capitals).
+    let existing = table
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(first))
+        .cloned()
+        .unwrap_or_else(|| first.clone());
+    if rest.is_empty() {
+        table.insert(existing, value);
+        return Ok(());
+    }
+    let entry = table.entry(existing).or_insert_with(|| {
+        if rest[0].parse::<usize>().is_ok() {
+            toml::Value::Array(Vec::new())
+        } else {
+            toml::Value::Table(toml::Table::new())
+        }
+    });
+    set_value_path(entry, rest, value)
+}
+
+fn set_value_path(
+    target: &mut toml::Value,
+    path: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
+    match target {
+        toml::Value::Table(table) => set_path(table, path, value),
+        toml::Value::Array(items) => {
+            let (first, rest) = path.split_first().expect("non-empty path");
+            let index: usize = first
+                .parse()
+                .map_err(|_| format!("`{first}` is not an array index"))?;
+            if index > items.len() {
+                return Err(format!(
+                    "array index {index} skips over index {}",
+                    items.len()
+                ));
+            }
+            if rest.is_empty() {
+                if index == items.len() {
+                    items.push(value);
+                } else {
+                    items[index] = value;
+                }
+                return Ok(());
+            }
+            if index == items.len() {
+                items.push(toml::Value::Table(toml::Table::new()));
+            }
+            set_value_path(&mut items[index], rest, value)
+        }
+        _ => Err(format!("`{}` is not a table or an array", path[0])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [queue]
+        url = "http://127.0.0.1:4566/queue/us-east-1/000000000000/events"
+
+        [[routes]]
+        name = "vendors"
+        key_glob = "**"
+        sink = "lake"
+
+        [sinks.lake]
+        type = "parquet_dir"
+        path = "/tmp/lake"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().unwrap();
+        apply_env_overrides(&mut table, env(vars))?;
+        Config::from_table(table)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(config.queue.wait_time_secs, 20);
+        assert_eq!(config.queue.max_messages, 10);
+        assert_eq!(config.worker.concurrency.get(), 4);
+        assert_eq!(config.routes[0].format, FileFormat::Auto);
+        assert!(config.routes[0].csv.header);
+        assert!(!config.aws.force_path_style);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let text = MINIMAL.replace("[queue]", "[queue]\nurll = \"x\"");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("queue"), "{err}");
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn unknown_sink_key_is_rejected() {
+        let text = MINIMAL.replace("path = \"/tmp/lake\"", "path = \"/tmp/lake\"\ncolour = 1");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:4566/queue/us-east-1/000000000000/events\"",
+            "",
+        );
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("queue") && err.contains("url"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        for (key, line, needle) in [
+            ("wait", "wait_time_secs = 21", "queue.wait_time_secs"),
+            ("max", "max_messages = 0", "queue.max_messages"),
+            ("max", "max_messages = 11", "queue.max_messages"),
+            (
+                "vis",
+                "visibility_timeout_secs = 0",
+                "queue.visibility_timeout_secs",
+            ),
+            ("recv", "max_receive_count = 0", "queue.max_receive_count"),
+        ] {
+            let text = MINIMAL.replace("[queue]", &format!("[queue]\n{line}"));
+            let err = Config::from_toml_str(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{key}: {err}");
+        }
+        let text = format!("{MINIMAL}\n[worker]\nconcurrency = 0\n");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("worker.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn route_naming_an_undefined_sink_is_rejected() {
+        let text = MINIMAL.replace("sink = \"lake\"", "sink = \"nowhere\"");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[0].sink") && err.contains("nowhere"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_glob_and_bad_schema_type_are_rejected() {
+        let text = MINIMAL.replace("key_glob = \"**\"", "key_glob = \"a[\"");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("routes[0].key_glob"), "{err}");
+
+        let text = MINIMAL.replace(
+            "sink = \"lake\"",
+            "sink = \"lake\"\nschema = [{ name = \"a\", type = \"int65\" }]",
+        );
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[0].schema") && err.contains("int65"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_ascii_delimiter_is_rejected() {
+        let text = format!("{MINIMAL}\n[routes.csv]\ndelimiter = \"é\"\n");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("routes[0].csv.delimiter"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_scalars_tables_and_arrays() {
+        let config = load_with(
+            MINIMAL,
+            &[
+                ("S3_INGEST__QUEUE__WAIT_TIME_SECS", "5"),
+                ("S3_INGEST__QUEUE__DLQ_URL", "http://dlq"),
+                ("S3_INGEST__AWS__FORCE_PATH_STYLE", "true"),
+                ("S3_INGEST__ROUTES__0__KEY_GLOB", "in/*.csv"),
+                ("S3_INGEST__ROUTES__0__CSV__NULL_VALUES", r#"["NA", "-"]"#),
+                ("S3_INGEST__SINKS__LAKE__PATH", "/data/out"),
+                ("S3_INGEST__WORKER__CONCURRENCY", "8"),
+                ("UNRELATED", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.queue.wait_time_secs, 5);
+        assert_eq!(config.queue.dlq_url.as_deref(), Some("http://dlq"));
+        assert!(config.aws.force_path_style);
+        assert_eq!(config.routes[0].key_glob, "in/*.csv");
+        assert_eq!(config.routes[0].csv.null_values, vec!["NA", "-"]);
+        assert_eq!(config.worker.concurrency.get(), 8);
+        match &config.sinks["lake"] {
+            SinkConfig::ParquetDir { path } => assert_eq!(path, Path::new("/data/out")),
+            other => panic!("unexpected sink {other:?}"),
+        }
+    }
+
+    #[test]
+    fn environment_alone_can_build_a_config() {
+        let config = load_with(
+            "",
+            &[
+                ("S3_INGEST__QUEUE__URL", "http://q"),
+                ("S3_INGEST__ROUTES__0__NAME", "all"),
+                ("S3_INGEST__ROUTES__0__KEY_GLOB", "**"),
+                ("S3_INGEST__ROUTES__0__SINK", "out"),
+                ("S3_INGEST__SINKS__OUT__TYPE", "stdout"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.routes[0].name, "all");
+        assert!(matches!(config.sinks["out"], SinkConfig::Stdout {}));
+    }
+
+    #[test]
+    fn environment_value_of_wrong_type_names_the_key() {
+        let err = load_with(MINIMAL, &[("S3_INGEST__QUEUE__MAX_MESSAGES", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.max_messages"), "{err}");
+    }
+
+    #[test]
+    fn environment_array_index_may_not_skip() {
+        let err = load_with(MINIMAL, &[("S3_INGEST__ROUTES__3__NAME", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("S3_INGEST__ROUTES__3__NAME"), "{err}");
+    }
+}

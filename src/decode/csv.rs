@@ -1,0 +1,327 @@
+//! CSV decoding: a byte stream in, Arrow record batches out, through
+//! arrow-csv's push `Decoder`. Runs on a blocking thread: it reads with
+//! `std::io::Read` and does CPU work.
+//!
+//! Memory is bounded by the read buffer, the schema-inference sample and one
+//! batch, however large the file.
+
+use std::io::{BufRead, BufReader, Cursor, Read};
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow_csv::reader::{Format, ReaderBuilder};
+use regex::Regex;
+use tokio::sync::mpsc;
+
+use super::compression::{self, Codec};
+use super::{DecodeSummary, send_batch};
+use crate::config::CsvOptions;
+use crate::error::IngestError;
+
+/// Read buffer handed to the decoder.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// What the CSV decoder needs to know about one object.
+pub struct CsvJob {
+    pub uri: String,
+    pub options: CsvOptions,
+    /// The route's explicit schema; inferred from the file when `None`.
+    pub schema: Option<SchemaRef>,
+    pub batch_rows: usize,
+    /// Compression named by Content-Encoding or the key's extension.
+    pub declared_codec: Option<Codec>,
+}
+
+/// Decodes `input` (raw object bytes, possibly compressed) and sends each
+/// batch to `batches`. Blocks: call it from `spawn_blocking`.
+pub fn decode_csv(
+    input: impl Read + Send + 'static,
+    job: &CsvJob,
+    batches: &mpsc::Sender<RecordBatch>,
+) -> Result<DecodeSummary, IngestError> {
+    let decompressed = compression::open(input, job.declared_codec, &job.uri)?;
+    let codec = decompressed.codec;
+    let mut reader = decompressed.reader;
+
+    let format = csv_format(&job.options);
+    let (schema, sample) = match &job.schema {
+        Some(schema) => (schema.clone(), Vec::new()),
+        None => infer_schema(&mut reader, &format, &job.options, &job.uri, codec)?,
+    };
+    if schema.fields().is_empty() {
+        // Nothing but (at most) blank lines: an empty file is not poison.
+        return Ok(DecodeSummary::empty(schema));
+    }
+
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_format(format)
+        .with_batch_size(job.batch_rows)
+        .build_decoder();
+
+    let mut input = BufReader::with_capacity(READ_BUFFER_BYTES, Cursor::new(sample).chain(reader));
+    let mut summary = DecodeSummary::empty(schema);
+    let mut offset = 0u64;
+    let csv_error = |summary: &DecodeSummary, buffered: usize, detail: String| IngestError::Csv {
+        uri: job.uri.clone(),
+        first_row: summary.rows + 1,
+        last_row: summary.rows + buffered.max(1) as u64,
+        detail,
+    };
+    loop {
+        let buf = input.fill_buf().map_err(|err| IngestError::Decompress {
+            uri: job.uri.clone(),
+            codec: codec.name(),
+            offset,
+            detail: err.to_string(),
+        })?;
+        let at_end = buf.is_empty();
+        // `decode(&[])` at the end finishes a last record without a newline.
+        let consumed = decoder.decode(buf).map_err(|err| {
+            let buffered = job.batch_rows - decoder.capacity();
+            csv_error(&summary, buffered + 1, err.to_string())
+        })?;
+        input.consume(consumed);
+        offset += consumed as u64;
+        if at_end || decoder.capacity() == 0 {
+            let buffered = job.batch_rows - decoder.capacity();
+            if let Some(batch) = decoder
+                .flush()
+                .map_err(|err| csv_error(&summary, buffered, err.to_string()))?
+            {
+                summary.rows += batch.num_rows() as u64;
+                summary.batches += 1;
+                send_batch(batches, batch, &job.uri)?;
+            }
+        }
+        if at_end {
+            break;
+        }
+    }
+    summary.decoded_bytes = offset;
+    Ok(summary)
+}
+
+fn csv_format(options: &CsvOptions) -> Format {
+    let mut format = Format::default()
+        .with_header(options.header)
+        .with_delimiter(options.delimiter as u8)
+        .with_quote(options.quote as u8);
+    if let Some(escape) = options.escape {
+        format = format.with_escape(escape as u8);
+    }
+    if let Some(comment) = options.comment {
+        format = format.with_comment(comment as u8);
+    }
+    if let Some(regex) = null_regex(&options.null_values) {
+        format = format.with_null_regex(regex);
+    }
+    format
+}
+
+/// The empty field plus every configured null spelling, matched whole.
+fn null_regex(null_values: &[String]) -> Option<Regex> {
+    if null_values.is_empty() {
+        return None;
+    }
+    let alternatives: Vec<String> = std::iter::once(String::new())
+        .chain(null_values.iter().map(|v| regex::escape(v)))
+        .collect();
+    Some(Regex::new(&format!("^(?:{})$", alternatives.join("|"))).expect("escaped regex"))
+}
+
+/// Reads a bounded sample from the head of the stream and infers a schema
+/// from its complete lines. Returns the schema and the sample, which the
+/// decoder must see before the rest of the stream.
+fn infer_schema(
+    reader: &mut Box<dyn Read + Send>,
+    format: &Format,
+    options: &CsvOptions,
+    uri: &str,
+    codec: Codec,
+) -> Result<(SchemaRef, Vec<u8>), IngestError> {
+    let limit = options.infer_max_bytes.get();
+    let mut sample = Vec::with_capacity(limit.min(1 << 20));
+    reader
+        .take(limit as u64)
+        .read_to_end(&mut sample)
+        .map_err(|err| IngestError::Decompress {
+            uri: uri.to_owned(),
+            codec: codec.name(),
+            offset: 0,
+            detail: err.to_string(),
+        })?;
+    if sample.iter().all(u8::is_ascii_whitespace) {
+        return Ok((Arc::new(Schema::empty()), sample));
+    }
+    // A full sample may end in the middle of a line: infer from whole lines.
+    let complete = if sample.len() == limit {
+        match sample.iter().rposition(|b| *b == b'\n') {
+            Some(last_newline) => &sample[..=last_newline],
+            None => {
+                return Err(IngestError::Schema {
+                    uri: uri.to_owned(),
+                    detail: format!("no line ends within the first {limit} bytes"),
+                });
+            }
+        }
+    } else {
+        &sample[..]
+    };
+    let (schema, _records) = format
+        .infer_schema(Cursor::new(complete), Some(options.infer_rows.get()))
+        .map_err(|err| IngestError::Csv {
+            uri: uri.to_owned(),
+            first_row: 1,
+            last_row: options.infer_rows.get() as u64,
+            detail: format!("while inferring the schema: {err}"),
+        })?;
+    Ok((Arc::new(schema), sample))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Int64Type};
+    use std::io::Write;
+
+    fn job(schema: Option<SchemaRef>) -> CsvJob {
+        CsvJob {
+            uri: "s3://b/k.csv".into(),
+            options: CsvOptions::default(),
+            schema,
+            batch_rows: 2,
+            declared_codec: None,
+        }
+    }
+
+    /// Runs the decoder on a separate thread, as the worker does.
+    fn run(data: Vec<u8>, job: CsvJob) -> (Result<DecodeSummary, IngestError>, Vec<RecordBatch>) {
+        let (tx, mut rx) = mpsc::channel(2);
+        let decoder = std::thread::spawn(move || decode_csv(Cursor::new(data), &job, &tx));
+        let mut batches = Vec::new();
+        while let Some(batch) = rx.blocking_recv() {
+            batches.push(batch);
+        }
+        (decoder.join().unwrap(), batches)
+    }
+
+    fn id_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]))
+    }
+
+    #[test]
+    fn inferred_schema_and_batches_of_the_route_size() {
+        let (result, batches) = run(b"id,name\n1,a\n2,b\n3,c".to_vec(), job(None));
+        let summary = result.unwrap();
+        assert_eq!(summary.rows, 3);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(summary.schema.field(0).data_type(), &DataType::Int64);
+        let ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn gzip_with_several_members_is_read_whole() {
+        let mut data = Vec::new();
+        for part in ["id,name\n1,a\n", "2,b\n"] {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(part.as_bytes()).unwrap();
+            data.extend(gz.finish().unwrap());
+        }
+        let (result, _) = run(data, job(Some(id_schema())));
+        assert_eq!(result.unwrap().rows, 2);
+    }
+
+    #[test]
+    fn zstd_is_detected_by_magic_bytes() {
+        let data = zstd::encode_all(&b"id,name\n1,a\n2,b\n3,c\n"[..], 3).unwrap();
+        let (result, _) = run(data, job(Some(id_schema())));
+        assert_eq!(result.unwrap().rows, 3);
+    }
+
+    #[test]
+    fn declared_gzip_that_is_not_gzip_is_a_decompression_error() {
+        let mut job = job(None);
+        job.declared_codec = Some(Codec::Gzip);
+        let (result, _) = run(b"id\n1\n".to_vec(), job);
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), "decompression_error", "{err}");
+    }
+
+    #[test]
+    fn truncated_gzip_is_a_decompression_error() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"id,name\n").unwrap();
+        gz.write_all(&b"1,a\n".repeat(10_000)).unwrap();
+        let mut data = gz.finish().unwrap();
+        data.truncate(data.len() / 2);
+        let (result, _) = run(data, job(Some(id_schema())));
+        assert_eq!(result.unwrap_err().kind(), "decompression_error");
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_names_its_rows() {
+        let (result, _) = run(
+            b"id,name\n1,a\n2,b\n3,c\nfour,d\n".to_vec(),
+            job(Some(id_schema())),
+        );
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), "csv_error");
+        let text = err.to_string();
+        // Rows 1-2 were a full batch; the bad value is in the second batch.
+        assert!(text.contains("rows 3..=4"), "{text}");
+        assert!(text.contains("four"), "{text}");
+    }
+
+    #[test]
+    fn a_row_with_too_many_fields_is_an_error() {
+        let (result, _) = run(
+            b"id,name\n1,a\n2,b,extra\n".to_vec(),
+            job(Some(id_schema())),
+        );
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), "csv_error");
+        assert!(err.to_string().contains("fields"), "{err}");
+    }
+
+    #[test]
+    fn configured_null_values_become_nulls() {
+        let mut job = job(Some(id_schema()));
+        job.options.null_values = vec!["NA".into()];
+        let (result, batches) = run(b"id,name\n1,NA\n2,\n".to_vec(), job);
+        assert_eq!(result.unwrap().rows, 2);
+        assert_eq!(batches[0].column(1).null_count(), 2);
+    }
+
+    #[test]
+    fn header_only_file_has_zero_rows() {
+        let (result, batches) = run(b"id,name\n".to_vec(), job(Some(id_schema())));
+        assert_eq!(result.unwrap().rows, 0);
+        assert!(batches.is_empty());
+    }
+
+    #[test]
+    fn empty_file_without_schema_has_zero_rows() {
+        let (result, _) = run(Vec::new(), job(None));
+        assert_eq!(result.unwrap().rows, 0);
+    }
+
+    #[test]
+    fn custom_delimiter_without_header() {
+        let mut job = job(Some(id_schema()));
+        job.options.delimiter = ';';
+        job.options.header = false;
+        let (result, batches) = run(b"7;x\n8;y\n".to_vec(), job);
+        assert_eq!(result.unwrap().rows, 2);
+        let ids: &Int64Array = batches[0].column(0).as_primitive();
+        assert_eq!(ids.values().to_vec(), vec![7, 8]);
+    }
+}

@@ -1,0 +1,47 @@
+//! Decoders: object bytes in, Arrow record batches out.
+
+pub mod compression;
+pub mod csv;
+pub mod parquet;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use tokio::sync::mpsc;
+
+use crate::error::IngestError;
+
+/// What a decoder produced from one object.
+#[derive(Debug, Clone)]
+pub struct DecodeSummary {
+    pub schema: SchemaRef,
+    pub rows: u64,
+    pub batches: u64,
+    /// Bytes after decompression (CSV only; zero for Parquet).
+    pub decoded_bytes: u64,
+}
+
+impl DecodeSummary {
+    pub fn empty(schema: SchemaRef) -> DecodeSummary {
+        DecodeSummary {
+            schema,
+            rows: 0,
+            batches: 0,
+            decoded_bytes: 0,
+        }
+    }
+}
+
+/// Hands a batch to the sink stage from a blocking thread. The receiver is
+/// gone only when a later stage failed or the object was abandoned; that
+/// stage reports the real error.
+fn send_batch(
+    batches: &mpsc::Sender<RecordBatch>,
+    batch: RecordBatch,
+    uri: &str,
+) -> Result<(), IngestError> {
+    batches
+        .blocking_send(batch)
+        .map_err(|_| IngestError::Abandoned {
+            uri: uri.to_owned(),
+        })
+}

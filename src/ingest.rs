@@ -1,0 +1,268 @@
+//! One object's pipeline: pin the version, stream and decode it on a
+//! blocking thread, write the batches to the route's sink, commit.
+//!
+//! ```text
+//! S3 GetObject ──bytes──► decode (blocking thread) ──batches──► sink writer ──► commit
+//! ```
+//! The stages are joined by small bounded channels, so a slow sink slows
+//! the download instead of filling memory. If any stage fails, the channels
+//! close, the others stop, and nothing is committed.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use bytes::{Buf, Bytes};
+use tokio::sync::mpsc;
+
+use crate::config::FileFormat;
+use crate::decode::DecodeSummary;
+use crate::decode::compression::Codec;
+use crate::decode::csv::{CsvJob, decode_csv};
+use crate::decode::parquet::decode_parquet;
+use crate::error::IngestError;
+use crate::notification::ObjectRef;
+use crate::object::{PinnedObject, S3Objects, S3ParquetReader};
+use crate::route::{Route, resolve_format};
+use crate::sink::{Lineage, Sink, SinkWriter};
+
+/// Downloaded chunks waiting for the decoder.
+const BYTE_CHANNEL_CHUNKS: usize = 8;
+/// Decoded batches waiting for the sink.
+const BATCH_CHANNEL_BATCHES: usize = 2;
+
+/// The result of a committed object.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub lineage: Lineage,
+    pub rows: u64,
+    pub batches: u64,
+    pub location: String,
+}
+
+pub struct Ingestor {
+    objects: S3Objects,
+    sinks: HashMap<String, Arc<dyn Sink>>,
+}
+
+impl Ingestor {
+    pub fn new(objects: S3Objects, sinks: HashMap<String, Arc<dyn Sink>>) -> Ingestor {
+        Ingestor { objects, sinks }
+    }
+
+    /// Ingests one object through `route`; Ok means the sink committed it.
+    pub async fn ingest(
+        &self,
+        object: &ObjectRef,
+        route: &Route,
+    ) -> Result<Committed, IngestError> {
+        let uri = object.s3_uri();
+        let format = resolve_format(route.format, &object.key).ok_or_else(|| {
+            IngestError::UnsupportedFormat {
+                uri: uri.clone(),
+                detail: format!(
+                    "route `{}` has format auto and the key's extension is not .csv, .tsv, .txt, .parquet or .pq (optionally .gz/.zst)",
+                    route.name
+                ),
+            }
+        })?;
+        let sink = self
+            .sinks
+            .get(&route.sink)
+            .cloned()
+            .expect("config validation guarantees every route's sink exists");
+        let pinned = Arc::new(self.objects.pin(object).await?);
+        let lineage = Lineage {
+            bucket: pinned.bucket.clone(),
+            key: pinned.key.clone(),
+            version_id: pinned.version_id.clone(),
+            etag: pinned.etag.clone(),
+            size: pinned.size,
+            event_time: object.event_time,
+            route: route.name.clone(),
+        };
+
+        let (batch_tx, batch_rx) = mpsc::channel(BATCH_CHANNEL_BATCHES);
+        let producer = match format {
+            FileFormat::Csv => self.spawn_csv(pinned.clone(), route, batch_tx),
+            FileFormat::Parquet => self.spawn_parquet(pinned.clone(), route, batch_tx),
+            FileFormat::Auto => unreachable!("resolve_format never returns auto"),
+        };
+        let written = write_batches(sink.as_ref(), &lineage, &uri, batch_rx).await;
+        // The producer's error explains a sink-side stop better than the
+        // closed channel the sink saw, and vice versa; see `first_cause`.
+        let produced = producer.await.unwrap_or_else(|err| {
+            Err(IngestError::S3 {
+                uri: uri.clone(),
+                operation: "decode",
+                detail: format!("decoder task failed: {err}"),
+                retryable: true,
+            })
+        });
+        let (writer, summary) = match (produced, written) {
+            (Ok(summary), Ok(writer)) => (writer, summary),
+            (Err(produce_err), Err(write_err)) => return Err(first_cause(produce_err, write_err)),
+            (Err(err), Ok(_)) | (Ok(_), Err(err)) => return Err(err),
+        };
+        let writer = match writer {
+            Some(writer) => writer,
+            // No batch at all (header-only or empty file): still commit, so
+            // the sink records that this version was ingested, with 0 rows.
+            None => sink
+                .open(&lineage, summary.schema.clone())
+                .await
+                .map_err(|err| sink_error(&uri, sink.name(), err))?,
+        };
+        let receipt = writer
+            .commit()
+            .await
+            .map_err(|err| sink_error(&uri, sink.name(), err))?;
+        Ok(Committed {
+            lineage,
+            rows: summary.rows,
+            batches: summary.batches,
+            location: receipt.location,
+        })
+    }
+
+    /// Downloads on the runtime, decodes on a blocking thread.
+    fn spawn_csv(
+        &self,
+        pinned: Arc<PinnedObject>,
+        route: &Route,
+        batches: mpsc::Sender<RecordBatch>,
+    ) -> tokio::task::JoinHandle<Result<DecodeSummary, IngestError>> {
+        let (chunk_tx, chunk_rx) = mpsc::channel(BYTE_CHANNEL_CHUNKS);
+        let objects = self.objects.clone();
+        let download_pinned = pinned.clone();
+        let download =
+            tokio::spawn(async move { objects.stream_into(&download_pinned, chunk_tx).await });
+        let job = CsvJob {
+            uri: pinned.uri(),
+            options: route.csv.clone(),
+            schema: route.schema.clone(),
+            batch_rows: route.batch_rows,
+            declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),
+        };
+        let decode = tokio::task::spawn_blocking(move || {
+            decode_csv(ChunkReader::new(chunk_rx), &job, &batches)
+        });
+        tokio::spawn(async move {
+            let decoded = decode.await;
+            let downloaded = download.await;
+            // A broken download also breaks the decoder (early end of data):
+            // report the download's error, which is the cause.
+            match (downloaded, decoded) {
+                (Ok(Err(download_err)), _) => Err(download_err),
+                (_, Ok(result)) => result,
+                (_, Err(join_err)) => Err(IngestError::S3 {
+                    uri: pinned.uri(),
+                    operation: "decode",
+                    detail: format!("decoder task failed: {join_err}"),
+                    retryable: true,
+                }),
+            }
+        })
+    }
+
+    /// Parquet decoding drives its own ranged reads; the whole stream runs
+    /// on a blocking thread so decompression and decoding stay off the
+    /// runtime's I/O threads.
+    fn spawn_parquet(
+        &self,
+        pinned: Arc<PinnedObject>,
+        route: &Route,
+        batches: mpsc::Sender<RecordBatch>,
+    ) -> tokio::task::JoinHandle<Result<DecodeSummary, IngestError>> {
+        let reader = S3ParquetReader::new(self.objects.clone(), pinned.clone());
+        let schema = route.schema.clone();
+        let batch_rows = route.batch_rows;
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(decode_parquet(
+                reader,
+                &pinned.uri(),
+                schema,
+                batch_rows,
+                &batches,
+            ))
+        })
+    }
+}
+
+/// Feeds every batch to a writer opened on the first batch. Returns the
+/// open writer (uncommitted) or `None` when no batch came.
+async fn write_batches(
+    sink: &dyn Sink,
+    lineage: &Lineage,
+    uri: &str,
+    mut batches: mpsc::Receiver<RecordBatch>,
+) -> Result<Option<Box<dyn SinkWriter>>, IngestError> {
+    let mut writer: Option<Box<dyn SinkWriter>> = None;
+    while let Some(batch) = batches.recv().await {
+        let current = match &mut writer {
+            Some(writer) => writer,
+            None => writer.insert(
+                sink.open(lineage, batch.schema())
+                    .await
+                    .map_err(|err| sink_error(uri, sink.name(), err))?,
+            ),
+        };
+        current
+            .write(batch)
+            .await
+            .map_err(|err| sink_error(uri, sink.name(), err))?;
+    }
+    Ok(writer)
+}
+
+fn sink_error(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError {
+    IngestError::Sink {
+        uri: uri.to_owned(),
+        sink: sink.to_owned(),
+        detail: err.detail,
+        retryable: err.retryable,
+    }
+}
+
+/// When both ends failed, one failure caused the other: a stage that saw
+/// its neighbour vanish reports `Abandoned`, so prefer the other error.
+fn first_cause(producer: IngestError, sink: IngestError) -> IngestError {
+    match producer {
+        IngestError::Abandoned { .. } => sink,
+        _ => producer,
+    }
+}
+
+/// Adapts the channel of downloaded chunks to `std::io::Read` for the
+/// decoder's blocking thread. The end of the channel is the end of data;
+/// whether the download was complete is checked separately.
+struct ChunkReader {
+    chunks: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChunkReader {
+    fn new(chunks: mpsc::Receiver<Bytes>) -> ChunkReader {
+        ChunkReader {
+            chunks,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}

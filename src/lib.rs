@@ -1,0 +1,117 @@
+//! s3-ingest: ingests files the moment they land in S3.
+//!
+//! S3 → (SNS / EventBridge) → SQS → [`worker`] → [`ingest`] (S3 stream →
+//! [`decode`] → Arrow batches) → [`sink`] → delete the message. See
+//! `docs/design.md` for the message state machine and its invariants.
+
+pub mod config;
+pub mod dead_letter;
+pub mod decode;
+pub mod error;
+pub mod ingest;
+pub mod lease;
+pub mod notification;
+pub mod object;
+pub mod queue;
+pub mod route;
+pub mod schema;
+pub mod sink;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, Region};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AwsConfig, Config};
+use crate::ingest::Ingestor;
+use crate::object::S3Objects;
+use crate::queue::QueueError;
+use crate::queue::sqs::SqsQueue;
+use crate::route::Router;
+use crate::worker::{Worker, WorkerSettings};
+
+/// Errors that stop the process at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("queue is not usable: {0}")]
+    Queue(#[from] QueueError),
+    #[error("invalid routes: {0}")]
+    Routes(String),
+}
+
+/// The AWS clients the worker uses.
+#[derive(Clone)]
+pub struct AwsClients {
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+impl AwsClients {
+    /// Builds clients from the `[aws]` section and the SDK's default
+    /// credential chain (env, profile, ECS task role).
+    pub async fn from_config(aws: &AwsConfig) -> AwsClients {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &aws.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint_url) = &aws.endpoint_url {
+            loader = loader.endpoint_url(endpoint_url);
+        }
+        AwsClients::from_sdk_config(&loader.load().await, aws.force_path_style)
+    }
+
+    pub fn from_sdk_config(sdk: &aws_config::SdkConfig, force_path_style: bool) -> AwsClients {
+        let s3_config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(force_path_style)
+            .build();
+        AwsClients {
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled and in-flight work is
+/// finished or released.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let clients = AwsClients::from_config(&config.aws).await;
+    run_with_clients(config, clients, shutdown).await
+}
+
+/// [`run`] with ready-made clients (tests pass emulator credentials).
+pub async fn run_with_clients(
+    config: Config,
+    clients: AwsClients,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let worker = build_worker(&config, clients).await?;
+    Arc::new(worker).run(shutdown).await;
+    Ok(())
+}
+
+/// Checks the queue and wires the worker's parts together.
+pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker, RunError> {
+    let queue = SqsQueue::new(
+        clients.sqs.clone(),
+        config.queue.url.clone(),
+        config.queue.dlq_url.clone(),
+    );
+    // A missing queue is a configuration error: say so and stop, rather
+    // than retrying forever.
+    queue.check_reachable().await?;
+    let router = Router::new(&config.routes).map_err(RunError::Routes)?;
+    let sinks: HashMap<_, _> = config
+        .sinks
+        .iter()
+        .map(|(name, sink)| (name.clone(), sink::build(name, sink)))
+        .collect();
+    let ingestor = Ingestor::new(S3Objects::new(clients.s3), sinks);
+    Ok(Worker::new(
+        Arc::new(queue),
+        router,
+        ingestor,
+        WorkerSettings::from_config(config),
+    ))
+}

@@ -1,0 +1,133 @@
+//! The `s3-ingest` binary: CLI, config, logging and signals. Everything
+//! else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use s3_ingest::config::Config;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Ingests CSV and Parquet files the moment they land in S3"
+)]
+struct Cli {
+    /// TOML config file; every key can also be set with S3_INGEST__SECTION__KEY.
+    #[arg(long, short, global = true, env = "S3_INGEST_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Log line format: human-readable text or JSON (for CloudWatch).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "S3_INGEST_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM or SIGINT (the default).
+    Run,
+    /// Validate the config and print it resolved, with its routes.
+    CheckConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout belongs to the stdout sink.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, s3_ingest::config::ConfigError> {
+    Config::load(path.map(PathBuf::as_path), std::env::vars())
+}
+
+fn check_config(config: &Config) -> ExitCode {
+    println!("# resolved configuration\n");
+    println!(
+        "{}",
+        toml::to_string_pretty(config).unwrap_or_else(|err| format!("<cannot render: {err}>"))
+    );
+    println!("# routes, first match wins");
+    for (index, route) in config.routes.iter().enumerate() {
+        println!(
+            "{index}: {name}: bucket {bucket}, key {glob} -> format {format:?}, sink {sink}",
+            name = route.name,
+            bucket = route.bucket.as_deref().unwrap_or("*"),
+            glob = route.key_glob,
+            format = route.format,
+            sink = route.sink,
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// The first SIGTERM/SIGINT starts a graceful drain; a second one exits
+/// at once.
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+        let mut signals = 0;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            signals += 1;
+            if signals == 1 {
+                info!("shutdown requested; finishing in-flight work (signal again to exit now)");
+                shutdown.cancel();
+            } else {
+                warn!("second signal; exiting now without waiting for in-flight work");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let config = match load_config(cli.config.as_ref()) {
+        Ok(config) => config,
+        Err(err) => {
+            error!("invalid configuration: {err}");
+            eprintln!("error: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => check_config(&config),
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone());
+            match s3_ingest::run(config, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    error!("{err}");
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

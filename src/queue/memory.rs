@@ -1,0 +1,233 @@
+//! An in-process queue with SQS's delivery rules: a received message is
+//! hidden for its visibility timeout and comes back when that expires;
+//! only the latest receipt handle of a message is valid. Time is tokio's,
+//! so tests can pause and advance it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::{Queue, QueueError, ReceivedMessage};
+use crate::error::AwsFailure;
+
+#[derive(Debug)]
+struct StoredMessage {
+    message_id: String,
+    body: String,
+    receive_count: u64,
+    visible_at: Instant,
+    receipt_handle: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    messages: Vec<StoredMessage>,
+    dead_letters: Vec<String>,
+    next_id: u64,
+    fail_dead_letter: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    state: Mutex<State>,
+    with_dead_letter_queue: bool,
+}
+
+impl MemoryQueue {
+    pub fn new(with_dead_letter_queue: bool) -> MemoryQueue {
+        MemoryQueue {
+            state: Mutex::default(),
+            with_dead_letter_queue,
+        }
+    }
+
+    pub fn send(&self, body: impl Into<String>) -> String {
+        let mut state = self.state.lock().unwrap();
+        state.next_id += 1;
+        let message_id = format!("msg-{}", state.next_id);
+        state.messages.push(StoredMessage {
+            message_id: message_id.clone(),
+            body: body.into(),
+            receive_count: 0,
+            visible_at: Instant::now(),
+            receipt_handle: None,
+        });
+        message_id
+    }
+
+    /// Messages not yet deleted, visible or in flight.
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap().messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages currently hidden by a receive.
+    pub fn in_flight(&self) -> usize {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap();
+        state.messages.iter().filter(|m| m.visible_at > now).count()
+    }
+
+    pub fn dead_letters(&self) -> Vec<String> {
+        self.state.lock().unwrap().dead_letters.clone()
+    }
+
+    /// Makes every dead-letter send fail, as an unreachable DLQ would.
+    pub fn fail_dead_letters(&self, fail: bool) {
+        self.state.lock().unwrap().fail_dead_letter = fail;
+    }
+
+    fn take_visible(
+        &self,
+        max_messages: u64,
+        visibility_timeout_secs: u64,
+    ) -> Vec<ReceivedMessage> {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        state.next_id += 1;
+        let batch = state.next_id;
+        let mut received = Vec::new();
+        for message in state.messages.iter_mut() {
+            if received.len() as u64 >= max_messages {
+                break;
+            }
+            if message.visible_at > now {
+                continue;
+            }
+            message.receive_count += 1;
+            message.visible_at = now + Duration::from_secs(visibility_timeout_secs);
+            let receipt = format!("{}-r{batch}", message.message_id);
+            message.receipt_handle = Some(receipt.clone());
+            received.push(ReceivedMessage {
+                message_id: message.message_id.clone(),
+                receipt_handle: receipt,
+                body: message.body.clone(),
+                receive_count: message.receive_count,
+            });
+        }
+        received
+    }
+
+    fn invalid_receipt(operation: &'static str) -> QueueError {
+        QueueError {
+            operation,
+            queue: "memory".into(),
+            class: AwsFailure::Permanent,
+            detail: "ReceiptHandleIsInvalid".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    async fn receive(
+        &self,
+        max_messages: u64,
+        wait_time_secs: u64,
+        visibility_timeout_secs: u64,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let deadline = Instant::now() + Duration::from_secs(wait_time_secs);
+        loop {
+            let received = self.take_visible(max_messages, visibility_timeout_secs);
+            if !received.is_empty() || Instant::now() >= deadline {
+                return Ok(received);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
+        let mut state = self.state.lock().unwrap();
+        let before = state.messages.len();
+        state
+            .messages
+            .retain(|m| m.receipt_handle.as_deref() != Some(receipt_handle));
+        if state.messages.len() == before {
+            return Err(Self::invalid_receipt("DeleteMessage"));
+        }
+        Ok(())
+    }
+
+    async fn set_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout_secs: u64,
+    ) -> Result<(), QueueError> {
+        let mut state = self.state.lock().unwrap();
+        let message = state
+            .messages
+            .iter_mut()
+            .find(|m| m.receipt_handle.as_deref() == Some(receipt_handle))
+            .ok_or_else(|| Self::invalid_receipt("ChangeMessageVisibility"))?;
+        message.visible_at = Instant::now() + Duration::from_secs(timeout_secs);
+        Ok(())
+    }
+
+    fn has_dead_letter_queue(&self) -> bool {
+        self.with_dead_letter_queue
+    }
+
+    async fn dead_letter(&self, envelope_json: &str) -> Result<(), QueueError> {
+        let mut state = self.state.lock().unwrap();
+        if !self.with_dead_letter_queue || state.fail_dead_letter {
+            return Err(QueueError {
+                operation: "SendMessage",
+                queue: "memory-dlq".into(),
+                class: AwsFailure::Transient,
+                detail: "dead-letter queue unavailable".into(),
+            });
+        }
+        state.dead_letters.push(envelope_json.to_owned());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn unacknowledged_message_comes_back_after_its_visibility_timeout() {
+        let queue = MemoryQueue::new(false);
+        queue.send("hello");
+        let first = queue.receive(10, 0, 30).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].receive_count, 1);
+        assert!(queue.receive(10, 0, 30).await.unwrap().is_empty());
+        assert_eq!(queue.in_flight(), 1);
+
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let second = queue.receive(10, 0, 30).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].receive_count, 2);
+        // The first receipt handle is stale now.
+        assert!(queue.delete(&first[0].receipt_handle).await.is_err());
+        queue.delete(&second[0].receipt_handle).await.unwrap();
+        assert!(queue.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn visibility_zero_releases_at_once() {
+        let queue = MemoryQueue::new(false);
+        queue.send("x");
+        let first = queue.receive(1, 0, 300).await.unwrap();
+        queue
+            .set_visibility(&first[0].receipt_handle, 0)
+            .await
+            .unwrap();
+        assert_eq!(queue.receive(1, 0, 300).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_poll_waits_for_a_message_until_its_deadline() {
+        let queue = MemoryQueue::new(false);
+        let started = Instant::now();
+        assert!(queue.receive(1, 5, 30).await.unwrap().is_empty());
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+}

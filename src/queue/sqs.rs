@@ -1,0 +1,149 @@
+//! The SQS implementation of [`Queue`]: the only file that talks to SQS.
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+
+use super::{Queue, QueueError, ReceivedMessage};
+use crate::error::classify_aws;
+
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+    dlq_url: Option<String>,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, url: String, dlq_url: Option<String>) -> SqsQueue {
+        SqsQueue {
+            client,
+            url,
+            dlq_url,
+        }
+    }
+
+    /// Fails fast at start-up when the queue (or DLQ) does not exist or
+    /// cannot be reached, so a typo is a clear error and not a retry loop.
+    pub async fn check_reachable(&self) -> Result<(), QueueError> {
+        for url in std::iter::once(&self.url).chain(self.dlq_url.as_ref()) {
+            self.client
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map_err(|err| queue_error("GetQueueAttributes", url, &err))?;
+        }
+        Ok(())
+    }
+}
+
+fn queue_error<E>(
+    operation: &'static str,
+    url: &str,
+    err: &aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> QueueError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (class, detail) = classify_aws(err);
+    QueueError {
+        operation,
+        queue: url.to_owned(),
+        class,
+        detail,
+    }
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn receive(
+        &self,
+        max_messages: u64,
+        wait_time_secs: u64,
+        visibility_timeout_secs: u64,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max_messages as i32)
+            .wait_time_seconds(wait_time_secs as i32)
+            .visibility_timeout(visibility_timeout_secs as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|err| queue_error("ReceiveMessage", &self.url, &err))?;
+        let messages = output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|message| {
+                let receive_count = message
+                    .attributes()
+                    .and_then(|attrs| {
+                        attrs.get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                    })
+                    .and_then(|count| count.parse().ok())
+                    .unwrap_or(1);
+                Some(ReceivedMessage {
+                    message_id: message.message_id?,
+                    receipt_handle: message.receipt_handle?,
+                    body: message.body.unwrap_or_default(),
+                    receive_count,
+                })
+            })
+            .collect();
+        Ok(messages)
+    }
+
+    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map_err(|err| queue_error("DeleteMessage", &self.url, &err))?;
+        Ok(())
+    }
+
+    async fn set_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout_secs: u64,
+    ) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(timeout_secs as i32)
+            .send()
+            .await
+            .map_err(|err| queue_error("ChangeMessageVisibility", &self.url, &err))?;
+        Ok(())
+    }
+
+    fn has_dead_letter_queue(&self) -> bool {
+        self.dlq_url.is_some()
+    }
+
+    async fn dead_letter(&self, envelope_json: &str) -> Result<(), QueueError> {
+        let Some(dlq_url) = &self.dlq_url else {
+            return Err(QueueError {
+                operation: "SendMessage",
+                queue: "<no dlq_url>".into(),
+                class: crate::error::AwsFailure::Permanent,
+                detail: "no dead-letter queue is configured".into(),
+            });
+        };
+        self.client
+            .send_message()
+            .queue_url(dlq_url)
+            .message_body(envelope_json)
+            .send()
+            .await
+            .map_err(|err| queue_error("SendMessage", dlq_url, &err))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Routing: the first route whose bucket and key glob match an object
+//! decides how it is decoded and where it lands.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use globset::{GlobBuilder, GlobMatcher};
+
+use crate::config::{CsvOptions, FileFormat, RouteConfig};
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub bucket: Option<String>,
+    pub key_glob: String,
+    matcher: GlobMatcher,
+    pub format: FileFormat,
+    pub sink: String,
+    pub csv: CsvOptions,
+    /// The explicit schema, if the route has one.
+    pub schema: Option<SchemaRef>,
+    pub batch_rows: usize,
+}
+
+impl Route {
+    pub fn from_config(config: &RouteConfig) -> Result<Route, String> {
+        // `literal_separator`: `*` must not cross `/`, as users expect from
+        // shell globs; `**` still spans directories.
+        let matcher = GlobBuilder::new(&config.key_glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|err| err.to_string())?
+            .compile_matcher();
+        let schema = config
+            .schema
+            .as_deref()
+            .map(crate::schema::arrow_schema)
+            .transpose()?;
+        Ok(Route {
+            name: config.name.clone(),
+            bucket: config.bucket.clone(),
+            key_glob: config.key_glob.clone(),
+            matcher,
+            format: config.format,
+            sink: config.sink.clone(),
+            csv: config.csv.clone(),
+            schema,
+            batch_rows: config.batch_rows.get(),
+        })
+    }
+
+    pub fn matches(&self, bucket: &str, key: &str) -> bool {
+        self.bucket.as_deref().is_none_or(|b| b == bucket) && self.matcher.is_match(key)
+    }
+}
+
+/// The ordered list of routes.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(configs: &[RouteConfig]) -> Result<Router, String> {
+        let routes = configs
+            .iter()
+            .map(|c| Route::from_config(c).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Router { routes })
+    }
+
+    /// The first matching route, or `None` for a key no route wants.
+    pub fn route(&self, bucket: &str, key: &str) -> Option<Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(bucket, key)).cloned()
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+}
+
+/// The concrete format of one object: the route's, or for `auto` the one
+/// its key's extension names once a compression suffix is stripped.
+pub fn resolve_format(route_format: FileFormat, key: &str) -> Option<FileFormat> {
+    if route_format != FileFormat::Auto {
+        return Some(route_format);
+    }
+    let lower = key.to_ascii_lowercase();
+    let stem = [".gz", ".gzip", ".zst", ".zstd"]
+        .iter()
+        .find_map(|suffix| lower.strip_suffix(suffix))
+        .unwrap_or(&lower);
+    if [".csv", ".tsv", ".txt"]
+        .iter()
+        .any(|ext| stem.ends_with(ext))
+    {
+        Some(FileFormat::Csv)
+    } else if [".parquet", ".pq"].iter().any(|ext| stem.ends_with(ext)) {
+        Some(FileFormat::Parquet)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, bucket: Option<&str>, glob: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            bucket: bucket.map(Into::into),
+            key_glob: glob.into(),
+            format: FileFormat::Auto,
+            sink: "lake".into(),
+            csv: CsvOptions::default(),
+            schema: None,
+            batch_rows: std::num::NonZeroUsize::new(10).unwrap(),
+        }
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let router = Router::new(&[
+            route("orders", Some("vendor"), "orders/**/*.csv"),
+            route("vendor-any", Some("vendor"), "**"),
+            route("elsewhere", None, "in/*"),
+        ])
+        .unwrap();
+        let name = |bucket: &str, key: &str| router.route(bucket, key).map(|r| r.name.clone());
+        assert_eq!(
+            name("vendor", "orders/2026/11/a.csv").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(name("vendor", "orders/a.csv").as_deref(), Some("orders"));
+        assert_eq!(
+            name("vendor", "prices/a.csv").as_deref(),
+            Some("vendor-any")
+        );
+        assert_eq!(name("other", "in/x.csv").as_deref(), Some("elsewhere"));
+        // `*` does not cross a slash.
+        assert_eq!(name("other", "in/deep/x.csv"), None);
+        assert_eq!(name("other", "orders/a.csv"), None);
+    }
+
+    #[test]
+    fn auto_format_follows_the_extension_under_compression() {
+        let auto = FileFormat::Auto;
+        assert_eq!(resolve_format(auto, "a/b.csv"), Some(FileFormat::Csv));
+        assert_eq!(resolve_format(auto, "a/b.CSV.GZ"), Some(FileFormat::Csv));
+        assert_eq!(resolve_format(auto, "a/b.tsv.zst"), Some(FileFormat::Csv));
+        assert_eq!(
+            resolve_format(auto, "a/b.parquet"),
+            Some(FileFormat::Parquet)
+        );
+        assert_eq!(resolve_format(auto, "a/b.json"), None);
+        assert_eq!(
+            resolve_format(FileFormat::Csv, "a/b.json"),
+            Some(FileFormat::Csv)
+        );
+    }
+}

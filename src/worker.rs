@@ -1,0 +1,418 @@
+//! The worker: receives messages and drives each through its life.
+//!
+//! ```text
+//! received ──parse──► Discard (test event, not ObjectCreated) ─────────► delete
+//!    │──parse error / receive_count > max ──► dead-letter ── sent? ──► delete
+//!    ▼                                                    └─ failed ──► leave
+//! objects ── each, concurrently (bounded by worker.concurrency):
+//!    no route matches     → Unmatched (logged, counted)
+//!    ingest + commit ok   → Committed
+//!    permanent error      → dead-letter; sent → DeadLettered, failed → Retry
+//!    transient error      → Retry
+//! all Committed / DeadLettered / Unmatched → delete the message
+//! any Retry                                → leave it; SQS redelivers
+//! shutdown past the grace period           → release it (visibility 0)
+//! ```
+//! Invariant: a message is deleted only after everything it named is
+//! durable in the sink or accepted by the dead-letter queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::join_all;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::dead_letter::DeadLetter;
+use crate::ingest::Ingestor;
+use crate::lease::Lease;
+use crate::notification::{self, Notification, ObjectRef};
+use crate::queue::{Queue, ReceivedMessage};
+use crate::route::Router;
+
+/// What happened to one object of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjectOutcome {
+    Committed,
+    DeadLettered,
+    Unmatched,
+    Retry,
+}
+
+/// What happens to the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageOutcome {
+    /// Everything is durable somewhere: delete.
+    Done,
+    /// Something must be tried again: leave it for SQS to redeliver.
+    Retry,
+}
+
+/// Outcome counters, for logs and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages_received: AtomicU64,
+    pub messages_deleted: AtomicU64,
+    pub messages_discarded: AtomicU64,
+    pub messages_left_for_retry: AtomicU64,
+    pub messages_released: AtomicU64,
+    pub objects_committed: AtomicU64,
+    pub objects_dead_lettered: AtomicU64,
+    pub objects_unmatched: AtomicU64,
+    pub receive_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Queue settings the worker needs, copied out of the config.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub wait_time_secs: u64,
+    pub max_messages: u64,
+    pub visibility_timeout_secs: u64,
+    pub max_receive_count: u64,
+    pub concurrency: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerSettings {
+    pub fn from_config(config: &Config) -> WorkerSettings {
+        WorkerSettings {
+            wait_time_secs: config.queue.wait_time_secs,
+            max_messages: config.queue.max_messages,
+            visibility_timeout_secs: config.queue.visibility_timeout_secs,
+            max_receive_count: config.queue.max_receive_count,
+            concurrency: config.worker.concurrency.get(),
+            shutdown_grace: Duration::from_secs(config.worker.shutdown_grace_secs),
+        }
+    }
+}
+
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    router: Router,
+    ingestor: Ingestor,
+    settings: WorkerSettings,
+    objects_in_flight: Arc<Semaphore>,
+    stats: Arc<Stats>,
+}
+
+impl Worker {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        router: Router,
+        ingestor: Ingestor,
+        settings: WorkerSettings,
+    ) -> Worker {
+        Worker {
+            queue,
+            router,
+            ingestor,
+            objects_in_flight: Arc::new(Semaphore::new(settings.concurrency)),
+            settings,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Receives and processes messages until `shutdown` fires, then lets
+    /// in-flight work finish within the grace period and releases the rest.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        // Fired when the grace period is over: in-flight messages are released.
+        let abandon = CancellationToken::new();
+        let backoff_builder = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times();
+        let mut backoff = backoff_builder.build();
+        info!(concurrency = self.settings.concurrency, "worker started");
+
+        loop {
+            // Receive only when an object slot is free, so received messages
+            // do not sit waiting while their visibility runs down.
+            let free = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = self.objects_in_flight.acquire() => {
+                    drop(permit);
+                    self.objects_in_flight.available_permits().max(1) as u64
+                }
+            };
+            let max_messages = self.settings.max_messages.min(free);
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.queue.receive(
+                    max_messages,
+                    self.settings.wait_time_secs,
+                    self.settings.visibility_timeout_secs,
+                ) => received,
+            };
+            match received {
+                Ok(messages) => {
+                    backoff = backoff_builder.build();
+                    for message in messages {
+                        bump(&self.stats.messages_received);
+                        let worker = self.clone();
+                        let abandon = abandon.clone();
+                        let span = info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
+                        tracker.spawn(
+                            async move { worker.handle_message(message, abandon).await }
+                                .instrument(span),
+                        );
+                    }
+                }
+                Err(err) => {
+                    bump(&self.stats.receive_errors);
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    if err.is_retryable() {
+                        warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "receive failed; backing off");
+                    } else {
+                        error!(error = %err, retry_in_ms = delay.as_millis() as u64, "receive refused: check that the queue exists and the credentials may read it");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+
+        info!(
+            in_flight_messages = tracker.len(),
+            grace_secs = self.settings.shutdown_grace.as_secs(),
+            "shutting down: receiving stopped"
+        );
+        tracker.close();
+        if tokio::time::timeout(self.settings.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight_messages = tracker.len(),
+                "grace period over; releasing unfinished messages"
+            );
+            abandon.cancel();
+            tracker.wait().await;
+        }
+        info!(stats = ?self.stats, "worker stopped");
+    }
+
+    async fn handle_message(self: Arc<Self>, message: ReceivedMessage, abandon: CancellationToken) {
+        let _lease = Lease::start(
+            self.queue.clone(),
+            message.receipt_handle.clone(),
+            message.message_id.clone(),
+            self.settings.visibility_timeout_secs,
+        );
+        let outcome = tokio::select! {
+            outcome = self.process(&message) => outcome,
+            _ = abandon.cancelled() => {
+                // Release now so another worker picks it up at once; never
+                // delete unfinished work.
+                bump(&self.stats.messages_released);
+                if let Err(err) = self.queue.set_visibility(&message.receipt_handle, 0).await {
+                    warn!(error = %err, "could not release message; it returns after its visibility timeout");
+                } else {
+                    info!("message released");
+                }
+                return;
+            }
+        };
+        match outcome {
+            MessageOutcome::Done => match self.queue.delete(&message.receipt_handle).await {
+                Ok(()) => bump(&self.stats.messages_deleted),
+                // Not retried: redelivery is the retry, and the sinks are idempotent.
+                Err(err) => warn!(error = %err, "delete failed; the message will be redelivered"),
+            },
+            MessageOutcome::Retry => {
+                bump(&self.stats.messages_left_for_retry);
+                info!("message left on the queue for a retry");
+            }
+        }
+    }
+
+    async fn process(&self, message: &ReceivedMessage) -> MessageOutcome {
+        let parsed = notification::parse(&message.body);
+        if message.receive_count > self.settings.max_receive_count {
+            let error = format!(
+                "received {} times, more than max_receive_count {}",
+                message.receive_count, self.settings.max_receive_count
+            );
+            return match parsed {
+                Ok(Notification::Objects(objects)) => {
+                    let mut outcomes = Vec::with_capacity(objects.len());
+                    for object in &objects {
+                        let route = self.router.route(&object.bucket, &object.key);
+                        outcomes.push(
+                            self.dead_letter_object(
+                                message,
+                                object,
+                                route.as_ref().map(|r| r.name.as_str()),
+                                "max_receive_count_exceeded",
+                                error.clone(),
+                            )
+                            .await,
+                        );
+                    }
+                    combine(outcomes)
+                }
+                _ => {
+                    self.dead_letter_message(message, "max_receive_count_exceeded", error)
+                        .await
+                }
+            };
+        }
+        match parsed {
+            Err(err) => {
+                self.dead_letter_message(message, "invalid_message", err.to_string())
+                    .await
+            }
+            Ok(Notification::Discard(reason)) => {
+                bump(&self.stats.messages_discarded);
+                info!(reason = reason.label(), "message discarded");
+                MessageOutcome::Done
+            }
+            Ok(Notification::Objects(objects)) => {
+                let outcomes = join_all(
+                    objects
+                        .iter()
+                        .map(|object| self.process_object(message, object)),
+                )
+                .await;
+                combine(outcomes)
+            }
+        }
+    }
+
+    async fn process_object(&self, message: &ReceivedMessage, object: &ObjectRef) -> ObjectOutcome {
+        let bucket = object.bucket.as_str();
+        let key = object.key.as_str();
+        let Some(route) = self.router.route(bucket, key) else {
+            bump(&self.stats.objects_unmatched);
+            info!(bucket, key, "no route matches the key; object skipped");
+            return ObjectOutcome::Unmatched;
+        };
+        let _slot = self
+            .objects_in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let started = Instant::now();
+        match self.ingestor.ingest(object, &route).await {
+            Ok(committed) => {
+                bump(&self.stats.objects_committed);
+                info!(
+                    bucket,
+                    key,
+                    route = %route.name,
+                    rows = committed.rows,
+                    bytes = committed.lineage.size,
+                    location = %committed.location,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "object committed"
+                );
+                ObjectOutcome::Committed
+            }
+            Err(err) if err.is_retryable() => {
+                warn!(bucket, key, route = %route.name, error_kind = err.kind(), error = %err, "object failed; will retry");
+                ObjectOutcome::Retry
+            }
+            Err(err) => {
+                self.dead_letter_object(
+                    message,
+                    object,
+                    Some(&route.name),
+                    err.kind(),
+                    err.to_string(),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn dead_letter_object(
+        &self,
+        message: &ReceivedMessage,
+        object: &ObjectRef,
+        route: Option<&str>,
+        error_kind: &str,
+        error: String,
+    ) -> ObjectOutcome {
+        let envelope = DeadLetter::for_object(
+            object,
+            route,
+            error_kind,
+            error,
+            &message.message_id,
+            message.receive_count,
+            &message.body,
+        );
+        if self.send_dead_letter(&envelope).await {
+            bump(&self.stats.objects_dead_lettered);
+            ObjectOutcome::DeadLettered
+        } else {
+            ObjectOutcome::Retry
+        }
+    }
+
+    async fn dead_letter_message(
+        &self,
+        message: &ReceivedMessage,
+        error_kind: &str,
+        error: String,
+    ) -> MessageOutcome {
+        let envelope = DeadLetter::for_message(
+            error_kind,
+            error,
+            &message.message_id,
+            message.receive_count,
+            &message.body,
+        );
+        if self.send_dead_letter(&envelope).await {
+            MessageOutcome::Done
+        } else {
+            MessageOutcome::Retry
+        }
+    }
+
+    /// True only when the dead-letter queue accepted the envelope.
+    async fn send_dead_letter(&self, envelope: &DeadLetter) -> bool {
+        let bucket = envelope.bucket.as_deref().unwrap_or("");
+        let key = envelope.key.as_deref().unwrap_or("");
+        if !self.queue.has_dead_letter_queue() {
+            error!(bucket, key, error_kind = %envelope.error_kind, error = %envelope.error,
+                "poison, but no dlq_url is configured; leaving the message to the queue's redrive policy");
+            return false;
+        }
+        match self.queue.dead_letter(&envelope.to_json()).await {
+            Ok(()) => {
+                error!(bucket, key, error_kind = %envelope.error_kind, error = %envelope.error, "dead-lettered");
+                true
+            }
+            Err(err) => {
+                error!(bucket, key, error_kind = %envelope.error_kind, dlq_error = %err,
+                    "dead-letter send failed; the message stays on the queue");
+                false
+            }
+        }
+    }
+}
+
+fn combine(outcomes: Vec<ObjectOutcome>) -> MessageOutcome {
+    if outcomes.contains(&ObjectOutcome::Retry) {
+        MessageOutcome::Retry
+    } else {
+        MessageOutcome::Done
+    }
+}

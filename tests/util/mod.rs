@@ -1,0 +1,517 @@
+//! Shared helpers for the LocalStack integration tests: each test makes its
+//! own uniquely named bucket, queue and DLQ through the SDK, runs the worker
+//! in-process, and waits by polling with a deadline.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+use aws_sdk_sqs::types::QueueAttributeName;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use s3_ingest::config::Config;
+use s3_ingest::dead_letter::DeadLetter;
+use s3_ingest::{AwsClients, run_with_clients};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn endpoint() -> String {
+    std::env::var("S3I_TEST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// Clients with LocalStack's static credentials, so tests never depend on
+/// the developer's AWS setup.
+pub fn clients() -> AwsClients {
+    let credentials = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "tests");
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+            credentials,
+        ))
+        .build();
+    AwsClients::from_sdk_config(&sdk, true)
+}
+
+/// Worker logs in the test output (shown for failing tests); `RUST_LOG`
+/// picks the level.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("s3_ingest=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `condition` until it holds or `timeout` passes; panics with
+/// `what` on timeout. Never a fixed sleep.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// One test's private resources.
+pub struct Fixture {
+    pub clients: AwsClients,
+    pub bucket: String,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub dlq_url: String,
+    pub output: tempfile::TempDir,
+}
+
+pub struct FixtureOptions {
+    /// Whether the bucket notifies the queue (off for hand-sent messages).
+    pub notifications: bool,
+    pub versioned: bool,
+}
+
+impl Default for FixtureOptions {
+    fn default() -> Self {
+        FixtureOptions {
+            notifications: true,
+            versioned: false,
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("s3i-{prefix}-{}", &id[..10]).to_ascii_lowercase()
+}
+
+impl Fixture {
+    pub async fn new(name: &str) -> Fixture {
+        Fixture::with_options(name, FixtureOptions::default()).await
+    }
+
+    pub async fn with_options(name: &str, options: FixtureOptions) -> Fixture {
+        init_logging();
+        let clients = clients();
+        let bucket = unique(name);
+        clients
+            .s3
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot create bucket on LocalStack at {} (is it running? `make test` starts it): {}",
+                    endpoint(),
+                    aws_sdk_s3::error::DisplayErrorContext(err)
+                )
+            });
+        if options.versioned {
+            clients
+                .s3
+                .put_bucket_versioning()
+                .bucket(&bucket)
+                .versioning_configuration(
+                    aws_sdk_s3::types::VersioningConfiguration::builder()
+                        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        }
+        let dlq_url = create_queue(&clients, &unique(&format!("{name}-dlq"))).await;
+        let queue_url = create_queue(&clients, &bucket).await;
+        let queue_arn = queue_arn(&clients, &queue_url).await;
+        if options.notifications {
+            clients
+                .s3
+                .put_bucket_notification_configuration()
+                .bucket(&bucket)
+                .notification_configuration(
+                    NotificationConfiguration::builder()
+                        .queue_configurations(
+                            QueueConfiguration::builder()
+                                .queue_arn(&queue_arn)
+                                .events(Event::S3ObjectCreated)
+                                .build()
+                                .unwrap(),
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        }
+        Fixture {
+            clients,
+            bucket,
+            queue_url,
+            queue_arn,
+            dlq_url,
+            output: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn output_dir(&self) -> &Path {
+        self.output.path()
+    }
+
+    /// A config for this fixture: one route for every key to `parquet_dir`,
+    /// unless `routes_toml` gives others (they may use sink "lake").
+    pub fn config(&self, routes_toml: Option<&str>) -> Config {
+        self.config_with(routes_toml, "")
+    }
+
+    pub fn config_with(&self, routes_toml: Option<&str>, queue_extra: &str) -> Config {
+        let routes = routes_toml.unwrap_or(
+            r#"
+            [[routes]]
+            name = "all"
+            key_glob = "**"
+            sink = "lake"
+            "#,
+        );
+        let text = format!(
+            r#"
+            [aws]
+            region = "us-east-1"
+            endpoint_url = "{endpoint}"
+            force_path_style = true
+
+            [queue]
+            url = "{queue}"
+            dlq_url = "{dlq}"
+            wait_time_secs = 1
+            visibility_timeout_secs = 20
+            max_receive_count = 10
+            {queue_extra}
+
+            [worker]
+            concurrency = 4
+            shutdown_grace_secs = 10
+
+            {routes}
+
+            [sinks.lake]
+            type = "parquet_dir"
+            path = "{output}"
+            "#,
+            endpoint = endpoint(),
+            queue = self.queue_url,
+            dlq = self.dlq_url,
+            output = self.output_dir().display(),
+        );
+        Config::from_toml_str(&text).expect("test config is valid")
+    }
+
+    pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) -> String {
+        let output = self
+            .clients
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.into()))
+            .send()
+            .await
+            .unwrap();
+        output
+            .e_tag()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    pub async fn send_raw(&self, body: &str) {
+        self.clients
+            .sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// (visible, in flight) message counts.
+    pub async fn queue_counts(&self) -> (u64, u64) {
+        queue_counts(&self.clients, &self.queue_url).await
+    }
+
+    pub async fn queue_is_empty(&self) -> bool {
+        self.queue_counts().await == (0, 0)
+    }
+
+    /// Receives every envelope now on the DLQ, removing them.
+    pub async fn take_dead_letters(&self) -> Vec<DeadLetter> {
+        let mut letters = Vec::new();
+        loop {
+            let output = self
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .unwrap();
+            let messages = output.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return letters;
+            }
+            for message in messages {
+                let body = message.body.unwrap_or_default();
+                letters.push(serde_json::from_str(&body).unwrap_or_else(|err| {
+                    panic!("DLQ message is not an envelope ({err}): {body}")
+                }));
+                self.clients
+                    .sqs
+                    .delete_message()
+                    .queue_url(&self.dlq_url)
+                    .receipt_handle(message.receipt_handle.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Waits until `count` envelopes have arrived on the DLQ and returns them.
+    pub async fn wait_for_dead_letters(&self, count: usize) -> Vec<DeadLetter> {
+        let mut letters = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while letters.len() < count {
+            letters.extend(self.take_dead_letters().await);
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "expected {count} dead letters, got {}: {letters:?}",
+                    letters.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        letters
+    }
+
+    /// Parquet files the sink has committed (temp files excluded).
+    pub fn sink_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        collect_parquet(self.output_dir(), &mut files);
+        files.sort();
+        files
+    }
+
+    pub fn start_worker(&self, config: Config) -> RunningWorker {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(run_with_clients(
+            config,
+            self.clients.clone(),
+            shutdown.clone(),
+        ));
+        RunningWorker { shutdown, handle }
+    }
+
+    /// Waits for `files` sink files and an empty source queue.
+    pub async fn wait_for_files_and_empty_queue(&self, files: usize) {
+        wait_until(
+            &format!("{files} sink file(s) and an empty queue"),
+            WAIT,
+            || async { self.sink_files().len() >= files && self.queue_is_empty().await },
+        )
+        .await;
+        assert_eq!(self.sink_files().len(), files, "{:?}", self.sink_files());
+    }
+}
+
+fn collect_parquet(dir: &Path, files: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_parquet(&path, files);
+        } else if path.extension().is_some_and(|e| e == "parquet")
+            && !path.file_name().unwrap().to_string_lossy().starts_with('.')
+        {
+            files.push(path);
+        }
+    }
+}
+
+pub async fn create_queue(clients: &AwsClients, name: &str) -> String {
+    clients
+        .sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "create queue {name}: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(err)
+            )
+        })
+        .queue_url
+        .unwrap()
+}
+
+pub async fn queue_arn(clients: &AwsClients, url: &str) -> String {
+    clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap()
+}
+
+pub async fn queue_counts(clients: &AwsClients, url: &str) -> (u64, u64) {
+    let attributes = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    let get = |name: &QueueAttributeName| {
+        attributes
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        get(&QueueAttributeName::ApproximateNumberOfMessages),
+        get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+pub struct RunningWorker {
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), s3_ingest::RunError>>,
+}
+
+impl RunningWorker {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("worker stops within a minute")
+            .expect("worker task did not panic")
+            .expect("worker ran without a start-up error");
+    }
+}
+
+/// Rows and key-value metadata of one sink file.
+pub struct SinkFile {
+    pub rows: usize,
+    pub metadata: std::collections::HashMap<String, String>,
+    pub batches: Vec<arrow::record_batch::RecordBatch>,
+}
+
+pub fn read_sink_file(path: &Path) -> SinkFile {
+    let file = std::fs::File::open(path).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let batches: Vec<_> = builder.build().unwrap().map(|b| b.unwrap()).collect();
+    SinkFile {
+        rows: batches.iter().map(|b| b.num_rows()).sum(),
+        metadata,
+        batches,
+    }
+}
+
+/// A sink file whose lineage names `key`.
+pub fn sink_file_for(files: &[PathBuf], key: &str) -> SinkFile {
+    files
+        .iter()
+        .map(|path| read_sink_file(path))
+        .find(|file| {
+            file.metadata
+                .get("s3_ingest.source_key")
+                .map(String::as_str)
+                == Some(key)
+        })
+        .unwrap_or_else(|| panic!("no sink file for key {key:?} among {files:?}"))
+}
+
+/// An S3 event notification body for `key`, as AWS would encode it.
+pub fn s3_event(bucket: &str, records: &[(&str, &str, u64)]) -> serde_json::Value {
+    let records: Vec<_> = records
+        .iter()
+        .map(|(key, etag, size)| {
+            serde_json::json!({
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventTime": "2026-11-27T12:00:00.000Z",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
+                    "object": {"key": aws_encode_key(key), "size": size, "eTag": etag, "sequencer": "0055AED6DCD90281E5"}
+                }
+            })
+        })
+        .collect();
+    serde_json::json!({ "Records": records })
+}
+
+/// Encodes a key the way S3 event notifications do (`+` for space).
+pub fn aws_encode_key(key: &str) -> String {
+    let mut out = String::new();
+    for byte in key.bytes() {
+        match byte {
+            b' ' => out.push('+'),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+pub fn csv_rows(rows: usize) -> String {
+    let mut text = String::from("id,name,price\n");
+    for i in 0..rows {
+        text.push_str(&format!("{i},item {i},{}.5\n", i * 2));
+    }
+    text
+}

@@ -1,6 +1,7 @@
 //! The `s3-ingest` binary: CLI, config, logging and signals. Everything
 //! else lives in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +48,7 @@ fn init_tracing(format: LogFormat) {
     // Logs go to stderr: stdout belongs to the stdout sink.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

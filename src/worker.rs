@@ -416,3 +416,141 @@ fn combine(outcomes: Vec<ObjectOutcome>) -> MessageOutcome {
         MessageOutcome::Done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The message state machine against the in-memory queue. Paths that
+    //! need S3 (ingesting a matched object) are covered by the LocalStack
+    //! integration tests.
+
+    use super::*;
+    use crate::config::{CsvOptions, FileFormat, RouteConfig};
+    use crate::queue::memory::MemoryQueue;
+    use std::collections::HashMap;
+
+    fn worker(queue: Arc<MemoryQueue>, max_receive_count: u64) -> Arc<Worker> {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .build(),
+        );
+        let router = Router::new(&[RouteConfig {
+            name: "csv".into(),
+            bucket: None,
+            key_glob: "in/*.csv".into(),
+            format: FileFormat::Auto,
+            sink: "lake".into(),
+            csv: CsvOptions::default(),
+            schema: None,
+            batch_rows: std::num::NonZeroUsize::new(100).unwrap(),
+        }])
+        .unwrap();
+        Arc::new(Worker::new(
+            queue,
+            router,
+            Ingestor::new(crate::object::S3Objects::new(s3), HashMap::new()),
+            WorkerSettings {
+                wait_time_secs: 1,
+                max_messages: 10,
+                visibility_timeout_secs: 30,
+                max_receive_count,
+                concurrency: 2,
+                shutdown_grace: Duration::from_secs(5),
+            },
+        ))
+    }
+
+    const UNMATCHED: &str = r#"{"Records":[{"eventName":"ObjectCreated:Put","eventTime":"2026-11-27T12:00:00.000Z",
+        "s3":{"bucket":{"name":"b"},"object":{"key":"other/x.json","size":1,"eTag":"e"}}}]}"#;
+
+    async fn run_until(worker: Arc<Worker>, done: impl Fn() -> bool) {
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not reached"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unparseable_message_is_dead_lettered_then_deleted() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        queue.send("not json");
+        let q = queue.clone();
+        run_until(worker(queue.clone(), 5), move || q.is_empty()).await;
+        let letters = queue.dead_letters();
+        assert_eq!(letters.len(), 1);
+        let letter: DeadLetter = serde_json::from_str(&letters[0]).unwrap();
+        assert_eq!(letter.error_kind, "invalid_message");
+        assert_eq!(letter.original_message, "not json");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_dead_letter_send_keeps_the_message() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        queue.fail_dead_letters(true);
+        queue.send("not json");
+        let worker = worker(queue.clone(), 5);
+        let stats = worker.stats();
+        run_until(worker, move || {
+            stats.messages_left_for_retry.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        assert_eq!(queue.len(), 1, "message must not be deleted");
+        assert!(queue.dead_letters().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_dlq_poison_is_left_to_the_redrive_policy() {
+        let queue = Arc::new(MemoryQueue::new(false));
+        queue.send("not json");
+        let worker = worker(queue.clone(), 5);
+        let stats = worker.stats();
+        run_until(worker, move || {
+            stats.messages_left_for_retry.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn test_events_and_unmatched_keys_are_deleted() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        queue.send(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-11-27T12:00:00.000Z","Bucket":"b","RequestId":"r","HostId":"h"}"#);
+        queue.send(UNMATCHED);
+        let worker = worker(queue.clone(), 5);
+        let stats = worker.stats();
+        let q = queue.clone();
+        run_until(worker, move || q.is_empty()).await;
+        assert_eq!(stats.messages_discarded.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.objects_unmatched.load(Ordering::Relaxed), 1);
+        assert!(queue.dead_letters().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn message_over_max_receive_count_is_dead_lettered_whatever_it_is() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        queue.send(UNMATCHED);
+        // Two deliveries that were never acknowledged.
+        for _ in 0..2 {
+            let received = queue.receive(10, 0, 1).await.unwrap();
+            assert_eq!(received.len(), 1);
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        let q = queue.clone();
+        run_until(worker(queue.clone(), 2), move || q.is_empty()).await;
+        let letters = queue.dead_letters();
+        assert_eq!(letters.len(), 1);
+        let letter: DeadLetter = serde_json::from_str(&letters[0]).unwrap();
+        assert_eq!(letter.error_kind, "max_receive_count_exceeded");
+        assert_eq!(letter.receive_count, 3);
+        assert_eq!(letter.key.as_deref(), Some("other/x.json"));
+    }
+}

@@ -563,3 +563,17 @@ async fn message_received_too_often_is_dead_lettered() {
     .await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_header_only_files_commit_zero_rows() {
+    let fixture = Fixture::new("empty").await;
+    let worker = fixture.start_worker(fixture.config(None));
+    fixture.put("in/empty.csv", Vec::new()).await;
+    fixture.put("in/header-only.csv", "id,name\n").await;
+    fixture.wait_for_files_and_empty_queue(2).await;
+    let files = fixture.sink_files();
+    assert_eq!(sink_file_for(&files, "in/empty.csv").rows, 0);
+    assert_eq!(sink_file_for(&files, "in/header-only.csv").rows, 0);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}

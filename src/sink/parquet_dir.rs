@@ -369,3 +369,32 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod empty_tests {
+    use super::*;
+    use arrow::datatypes::Schema;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn an_empty_source_commits_a_zero_row_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetDirSink::new("lake", dir.path().to_owned());
+        let lineage = Lineage {
+            bucket: "b".into(),
+            key: "empty.csv".into(),
+            version_id: None,
+            etag: Some("e".into()),
+            size: 0,
+            event_time: None,
+            route: "r".into(),
+        };
+        let writer = sink
+            .open(&lineage, Arc::new(Schema::empty()))
+            .await
+            .unwrap();
+        let receipt = writer.commit().await.unwrap();
+        assert_eq!(receipt.rows, 0);
+        assert!(output_path(dir.path(), &lineage).exists());
+    }
+}

@@ -1,0 +1,138 @@
+//! The binary's command line: config validation and graceful shutdown.
+
+mod util;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_s3-ingest"));
+    // Keep the developer's environment out of the config.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("S3_INGEST") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+const VALID: &str = r#"
+[queue]
+url = "http://127.0.0.1:4566/queue/us-east-1/000000000000/q"
+
+[[routes]]
+name = "orders"
+bucket = "vendor"
+key_glob = "orders/**/*.csv"
+sink = "lake"
+
+[sinks.lake]
+type = "parquet_dir"
+path = "/tmp/lake"
+"#;
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn check_config_prints_the_resolved_config_and_routes() {
+    let config = write_config(VALID);
+    let output = binary()
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .env("S3_INGEST__QUEUE__WAIT_TIME_SECS", "7")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("wait_time_secs = 7"), "{stdout}");
+    assert!(
+        stdout.contains("orders: bucket vendor, key orders/**/*.csv"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_key() {
+    let config = write_config(&VALID.replace("[queue]", "[queue]\nmax_messages = 50"));
+    let output = binary()
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("queue.max_messages"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let output = binary()
+        .args(["run", "--config", "/nonexistent/s3-ingest.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/s3-ingest.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_that_does_not_exist_stops_the_worker_at_start_up() {
+    let config = write_config(&format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nforce_path_style = true\n{}",
+        util::endpoint(),
+        VALID.replace("/q\"", "/s3i-no-such-queue\"")
+    ));
+    let output = binary()
+        .args(["--config"])
+        .arg(config.path())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("s3i-no-such-queue"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_long_polling_worker_promptly_with_exit_0() {
+    let fixture = util::Fixture::new("sigterm").await;
+    let mut text = toml::to_string(&fixture.config(None)).unwrap();
+    // The full 20 s long poll: SIGTERM must not wait for it.
+    text = text.replace("wait_time_secs = 1", "wait_time_secs = 20");
+    let config = write_config(&text);
+    let mut child = binary()
+        .arg("--config")
+        .arg(config.path())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once a file has landed the worker is running and long-polling.
+    fixture.put("in/a.csv", util::csv_rows(2)).await;
+    fixture.wait_for_files_and_empty_queue(1).await;
+
+    let sent = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the long poll: {:?}",
+        sent.elapsed()
+    );
+}

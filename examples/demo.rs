@@ -193,6 +193,7 @@ async fn main() -> std::process::ExitCode {
         region: Some("us-east-1".into()),
         endpoint_url: Some(args.endpoint.clone()),
         force_path_style: true,
+        expected_bucket_owner: None,
     })
     .await;
     // A rerun should show this run's dead letters only.

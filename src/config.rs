@@ -63,6 +63,9 @@ pub struct AwsConfig {
     /// Path-style S3 addressing (`http://host/bucket/key`), needed by LocalStack.
     #[serde(default)]
     pub force_path_style: bool,
+    /// When set, sent as `ExpectedBucketOwner` on every S3 call, so a bucket
+    /// that changed hands is refused by S3 instead of read.
+    pub expected_bucket_owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +110,11 @@ pub struct WorkerConfig {
     /// 30 s stop timeout.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// The longest one message is kept invisible by the heartbeat; a file
+    /// still not done by then is given up and its message comes back (and
+    /// after `max_receive_count` deliveries, goes to the DLQ).
+    #[serde(default = "default_max_lease_secs")]
+    pub max_lease_secs: u64,
 }
 
 fn default_concurrency() -> NonZeroUsize {
@@ -115,12 +123,16 @@ fn default_concurrency() -> NonZeroUsize {
 fn default_shutdown_grace_secs() -> u64 {
     20
 }
+fn default_max_lease_secs() -> u64 {
+    2 * 3600
+}
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: default_concurrency(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            max_lease_secs: default_max_lease_secs(),
         }
     }
 }
@@ -316,6 +328,15 @@ impl Config {
                 format!(
                     "{} is out of range 0..=3600",
                     self.worker.shutdown_grace_secs
+                ),
+            ));
+        }
+        if self.worker.max_lease_secs < queue.visibility_timeout_secs {
+            return Err(invalid(
+                "worker.max_lease_secs",
+                format!(
+                    "{} must be at least queue.visibility_timeout_secs ({})",
+                    self.worker.max_lease_secs, queue.visibility_timeout_secs
                 ),
             ));
         }

@@ -128,6 +128,17 @@ where
     (class, detail)
 }
 
+/// The AWS error code of a service error (`NoSuchKey`, `QueueDoesNotExist`, ...).
+pub fn aws_error_code<E>(err: &SdkError<E, HttpResponse>) -> Option<String>
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(service) => service.err().code().map(str::to_owned),
+        _ => None,
+    }
+}
+
 /// Decides from an HTTP status and AWS error code.
 pub fn classify_service(status: u16, code: Option<&str>) -> AwsFailure {
     match code {

@@ -107,7 +107,10 @@ pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker
         .iter()
         .map(|(name, sink)| (name.clone(), sink::build(name, sink)))
         .collect();
-    let ingestor = Ingestor::new(S3Objects::new(clients.s3), sinks);
+    let ingestor = Ingestor::new(
+        S3Objects::new(clients.s3, config.aws.expected_bucket_owner.clone()),
+        sinks,
+    );
     Ok(Worker::new(
         Arc::new(queue),
         router,

@@ -23,8 +23,9 @@ use tracing::warn;
 use crate::error::{IngestError, s3_error};
 use crate::notification::ObjectRef;
 
-/// How often a broken download is resumed before the object is given up
-/// for this delivery (the message then comes back later).
+/// How many breaks in a row, without a byte of progress in between, a
+/// download survives before the object is given up for this delivery (its
+/// message then comes back later).
 const MAX_RESUMES: u32 = 5;
 
 /// An object version that has been looked up and can be read consistently.
@@ -49,6 +50,7 @@ impl PinnedObject {
 #[derive(Clone)]
 pub struct S3Objects {
     client: Client,
+    expected_bucket_owner: Option<String>,
 }
 
 fn unquote(etag: &str) -> String {
@@ -56,8 +58,11 @@ fn unquote(etag: &str) -> String {
 }
 
 impl S3Objects {
-    pub fn new(client: Client) -> S3Objects {
-        S3Objects { client }
+    pub fn new(client: Client, expected_bucket_owner: Option<String>) -> S3Objects {
+        S3Objects {
+            client,
+            expected_bucket_owner,
+        }
     }
 
     /// Looks up the notified version: fails if it is gone or has changed.
@@ -67,7 +72,8 @@ impl S3Objects {
             .client
             .head_object()
             .bucket(&object.bucket)
-            .key(&object.key);
+            .key(&object.key)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone());
         if let Some(version_id) = &object.version_id {
             request = request.version_id(version_id);
         } else if let Some(etag) = &object.etag {
@@ -112,7 +118,8 @@ impl S3Objects {
             .client
             .get_object()
             .bucket(&pinned.bucket)
-            .key(&pinned.key);
+            .key(&pinned.key)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone());
         if let Some(version_id) = &pinned.version_id {
             request = request.version_id(version_id);
         }
@@ -130,20 +137,24 @@ impl S3Objects {
     }
 
     /// Streams the whole object into `chunks`, resuming a broken download
-    /// from the last byte received (never from zero, so nothing downstream
-    /// sees a byte twice). Returns the byte count; stops quietly if the
-    /// receiver goes away, because then a later stage has failed.
+    /// with a ranged GET from the last byte received (never from zero, so
+    /// nothing downstream sees a byte twice or misses one). Gives up after
+    /// `MAX_RESUMES` breaks in a row without progress. Returns the byte
+    /// count; stops quietly if the receiver goes away, because then a later
+    /// stage has failed and reports why.
     pub async fn stream_into(
         &self,
         pinned: &PinnedObject,
         chunks: mpsc::Sender<Bytes>,
     ) -> Result<u64, IngestError> {
         let mut offset = 0u64;
-        let mut resumes = 0u32;
+        let mut breaks_without_progress = 0u32;
+        let mut resumes = 0u64;
         while offset < pinned.size {
             let range = (offset > 0).then_some(offset..pinned.size);
+            let started_at = offset;
             let mut body = self.get_from(pinned, range).await?;
-            loop {
+            let failure = loop {
                 match body.next().await {
                     Some(Ok(chunk)) => {
                         offset += chunk.len() as u64;
@@ -151,40 +162,33 @@ impl S3Objects {
                             return Ok(offset);
                         }
                     }
-                    Some(Err(err)) => {
-                        resumes += 1;
-                        if resumes > MAX_RESUMES {
-                            return Err(IngestError::S3 {
-                                uri: pinned.uri(),
-                                operation: "GetObject",
-                                detail: format!(
-                                    "download broke {resumes} times, last at byte {offset}: {err}"
-                                ),
-                                retryable: true,
-                            });
-                        }
-                        warn!(uri = %pinned.uri(), offset, resumes, error = %err, "object download broke; resuming");
-                        break;
+                    Some(Err(err)) => break err.to_string(),
+                    None if offset < pinned.size => {
+                        break format!("body ended at byte {offset} of {}", pinned.size);
                     }
-                    None => {
-                        if offset < pinned.size {
-                            resumes += 1;
-                            if resumes > MAX_RESUMES {
-                                return Err(IngestError::S3 {
-                                    uri: pinned.uri(),
-                                    operation: "GetObject",
-                                    detail: format!(
-                                        "download ended early {resumes} times, last at byte {offset} of {}",
-                                        pinned.size
-                                    ),
-                                    retryable: true,
-                                });
-                            }
-                        }
-                        break;
-                    }
+                    None => break String::new(),
                 }
+            };
+            if offset >= pinned.size {
+                break;
             }
+            breaks_without_progress = if offset > started_at {
+                1
+            } else {
+                breaks_without_progress + 1
+            };
+            if breaks_without_progress > MAX_RESUMES {
+                return Err(IngestError::S3 {
+                    uri: pinned.uri(),
+                    operation: "GetObject",
+                    detail: format!(
+                        "download broke {breaks_without_progress} times in a row at byte {offset}: {failure}"
+                    ),
+                    retryable: true,
+                });
+            }
+            resumes += 1;
+            warn!(uri = %pinned.uri(), offset, resumes, error = %failure, "object download broke; resuming from the last byte");
         }
         if offset != pinned.size {
             return Err(IngestError::S3 {

@@ -75,6 +75,14 @@ impl Router {
         self.routes.iter().find(|r| r.matches(bucket, key)).cloned()
     }
 
+    /// Whether any route accepts objects from `bucket` (a route without a
+    /// bucket accepts every bucket).
+    pub fn bucket_allowed(&self, bucket: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.bucket.as_deref().is_none_or(|b| b == bucket))
+    }
+
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
@@ -142,6 +150,16 @@ mod tests {
         // `*` does not cross a slash.
         assert_eq!(name("other", "in/deep/x.csv"), None);
         assert_eq!(name("other", "orders/a.csv"), None);
+    }
+
+    #[test]
+    fn buckets_are_allowed_by_name_or_by_a_route_without_bucket() {
+        let named = Router::new(&[route("a", Some("vendor"), "**")]).unwrap();
+        assert!(named.bucket_allowed("vendor"));
+        assert!(!named.bucket_allowed("stranger"));
+        let open =
+            Router::new(&[route("a", Some("vendor"), "**"), route("b", None, "x/*")]).unwrap();
+        assert!(open.bucket_allowed("stranger"));
     }
 
     #[test]

@@ -30,9 +30,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::Config;
 use crate::dead_letter::DeadLetter;
 use crate::ingest::Ingestor;
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseEnd, LeaseTiming};
 use crate::notification::{self, Notification, ObjectRef};
-use crate::queue::{Queue, ReceivedMessage};
+use crate::queue::{Queue, QueueError, ReceivedMessage};
 use crate::route::Router;
 
 /// What happened to one object of a message.
@@ -65,6 +65,7 @@ pub struct Stats {
     pub objects_dead_lettered: AtomicU64,
     pub objects_unmatched: AtomicU64,
     pub receive_errors: AtomicU64,
+    pub visibility_extensions: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -80,6 +81,7 @@ pub struct WorkerSettings {
     pub max_receive_count: u64,
     pub concurrency: usize,
     pub shutdown_grace: Duration,
+    pub max_lease: Duration,
 }
 
 impl WorkerSettings {
@@ -91,6 +93,14 @@ impl WorkerSettings {
             max_receive_count: config.queue.max_receive_count,
             concurrency: config.worker.concurrency.get(),
             shutdown_grace: Duration::from_secs(config.worker.shutdown_grace_secs),
+            max_lease: Duration::from_secs(config.worker.max_lease_secs),
+        }
+    }
+
+    fn lease_timing(&self) -> LeaseTiming {
+        LeaseTiming {
+            visibility_timeout: Duration::from_secs(self.visibility_timeout_secs),
+            max_lease: self.max_lease,
         }
     }
 }
@@ -150,13 +160,26 @@ impl Worker {
                 }
             };
             let max_messages = self.settings.max_messages.min(free);
+            let queue = self.queue.clone();
+            let (wait_time_secs, visibility_timeout_secs) = (
+                self.settings.wait_time_secs,
+                self.settings.visibility_timeout_secs,
+            );
+            let mut receive = Box::pin(async move {
+                queue
+                    .receive(max_messages, wait_time_secs, visibility_timeout_secs)
+                    .await
+            });
             let received = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                received = self.queue.receive(
-                    max_messages,
-                    self.settings.wait_time_secs,
-                    self.settings.visibility_timeout_secs,
-                ) => received,
+                _ = shutdown.cancelled() => {
+                    // Keep the long poll alive: SQS answers it anyway, and
+                    // messages it hands to a dropped request stay hidden
+                    // for a whole visibility timeout. Release them instead.
+                    let worker = self.clone();
+                    tracker.spawn(async move { worker.release_late_receive(receive).await });
+                    break;
+                }
+                received = &mut receive => received,
             };
             match received {
                 Ok(messages) => {
@@ -175,10 +198,11 @@ impl Worker {
                 Err(err) => {
                     bump(&self.stats.receive_errors);
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    let retry_in_ms = delay.as_millis() as u64;
                     if err.is_retryable() {
-                        warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "receive failed; backing off");
+                        warn!(error = %err, hint = err.hint(), retry_in_ms, "receive failed; backing off");
                     } else {
-                        error!(error = %err, retry_in_ms = delay.as_millis() as u64, "receive refused: check that the queue exists and the credentials may read it");
+                        error!(error = %err, hint = err.hint(), retry_in_ms, "receive refused; backing off");
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -208,32 +232,77 @@ impl Worker {
         info!(stats = ?self.stats, "worker stopped");
     }
 
+    /// Waits for a long poll that was running when shutdown began and
+    /// releases whatever it returns, so no message stays hidden for a
+    /// visibility timeout because of a worker that is going away. The poll
+    /// ends within `wait_time_secs` whatever the grace period, so this is
+    /// waited for even when in-flight work is abandoned.
+    async fn release_late_receive(
+        &self,
+        receive: impl Future<Output = Result<Vec<ReceivedMessage>, QueueError>>,
+    ) {
+        let Ok(messages) = receive.await else {
+            return;
+        };
+        for message in messages {
+            bump(&self.stats.messages_received);
+            bump(&self.stats.messages_released);
+            match self.queue.set_visibility(&message.receipt_handle, 0).await {
+                Ok(()) => {
+                    info!(message_id = %message.message_id, "message received during shutdown released")
+                }
+                Err(err) => {
+                    warn!(message_id = %message.message_id, error = %err, "could not release message received during shutdown")
+                }
+            }
+        }
+    }
+
     async fn handle_message(self: Arc<Self>, message: ReceivedMessage, abandon: CancellationToken) {
-        let _lease = Lease::start(
+        let mut lease = Lease::start(
             self.queue.clone(),
             message.receipt_handle.clone(),
             message.message_id.clone(),
-            self.settings.visibility_timeout_secs,
+            self.settings.lease_timing(),
         );
         let outcome = tokio::select! {
             outcome = self.process(&message) => outcome,
+            end = lease.ended() => {
+                // Dropping `process` stops the object pipelines; nothing
+                // uncommitted becomes visible. The message is not ours to
+                // delete any more (lost) or is left to come back (expired).
+                bump(&self.stats.messages_left_for_retry);
+                self.stats.visibility_extensions.fetch_add(lease.extensions(), Ordering::Relaxed);
+                match end {
+                    LeaseEnd::Lost(reason) => warn!(reason, "lease lost; work abandoned and not acknowledged"),
+                    LeaseEnd::Expired => warn!(max_lease_secs = self.settings.max_lease.as_secs(), "maximum lease reached; work abandoned, the message comes back after its visibility timeout"),
+                }
+                return;
+            }
             _ = abandon.cancelled() => {
                 // Release now so another worker picks it up at once; never
                 // delete unfinished work.
+                self.stats.visibility_extensions.fetch_add(lease.extensions(), Ordering::Relaxed);
+                drop(lease);
                 bump(&self.stats.messages_released);
-                if let Err(err) = self.queue.set_visibility(&message.receipt_handle, 0).await {
-                    warn!(error = %err, "could not release message; it returns after its visibility timeout");
-                } else {
-                    info!("message released");
+                match self.queue.set_visibility(&message.receipt_handle, 0).await {
+                    Ok(()) => info!("message released"),
+                    Err(err) => warn!(error = %err, "could not release message; it returns after its visibility timeout"),
                 }
                 return;
             }
         };
+        self.stats
+            .visibility_extensions
+            .fetch_add(lease.extensions(), Ordering::Relaxed);
+        drop(lease);
         match outcome {
             MessageOutcome::Done => match self.queue.delete(&message.receipt_handle).await {
                 Ok(()) => bump(&self.stats.messages_deleted),
                 // Not retried: redelivery is the retry, and the sinks are idempotent.
-                Err(err) => warn!(error = %err, "delete failed; the message will be redelivered"),
+                Err(err) => {
+                    warn!(error = %err, hint = err.hint(), "delete failed; the message will be redelivered")
+                }
             },
             MessageOutcome::Retry => {
                 bump(&self.stats.messages_left_for_retry);
@@ -298,6 +367,19 @@ impl Worker {
     async fn process_object(&self, message: &ReceivedMessage, object: &ObjectRef) -> ObjectOutcome {
         let bucket = object.bucket.as_str();
         let key = object.key.as_str();
+        if !self.router.bucket_allowed(bucket) {
+            // Never fetch from a bucket the config does not name: a forged or
+            // misrouted notification must not make us read someone's data.
+            return self
+                .dead_letter_object(
+                    message,
+                    object,
+                    None,
+                    "bucket_not_allowed",
+                    format!("{}: no route allows bucket `{bucket}`", object.s3_uri()),
+                )
+                .await;
+        }
         let Some(route) = self.router.route(bucket, key) else {
             bump(&self.stats.objects_unmatched);
             info!(bucket, key, "no route matches the key; object skipped");
@@ -449,7 +531,7 @@ mod tests {
         Arc::new(Worker::new(
             queue,
             router,
-            Ingestor::new(crate::object::S3Objects::new(s3), HashMap::new()),
+            Ingestor::new(crate::object::S3Objects::new(s3, None), HashMap::new()),
             WorkerSettings {
                 wait_time_secs: 1,
                 max_messages: 10,
@@ -457,6 +539,7 @@ mod tests {
                 max_receive_count,
                 concurrency: 2,
                 shutdown_grace: Duration::from_secs(5),
+                max_lease: Duration::from_secs(3600),
             },
         ))
     }

@@ -102,15 +102,18 @@ async fn queue_that_does_not_exist_stops_the_worker_at_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_a_long_polling_worker_promptly_with_exit_0() {
+async fn sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns() {
     let fixture = util::Fixture::new("sigterm").await;
-    let mut text = toml::to_string(&fixture.config(None)).unwrap();
-    // The full 20 s long poll: SIGTERM must not wait for it.
-    text = text.replace("wait_time_secs = 1", "wait_time_secs = 20");
-    let config = write_config(&text);
+    let mut config = fixture.config(None);
+    // The full 20 s long poll, and a long visibility timeout: a message the
+    // last poll returns must be released, not hidden for a minute.
+    config.queue.wait_time_secs = 20;
+    config.queue.visibility_timeout_secs = 60;
+    let text = toml::to_string(&config).unwrap();
+    let config_file = write_config(&text);
     let mut child = binary()
         .arg("--config")
-        .arg(config.path())
+        .arg(config_file.path())
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .stderr(Stdio::piped())
@@ -126,13 +129,31 @@ async fn sigterm_stops_a_long_polling_worker_promptly_with_exit_0() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    // Arrives while the last long poll is still open.
+    fixture.put("in/late.csv", util::csv_rows(3)).await;
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (exit, stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.0.code(), Some(0), "{}", exit.1);
+    // Bounded by the long poll (20 s), never by the visibility timeout.
     assert!(
-        sent.elapsed() < Duration::from_secs(10),
-        "shutdown waited for the long poll: {:?}",
+        sent.elapsed() < Duration::from_secs(30),
+        "{:?}",
         sent.elapsed()
     );
+
+    // The next worker gets the late file at once, not after 60 s.
+    let worker = fixture.start_worker(config);
+    util::wait_until(
+        "late file ingested by the next worker",
+        Duration::from_secs(30),
+        || async { fixture.sink_files().len() == 2 && fixture.queue_is_empty().await },
+    )
+    .await;
+    worker.stop().await;
 }

@@ -577,3 +577,26 @@ async fn empty_and_header_only_files_commit_zero_rows() {
     assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_no_route_allows_is_dead_lettered_without_fetching() {
+    let fixture = Fixture::new("stranger").await;
+    let routes = r#"
+        [[routes]]
+        name = "vendor-only"
+        bucket = "some-other-vendor-bucket"
+        key_glob = "**"
+        sink = "lake"
+    "#;
+    let worker = fixture.start_worker(fixture.config(Some(routes)));
+    fixture.put("in/file.csv", csv_rows(2)).await;
+    let letters = fixture.wait_for_dead_letters(1).await;
+    assert_eq!(letters[0].error_kind, "bucket_not_allowed");
+    assert_eq!(letters[0].key.as_deref(), Some("in/file.csv"));
+    wait_until("queue drained", WAIT, || async {
+        fixture.queue_is_empty().await
+    })
+    .await;
+    assert!(fixture.sink_files().is_empty());
+    worker.stop().await;
+}

@@ -118,6 +118,7 @@ impl MemoryQueue {
             operation,
             queue: "memory".into(),
             class: AwsFailure::Permanent,
+            code: Some("ReceiptHandleIsInvalid".into()),
             detail: "ReceiptHandleIsInvalid".into(),
         }
     }
@@ -179,6 +180,7 @@ impl Queue for MemoryQueue {
                 operation: "SendMessage",
                 queue: "memory-dlq".into(),
                 class: AwsFailure::Transient,
+                code: None,
                 detail: "dead-letter queue unavailable".into(),
             });
         }

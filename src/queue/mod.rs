@@ -27,12 +27,51 @@ pub struct QueueError {
     pub operation: &'static str,
     pub queue: String,
     pub class: AwsFailure,
+    /// The AWS error code, when the service answered.
+    pub code: Option<String>,
     pub detail: String,
 }
 
 impl QueueError {
     pub fn is_retryable(&self) -> bool {
         self.class == AwsFailure::Transient
+    }
+
+    /// What an operator should check, in words, for the usual causes.
+    pub fn hint(&self) -> &'static str {
+        match self.code.as_deref() {
+            Some(
+                "AWS.SimpleQueueService.NonExistentQueue"
+                | "QueueDoesNotExist"
+                | "AWS.SimpleQueueService.QueueDeletedRecently",
+            ) => "the queue does not exist: check queue.url / queue.dlq_url",
+            Some(
+                "InvalidClientTokenId"
+                | "UnrecognizedClientException"
+                | "SignatureDoesNotMatch"
+                | "InvalidAccessKeyId"
+                | "ExpiredToken"
+                | "MissingAuthenticationToken",
+            ) => "the credentials are invalid or expired",
+            Some("AccessDenied" | "AccessDeniedException" | "KMS.AccessDeniedException") => {
+                "the credentials are not allowed to use this queue (IAM or queue policy)"
+            }
+            Some("ReceiptHandleIsInvalid" | "InvalidParameterValue") => {
+                "the message is gone or was received again elsewhere"
+            }
+            _ if self.class == AwsFailure::Transient => {
+                "SQS is unreachable, throttling or failing; retrying with backoff"
+            }
+            _ => "SQS refused the request",
+        }
+    }
+
+    /// Whether the receipt handle no longer names a message we hold.
+    pub fn is_receipt_gone(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some("ReceiptHandleIsInvalid" | "InvalidParameterValue" | "MessageNotInflight")
+        ) || self.detail.contains("ReceiptHandleIsInvalid")
     }
 }
 
@@ -61,4 +100,37 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Sends a dead-letter envelope; Ok means the DLQ accepted it.
     async fn dead_letter(&self, envelope_json: &str) -> Result<(), QueueError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(class: AwsFailure, code: Option<&str>) -> QueueError {
+        QueueError {
+            operation: "ReceiveMessage",
+            queue: "q".into(),
+            class,
+            code: code.map(Into::into),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn hints_name_the_usual_causes() {
+        let missing = error(
+            AwsFailure::Permanent,
+            Some("AWS.SimpleQueueService.NonExistentQueue"),
+        );
+        assert!(missing.hint().contains("does not exist"));
+        assert!(!missing.is_retryable());
+        let credentials = error(AwsFailure::Permanent, Some("InvalidClientTokenId"));
+        assert!(credentials.hint().contains("credentials"));
+        let denied = error(AwsFailure::AccessDenied, Some("AccessDenied"));
+        assert!(denied.hint().contains("not allowed"));
+        let outage = error(AwsFailure::Transient, None);
+        assert!(outage.is_retryable());
+        assert!(outage.hint().contains("unreachable"));
+        assert!(error(AwsFailure::Permanent, Some("ReceiptHandleIsInvalid")).is_receipt_gone());
+    }
 }

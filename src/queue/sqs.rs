@@ -5,7 +5,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
 use super::{Queue, QueueError, ReceivedMessage};
-use crate::error::classify_aws;
+use crate::error::{aws_error_code, classify_aws};
 
 pub struct SqsQueue {
     client: Client,
@@ -51,6 +51,7 @@ where
         operation,
         queue: url.to_owned(),
         class,
+        code: aws_error_code(err),
         detail,
     }
 }
@@ -134,6 +135,7 @@ impl Queue for SqsQueue {
                 operation: "SendMessage",
                 queue: "<no dlq_url>".into(),
                 class: crate::error::AwsFailure::Permanent,
+                code: None,
                 detail: "no dead-letter queue is configured".into(),
             });
         };

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +17,9 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use s3_ingest::config::Config;
 use s3_ingest::dead_letter::DeadLetter;
-use s3_ingest::{AwsClients, run_with_clients};
+use s3_ingest::worker::Stats;
+use s3_ingest::{AwsClients, build_worker, run_with_clients};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +30,16 @@ pub fn endpoint() -> String {
 /// Clients with LocalStack's static credentials, so tests never depend on
 /// the developer's AWS setup.
 pub fn clients() -> AwsClients {
+    clients_at(&endpoint())
+}
+
+/// Clients for another endpoint (e.g. a fault-injecting proxy).
+pub fn clients_at(endpoint: &str) -> AwsClients {
     let credentials = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "tests");
     let sdk = aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
             credentials,
         ))
@@ -319,14 +328,90 @@ impl Fixture {
         files
     }
 
+    /// The clients the worker uses: the config's endpoint (LocalStack or a
+    /// proxy in front of it), LocalStack's static credentials.
+    fn worker_clients(config: &Config) -> AwsClients {
+        clients_at(config.aws.endpoint_url.as_deref().unwrap_or(&endpoint()))
+    }
+
     pub fn start_worker(&self, config: Config) -> RunningWorker {
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(run_with_clients(
-            config,
-            self.clients.clone(),
-            shutdown.clone(),
-        ));
+        let clients = Self::worker_clients(&config);
+        let handle = tokio::spawn(run_with_clients(config, clients, shutdown.clone()));
         RunningWorker { shutdown, handle }
+    }
+
+    /// Starts the worker in-process and returns its outcome counters too.
+    pub async fn start_worker_with_stats(&self, config: Config) -> (RunningWorker, Arc<Stats>) {
+        let worker = build_worker(&config, Self::worker_clients(&config))
+            .await
+            .expect("worker starts");
+        let stats = worker.stats();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            Arc::new(worker).run(token).await;
+            Ok(())
+        });
+        (RunningWorker { shutdown, handle }, stats)
+    }
+
+    /// Starts the `s3-ingest` binary with `config`, logging to `log`.
+    pub fn spawn_worker_process(&self, config: &Config, log: &Path) -> std::process::Child {
+        let config_path = log.with_extension("toml");
+        std::fs::write(&config_path, toml::to_string(config).unwrap()).unwrap();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_s3-ingest"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("S3_INGEST") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("RUST_LOG", "s3_ingest=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the s3-ingest binary")
+    }
+
+    /// Uploads many objects with bounded concurrency.
+    pub async fn put_many(&self, objects: Vec<(String, Vec<u8>)>) {
+        use futures::StreamExt;
+        futures::stream::iter(objects)
+            .map(|(key, body)| async move { self.put(&key, body).await })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+    }
+
+    /// How many committed sink files name each source key.
+    pub fn sink_copies_by_key(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut copies = std::collections::BTreeMap::new();
+        for path in self.sink_files() {
+            let reader = parquet::file::reader::SerializedFileReader::new(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap();
+            use parquet::file::reader::FileReader;
+            let key = reader
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .and_then(|kv| kv.iter().find(|e| e.key == "s3_ingest.source_key").cloned())
+                .and_then(|e| e.value)
+                .unwrap_or_default();
+            *copies.entry(key).or_insert(0) += 1;
+        }
+        copies
     }
 
     /// Waits for `files` sink files and an empty source queue.
@@ -419,6 +504,12 @@ pub struct RunningWorker {
 }
 
 impl RunningWorker {
+    /// Stops the worker, tolerating any start-up error (for fault tests).
+    pub async fn abort(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.handle).await;
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(60), self.handle)

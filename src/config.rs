@@ -49,8 +49,43 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub worker: WorkerConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
     pub routes: Vec<RouteConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// The HTTP endpoints for operators: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// `host:port` to serve on; an empty string turns the endpoints off.
+    #[serde(default = "default_status_listen_addr")]
+    pub listen_addr: String,
+}
+
+fn default_status_listen_addr() -> String {
+    "0.0.0.0:9090".into()
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: default_status_listen_addr(),
+        }
+    }
+}
+
+impl StatusConfig {
+    pub fn enabled(&self) -> bool {
+        !self.listen_addr.trim().is_empty()
+    }
+
+    /// Where the container health check finds `/healthz` on this host.
+    pub fn local_healthz_url(&self) -> String {
+        let port = self.listen_addr.rsplit(':').next().unwrap_or("9090");
+        format!("http://127.0.0.1:{port}/healthz")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -337,6 +372,21 @@ impl Config {
                 format!(
                     "{} must be at least queue.visibility_timeout_secs ({})",
                     self.worker.max_lease_secs, queue.visibility_timeout_secs
+                ),
+            ));
+        }
+        if self.status.enabled()
+            && self
+                .status
+                .listen_addr
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(invalid(
+                "status.listen_addr",
+                format!(
+                    "`{}` is not host:port (e.g. 0.0.0.0:9090), or \"\" to turn off",
+                    self.status.listen_addr
                 ),
             ));
         }

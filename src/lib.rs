@@ -16,6 +16,8 @@ pub mod queue;
 pub mod route;
 pub mod schema;
 pub mod sink;
+pub mod status;
+pub mod telemetry;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -27,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AwsConfig, Config};
 use crate::ingest::Ingestor;
 use crate::object::S3Objects;
-use crate::queue::QueueError;
 use crate::queue::sqs::SqsQueue;
+use crate::queue::{Queue, QueueError};
 use crate::route::Router;
 use crate::worker::{Worker, WorkerSettings};
 
@@ -39,6 +41,8 @@ pub enum RunError {
     Queue(#[from] QueueError),
     #[error("invalid routes: {0}")]
     Routes(String),
+    #[error("cannot serve status endpoints on {0}: {1}")]
+    Status(String, std::io::Error),
 }
 
 /// The AWS clients the worker uses.
@@ -52,7 +56,13 @@ impl AwsClients {
     /// Builds clients from the `[aws]` section and the SDK's default
     /// credential chain (env, profile, ECS task role).
     pub async fn from_config(aws: &AwsConfig) -> AwsClients {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        // Bounded attempts: a hung connection must fail (and be retried)
+        // rather than stall the receive loop. 45 s covers a 20 s long poll.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .operation_attempt_timeout(std::time::Duration::from_secs(45))
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
         if let Some(region) = &aws.region {
             loader = loader.region(Region::new(region.clone()));
         }
@@ -86,8 +96,22 @@ pub async fn run_with_clients(
     clients: AwsClients,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let worker = build_worker(&config, clients).await?;
-    Arc::new(worker).run(shutdown).await;
+    let worker = Arc::new(build_worker(&config, clients).await?);
+    if config.status.enabled() {
+        let stop_serving = CancellationToken::new();
+        status::serve(
+            &config.status.listen_addr,
+            worker.liveness(),
+            worker.queue(),
+            stop_serving.clone(),
+        )
+        .await
+        .map_err(|err| RunError::Status(config.status.listen_addr.clone(), err))?;
+        worker.run(shutdown).await;
+        stop_serving.cancel();
+    } else {
+        worker.run(shutdown).await;
+    }
     Ok(())
 }
 

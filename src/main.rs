@@ -34,6 +34,13 @@ enum Command {
     Run,
     /// Validate the config and print it resolved, with its routes.
     CheckConfig,
+    /// Exit 0 if the running worker's /healthz answers 200 (for container
+    /// health checks; no curl needed).
+    Healthcheck {
+        /// Defaults to /healthz on the port of status.listen_addr.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,6 +126,16 @@ async fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config),
+        Command::Healthcheck { url } => {
+            let url = url.unwrap_or_else(|| config.status.local_healthz_url());
+            match s3_ingest::status::probe(&url).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("unhealthy: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());

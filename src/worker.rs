@@ -34,6 +34,8 @@ use crate::lease::{Lease, LeaseEnd, LeaseTiming};
 use crate::notification::{self, Notification, ObjectRef};
 use crate::queue::{Queue, QueueError, ReceivedMessage};
 use crate::route::Router;
+use crate::status::Liveness;
+use crate::telemetry;
 
 /// What happened to one object of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,45 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Each outcome is counted twice: in `Stats` for this worker (tests, the
+/// shutdown summary) and in the process's Prometheus metrics.
+impl Stats {
+    fn received(&self) {
+        bump(&self.messages_received);
+        telemetry::message_received();
+    }
+    fn deleted(&self) {
+        bump(&self.messages_deleted);
+        telemetry::message_deleted();
+    }
+    fn discarded(&self, reason: &'static str) {
+        bump(&self.messages_discarded);
+        telemetry::message_discarded(reason);
+    }
+    fn left_for_retry(&self) {
+        bump(&self.messages_left_for_retry);
+        telemetry::message_left_for_retry();
+    }
+    fn released(&self) {
+        bump(&self.messages_released);
+        telemetry::message_released();
+    }
+    fn unmatched(&self) {
+        bump(&self.objects_unmatched);
+        telemetry::object_unmatched();
+    }
+    fn receive_error(&self, class: &'static str) {
+        bump(&self.receive_errors);
+        telemetry::receive_error(class);
+    }
+    fn extended(&self, lease: &Lease) {
+        let count = lease.extensions();
+        self.visibility_extensions
+            .fetch_add(count, Ordering::Relaxed);
+        telemetry::visibility_extended(count);
+    }
+}
+
 /// Queue settings the worker needs, copied out of the config.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -107,6 +148,7 @@ impl WorkerSettings {
 
 pub struct Worker {
     queue: Arc<dyn Queue>,
+    liveness: Arc<Liveness>,
     router: Router,
     ingestor: Ingestor,
     settings: WorkerSettings,
@@ -121,8 +163,12 @@ impl Worker {
         ingestor: Ingestor,
         settings: WorkerSettings,
     ) -> Worker {
+        // A receive returns within its long poll plus the SDK's bounded
+        // attempts; far longer than that means the loop is stuck.
+        let stuck_after = Duration::from_secs(settings.wait_time_secs + 180);
         Worker {
             queue,
+            liveness: Arc::new(Liveness::new(stuck_after)),
             router,
             ingestor,
             objects_in_flight: Arc::new(Semaphore::new(settings.concurrency)),
@@ -133,6 +179,14 @@ impl Worker {
 
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
+    }
+
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
     }
 
     /// Receives and processes messages until `shutdown` fires, then lets
@@ -152,12 +206,15 @@ impl Worker {
         loop {
             // Receive only when an object slot is free, so received messages
             // do not sit waiting while their visibility runs down.
+            self.liveness.tick();
             let free = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 permit = self.objects_in_flight.acquire() => {
                     drop(permit);
                     self.objects_in_flight.available_permits().max(1) as u64
                 }
+                // Busy, not stuck: every slot is working on an object.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
             };
             let max_messages = self.settings.max_messages.min(free);
             let queue = self.queue.clone();
@@ -185,7 +242,7 @@ impl Worker {
                 Ok(messages) => {
                     backoff = backoff_builder.build();
                     for message in messages {
-                        bump(&self.stats.messages_received);
+                        self.stats.received();
                         let worker = self.clone();
                         let abandon = abandon.clone();
                         let span = info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
@@ -196,7 +253,11 @@ impl Worker {
                     }
                 }
                 Err(err) => {
-                    bump(&self.stats.receive_errors);
+                    self.stats.receive_error(if err.is_retryable() {
+                        "transient"
+                    } else {
+                        "permanent"
+                    });
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     let retry_in_ms = delay.as_millis() as u64;
                     if err.is_retryable() {
@@ -245,8 +306,8 @@ impl Worker {
             return;
         };
         for message in messages {
-            bump(&self.stats.messages_received);
-            bump(&self.stats.messages_released);
+            self.stats.received();
+            self.stats.released();
             match self.queue.set_visibility(&message.receipt_handle, 0).await {
                 Ok(()) => {
                     info!(message_id = %message.message_id, "message received during shutdown released")
@@ -271,8 +332,8 @@ impl Worker {
                 // Dropping `process` stops the object pipelines; nothing
                 // uncommitted becomes visible. The message is not ours to
                 // delete any more (lost) or is left to come back (expired).
-                bump(&self.stats.messages_left_for_retry);
-                self.stats.visibility_extensions.fetch_add(lease.extensions(), Ordering::Relaxed);
+                self.stats.left_for_retry();
+                self.stats.extended(&lease);
                 match end {
                     LeaseEnd::Lost(reason) => warn!(reason, "lease lost; work abandoned and not acknowledged"),
                     LeaseEnd::Expired => warn!(max_lease_secs = self.settings.max_lease.as_secs(), "maximum lease reached; work abandoned, the message comes back after its visibility timeout"),
@@ -282,9 +343,9 @@ impl Worker {
             _ = abandon.cancelled() => {
                 // Release now so another worker picks it up at once; never
                 // delete unfinished work.
-                self.stats.visibility_extensions.fetch_add(lease.extensions(), Ordering::Relaxed);
+                self.stats.extended(&lease);
                 drop(lease);
-                bump(&self.stats.messages_released);
+                self.stats.released();
                 match self.queue.set_visibility(&message.receipt_handle, 0).await {
                     Ok(()) => info!("message released"),
                     Err(err) => warn!(error = %err, "could not release message; it returns after its visibility timeout"),
@@ -292,20 +353,18 @@ impl Worker {
                 return;
             }
         };
-        self.stats
-            .visibility_extensions
-            .fetch_add(lease.extensions(), Ordering::Relaxed);
+        self.stats.extended(&lease);
         drop(lease);
         match outcome {
             MessageOutcome::Done => match self.queue.delete(&message.receipt_handle).await {
-                Ok(()) => bump(&self.stats.messages_deleted),
+                Ok(()) => self.stats.deleted(),
                 // Not retried: redelivery is the retry, and the sinks are idempotent.
                 Err(err) => {
                     warn!(error = %err, hint = err.hint(), "delete failed; the message will be redelivered")
                 }
             },
             MessageOutcome::Retry => {
-                bump(&self.stats.messages_left_for_retry);
+                self.stats.left_for_retry();
                 info!("message left on the queue for a retry");
             }
         }
@@ -348,7 +407,7 @@ impl Worker {
                     .await
             }
             Ok(Notification::Discard(reason)) => {
-                bump(&self.stats.messages_discarded);
+                self.stats.discarded(reason.label());
                 info!(reason = reason.label(), "message discarded");
                 MessageOutcome::Done
             }
@@ -381,7 +440,7 @@ impl Worker {
                 .await;
         }
         let Some(route) = self.router.route(bucket, key) else {
-            bump(&self.stats.objects_unmatched);
+            self.stats.unmatched();
             info!(bucket, key, "no route matches the key; object skipped");
             return ObjectOutcome::Unmatched;
         };
@@ -390,23 +449,40 @@ impl Worker {
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        let _in_flight = InFlightGauge::new();
         let started = Instant::now();
         match self.ingestor.ingest(object, &route).await {
             Ok(committed) => {
                 bump(&self.stats.objects_committed);
+                let duration = started.elapsed();
+                let lag = object
+                    .event_time
+                    .and_then(|t| (chrono::Utc::now() - t).to_std().ok());
+                telemetry::object_committed(telemetry::CommittedObject {
+                    route: &route.name,
+                    sink: &route.sink,
+                    bytes: committed.lineage.size,
+                    rows: committed.rows,
+                    batches: committed.batches,
+                    duration,
+                    lag,
+                });
                 info!(
                     bucket,
                     key,
                     route = %route.name,
+                    sink = %route.sink,
                     rows = committed.rows,
                     bytes = committed.lineage.size,
                     location = %committed.location,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = duration.as_millis() as u64,
+                    lag_ms = lag.map(|l| l.as_millis() as u64),
                     "object committed"
                 );
                 ObjectOutcome::Committed
             }
             Err(err) if err.is_retryable() => {
+                telemetry::object_retried(&route.name, err.kind());
                 warn!(bucket, key, route = %route.name, error_kind = err.kind(), error = %err, "object failed; will retry");
                 ObjectOutcome::Retry
             }
@@ -442,6 +518,7 @@ impl Worker {
         );
         if self.send_dead_letter(&envelope).await {
             bump(&self.stats.objects_dead_lettered);
+            telemetry::object_dead_lettered(route, error_kind);
             ObjectOutcome::DeadLettered
         } else {
             ObjectOutcome::Retry
@@ -488,6 +565,22 @@ impl Worker {
                 false
             }
         }
+    }
+}
+
+/// Counts an object in the in-flight gauge for as long as it lives.
+struct InFlightGauge;
+
+impl InFlightGauge {
+    fn new() -> InFlightGauge {
+        telemetry::objects_in_flight(1.0);
+        InFlightGauge
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        telemetry::objects_in_flight(-1.0);
     }
 }
 

@@ -157,3 +157,84 @@ async fn sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns() 
     .await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_are_served_and_probed() {
+    let fixture = util::Fixture::new("status").await;
+    let mut config = fixture.config(None);
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    config.status.listen_addr = format!("127.0.0.1:{port}");
+    let config_file = write_config(&toml::to_string(&config).unwrap());
+    let mut child = binary()
+        .arg("--config")
+        .arg(config_file.path())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    fixture.put("in/a.csv", util::csv_rows(7)).await;
+    fixture.put("in/bad.json", "{}").await;
+    fixture.wait_for_files_and_empty_queue(1).await;
+    let addr = format!("127.0.0.1:{port}");
+
+    let (status, body) = util::http_get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "s3_ingest_messages_received_total",
+        "s3_ingest_objects_committed_total{route=\"all\",sink=\"lake\"} 1",
+        "s3_ingest_rows_ingested_total{route=\"all\",sink=\"lake\"} 7",
+        "s3_ingest_objects_dead_lettered_total{route=\"all\",error_kind=\"unsupported_format\"} 1",
+        "s3_ingest_messages_discarded_total{reason=\"test_event\"} 1",
+        "s3_ingest_end_to_end_lag_seconds_bucket",
+        "s3_ingest_object_duration_seconds_bucket",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from:\n{body}");
+    }
+    assert_eq!(util::http_get(&addr, "/healthz").await.0, 200);
+    assert_eq!(util::http_get(&addr, "/readyz").await.0, 200);
+
+    // The container health check: the binary's own subcommand.
+    let healthcheck = binary()
+        .args(["healthcheck", "--config"])
+        .arg(config_file.path())
+        .output()
+        .unwrap();
+    assert!(
+        healthcheck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthcheck.stderr)
+    );
+
+    // Readiness follows the queue: delete it and /readyz turns 503.
+    fixture
+        .clients
+        .sqs
+        .delete_queue()
+        .queue_url(&fixture.queue_url)
+        .send()
+        .await
+        .unwrap();
+    util::wait_until(
+        "readyz reports the missing queue",
+        Duration::from_secs(30),
+        || async { util::http_get(&addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let after = binary()
+        .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
+        .output()
+        .unwrap();
+    assert!(
+        !after.status.success(),
+        "healthcheck passes with no worker running"
+    );
+}

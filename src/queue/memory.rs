@@ -169,6 +169,10 @@ impl Queue for MemoryQueue {
         Ok(())
     }
 
+    async fn check_reachable(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     fn has_dead_letter_queue(&self) -> bool {
         self.with_dead_letter_queue
     }

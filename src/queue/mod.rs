@@ -95,6 +95,10 @@ pub trait Queue: Send + Sync + 'static {
         timeout_secs: u64,
     ) -> Result<(), QueueError>;
 
+    /// Checks that the queue (and DLQ) exist and may be used: at start-up
+    /// and for the readiness probe.
+    async fn check_reachable(&self) -> Result<(), QueueError>;
+
     /// Whether a dead-letter queue is configured.
     fn has_dead_letter_queue(&self) -> bool;
 

@@ -21,21 +21,6 @@ impl SqsQueue {
             dlq_url,
         }
     }
-
-    /// Fails fast at start-up when the queue (or DLQ) does not exist or
-    /// cannot be reached, so a typo is a clear error and not a retry loop.
-    pub async fn check_reachable(&self) -> Result<(), QueueError> {
-        for url in std::iter::once(&self.url).chain(self.dlq_url.as_ref()) {
-            self.client
-                .get_queue_attributes()
-                .queue_url(url)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .map_err(|err| queue_error("GetQueueAttributes", url, &err))?;
-        }
-        Ok(())
-    }
 }
 
 fn queue_error<E>(
@@ -58,6 +43,21 @@ where
 
 #[async_trait]
 impl Queue for SqsQueue {
+    /// Fails fast at start-up when the queue (or DLQ) does not exist or
+    /// cannot be reached, so a typo is a clear error and not a retry loop.
+    async fn check_reachable(&self) -> Result<(), QueueError> {
+        for url in std::iter::once(&self.url).chain(self.dlq_url.as_ref()) {
+            self.client
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map_err(|err| queue_error("GetQueueAttributes", url, &err))?;
+        }
+        Ok(())
+    }
+
     async fn receive(
         &self,
         max_messages: u64,

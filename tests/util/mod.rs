@@ -216,6 +216,9 @@ impl Fixture {
             concurrency = 4
             shutdown_grace_secs = 10
 
+            [status]
+            listen_addr = "127.0.0.1:0"
+
             {routes}
 
             [sinks.lake]
@@ -518,6 +521,29 @@ impl RunningWorker {
             .expect("worker task did not panic")
             .expect("worker ran without a start-up error");
     }
+}
+
+/// A plain HTTP GET on loopback: (status code, body).
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
 }
 
 /// Rows and key-value metadata of one sink file.

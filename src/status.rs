@@ -1,0 +1,197 @@
+//! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz`
+//! (the process is alive and its receive loop is not stuck) and `/readyz`
+//! (the configured queue is reachable).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::queue::Queue;
+use crate::telemetry;
+
+/// Liveness of the receive loop: it records a tick every time it goes
+/// round (or while it waits for a free slot), and is stuck when the last
+/// tick is older than `stuck_after`.
+#[derive(Debug)]
+pub struct Liveness {
+    last_tick_ms: AtomicU64,
+    stuck_after: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Liveness {
+    pub fn new(stuck_after: Duration) -> Liveness {
+        Liveness {
+            last_tick_ms: AtomicU64::new(now_ms()),
+            stuck_after,
+        }
+    }
+
+    pub fn tick(&self) {
+        self.last_tick_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the loop last went round, when that is too long.
+    pub fn stuck_for(&self) -> Option<Duration> {
+        let age = Duration::from_millis(
+            now_ms().saturating_sub(self.last_tick_ms.load(Ordering::Relaxed)),
+        );
+        (age > self.stuck_after).then_some(age)
+    }
+}
+
+#[derive(Clone)]
+struct StatusState {
+    liveness: Arc<Liveness>,
+    queue: Arc<dyn Queue>,
+}
+
+/// Binds `addr` and serves until `shutdown`; returns the bound address
+/// (useful with port 0).
+pub async fn serve(
+    addr: &str,
+    liveness: Arc<Liveness>,
+    queue: Arc<dyn Queue>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    telemetry::prometheus();
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(StatusState { liveness, queue });
+    info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(bound)
+}
+
+async fn metrics() -> String {
+    telemetry::render()
+}
+
+async fn healthz(State(state): State<StatusState>) -> (StatusCode, String) {
+    match state.liveness.stuck_for() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(age) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("receive loop has not gone round for {}s\n", age.as_secs()),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<StatusState>) -> (StatusCode, String) {
+    match tokio::time::timeout(Duration::from_secs(5), state.queue.check_reachable()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
+        Ok(Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("queue not reachable: {err} ({})\n", err.hint()),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue not reachable: no answer within 5s\n".into(),
+        ),
+    }
+}
+
+/// The container health check: GETs `url` (plain HTTP on the loopback
+/// interface) and succeeds on a 200. Small enough to need no HTTP client.
+pub async fn probe(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are probed"))?;
+    let (host, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    let attempt = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(host)
+            .await
+            .map_err(|err| format!("connect {host}: {err}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|err| format!("send: {err}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|err| format!("read: {err}"))?;
+        let text = String::from_utf8_lossy(&response);
+        let status_line = text.lines().next().unwrap_or_default();
+        if status_line.split_whitespace().nth(1) == Some("200") {
+            Ok(())
+        } else {
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+            Err(format!("{url}: {status_line}: {body}"))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| format!("{url}: no answer within 5s"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::memory::MemoryQueue;
+
+    #[tokio::test]
+    async fn endpoints_answer_and_the_probe_reads_them() {
+        let liveness = Arc::new(Liveness::new(Duration::from_secs(60)));
+        let shutdown = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0",
+            liveness.clone(),
+            Arc::new(MemoryQueue::new(false)),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        probe(&format!("http://{addr}/healthz")).await.unwrap();
+        probe(&format!("http://{addr}/readyz")).await.unwrap();
+        probe(&format!("http://{addr}/metrics")).await.unwrap();
+        let missing = probe(&format!("http://{addr}/nope")).await.unwrap_err();
+        assert!(missing.contains("404"), "{missing}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stuck_receive_loop_fails_the_health_check() {
+        let liveness = Arc::new(Liveness::new(Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(20));
+        let shutdown = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0",
+            liveness,
+            Arc::new(MemoryQueue::new(false)),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let err = probe(&format!("http://{addr}/healthz")).await.unwrap_err();
+        assert!(err.contains("503") && err.contains("receive loop"), "{err}");
+        shutdown.cancel();
+    }
+}

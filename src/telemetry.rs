@@ -1,0 +1,224 @@
+//! Metrics: what the worker counts, under which names, and the Prometheus
+//! recorder that renders them for `/metrics`.
+//!
+//! Every outcome the worker logs is also counted here, with the same words:
+//! received, deleted, discarded, released, committed, dead-lettered, retried.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const MESSAGES_RECEIVED: &str = "s3_ingest_messages_received_total";
+const MESSAGES_DELETED: &str = "s3_ingest_messages_deleted_total";
+const MESSAGES_DISCARDED: &str = "s3_ingest_messages_discarded_total";
+const MESSAGES_RELEASED: &str = "s3_ingest_messages_released_total";
+const MESSAGES_LEFT_FOR_RETRY: &str = "s3_ingest_messages_left_for_retry_total";
+const OBJECTS_COMMITTED: &str = "s3_ingest_objects_committed_total";
+const OBJECTS_DEAD_LETTERED: &str = "s3_ingest_objects_dead_lettered_total";
+const OBJECTS_RETRIED: &str = "s3_ingest_objects_retried_total";
+const OBJECTS_UNMATCHED: &str = "s3_ingest_objects_unmatched_total";
+const BYTES_INGESTED: &str = "s3_ingest_bytes_ingested_total";
+const ROWS_INGESTED: &str = "s3_ingest_rows_ingested_total";
+const BATCHES_INGESTED: &str = "s3_ingest_batches_ingested_total";
+const OBJECT_DURATION: &str = "s3_ingest_object_duration_seconds";
+const END_TO_END_LAG: &str = "s3_ingest_end_to_end_lag_seconds";
+const VISIBILITY_EXTENSIONS: &str = "s3_ingest_visibility_extensions_total";
+const OBJECTS_IN_FLIGHT: &str = "s3_ingest_objects_in_flight";
+const RECEIVE_ERRORS: &str = "s3_ingest_receive_errors_total";
+
+/// Seconds: from a 10 KiB file's tens of milliseconds to a large file's
+/// half hour.
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+            .expect("static, non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed (an embedding
+        // program's); then ours still renders, just without global data.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+/// Renders the current metrics in Prometheus' text format.
+pub fn render() -> String {
+    let handle = prometheus();
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    describe_counter!(MESSAGES_RECEIVED, "SQS messages received");
+    describe_counter!(
+        MESSAGES_DELETED,
+        "SQS messages deleted after every object they name was committed or dead-lettered"
+    );
+    describe_counter!(
+        MESSAGES_DISCARDED,
+        "messages deleted without ingesting anything, by reason"
+    );
+    describe_counter!(
+        MESSAGES_RELEASED,
+        "messages released back to the queue (visibility 0) at shutdown"
+    );
+    describe_counter!(
+        MESSAGES_LEFT_FOR_RETRY,
+        "messages left on the queue for SQS to redeliver"
+    );
+    describe_counter!(
+        OBJECTS_COMMITTED,
+        "objects committed by their sink, by route and sink"
+    );
+    describe_counter!(
+        OBJECTS_DEAD_LETTERED,
+        "objects sent to the dead-letter queue, by route and error kind"
+    );
+    describe_counter!(
+        OBJECTS_RETRIED,
+        "objects that failed transiently and will be retried, by route and error kind"
+    );
+    describe_counter!(OBJECTS_UNMATCHED, "objects whose key matches no route");
+    describe_counter!(
+        BYTES_INGESTED,
+        "source object bytes committed, by route and sink"
+    );
+    describe_counter!(ROWS_INGESTED, "rows committed, by route and sink");
+    describe_counter!(
+        BATCHES_INGESTED,
+        "Arrow record batches committed, by route and sink"
+    );
+    describe_histogram!(
+        OBJECT_DURATION,
+        metrics::Unit::Seconds,
+        "time from starting an object to its sink commit, by route"
+    );
+    describe_histogram!(
+        END_TO_END_LAG,
+        metrics::Unit::Seconds,
+        "time from the S3 event to the sink commit, by route"
+    );
+    describe_counter!(
+        VISIBILITY_EXTENSIONS,
+        "visibility timeout extensions by the heartbeat"
+    );
+    describe_gauge!(OBJECTS_IN_FLIGHT, "objects being processed now");
+    describe_counter!(RECEIVE_ERRORS, "failed ReceiveMessage calls, by class");
+}
+
+pub fn message_received() {
+    counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+pub fn message_deleted() {
+    counter!(MESSAGES_DELETED).increment(1);
+}
+
+pub fn message_discarded(reason: &'static str) {
+    counter!(MESSAGES_DISCARDED, "reason" => reason).increment(1);
+}
+
+pub fn message_released() {
+    counter!(MESSAGES_RELEASED).increment(1);
+}
+
+pub fn message_left_for_retry() {
+    counter!(MESSAGES_LEFT_FOR_RETRY).increment(1);
+}
+
+/// What a committed object contributes to the metrics.
+pub struct CommittedObject<'a> {
+    pub route: &'a str,
+    pub sink: &'a str,
+    pub bytes: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub duration: Duration,
+    /// From the S3 event time, when the notification carried one.
+    pub lag: Option<Duration>,
+}
+
+pub fn object_committed(object: CommittedObject<'_>) {
+    let labels = [
+        ("route", object.route.to_owned()),
+        ("sink", object.sink.to_owned()),
+    ];
+    counter!(OBJECTS_COMMITTED, &labels).increment(1);
+    counter!(BYTES_INGESTED, &labels).increment(object.bytes);
+    counter!(ROWS_INGESTED, &labels).increment(object.rows);
+    counter!(BATCHES_INGESTED, &labels).increment(object.batches);
+    histogram!(OBJECT_DURATION, "route" => object.route.to_owned())
+        .record(object.duration.as_secs_f64());
+    if let Some(lag) = object.lag {
+        histogram!(END_TO_END_LAG, "route" => object.route.to_owned()).record(lag.as_secs_f64());
+    }
+}
+
+pub fn object_dead_lettered(route: Option<&str>, error_kind: &str) {
+    counter!(
+        OBJECTS_DEAD_LETTERED,
+        "route" => route.unwrap_or("").to_owned(),
+        "error_kind" => error_kind.to_owned()
+    )
+    .increment(1);
+}
+
+pub fn object_retried(route: &str, error_kind: &'static str) {
+    counter!(OBJECTS_RETRIED, "route" => route.to_owned(), "error_kind" => error_kind).increment(1);
+}
+
+pub fn object_unmatched() {
+    counter!(OBJECTS_UNMATCHED).increment(1);
+}
+
+pub fn visibility_extended(count: u64) {
+    counter!(VISIBILITY_EXTENSIONS).increment(count);
+}
+
+pub fn objects_in_flight(delta: f64) {
+    gauge!(OBJECTS_IN_FLIGHT).increment(delta);
+}
+
+pub fn receive_error(class: &'static str) {
+    counter!(RECEIVE_ERRORS, "class" => class).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_outcomes_render_in_prometheus_format() {
+        prometheus();
+        object_committed(CommittedObject {
+            route: "orders",
+            sink: "lake",
+            bytes: 1234,
+            rows: 10,
+            batches: 1,
+            duration: Duration::from_millis(40),
+            lag: Some(Duration::from_secs(2)),
+        });
+        object_dead_lettered(Some("orders"), "csv_error");
+        let text = render();
+        assert!(
+            text.contains("s3_ingest_objects_committed_total{route=\"orders\",sink=\"lake\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("s3_ingest_end_to_end_lag_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("error_kind=\"csv_error\""), "{text}");
+    }
+}

@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 
 WITH_LOCALSTACK := localstack/with-localstack.sh
 
-.PHONY: all build test unit-test lint fmt demo localstack-start localstack-stop clean-demo
+.PHONY: all build test unit-test lint fmt fuzz demo localstack-start localstack-stop clean-demo
 
 all: build
 
@@ -30,6 +30,15 @@ lint:
 
 fmt:
 	cargo fmt
+
+## Fuzz the notification parser (needs nightly + cargo-fuzz; see fuzz/README.md).
+## Not part of `make test`: its sanitizer build of the whole crate takes
+## about half an hour on two cores.
+FUZZ_SECONDS ?= 120
+fuzz:
+	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/s3-ingest/fuzz-target cargo +nightly fuzz run notification \
+		corpus/notification seeds/notification -- -dict=notification.dict -max_len=4096 \
+		-max_total_time=$(FUZZ_SECONDS)
 
 ## End to end on LocalStack: worker + sample vendor files + what landed.
 demo:

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_csv::reader::{Format, ReaderBuilder};
 use regex::Regex;
@@ -176,14 +176,25 @@ fn infer_schema(
             last_row: options.infer_rows.get() as u64,
             detail: format!("while inferring the schema: {err}"),
         })?;
-    Ok((Arc::new(schema), sample))
+    // A column empty throughout the sample is inferred as Null, and
+    // arrow-csv decodes a Null column as all nulls whatever it later holds:
+    // read such columns as text instead, so no value is silently dropped.
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| match field.data_type() {
+            DataType::Null => Field::new(field.name(), DataType::Utf8, true),
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    Ok((Arc::new(Schema::new(fields)), sample))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{AsArray, Int64Array};
-    use arrow::datatypes::{DataType, Field, Int64Type};
+    use arrow::datatypes::Int64Type;
     use std::io::Write;
 
     fn job(schema: Option<SchemaRef>) -> CsvJob {
@@ -306,6 +317,17 @@ mod tests {
         let (result, batches) = run(b"id,name\n".to_vec(), job(Some(id_schema())));
         assert_eq!(result.unwrap().rows, 0);
         assert!(batches.is_empty());
+    }
+
+    #[test]
+    fn a_column_empty_in_the_sample_keeps_its_later_values() {
+        let mut job = job(None);
+        job.options.infer_rows = std::num::NonZeroUsize::new(2).unwrap();
+        let (result, batches) = run(b"id,note\n1,\n2,\n3,late\n".to_vec(), job);
+        let summary = result.unwrap();
+        assert_eq!(summary.schema.field(1).data_type(), &DataType::Utf8);
+        let notes = batches[1].column(1).as_string::<i32>();
+        assert_eq!(notes.value(0), "late");
     }
 
     #[test]

@@ -20,9 +20,12 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin s3ingest
+    && useradd --system --uid 65532 --no-create-home --shell /usr/sbin/nologin s3ingest \
+    && mkdir -p /data && chown 65532:65532 /data
 COPY --from=build /src/target/release/s3-ingest /usr/local/bin/s3-ingest
-USER 10001
+USER 65532
+# parquet_dir output and scratch space stay writable under a read-only root.
+VOLUME ["/data", "/tmp"]
 # /metrics, /healthz, /readyz
 EXPOSE 9090
 # The binary probes its own /healthz: no curl in the image.

@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 
 WITH_LOCALSTACK := localstack/with-localstack.sh
 
-.PHONY: all build test unit-test lint fmt fuzz demo localstack-start localstack-stop clean-demo
+.PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo
 
 all: build
 
@@ -23,10 +23,15 @@ test:
 unit-test:
 	cargo test --lib --bins
 
-## Formatting and lints, as CI checks them.
+## Formatting and lints, as CI checks them; infra/check.sh: terraform fmt,
+## validate and tests (offline) and checkov on infra/.
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	infra/check.sh
+
+infra-check:
+	infra/check.sh
 
 fmt:
 	cargo fmt

@@ -1,0 +1,597 @@
+# s3-ingest as an ECS Fargate service:
+#   task definition (read-only root, non-root, JSON logs, own health check,
+#   stopTimeout matched to the worker's drain) -> service (rolling deploys with
+#   circuit breaker) -> target tracking on SQS backlog per running task ->
+#   alarms on the DLQ and on the age of the oldest message.
+
+locals {
+  # arn:<partition>:sqs:<region>:<account>:<name>: the queue says where we are,
+  # so the module needs no data sources for region or account.
+  queue_arn_parts = split(":", var.queue_arn)
+  partition       = local.queue_arn_parts[1]
+  region          = local.queue_arn_parts[3]
+  account_id      = local.queue_arn_parts[4]
+  queue_name      = local.queue_arn_parts[5]
+  dlq_name        = split(":", var.dlq_arn)[5]
+
+  create_cluster = var.cluster_name == null
+  cluster_name   = local.create_cluster ? aws_ecs_cluster.this[0].name : data.aws_ecs_cluster.given[0].cluster_name
+  cluster_arn    = local.create_cluster ? aws_ecs_cluster.this[0].arn : data.aws_ecs_cluster.given[0].arn
+
+  create_security_group = length(var.security_group_ids) == 0
+  security_group_ids    = local.create_security_group ? [aws_security_group.this[0].id] : var.security_group_ids
+
+  container_name = "s3-ingest"
+
+  # Drain: on SIGTERM the worker stops receiving, gives in-flight objects
+  # shutdown_grace_secs, releases the rest (visibility 0) and exits within
+  # about max(shutdown_grace_secs, wait_time_secs). Both must end before ECS's
+  # stopTimeout sends SIGKILL, with a margin for the release calls; a message
+  # still held at SIGKILL is not lost, but stays hidden for a whole
+  # visibility timeout before another task gets it.
+  shutdown_grace_secs = var.stop_timeout - var.drain_margin_secs
+  wait_time_secs      = min(20, local.shutdown_grace_secs)
+
+  # 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/s3-ingest:1.2.3
+  #   -> arn:aws:ecr:eu-west-1:123456789012:repository/team/s3-ingest
+  ecr_image_parts = try(regex("^([0-9]{12})\\.dkr\\.ecr(?:-fips)?\\.([a-z0-9-]+)\\.amazonaws\\.com(?:\\.cn)?/([^:@]+)", var.image), null)
+  ecr_repository_arns = var.ecr_repository_arns != null ? var.ecr_repository_arns : (
+    local.ecr_image_parts == null ? [] :
+    ["arn:${local.partition}:ecr:${local.ecr_image_parts[1]}:${local.ecr_image_parts[0]}:repository/${local.ecr_image_parts[2]}"]
+  )
+
+  source_object_arns = distinct(flatten([
+    for source in var.source_buckets : [
+      for prefix in source.prefixes : "arn:${local.partition}:s3:::${source.bucket}/${prefix}*"
+    ]
+  ]))
+
+  efs_volumes = [for volume in var.volumes : volume if volume.efs != null]
+
+  environment = merge(var.environment, {
+    S3_INGEST__QUEUE__URL                  = var.queue_url
+    S3_INGEST__QUEUE__DLQ_URL              = var.dlq_url
+    S3_INGEST__QUEUE__WAIT_TIME_SECS       = tostring(local.wait_time_secs)
+    S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS = tostring(local.shutdown_grace_secs)
+    S3_INGEST__AWS__REGION                 = local.region
+    # The status endpoints (/healthz for the health check, metrics) on the
+    # port the task definition maps.
+    S3_INGEST__STATUS__LISTEN_ADDR = "0.0.0.0:${var.metrics_port}"
+    RUST_LOG                       = var.log_level
+  })
+
+  container = {
+    name      = local.container_name
+    image     = var.image
+    essential = true
+
+    entryPoint = [var.binary]
+    # JSON lines: one CloudWatch Logs event per log record, queryable by field
+    # in Logs Insights (error_kind, key, route, ...).
+    command = ["--log-format", "json", "run"]
+
+    user                   = var.container_user
+    readonlyRootFilesystem = true
+    privileged             = false
+    # SIGTERM, then SIGKILL after this many seconds; see shutdown_grace_secs.
+    stopTimeout = var.stop_timeout
+
+    environment = [for name in sort(keys(local.environment)) : { name = name, value = local.environment[name] }]
+
+    portMappings = [{ name = "metrics", containerPort = var.metrics_port, protocol = "tcp" }]
+
+    mountPoints = concat(
+      [{ sourceVolume = "tmp", containerPath = "/tmp", readOnly = false }],
+      [for volume in var.volumes : { sourceVolume = volume.name, containerPath = volume.container_path, readOnly = volume.read_only }],
+    )
+
+    # The binary checks its own /healthz on the metrics port: no curl or
+    # shell in the image. The command inherits the container's environment,
+    # so it sees the same configuration as the worker.
+    healthCheck = {
+      command     = ["CMD", var.binary, "healthcheck"]
+      interval    = var.health_check.interval
+      timeout     = var.health_check.timeout
+      retries     = var.health_check.retries
+      startPeriod = var.health_check.start_period
+    }
+
+    linuxParameters = {
+      # A tiny init as PID 1 forwards SIGTERM to the worker and reaps children.
+      initProcessEnabled = true
+      capabilities       = { drop = ["ALL"] }
+    }
+
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.this.name
+        awslogs-region        = local.region
+        awslogs-stream-prefix = local.container_name
+        # A CloudWatch Logs hiccup must not block the worker's stderr writes
+        # (and with them message processing); the buffer absorbs bursts.
+        mode            = "non-blocking"
+        max-buffer-size = "25m"
+      }
+    }
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Cluster
+# ---------------------------------------------------------------------------
+
+resource "aws_ecs_cluster" "this" {
+  count = local.create_cluster ? 1 : 0
+
+  name = var.name
+
+  # Publishes ECS/ContainerInsights RunningTaskCount, the divisor of the
+  # scaling metric below.
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+
+  tags = var.tags
+}
+
+data "aws_ecs_cluster" "given" {
+  count = local.create_cluster ? 0 : 1
+
+  cluster_name = var.cluster_name
+
+  lifecycle {
+    postcondition {
+      condition = anytrue([
+        for setting in self.setting : setting.name == "containerInsights" && contains(["enabled", "enhanced"], setting.value)
+      ])
+      error_message = "ECS cluster ${var.cluster_name} does not have Container Insights enabled; the backlog-per-task scaling metric divides by ECS/ContainerInsights RunningTaskCount and would never have data."
+    }
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Logs
+# ---------------------------------------------------------------------------
+
+resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_158:Log groups are encrypted at rest by CloudWatch Logs by default; a customer key is one variable away (log_kms_key_arn).
+  #checkov:skip=CKV_AWS_338:Retention is the operator's choice (log_retention_days, default 30 days); these are operational logs, the data itself lands in the sink.
+  name              = "/ecs/${var.name}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.log_kms_key_arn
+  tags              = var.tags
+}
+
+# ---------------------------------------------------------------------------
+# IAM
+# ---------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "execution_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+# The task role: what the worker itself may do.
+data "aws_iam_policy_document" "task_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+    # Only ECS tasks of this account (confused-deputy protection, as the ECS
+    # docs recommend for task roles).
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${local.partition}:ecs:${local.region}:${local.account_id}:*"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+# The execution role: what ECS does to start the task (pull the image, create
+# the log stream). Instead of AmazonECSTaskExecutionRolePolicy, which allows
+# pulling from every repository and writing to every log group.
+data "aws_iam_policy_document" "execution" {
+  dynamic "statement" {
+    for_each = length(local.ecr_repository_arns) > 0 ? [1] : []
+    content {
+      sid = "EcrLogin"
+      # GetAuthorizationToken has no resource-level permissions.
+      actions   = ["ecr:GetAuthorizationToken"]
+      resources = ["*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(local.ecr_repository_arns) > 0 ? [1] : []
+    content {
+      sid       = "PullImage"
+      actions   = ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]
+      resources = local.ecr_repository_arns
+    }
+  }
+
+  statement {
+    sid       = "WriteLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.this.arn}:*"]
+  }
+}
+
+data "aws_iam_policy_document" "task" {
+  # HeadObject and GetObject (ranged too) pinned to the notification's
+  # version: GetObjectVersion for versioned buckets. No ListBucket, so a
+  # deleted object is reported as access_denied rather than object_missing;
+  # both are dead-lettered with the key.
+  statement {
+    sid       = "ReadSourceObjects"
+    actions   = ["s3:GetObject", "s3:GetObjectVersion"]
+    resources = local.source_object_arns
+  }
+
+  statement {
+    sid = "ConsumeIngestQueue"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = [var.queue_arn]
+  }
+
+  # SendMessage for the reason envelopes; GetQueueAttributes because the
+  # worker checks at start-up that the DLQ is reachable and exits 1 if not.
+  statement {
+    sid       = "DeadLetter"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
+    resources = [var.dlq_arn]
+  }
+
+  # Receiving from a KMS-encrypted queue needs Decrypt; sending to the DLQ
+  # (same key) needs GenerateDataKey.
+  dynamic "statement" {
+    for_each = var.queue_kms_key_arn != null ? [1] : []
+    content {
+      sid       = "QueueEncryption"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [var.queue_kms_key_arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.source_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "SourceObjectEncryption"
+      actions   = ["kms:Decrypt"]
+      resources = var.source_kms_key_arns
+    }
+  }
+
+  # EFS volumes mounted with IAM authorization (always on, see volume below).
+  dynamic "statement" {
+    for_each = local.efs_volumes
+    content {
+      sid       = "MountEfs${replace(title(replace(statement.value.name, "/[^A-Za-z0-9]+/", " ")), " ", "")}"
+      actions   = statement.value.read_only ? ["elasticfilesystem:ClientMount"] : ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+      resources = [statement.value.efs.file_system_arn]
+      dynamic "condition" {
+        for_each = statement.value.efs.access_point_arn != null ? [1] : []
+        content {
+          test     = "StringEquals"
+          variable = "elasticfilesystem:AccessPointArn"
+          values   = [statement.value.efs.access_point_arn]
+        }
+      }
+    }
+  }
+}
+
+resource "aws_iam_role" "execution" {
+  name               = "${var.name}-execution"
+  description        = "ECS execution role of ${var.name}: pull the image, write the log stream"
+  assume_role_policy = data.aws_iam_policy_document.execution_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy" "execution" {
+  name   = "pull-image-and-write-logs"
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.execution.json
+}
+
+resource "aws_iam_role" "task" {
+  name               = "${var.name}-task"
+  description        = "ECS task role of ${var.name}: read the source objects, consume the queue, dead-letter"
+  assume_role_policy = data.aws_iam_policy_document.task_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy" "task" {
+  name   = "ingest"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.task.json
+}
+
+# ---------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------
+
+resource "aws_security_group" "this" {
+  count = local.create_security_group ? 1 : 0
+
+  name_prefix = "${var.name}-"
+  description = "s3-ingest ${var.name} tasks: no ingress, egress to AWS APIs (HTTPS) and EFS (NFS) only"
+  vpc_id      = var.vpc_id
+
+  # The worker only makes outbound calls; the health check runs inside the
+  # container, so there is no ingress rule at all.
+  egress {
+    description = "HTTPS to AWS APIs (S3, SQS, ECR, CloudWatch Logs, KMS) or their VPC endpoints"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = var.egress_cidr_blocks
+  }
+
+  dynamic "egress" {
+    for_each = length(local.efs_volumes) > 0 ? [1] : []
+    content {
+      description = "NFS to EFS mount targets"
+      from_port   = 2049
+      to_port     = 2049
+      protocol    = "tcp"
+      cidr_blocks = var.egress_cidr_blocks
+    }
+  }
+
+  tags = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+    precondition {
+      condition     = var.vpc_id != null
+      error_message = "vpc_id is required when security_group_ids is empty (the module then creates the security group)."
+    }
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Task definition and service
+# ---------------------------------------------------------------------------
+
+resource "aws_ecs_task_definition" "this" {
+  family                   = var.name
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = tostring(var.cpu)
+  memory                   = tostring(var.memory)
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+
+  container_definitions = jsonencode([local.container])
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = var.cpu_architecture
+  }
+
+  # The root filesystem is read-only; /tmp is the one scratch place anything
+  # in the process (or a library) may write to. Task ephemeral storage.
+  volume {
+    name = "tmp"
+  }
+
+  dynamic "volume" {
+    for_each = var.volumes
+    content {
+      name = volume.value.name
+
+      dynamic "efs_volume_configuration" {
+        for_each = volume.value.efs != null ? [volume.value.efs] : []
+        content {
+          file_system_id = split("/", efs_volume_configuration.value.file_system_arn)[1]
+          # With an access point its own root directory applies.
+          root_directory     = efs_volume_configuration.value.access_point_arn == null ? efs_volume_configuration.value.root_directory : null
+          transit_encryption = "ENABLED"
+          authorization_config {
+            access_point_id = efs_volume_configuration.value.access_point_arn == null ? null : split("/", efs_volume_configuration.value.access_point_arn)[1]
+            iam             = "ENABLED"
+          }
+        }
+      }
+    }
+  }
+
+  dynamic "ephemeral_storage" {
+    for_each = var.ephemeral_storage_gib != null ? [var.ephemeral_storage_gib] : []
+    content {
+      size_in_gib = ephemeral_storage.value
+    }
+  }
+
+  tags = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.max_tasks >= var.min_tasks
+      error_message = "max_tasks must be at least min_tasks."
+    }
+  }
+}
+
+resource "aws_ecs_service" "this" {
+  name             = var.name
+  cluster          = local.cluster_arn
+  task_definition  = aws_ecs_task_definition.this.arn
+  desired_count    = var.min_tasks
+  launch_type      = "FARGATE"
+  platform_version = "LATEST"
+
+  # Rolling deploy: new tasks start (up to 200 %) before old ones get
+  # SIGTERM, so throughput does not dip while the old ones drain; a
+  # deployment whose tasks keep failing their health check is rolled back.
+  deployment_minimum_healthy_percent = 100
+  deployment_maximum_percent         = 200
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  network_configuration {
+    subnets          = var.subnet_ids
+    security_groups  = local.security_group_ids
+    assign_public_ip = var.assign_public_ip
+  }
+
+  enable_ecs_managed_tags = true
+  propagate_tags          = "SERVICE"
+  wait_for_steady_state   = var.wait_for_steady_state
+  tags                    = var.tags
+
+  lifecycle {
+    # Autoscaling owns the task count after creation; without this every
+    # apply would reset it to min_tasks.
+    ignore_changes = [desired_count]
+  }
+
+  depends_on = [aws_iam_role_policy.task, aws_iam_role_policy.execution]
+}
+
+# ---------------------------------------------------------------------------
+# Autoscaling on backlog per task
+# ---------------------------------------------------------------------------
+
+resource "aws_appautoscaling_target" "this" {
+  service_namespace  = "ecs"
+  scalable_dimension = "ecs:service:DesiredCount"
+  resource_id        = "service/${local.cluster_name}/${aws_ecs_service.this.name}"
+  min_capacity       = var.min_tasks
+  max_capacity       = var.max_tasks
+  tags               = var.tags
+}
+
+# Visible messages / running tasks, held at target_backlog_per_task: the
+# AWS-recommended way to scale SQS consumers. CPU does not work here: an
+# idle worker long-polling and a worker stuck behind a slow sink both use
+# little CPU, and the backlog is what users wait on.
+resource "aws_appautoscaling_policy" "backlog_per_task" {
+  name               = "${var.name}-backlog-per-task"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.this.service_namespace
+  scalable_dimension = aws_appautoscaling_target.this.scalable_dimension
+  resource_id        = aws_appautoscaling_target.this.resource_id
+
+  target_tracking_scaling_policy_configuration {
+    target_value       = var.target_backlog_per_task
+    scale_out_cooldown = var.scale_out_cooldown
+    scale_in_cooldown  = var.scale_in_cooldown
+
+    customized_metric_specification {
+      metrics {
+        id          = "visible"
+        label       = "Messages visible on ${local.queue_name}"
+        return_data = false
+        metric_stat {
+          metric {
+            namespace   = "AWS/SQS"
+            metric_name = "ApproximateNumberOfMessagesVisible"
+            dimensions {
+              name  = "QueueName"
+              value = local.queue_name
+            }
+          }
+          stat = "Average"
+        }
+      }
+
+      metrics {
+        id          = "tasks"
+        label       = "Running tasks of ${var.name}"
+        return_data = false
+        metric_stat {
+          metric {
+            namespace   = "ECS/ContainerInsights"
+            metric_name = "RunningTaskCount"
+            dimensions {
+              name  = "ClusterName"
+              value = local.cluster_name
+            }
+            dimensions {
+              name  = "ServiceName"
+              value = aws_ecs_service.this.name
+            }
+          }
+          stat = "Average"
+        }
+      }
+
+      # min_tasks >= 1 keeps the divisor above zero.
+      metrics {
+        id          = "backlog_per_task"
+        label       = "Visible messages per running task"
+        expression  = "visible / tasks"
+        return_data = true
+      }
+    }
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Alarms
+# ---------------------------------------------------------------------------
+
+resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
+  alarm_name        = "${var.name}-dlq-not-empty"
+  alarm_description = "Objects s3-ingest could not ingest are waiting on ${local.dlq_name}. Each message is a JSON envelope with bucket, key, error_kind and error; fix the cause, then redrive or delete them."
+
+  namespace   = "AWS/SQS"
+  metric_name = "ApproximateNumberOfMessagesVisible"
+  dimensions  = { QueueName = local.dlq_name }
+  statistic   = "Maximum"
+  period      = 60
+
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  evaluation_periods  = 1
+  # SQS stops publishing metrics for a queue that is empty and untouched for
+  # six hours; a DLQ holding messages keeps publishing.
+  treat_missing_data = "notBreaching"
+
+  alarm_actions = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  ok_actions    = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  tags          = var.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "oldest_message_age" {
+  alarm_name        = "${var.name}-oldest-message-age"
+  alarm_description = "The oldest message on ${local.queue_name} is older than ${var.oldest_message_age_alarm_seconds} s: s3-ingest is not keeping up (max_tasks reached?) or not consuming (tasks failing, permissions, sink unavailable). Check the service's events and logs."
+
+  namespace   = "AWS/SQS"
+  metric_name = "ApproximateAgeOfOldestMessage"
+  dimensions  = { QueueName = local.queue_name }
+  statistic   = "Maximum"
+  period      = 60
+
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.oldest_message_age_alarm_seconds
+  evaluation_periods  = var.alarm_evaluation_periods
+  treat_missing_data  = "notBreaching"
+
+  alarm_actions = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  ok_actions    = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  tags          = var.tags
+}

@@ -1,0 +1,373 @@
+# Inputs of the service module: s3-ingest on ECS Fargate.
+
+# --- identity and image ------------------------------------------------------
+
+variable "name" {
+  description = "Name of the ECS service, task family, log group suffix, IAM roles and alarms."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{1,48}$", var.name))
+    error_message = "name must be 1-48 characters of letters, digits, '-' and '_' (IAM role names add a suffix)."
+  }
+}
+
+variable "image" {
+  description = "Container image with a tag or digest, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/s3-ingest:1.4.2. Rolling out a new version = changing this and applying."
+  type        = string
+
+  validation {
+    # A moving tag makes a deploy a no-op for Terraform (same task definition)
+    # and lets tasks of one service run different code after a restart.
+    condition     = can(regex("(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$", var.image)) && !endswith(var.image, ":latest")
+    error_message = "image must be pinned to an explicit tag (not :latest) or a @sha256 digest."
+  }
+}
+
+variable "ecr_repository_arns" {
+  description = "ECR repositories the execution role may pull from. null derives the repository from image when it is an ECR image URI; [] for public images (no ECR pull permissions)."
+  type        = list(string)
+  default     = null
+}
+
+variable "binary" {
+  description = "Path of the s3-ingest binary in the image (or its name on the image's PATH); used as the entry point and for the health check."
+  type        = string
+  default     = "s3-ingest"
+}
+
+variable "container_user" {
+  description = "uid:gid the container runs as. Must not be root. Directories mounted for volumes must be writable by it (see README)."
+  type        = string
+  default     = "65532:65532"
+
+  validation {
+    condition     = can(regex("^[0-9]+(:[0-9]+)?$", var.container_user)) && !can(regex("^0(:|$)", var.container_user))
+    error_message = "container_user must be a numeric uid or uid:gid other than root (0)."
+  }
+}
+
+variable "cpu_architecture" {
+  description = "CPU architecture of the image: X86_64 or ARM64 (Graviton, cheaper)."
+  type        = string
+  default     = "X86_64"
+
+  validation {
+    condition     = contains(["X86_64", "ARM64"], var.cpu_architecture)
+    error_message = "cpu_architecture must be X86_64 or ARM64."
+  }
+}
+
+variable "cpu" {
+  description = "Task CPU units (1024 = 1 vCPU). Decoding is CPU-bound; worker.concurrency objects are decoded in parallel."
+  type        = number
+  default     = 1024
+
+  validation {
+    condition     = contains([256, 512, 1024, 2048, 4096, 8192, 16384], var.cpu)
+    error_message = "cpu must be a Fargate size: 256, 512, 1024, 2048, 4096, 8192 or 16384."
+  }
+}
+
+variable "memory" {
+  description = "Task memory in MiB; must be a valid Fargate combination with cpu. Memory per object in flight is about one read buffer plus a few Arrow batches (CSV) or one row group (Parquet)."
+  type        = number
+  default     = 2048
+
+  validation {
+    condition     = var.memory >= 512 && var.memory <= 122880
+    error_message = "memory must be between 512 and 122880 MiB."
+  }
+}
+
+variable "ephemeral_storage_gib" {
+  description = "Task ephemeral storage in GiB (21-200), which backs /tmp and volumes without efs. null keeps Fargate's default (20 GiB)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.ephemeral_storage_gib == null || (coalesce(var.ephemeral_storage_gib, 21) >= 21 && coalesce(var.ephemeral_storage_gib, 21) <= 200)
+    error_message = "ephemeral_storage_gib must be between 21 and 200."
+  }
+}
+
+# --- what the worker reads ----------------------------------------------------
+
+variable "queue_url" {
+  description = "Ingest queue URL (notification module output queue_url); becomes S3_INGEST__QUEUE__URL."
+  type        = string
+}
+
+variable "queue_arn" {
+  description = "Ingest queue ARN (notification module output queue_arn); scopes the task role and names the metrics."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:sqs:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]+$", var.queue_arn))
+    error_message = "queue_arn must be an SQS queue ARN."
+  }
+}
+
+variable "dlq_url" {
+  description = "Dead-letter queue URL (notification module output dlq_url); becomes S3_INGEST__QUEUE__DLQ_URL. The worker sends its reason envelopes there."
+  type        = string
+}
+
+variable "dlq_arn" {
+  description = "Dead-letter queue ARN (notification module output dlq_arn)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:sqs:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]+$", var.dlq_arn))
+    error_message = "dlq_arn must be an SQS queue ARN."
+  }
+}
+
+variable "queue_kms_key_arn" {
+  description = "Customer managed key of the queue and DLQ (notification module output kms_key_arn), or null with SQS-managed encryption. The task role gets kms:Decrypt (receive) and kms:GenerateDataKey (send to the DLQ) on it."
+  type        = string
+  default     = null
+}
+
+variable "source_buckets" {
+  description = "Buckets (and key prefixes within them) the worker may read: s3:GetObject and s3:GetObjectVersion on arn:aws:s3:::<bucket>/<prefix>*. A prefix \"\" means the whole bucket. Keep these in line with the routes' buckets and key globs."
+  type = list(object({
+    bucket   = string
+    prefixes = optional(list(string), [""])
+  }))
+
+  validation {
+    condition     = length(var.source_buckets) > 0
+    error_message = "source_buckets needs at least one bucket."
+  }
+}
+
+variable "source_kms_key_arns" {
+  description = "KMS keys the source objects are encrypted with (SSE-KMS buckets); the task role gets kms:Decrypt on them."
+  type        = list(string)
+  default     = []
+}
+
+# --- worker configuration ----------------------------------------------------
+
+variable "environment" {
+  description = "Extra environment for the worker: routes, sinks and tuning as S3_INGEST__<SECTION>__<KEY> (see the s3-ingest README, \"Environment overrides\"), e.g. S3_INGEST__ROUTES__0__NAME = \"orders\". The queue URLs, region, wait time and shutdown grace are set by this module and may not appear here."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for key in keys(var.environment) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", key))])
+    error_message = "environment keys must be valid variable names ([A-Za-z_][A-Za-z0-9_]*)."
+  }
+
+  validation {
+    condition = length(setintersection(
+      [for key in keys(var.environment) : upper(key)],
+      ["S3_INGEST__QUEUE__URL", "S3_INGEST__QUEUE__DLQ_URL", "S3_INGEST__QUEUE__WAIT_TIME_SECS", "S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS", "S3_INGEST__AWS__REGION", "S3_INGEST__STATUS__LISTEN_ADDR", "S3_INGEST_LOG_FORMAT"],
+    )) == 0
+    error_message = "environment must not set the queue URLs, wait time, shutdown grace, region, status listen address or log format: the module derives them (queue_url, dlq_url, stop_timeout, metrics_port)."
+  }
+}
+
+variable "log_level" {
+  description = "RUST_LOG for the worker, e.g. info or s3_ingest=debug,info."
+  type        = string
+  default     = "info"
+}
+
+variable "stop_timeout" {
+  description = "Seconds ECS waits after SIGTERM before SIGKILL (deploys, scale-in). The worker's shutdown grace is set drain_margin_secs lower, and its long poll no longer than that, so it exits on its own in time."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.stop_timeout >= 10 && var.stop_timeout <= 120
+    error_message = "stop_timeout must be between 10 and 120 seconds (Fargate's maximum)."
+  }
+}
+
+variable "drain_margin_secs" {
+  description = "How much earlier than stop_timeout the worker gives up on in-flight work and releases it (ChangeMessageVisibility 0) and exits."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.drain_margin_secs >= 2 && var.drain_margin_secs <= 30
+    error_message = "drain_margin_secs must be between 2 and 30."
+  }
+}
+
+variable "metrics_port" {
+  description = "Port of the worker's status endpoints (/healthz, metrics): sets S3_INGEST__STATUS__LISTEN_ADDR to 0.0.0.0:<port> and is mapped in the task definition. `s3-ingest healthcheck` calls /healthz from inside the container, so the health check needs no ingress rule; open one in your own security group only for a scraper."
+  type        = number
+  default     = 9090
+
+  validation {
+    condition     = var.metrics_port >= 1 && var.metrics_port <= 65535 && floor(var.metrics_port) == var.metrics_port
+    error_message = "metrics_port must be a TCP port number."
+  }
+}
+
+variable "health_check" {
+  description = "Container health check timing. The check runs `<binary> healthcheck` inside the container (the image has no curl)."
+  type = object({
+    interval     = optional(number, 30)
+    timeout      = optional(number, 5)
+    retries      = optional(number, 3)
+    start_period = optional(number, 30)
+  })
+  default = {}
+}
+
+variable "volumes" {
+  description = "Writable volumes, e.g. for the parquet_dir sink's path (the root filesystem is read-only; /tmp is always mounted). Without efs the volume is task ephemeral storage: it disappears with the task, so use efs (with an access point that enforces container_user's uid) for a sink that must persist."
+  type = list(object({
+    name           = string
+    container_path = string
+    read_only      = optional(bool, false)
+    efs = optional(object({
+      file_system_arn  = string
+      access_point_arn = optional(string)
+      root_directory   = optional(string)
+    }))
+  }))
+  default = [{ name = "data", container_path = "/data" }]
+
+  validation {
+    condition     = alltrue([for v in var.volumes : startswith(v.container_path, "/") && v.container_path != "/" && v.container_path != "/tmp" && v.name != "tmp"])
+    error_message = "volume container_path must be an absolute path other than / and /tmp, and the name \"tmp\" is reserved (the module mounts /tmp itself)."
+  }
+}
+
+# --- scaling -----------------------------------------------------------------
+
+variable "min_tasks" {
+  description = "Fewest running tasks. At least 1: target tracking cannot scale a service out from zero tasks."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.min_tasks >= 1
+    error_message = "min_tasks must be at least 1."
+  }
+}
+
+variable "max_tasks" {
+  description = "Most running tasks."
+  type        = number
+  default     = 10
+}
+
+variable "target_backlog_per_task" {
+  description = "Target tracking value: visible messages (objects waiting) per running task. Roughly (acceptable latency in seconds) x (objects one task finishes per second)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.target_backlog_per_task > 0
+    error_message = "target_backlog_per_task must be positive."
+  }
+}
+
+variable "scale_out_cooldown" {
+  description = "Seconds after a scale-out before another scale-out."
+  type        = number
+  default     = 60
+}
+
+variable "scale_in_cooldown" {
+  description = "Seconds after a scale-in before another scale-in (longer, so a bursty backlog does not make tasks flap)."
+  type        = number
+  default     = 300
+}
+
+# --- cluster and network -----------------------------------------------------
+
+variable "cluster_name" {
+  description = "Existing ECS cluster to run in; it must have Container Insights enabled (the scaling metric needs RunningTaskCount). null creates a cluster named after the service with Container Insights on."
+  type        = string
+  default     = null
+}
+
+variable "subnet_ids" {
+  description = "Subnets for the tasks (private subnets with a NAT gateway or VPC endpoints for S3, SQS, ECR, CloudWatch Logs and KMS)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) > 0
+    error_message = "subnet_ids needs at least one subnet."
+  }
+}
+
+variable "security_group_ids" {
+  description = "Security groups for the tasks. [] creates an egress-only group (HTTPS to egress_cidr_blocks, plus NFS when a volume uses EFS) in vpc_id."
+  type        = list(string)
+  default     = []
+}
+
+variable "vpc_id" {
+  description = "VPC of the subnets; required only when security_group_ids is empty."
+  type        = string
+  default     = null
+}
+
+variable "egress_cidr_blocks" {
+  description = "Where the created security group lets tasks connect (HTTPS to AWS APIs, NFS to EFS). Narrow it to the VPC CIDR when all AWS APIs are reached through VPC endpoints."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "assign_public_ip" {
+  description = "Give tasks a public IP (only for public subnets without NAT; not recommended)."
+  type        = bool
+  default     = false
+}
+
+# --- logs and alarms ---------------------------------------------------------
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention of the worker's JSON logs."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be a value CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)."
+  }
+}
+
+variable "log_kms_key_arn" {
+  description = "Customer managed key for the log group (its key policy must allow logs.<region>.amazonaws.com). null uses CloudWatch Logs' default encryption."
+  type        = string
+  default     = null
+}
+
+variable "alarm_topic_arn" {
+  description = "SNS topic for alarm and OK notifications; null creates the alarms without actions."
+  type        = string
+  default     = null
+}
+
+variable "oldest_message_age_alarm_seconds" {
+  description = "Alarm when the oldest message on the ingest queue is older than this: the workers are not keeping up or are stuck."
+  type        = number
+  default     = 900
+}
+
+variable "alarm_evaluation_periods" {
+  description = "Consecutive one-minute periods above the threshold before the age alarm fires."
+  type        = number
+  default     = 5
+}
+
+variable "wait_for_steady_state" {
+  description = "Make `terraform apply` wait until a deployment has finished (new tasks healthy, old tasks drained)."
+  type        = bool
+  default     = false
+}
+
+variable "tags" {
+  description = "Tags for every resource that takes tags (propagated to tasks)."
+  type        = map(string)
+  default     = {}
+}

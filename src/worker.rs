@@ -37,6 +37,10 @@ use crate::route::Router;
 use crate::status::Liveness;
 use crate::telemetry;
 
+/// While every object slot is busy, the receive loop still goes round this
+/// often, so `/healthz` can tell "busy" from "stuck".
+const LIVENESS_TICK: Duration = Duration::from_secs(5);
+
 /// What happened to one object of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ObjectOutcome {
@@ -214,7 +218,7 @@ impl Worker {
                     self.objects_in_flight.available_permits().max(1) as u64
                 }
                 // Busy, not stuck: every slot is working on an object.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                _ = tokio::time::sleep(LIVENESS_TICK) => continue,
             };
             let max_messages = self.settings.max_messages.min(free);
             let queue = self.queue.clone();

@@ -297,8 +297,19 @@ async fn three_workers_share_one_queue_without_loss_or_duplicates() {
     assert!(fixture.take_dead_letters().await.is_empty());
 }
 
-/// Waits until the sink has started writing (a hidden temporary file exists).
-async fn wait_for_sink_in_progress(fixture: &Fixture) {
+/// Starts a worker process with `grace_secs`, uploads a 200 MiB file, and
+/// sends SIGTERM once the sink has started writing it (a hidden temporary
+/// file exists). Returns the config, the worker's log, and the file's rows.
+async fn sigterm_during_large_file(
+    fixture: &Fixture,
+    grace_secs: u64,
+) -> (s3_ingest::config::Config, std::path::PathBuf, u64) {
+    let mut config = fixture.config(None);
+    config.worker.shutdown_grace_secs = grace_secs;
+    let (body, rows) = big_csv_zstd(200 << 20);
+    let log = fixture.output_dir().join("worker.log");
+    let child = fixture.spawn_worker_process(&config, &log);
+    fixture.put("in/large.csv.zst", body).await;
     wait_until("sink writing the large file", WAIT, || async {
         let dir = fixture.output_dir().join(&fixture.bucket);
         std::fs::read_dir(dir)
@@ -310,20 +321,15 @@ async fn wait_for_sink_in_progress(fixture: &Fixture) {
             .unwrap_or(false)
     })
     .await;
+    kill(&child, "-TERM");
+    assert_eq!(wait_for_exit(child).await.code(), Some(0));
+    (config, log, rows)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_file_commits_within_the_grace_period() {
     let fixture = Fixture::new("drainok").await;
-    let mut config = fixture.config(None);
-    config.worker.shutdown_grace_secs = 120;
-    let (body, rows) = big_csv_zstd(200 << 20);
-    let log = fixture.output_dir().join("worker.log");
-    let child = fixture.spawn_worker_process(&config, &log);
-    fixture.put("in/large.csv.zst", body).await;
-    wait_for_sink_in_progress(&fixture).await;
-    kill(&child, "-TERM");
-    assert_eq!(wait_for_exit(child).await.code(), Some(0));
+    let (_, _, rows) = sigterm_during_large_file(&fixture, 120).await;
     // It finished the file before exiting, and deleted its message.
     assert_eq!(fixture.sink_files().len(), 1);
     assert_eq!(
@@ -339,15 +345,7 @@ async fn sigterm_mid_file_commits_within_the_grace_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_file_past_the_grace_period_releases_it_to_the_next_worker() {
     let fixture = Fixture::new("drainrel").await;
-    let mut config = fixture.config(None);
-    config.worker.shutdown_grace_secs = 0;
-    let (body, rows) = big_csv_zstd(200 << 20);
-    let log = fixture.output_dir().join("worker.log");
-    let child = fixture.spawn_worker_process(&config, &log);
-    fixture.put("in/large.csv.zst", body).await;
-    wait_for_sink_in_progress(&fixture).await;
-    kill(&child, "-TERM");
-    assert_eq!(wait_for_exit(child).await.code(), Some(0));
+    let (config, log, rows) = sigterm_during_large_file(&fixture, 0).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("message released"), "{text}");
     assert!(

@@ -272,6 +272,28 @@ pub enum SinkConfig {
     ParquetDir { path: PathBuf },
     /// Newline-delimited JSON rows on standard output, for debugging.
     Stdout {},
+    /// Rows COPYed into a PostgreSQL table, exactly once per object version.
+    Postgres(crate::sink::postgres::PostgresSinkConfig),
+    /// Parquet objects under an S3 prefix, written by multipart upload.
+    S3Parquet(crate::sink::s3_parquet::S3ParquetSinkConfig),
+    /// Batches POSTed to an HTTP endpoint (ClickHouse, Tinybird, ...).
+    Http(crate::sink::http::HttpSinkConfig),
+}
+
+impl SinkConfig {
+    /// Checks the sink's own settings; errors name the field (relative to
+    /// `sinks.NAME.`).
+    fn validate(&self) -> Result<(), (String, String)> {
+        match self {
+            SinkConfig::ParquetDir { path } if path.as_os_str().is_empty() => {
+                Err(("path".into(), "must not be empty".into()))
+            }
+            SinkConfig::ParquetDir { .. } | SinkConfig::Stdout {} => Ok(()),
+            SinkConfig::Postgres(config) => config.validate(),
+            SinkConfig::S3Parquet(config) => config.validate(),
+            SinkConfig::Http(config) => config.validate(),
+        }
+    }
 }
 
 impl Config {
@@ -394,11 +416,8 @@ impl Config {
             return Err(invalid("routes", "at least one [[routes]] entry is needed"));
         }
         for (name, sink) in &self.sinks {
-            if let SinkConfig::ParquetDir { path } = sink
-                && path.as_os_str().is_empty()
-            {
-                return Err(invalid(format!("sinks.{name}.path"), "must not be empty"));
-            }
+            sink.validate()
+                .map_err(|(field, message)| invalid(format!("sinks.{name}.{field}"), message))?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (index, route) in self.routes.iter().enumerate() {

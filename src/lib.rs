@@ -43,6 +43,8 @@ pub enum RunError {
     Routes(String),
     #[error("cannot serve status endpoints on {0}: {1}")]
     Status(String, std::io::Error),
+    #[error("cannot set up sink `{0}`: {1}")]
+    Sink(String, sink::SinkError),
 }
 
 /// The AWS clients the worker uses.
@@ -126,11 +128,16 @@ pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker
     // than retrying forever.
     queue.check_reachable().await?;
     let router = Router::new(&config.routes).map_err(RunError::Routes)?;
-    let sinks: HashMap<_, _> = config
-        .sinks
-        .iter()
-        .map(|(name, sink)| (name.clone(), sink::build(name, sink)))
-        .collect();
+    let sink_context = sink::SinkContext {
+        s3: clients.s3.clone(),
+        expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
+    };
+    let mut sinks = HashMap::new();
+    for (name, sink_config) in &config.sinks {
+        let sink = sink::build(name, sink_config, &sink_context)
+            .map_err(|err| RunError::Sink(name.clone(), err))?;
+        sinks.insert(name.clone(), sink);
+    }
     let ingestor = Ingestor::new(
         S3Objects::new(clients.s3, config.aws.expected_bucket_owner.clone()),
         sinks,

@@ -2,7 +2,10 @@
 //! batches plus its lineage and commits them as a unit; `commit` returning
 //! Ok means the data is durable, and only then is the message deleted.
 
+pub mod http;
 pub mod parquet_dir;
+pub mod postgres;
+pub mod s3_parquet;
 pub mod stdout;
 
 use std::sync::Arc;
@@ -67,6 +70,17 @@ pub struct CommitReceipt {
     /// Where the data is now (a path, a table, ...).
     pub location: String,
     pub rows: u64,
+    /// The sink already held this object version (a redelivery or a
+    /// concurrent delivery) and committed nothing new.
+    pub already_committed: bool,
+}
+
+/// What sinks may need from the rest of the worker when they are built.
+#[derive(Clone)]
+pub struct SinkContext {
+    pub s3: aws_sdk_s3::Client,
+    /// Sent on every S3 call a sink makes, as on reads.
+    pub expected_bucket_owner: Option<String>,
 }
 
 #[async_trait]
@@ -90,12 +104,25 @@ pub trait SinkWriter: Send {
     async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError>;
 }
 
-/// Builds the sink a `[sinks.NAME]` table describes.
-pub fn build(name: &str, config: &SinkConfig) -> Arc<dyn Sink> {
-    match config {
+/// Builds the sink a `[sinks.NAME]` table describes. Fails when the sink
+/// cannot be set up at all (a secret's environment variable is missing, a
+/// URL does not parse): a start-up error, not a per-object one.
+pub fn build(
+    name: &str,
+    config: &SinkConfig,
+    context: &SinkContext,
+) -> Result<Arc<dyn Sink>, SinkError> {
+    Ok(match config {
         SinkConfig::ParquetDir { path } => {
             Arc::new(parquet_dir::ParquetDirSink::new(name, path.clone()))
         }
         SinkConfig::Stdout {} => Arc::new(stdout::StdoutSink::new(name)),
-    }
+        SinkConfig::Postgres(config) => {
+            Arc::new(postgres::PostgresSink::new(name, config, context)?)
+        }
+        SinkConfig::S3Parquet(config) => {
+            Arc::new(s3_parquet::S3ParquetSink::new(name, config, context)?)
+        }
+        SinkConfig::Http(config) => Arc::new(http::HttpSink::new(name, config, context)?),
+    })
 }

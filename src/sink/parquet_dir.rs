@@ -230,13 +230,15 @@ impl SinkWriter for ParquetDirWriter {
             .ok_or_else(|| SinkError::permanent("writer already closed"))?;
         let temp_path = self.temp_path.clone();
         let final_path = self.final_path.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
+        let result = tokio::task::spawn_blocking(move || -> Result<bool, SinkError> {
             let file = writer
                 .into_inner()
                 .map_err(|err| parquet_error(&temp_path, err))?;
             file.sync_all()
                 .map_err(|err| io_error("fsync", &temp_path, err))?;
             drop(file);
+            // Same version, same name: a replay replaces identical content.
+            let already_committed = final_path.exists();
             std::fs::rename(&temp_path, &final_path)
                 .map_err(|err| io_error("rename into", &final_path, err))?;
             // The rename itself is durable only once the directory is synced.
@@ -244,17 +246,21 @@ impl SinkWriter for ParquetDirWriter {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|err| io_error("fsync directory", dir, err))?;
-            Ok(())
+            Ok(already_committed)
         })
         .await
         .map_err(|err| SinkError::transient(format!("commit task failed: {err}")))?;
-        if let Err(err) = result {
-            let _ = std::fs::remove_file(&self.temp_path);
-            return Err(err);
-        }
+        let already_committed = match result {
+            Ok(already_committed) => already_committed,
+            Err(err) => {
+                let _ = std::fs::remove_file(&self.temp_path);
+                return Err(err);
+            }
+        };
         Ok(CommitReceipt {
             location: self.final_path.display().to_string(),
             rows: self.rows,
+            already_committed,
         })
     }
 }

@@ -68,6 +68,7 @@ impl SinkWriter for StdoutWriter {
         Ok(CommitReceipt {
             location: "stdout".into(),
             rows: self.rows,
+            already_committed: false,
         })
     }
 }

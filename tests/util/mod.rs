@@ -189,6 +189,17 @@ impl Fixture {
     }
 
     pub fn config_with(&self, routes_toml: Option<&str>, queue_extra: &str) -> Config {
+        self.config_with_sinks(routes_toml, queue_extra, "")
+    }
+
+    /// [`Fixture::config_with`] plus more `[sinks.NAME]` tables
+    /// (`sinks_toml`) beside the `lake` parquet_dir sink.
+    pub fn config_with_sinks(
+        &self,
+        routes_toml: Option<&str>,
+        queue_extra: &str,
+        sinks_toml: &str,
+    ) -> Config {
         let routes = routes_toml.unwrap_or(
             r#"
             [[routes]]
@@ -224,6 +235,8 @@ impl Fixture {
             [sinks.lake]
             type = "parquet_dir"
             path = "{output}"
+
+            {sinks_toml}
             "#,
             endpoint = endpoint(),
             queue = self.queue_url,

@@ -18,6 +18,7 @@ build:
 ## LocalStack (installing it into a venv the first time) and stops it after.
 test:
 	$(WITH_LOCALSTACK) cargo test --all-targets
+	fuzz/smoke.sh
 
 ## Unit tests only (no LocalStack).
 unit-test:
@@ -37,10 +38,10 @@ fmt:
 	cargo fmt
 
 ## Fuzz the notification parser (needs nightly + cargo-fuzz; see fuzz/README.md).
-## Not part of `make test`: its sanitizer build of the whole crate takes
-## about half an hour on two cores.
+## `make test` runs it for a minute (fuzz/smoke.sh); this runs it longer.
 FUZZ_SECONDS ?= 120
 fuzz:
+	mkdir -p fuzz/corpus/notification
 	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/s3-ingest/fuzz-target cargo +nightly fuzz run notification \
 		corpus/notification seeds/notification -- -dict=notification.dict -max_len=4096 \
 		-max_total_time=$(FUZZ_SECONDS)

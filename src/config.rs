@@ -191,7 +191,13 @@ pub struct RouteConfig {
     pub key_glob: String,
     #[serde(default = "default_format")]
     pub format: FileFormat,
-    pub sink: String,
+    /// The sink this route lands in. Give `sinks` instead to fan out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
+    /// Several sinks: each object lands in all of them, and its message is
+    /// deleted only after every one committed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<String>,
     #[serde(default)]
     pub csv: CsvOptions,
     /// Explicit column list; without it the schema is inferred from a
@@ -201,6 +207,13 @@ pub struct RouteConfig {
     /// Rows per Arrow record batch.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: NonZeroUsize,
+}
+
+impl RouteConfig {
+    /// The sinks this route lands in, in the order they commit.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sink.iter().chain(&self.sinks).cloned().collect()
+    }
 }
 
 fn default_format() -> FileFormat {
@@ -431,16 +444,44 @@ impl Config {
                     format!("route name `{}` is used twice", route.name),
                 ));
             }
-            if !self.sinks.contains_key(&route.sink) {
-                let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
-                return Err(invalid(
-                    key("sink"),
-                    format!(
-                        "sink `{}` is not defined under [sinks] (defined: {})",
-                        route.sink,
-                        known.join(", ")
-                    ),
-                ));
+            let field = if route.sink.is_some() {
+                "sink"
+            } else {
+                "sinks"
+            };
+            match (&route.sink, route.sinks.is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid(
+                        key("sinks"),
+                        "give either `sink` or `sinks`, not both",
+                    ));
+                }
+                (None, true) => {
+                    return Err(invalid(
+                        key("sink"),
+                        "missing: name the sink this route lands in (or `sinks = [...]` for several)",
+                    ));
+                }
+                _ => {}
+            }
+            let names = route.sink_names();
+            for (position, name) in names.iter().enumerate() {
+                if !self.sinks.contains_key(name) {
+                    let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
+                    return Err(invalid(
+                        key(field),
+                        format!(
+                            "sink `{name}` is not defined under [sinks] (defined: {})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                if names[..position].contains(name) {
+                    return Err(invalid(
+                        key(field),
+                        format!("sink `{name}` is listed twice"),
+                    ));
+                }
             }
             globset::Glob::new(&route.key_glob)
                 .map_err(|err| invalid(key("key_glob"), err.to_string()))?;
@@ -667,6 +708,33 @@ mod tests {
             err.contains("routes[0].sink") && err.contains("nowhere"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn route_may_fan_out_to_several_sinks() {
+        let text = format!(
+            "{}\n[sinks.copy]\ntype = \"stdout\"\n",
+            MINIMAL.replace("sink = \"lake\"", "sinks = [\"lake\", \"copy\"]")
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        assert_eq!(config.routes[0].sink_names(), ["lake", "copy"]);
+    }
+
+    #[test]
+    fn fan_out_mistakes_are_rejected_naming_the_field() {
+        for (replacement, expected) in [
+            ("sinks = [\"lake\", \"lake\"]", "listed twice"),
+            ("sinks = [\"lake\", \"gone\"]", "`gone` is not defined"),
+            ("sinks = []", "missing"),
+            ("sink = \"lake\"\nsinks = [\"lake\"]", "not both"),
+        ] {
+            let text = MINIMAL.replace("sink = \"lake\"", replacement);
+            let err = Config::from_toml_str(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("routes[0].sink") && err.contains(expected),
+                "{replacement}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! One object's pipeline: pin the version, stream and decode it on a
-//! blocking thread, write the batches to the route's sink, commit.
+//! blocking thread, write the batches to the route's sinks, commit.
 //!
 //! ```text
-//! S3 GetObject ──bytes──► decode (blocking thread) ──batches──► sink writer ──► commit
+//! S3 GetObject ──bytes──► decode (blocking thread) ──batches──► sink writer(s) ──► commit each
 //! ```
 //! The stages are joined by small bounded channels, so a slow sink slows
 //! the download instead of filling memory. If any stage fails, the channels
 //! close, the others stop, and nothing is committed.
+//!
+//! A route with several sinks (fan-out) writes every batch to each of them
+//! and commits them one after another in the route's order. If one fails,
+//! the ones before it have already committed; that is safe because every
+//! sink's commit is idempotent per object version, so the retry (or the
+//! replay after a fix) lands the object once in each.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -25,7 +31,7 @@ use crate::error::IngestError;
 use crate::notification::ObjectRef;
 use crate::object::{PinnedObject, S3Objects, S3ParquetReader};
 use crate::route::{Route, resolve_format};
-use crate::sink::{Lineage, Sink, SinkWriter};
+use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter};
 
 /// Downloaded chunks waiting for the decoder.
 const BYTE_CHANNEL_CHUNKS: usize = 8;
@@ -38,7 +44,29 @@ pub struct Committed {
     pub lineage: Lineage,
     pub rows: u64,
     pub batches: u64,
-    pub location: String,
+    /// One receipt per sink, in commit order.
+    pub receipts: Vec<(String, CommitReceipt)>,
+}
+
+impl Committed {
+    /// Where the data is now, for logs: `location` or `sink=location, ...`.
+    pub fn locations(&self) -> String {
+        match self.receipts.as_slice() {
+            [(_, receipt)] => receipt.location.clone(),
+            receipts => receipts
+                .iter()
+                .map(|(sink, receipt)| format!("{sink}={}", receipt.location))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// Every sink already held this object version: a redelivery.
+    pub fn already_committed(&self) -> bool {
+        self.receipts
+            .iter()
+            .all(|(_, receipt)| receipt.already_committed)
+    }
 }
 
 pub struct Ingestor {
@@ -67,11 +95,16 @@ impl Ingestor {
                 ),
             }
         })?;
-        let sink = self
+        let sinks: Vec<Arc<dyn Sink>> = route
             .sinks
-            .get(&route.sink)
-            .cloned()
-            .expect("config validation guarantees every route's sink exists");
+            .iter()
+            .map(|name| {
+                self.sinks
+                    .get(name)
+                    .cloned()
+                    .expect("config validation guarantees every route's sink exists")
+            })
+            .collect();
         let pinned = Arc::new(self.objects.pin(object).await?);
         let lineage = Lineage {
             bucket: pinned.bucket.clone(),
@@ -89,7 +122,7 @@ impl Ingestor {
             FileFormat::Parquet => self.spawn_parquet(pinned.clone(), route, batch_tx),
             FileFormat::Auto => unreachable!("resolve_format never returns auto"),
         };
-        let written = write_batches(sink.as_ref(), &lineage, &uri, batch_rx).await;
+        let written = write_batches(&sinks, &lineage, &uri, batch_rx).await;
         // The producer's error explains a sink-side stop better than the
         // closed channel the sink saw, and vice versa; see `first_cause`.
         let produced = producer.await.unwrap_or_else(|err| {
@@ -100,29 +133,30 @@ impl Ingestor {
                 retryable: true,
             })
         });
-        let (writer, summary) = match (produced, written) {
-            (Ok(summary), Ok(writer)) => (writer, summary),
+        let (writers, summary) = match (produced, written) {
+            (Ok(summary), Ok(writers)) => (writers, summary),
             (Err(produce_err), Err(write_err)) => return Err(first_cause(produce_err, write_err)),
             (Err(err), Ok(_)) | (Ok(_), Err(err)) => return Err(err),
         };
-        let writer = match writer {
-            Some(writer) => writer,
+        let writers = match writers {
+            Some(writers) => writers,
             // No batch at all (header-only or empty file): still commit, so
-            // the sink records that this version was ingested, with 0 rows.
-            None => sink
-                .open(&lineage, summary.schema.clone())
-                .await
-                .map_err(|err| sink_error(&uri, sink.name(), err))?,
+            // the sinks record that this version was ingested, with 0 rows.
+            None => open_writers(&sinks, &lineage, summary.schema.clone(), &uri).await?,
         };
-        let receipt = writer
-            .commit()
-            .await
-            .map_err(|err| sink_error(&uri, sink.name(), err))?;
+        let mut receipts = Vec::with_capacity(writers.len());
+        for (sink, writer) in sinks.iter().zip(writers) {
+            let receipt = writer
+                .commit()
+                .await
+                .map_err(|err| sink_error(&uri, sink.name(), err))?;
+            receipts.push((sink.name().to_owned(), receipt));
+        }
         Ok(Committed {
             lineage,
             rows: summary.rows,
             batches: summary.batches,
-            location: receipt.location,
+            receipts,
         })
     }
 
@@ -191,30 +225,51 @@ impl Ingestor {
     }
 }
 
-/// Feeds every batch to a writer opened on the first batch. Returns the
-/// open writer (uncommitted) or `None` when no batch came.
+/// Feeds every batch to one writer per sink, opened on the first batch.
+/// Returns the open writers (uncommitted) or `None` when no batch came.
 async fn write_batches(
-    sink: &dyn Sink,
+    sinks: &[Arc<dyn Sink>],
     lineage: &Lineage,
     uri: &str,
     mut batches: mpsc::Receiver<RecordBatch>,
-) -> Result<Option<Box<dyn SinkWriter>>, IngestError> {
-    let mut writer: Option<Box<dyn SinkWriter>> = None;
+) -> Result<Option<Vec<Box<dyn SinkWriter>>>, IngestError> {
+    let mut writers: Option<Vec<Box<dyn SinkWriter>>> = None;
     while let Some(batch) = batches.recv().await {
-        let current = match &mut writer {
-            Some(writer) => writer,
-            None => writer.insert(
-                sink.open(lineage, batch.schema())
-                    .await
-                    .map_err(|err| sink_error(uri, sink.name(), err))?,
-            ),
+        let current = match &mut writers {
+            Some(writers) => writers,
+            None => writers.insert(open_writers(sinks, lineage, batch.schema(), uri).await?),
         };
-        current
-            .write(batch)
+        // The sinks write side by side, so a slow one does not serialise
+        // the others; a batch is shared, not copied.
+        futures::future::try_join_all(current.iter_mut().zip(sinks).map(|(writer, sink)| {
+            let batch = batch.clone();
+            async move {
+                writer
+                    .write(batch)
+                    .await
+                    .map_err(|err| sink_error(uri, sink.name(), err))
+            }
+        }))
+        .await?;
+    }
+    Ok(writers)
+}
+
+async fn open_writers(
+    sinks: &[Arc<dyn Sink>],
+    lineage: &Lineage,
+    schema: arrow::datatypes::SchemaRef,
+    uri: &str,
+) -> Result<Vec<Box<dyn SinkWriter>>, IngestError> {
+    let mut writers = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let writer = sink
+            .open(lineage, schema.clone())
             .await
             .map_err(|err| sink_error(uri, sink.name(), err))?;
+        writers.push(writer);
     }
-    Ok(writer)
+    Ok(writers)
 }
 
 fn sink_error(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError {

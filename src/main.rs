@@ -81,7 +81,7 @@ fn check_config(config: &Config) -> ExitCode {
             bucket = route.bucket.as_deref().unwrap_or("*"),
             glob = route.key_glob,
             format = route.format,
-            sink = route.sink,
+            sink = route.sink_names().join(" + "),
         );
     }
     ExitCode::SUCCESS

@@ -16,7 +16,8 @@ pub struct Route {
     pub key_glob: String,
     matcher: GlobMatcher,
     pub format: FileFormat,
-    pub sink: String,
+    /// Every object lands in all of these, committed in this order.
+    pub sinks: Vec<String>,
     pub csv: CsvOptions,
     /// The explicit schema, if the route has one.
     pub schema: Option<SchemaRef>,
@@ -43,7 +44,7 @@ impl Route {
             key_glob: config.key_glob.clone(),
             matcher,
             format: config.format,
-            sink: config.sink.clone(),
+            sinks: config.sink_names(),
             csv: config.csv.clone(),
             schema,
             batch_rows: config.batch_rows.get(),
@@ -121,7 +122,8 @@ mod tests {
             bucket: bucket.map(Into::into),
             key_glob: glob.into(),
             format: FileFormat::Auto,
-            sink: "lake".into(),
+            sink: Some("lake".into()),
+            sinks: Vec::new(),
             csv: CsvOptions::default(),
             schema: None,
             batch_rows: std::num::NonZeroUsize::new(10).unwrap(),

@@ -139,7 +139,8 @@ pub fn message_left_for_retry() {
 /// What a committed object contributes to the metrics.
 pub struct CommittedObject<'a> {
     pub route: &'a str,
-    pub sink: &'a str,
+    /// Every sink the object landed in (a route may fan out).
+    pub sinks: &'a [String],
     pub bytes: u64,
     pub rows: u64,
     pub batches: u64,
@@ -149,14 +150,16 @@ pub struct CommittedObject<'a> {
 }
 
 pub fn object_committed(object: CommittedObject<'_>) {
-    let labels = [
-        ("route", object.route.to_owned()),
-        ("sink", object.sink.to_owned()),
-    ];
-    counter!(OBJECTS_COMMITTED, &labels).increment(1);
-    counter!(BYTES_INGESTED, &labels).increment(object.bytes);
-    counter!(ROWS_INGESTED, &labels).increment(object.rows);
-    counter!(BATCHES_INGESTED, &labels).increment(object.batches);
+    for sink in object.sinks {
+        let labels = [
+            ("route", object.route.to_owned()),
+            ("sink", sink.to_owned()),
+        ];
+        counter!(OBJECTS_COMMITTED, &labels).increment(1);
+        counter!(BYTES_INGESTED, &labels).increment(object.bytes);
+        counter!(ROWS_INGESTED, &labels).increment(object.rows);
+        counter!(BATCHES_INGESTED, &labels).increment(object.batches);
+    }
     histogram!(OBJECT_DURATION, "route" => object.route.to_owned())
         .record(object.duration.as_secs_f64());
     if let Some(lag) = object.lag {
@@ -202,7 +205,7 @@ mod tests {
         prometheus();
         object_committed(CommittedObject {
             route: "orders",
-            sink: "lake",
+            sinks: &["lake".to_owned()],
             bytes: 1234,
             rows: 10,
             batches: 1,

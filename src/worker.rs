@@ -464,7 +464,7 @@ impl Worker {
                     .and_then(|t| (chrono::Utc::now() - t).to_std().ok());
                 telemetry::object_committed(telemetry::CommittedObject {
                     route: &route.name,
-                    sink: &route.sink,
+                    sinks: &route.sinks,
                     bytes: committed.lineage.size,
                     rows: committed.rows,
                     batches: committed.batches,
@@ -475,10 +475,11 @@ impl Worker {
                     bucket,
                     key,
                     route = %route.name,
-                    sink = %route.sink,
+                    sinks = %route.sinks.join(","),
                     rows = committed.rows,
                     bytes = committed.lineage.size,
-                    location = %committed.location,
+                    location = %committed.locations(),
+                    already_committed = committed.already_committed(),
                     elapsed_ms = duration.as_millis() as u64,
                     lag_ms = lag.map(|l| l.as_millis() as u64),
                     "object committed"
@@ -619,7 +620,8 @@ mod tests {
             bucket: None,
             key_glob: "in/*.csv".into(),
             format: FileFormat::Auto,
-            sink: "lake".into(),
+            sink: Some("lake".into()),
+            sinks: Vec::new(),
             csv: CsvOptions::default(),
             schema: None,
             batch_rows: std::num::NonZeroUsize::new(100).unwrap(),

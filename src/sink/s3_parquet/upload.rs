@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -141,6 +141,10 @@ impl ObjectUpload {
                 .bucket(&destination.bucket)
                 .key(&self.key)
                 .content_type("application/vnd.apache.parquet")
+                // Declared up front so every part carries a CRC32 that S3
+                // checks, and the completion lists them (S3 refuses parts
+                // whose checksums the upload did not announce).
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .set_expected_bucket_owner(destination.expected_bucket_owner.clone())
                 .send()
                 .await
@@ -174,6 +178,7 @@ impl ObjectUpload {
             .key(&self.key)
             .upload_id(&upload.upload_id)
             .part_number(part_number)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .body(ByteStream::from(body))
             .set_expected_bucket_owner(destination.expected_bucket_owner.clone())
             .send()

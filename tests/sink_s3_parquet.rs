@@ -6,7 +6,7 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
@@ -432,9 +432,43 @@ async fn a_decode_failure_late_in_a_large_file_leaves_no_object_and_no_open_uplo
     // About 20 MiB of Parquet (several parts uploaded) before the bad row.
     let mut csv = incompressible_csv(200_000);
     csv.push_str("not-a-number,x,y\n");
+    // Watches the destination while the file is processed, so the test
+    // proves a multipart upload really was open when the decoder failed.
+    let saw_open_upload = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let s3 = fixture.clients.s3.clone();
+        let destination = destination.clone();
+        let saw_open_upload = Arc::clone(&saw_open_upload);
+        tokio::spawn(async move {
+            loop {
+                let uploads = s3
+                    .list_multipart_uploads()
+                    .bucket(&destination)
+                    .send()
+                    .await
+                    .map(|output| output.uploads().len())
+                    .unwrap_or(0);
+                if uploads > 0 {
+                    saw_open_upload.store(true, Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     fixture.put("in/late-bad.csv", csv).await;
 
     let letters = fixture.wait_for_dead_letters(1).await;
+    watcher.abort();
+    assert!(
+        saw_open_upload.load(Ordering::Relaxed),
+        "no multipart upload was seen open before the failure"
+    );
+    assert!(
+        letters[0].error.contains("data rows"),
+        "the decoder's reason is kept: {}",
+        letters[0].error
+    );
     assert_eq!(letters[0].error_kind, "csv_error");
     assert_eq!(letters[0].key.as_deref(), Some("in/late-bad.csv"));
     wait_until("the aborted upload is gone", WAIT, || async {
@@ -533,23 +567,16 @@ async fn a_missing_destination_bucket_keeps_the_file_queued_until_it_exists() {
 }
 
 #[test]
-fn config_rejects_bad_values_naming_the_field() {
-    let parse = |text: &str| -> S3ParquetSinkConfig { toml::from_str(text).unwrap() };
-    let defaults = parse("bucket = \"lake\"");
-    assert_eq!(defaults.part_size_bytes, 8 * 1024 * 1024);
-    assert_eq!(defaults.row_group_bytes, 16 * 1024 * 1024);
-    assert_eq!(defaults.max_open_partitions, 32);
-    defaults.validate().unwrap();
-
-    let unknown = parse("bucket = \"lake\"\npartition = \"dt={event_day}\"")
-        .validate()
-        .unwrap_err();
-    assert_eq!(unknown.0, "partition");
-    assert!(unknown.1.contains("`{event_day}`"), "{}", unknown.1);
-    let small = parse("bucket = \"lake\"\npart_size_bytes = 1048576")
-        .validate()
-        .unwrap_err();
-    assert_eq!(small.0, "part_size_bytes");
-    assert_eq!(parse("bucket = \"\"").validate().unwrap_err().0, "bucket");
-    assert!(toml::from_str::<S3ParquetSinkConfig>("bucket = \"x\"\npart_size = 1").is_err());
+fn the_example_config_is_valid_and_template_errors_name_the_sink_field() {
+    let example = include_str!("../examples/sink-s3-parquet.toml");
+    s3_ingest::config::Config::from_toml_str(example)
+        .expect("examples/sink-s3-parquet.toml is valid");
+    let broken = example.replace("dt={event_date}", "dt={event_day}");
+    let error = s3_ingest::config::Config::from_toml_str(&broken)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("sinks.lake.partition") && error.contains("`{event_day}`"),
+        "{error}"
+    );
 }

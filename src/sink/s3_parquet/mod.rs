@@ -398,3 +398,79 @@ impl SinkWriter for S3ParquetWriter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lineage() -> Lineage {
+        Lineage {
+            bucket: "vendor".into(),
+            key: "in/a b.csv".into(),
+            version_id: Some("v1".into()),
+            etag: Some("e".into()),
+            size: 3,
+            event_time: None,
+            route: "r".into(),
+        }
+    }
+
+    #[test]
+    fn object_keys_join_prefix_partition_and_parquet_dirs_file_name() {
+        let key = object_key("lake", "dt=2026-11-27", &lineage());
+        let file_name = output_path(Path::new(""), &lineage())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(key, format!("lake/dt=2026-11-27/{file_name}"));
+        assert!(file_name.starts_with("in_a_b.csv-") && file_name.ends_with(".parquet"));
+        assert_eq!(object_key("", "", &lineage()), file_name);
+        let other_version = Lineage {
+            version_id: Some("v2".into()),
+            ..lineage()
+        };
+        assert_ne!(object_key("", "", &other_version), file_name);
+    }
+
+    #[test]
+    fn upload_errors_keep_their_class_through_parquets_error() {
+        // AsyncArrowWriter wraps our writer's error once more on row-group
+        // writes: External(External(SinkError)).
+        let wrapped = ParquetError::External(Box::new(ParquetError::External(Box::new(
+            SinkError::transient("S3 UploadPart on s3://lake/k failed: SlowDown"),
+        ))));
+        let error = parquet_sink_error("s3://lake/k", wrapped);
+        assert!(error.retryable);
+        assert_eq!(
+            error.detail,
+            "S3 UploadPart on s3://lake/k failed: SlowDown"
+        );
+
+        let encoding = parquet_sink_error("s3://lake/k", ParquetError::General("bad".into()));
+        assert!(!encoding.retryable);
+        assert!(
+            encoding
+                .detail
+                .contains("cannot encode Parquet for s3://lake/k")
+        );
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let config = |extra: &str| -> S3ParquetSinkConfig {
+            toml::from_str(&format!("bucket = \"lake\"\n{extra}")).unwrap()
+        };
+        assert!(config("").validate().is_ok());
+        for (extra, field) in [
+            ("partition = \"x={nope}\"", "partition"),
+            ("part_size_bytes = 1024", "part_size_bytes"),
+            ("row_group_bytes = 0", "row_group_bytes"),
+            ("max_open_partitions = 0", "max_open_partitions"),
+        ] {
+            assert_eq!(config(extra).validate().unwrap_err().0, field, "{extra}");
+        }
+        let path_as_bucket: S3ParquetSinkConfig = toml::from_str("bucket = \"lake/x\"").unwrap();
+        assert_eq!(path_as_bucket.validate().unwrap_err().0, "bucket");
+    }
+}

@@ -179,47 +179,40 @@ impl BoundTemplate {
         if let Some(path) = self.fixed_path() {
             return Ok(vec![(path, batch)]);
         }
-        // Each column placeholder rendered for every row, already escaped.
-        let mut column_values: HashMap<&str, Vec<String>> = HashMap::new();
+        // Every row's path, built piece by piece; a column piece appends
+        // that row's escaped value.
+        let mut row_paths = vec![String::new(); batch.num_rows()];
         for piece in &self.pieces {
-            let Piece::Column(name) = piece else { continue };
-            if column_values.contains_key(name.as_str()) {
-                continue;
-            }
-            let column = batch.column_by_name(name).ok_or_else(|| {
-                SinkError::permanent(format!(
-                    "partition column `{name}` is not in the source's columns"
-                ))
-            })?;
-            let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
-                .map_err(|err| {
-                    SinkError::permanent(format!(
-                        "partition column `{name}` cannot be rendered as text: {err}"
-                    ))
-                })?;
-            let values = (0..batch.num_rows())
-                .map(|row| {
-                    if column.is_null(row) {
-                        DEFAULT_PARTITION.to_owned()
-                    } else {
-                        escape_value(Some(&formatter.value(row).to_string()))
+            match piece {
+                Piece::Text(text) => row_paths.iter_mut().for_each(|path| path.push_str(text)),
+                Piece::Column(name) => {
+                    let column = batch.column_by_name(name).ok_or_else(|| {
+                        SinkError::permanent(format!(
+                            "partition column `{name}` is not in the source's columns"
+                        ))
+                    })?;
+                    let formatter =
+                        ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
+                            .map_err(|err| {
+                                SinkError::permanent(format!(
+                                    "partition column `{name}` cannot be rendered as text: {err}"
+                                ))
+                            })?;
+                    for (row, path) in row_paths.iter_mut().enumerate() {
+                        if column.is_null(row) {
+                            path.push_str(DEFAULT_PARTITION);
+                        } else {
+                            path.push_str(&escape_value(Some(&formatter.value(row).to_string())));
+                        }
                     }
-                })
-                .collect();
-            column_values.insert(name, values);
+                }
+            }
         }
 
         let mut paths: Vec<String> = Vec::new();
         let mut rows_by_path: Vec<Vec<u32>> = Vec::new();
         let mut index_of_path: HashMap<String, usize> = HashMap::new();
-        for row in 0..batch.num_rows() {
-            let mut path = String::new();
-            for piece in &self.pieces {
-                match piece {
-                    Piece::Text(text) => path.push_str(text),
-                    Piece::Column(name) => path.push_str(&column_values[name.as_str()][row]),
-                }
-            }
+        for (row, path) in row_paths.into_iter().enumerate() {
             let index = *index_of_path.entry(path.clone()).or_insert_with(|| {
                 paths.push(path);
                 rows_by_path.push(Vec::new());

@@ -24,6 +24,7 @@ mod partition;
 mod upload;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -237,7 +238,7 @@ impl Sink for S3ParquetSink {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_key_value_metadata(Some(lineage_metadata(lineage)))
             .build();
-        let mut writer = S3ParquetWriter {
+        let mut outputs = PartitionOutputs {
             settings: Arc::clone(&self.settings),
             partitions: self.settings.template.bind(lineage),
             lineage: lineage.clone(),
@@ -249,10 +250,12 @@ impl Sink for S3ParquetSink {
         };
         // Without column placeholders there is exactly one output, even for
         // a source without rows (a zero-row file records the ingestion).
-        if let Some(path) = writer.partitions.fixed_path() {
-            writer.partition(path)?;
+        if let Some(path) = outputs.partitions.fixed_path() {
+            outputs.partition(path)?;
         }
-        Ok(Box::new(writer))
+        Ok(Box::new(S3ParquetWriter {
+            outputs: Some(outputs),
+        }))
     }
 }
 
@@ -264,7 +267,8 @@ struct PartitionOutput {
     rows: u64,
 }
 
-struct S3ParquetWriter {
+/// Every destination object of one source object version.
+struct PartitionOutputs {
     settings: Arc<Settings>,
     partitions: partition::BoundTemplate,
     lineage: Lineage,
@@ -276,7 +280,7 @@ struct S3ParquetWriter {
     rows: u64,
 }
 
-impl S3ParquetWriter {
+impl PartitionOutputs {
     /// The output for `path`, opened on first use.
     fn partition(&mut self, path: String) -> Result<&mut PartitionOutput, SinkError> {
         if let Some(&index) = self.index_of_path.get(&path) {
@@ -335,8 +339,7 @@ fn parquet_sink_error(uri: &str, err: ParquetError) -> SinkError {
     SinkError::permanent(format!("cannot encode Parquet for {uri}: {err}"))
 }
 
-#[async_trait]
-impl SinkWriter for S3ParquetWriter {
+impl PartitionOutputs {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
         let row_group_bytes = self.settings.row_group_bytes;
         for (path, rows) in self.partitions.split(batch)? {
@@ -362,7 +365,7 @@ impl SinkWriter for S3ParquetWriter {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<CommitReceipt, SinkError> {
+    async fn commit(mut self) -> Result<CommitReceipt, SinkError> {
         // First write every footer and last part, then make the objects
         // visible: a failure in the first phase publishes nothing.
         let mut uploads = Vec::with_capacity(self.open.len());
@@ -377,11 +380,12 @@ impl SinkWriter for S3ParquetWriter {
         }
         let mut location = String::new();
         for (upload, rows) in &mut uploads {
+            let parts = upload.parts_uploaded();
             upload.publish().await?;
             tracing::debug!(
                 key = upload.key(),
                 rows = *rows,
-                parts = upload.parts_uploaded(),
+                parts,
                 "s3_parquet object published"
             );
         }
@@ -396,6 +400,51 @@ impl SinkWriter for S3ParquetWriter {
             rows: self.rows,
             already_committed: false,
         })
+    }
+}
+
+/// The sink's writer. Parquet encoding (and zstd) is CPU work that happens
+/// inside `AsyncArrowWriter::write`, so each call runs on a blocking
+/// thread that drives the future with the runtime's handle, as the
+/// Parquet decoder does; the S3 calls still use the runtime's I/O driver.
+struct S3ParquetWriter {
+    /// `None` while a blocking task holds the outputs, or after a failed
+    /// task (the outputs were dropped there, aborting their uploads).
+    outputs: Option<PartitionOutputs>,
+}
+
+/// Runs `work` to completion on a blocking thread.
+async fn off_runtime<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, SinkError> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(work))
+        .await
+        .map_err(|err| SinkError::transient(format!("s3_parquet writer task failed: {err}")))
+}
+
+#[async_trait]
+impl SinkWriter for S3ParquetWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        let mut outputs = self
+            .outputs
+            .take()
+            .ok_or_else(|| SinkError::transient("s3_parquet writer failed earlier"))?;
+        let (outputs, result) = off_runtime(async move {
+            let result = outputs.write(batch).await;
+            (outputs, result)
+        })
+        .await?;
+        self.outputs = Some(outputs);
+        result
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<CommitReceipt, SinkError> {
+        let outputs = self
+            .outputs
+            .take()
+            .ok_or_else(|| SinkError::transient("s3_parquet writer failed earlier"))?;
+        off_runtime(outputs.commit()).await?
     }
 }
 

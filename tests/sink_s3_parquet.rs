@@ -213,6 +213,37 @@ async fn csv_lands_as_one_parquet_object_at_its_deterministic_key_with_lineage()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_only_csv_commits_a_zero_row_object() {
+    let fixture = Fixture::new("s3pq-empty").await;
+    let destination = destination_name(&fixture);
+    create_bucket(&fixture, &destination).await;
+    let worker = fixture.start_worker(s3_config(
+        &fixture,
+        &destination,
+        "partition = \"route={route}\"",
+    ));
+    let key = "in/header-only.csv";
+    let etag = fixture.put(key, "id,name\n").await;
+
+    let expected_key = object_key("lake/v1", "route=sales", &lineage(&fixture, key, &etag));
+    wait_until("the zero-row object is written", WAIT, || async {
+        list_objects(&fixture, &destination)
+            .await
+            .contains_key(&expected_key)
+    })
+    .await;
+    let object = read_parquet(&fixture, &destination, &expected_key).await;
+    assert_eq!(object.rows, 0);
+    assert_eq!(object.metadata["s3_ingest.source_key"], key);
+    wait_until("queue drained", WAIT, || async {
+        fixture.queue_is_empty().await
+    })
+    .await;
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_csv_streams_through_a_multipart_upload_with_several_parts() {
     let fixture = Fixture::new("s3pq-large").await;
     let destination = destination_name(&fixture);

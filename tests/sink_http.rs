@@ -72,14 +72,23 @@ async fn csv_lands_as_arrow_stream_with_values_static_headers_and_auth_from_env(
 
     wait_for_rows_and_empty_queue(&fixture, &server, 100).await;
     let rows = server.rows();
-    assert_eq!(json!(rows[0]), json!({"id": 0, "name": "item 0", "price": 0.5}));
-    assert_eq!(json!(rows[99]), json!({"id": 99, "name": "item 99", "price": 198.5}));
+    assert_eq!(
+        json!(rows[0]),
+        json!({"id": 0, "name": "item 0", "price": 0.5})
+    );
+    assert_eq!(
+        json!(rows[99]),
+        json!({"id": 99, "name": "item 99", "price": 198.5})
+    );
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
     assert_eq!(header(request, "authorization"), "Bearer tb-secret-1");
     assert_eq!(header(request, "x-team"), "data");
-    assert_eq!(header(request, "content-type"), "application/vnd.apache.arrow.stream");
+    assert_eq!(
+        header(request, "content-type"),
+        "application/vnd.apache.arrow.stream"
+    );
     assert!(
         request
             .uri
@@ -88,9 +97,39 @@ async fn csv_lands_as_arrow_stream_with_values_static_headers_and_auth_from_env(
         request.uri
     );
     // The same token in the header and in the query parameter.
-    assert_eq!(request.token.as_deref(), Some(header(request, TOKEN_HEADER).as_str()));
+    assert_eq!(
+        request.token.as_deref(),
+        Some(header(request, TOKEN_HEADER).as_str())
+    );
     assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_header_variable_stops_the_worker_at_start_up_naming_it() {
+    let fixture = Fixture::new("http-noenv").await;
+    let variable = format!("S3I_TEST_HTTP_UNSET_{}", fixture.bucket.replace('-', "_"));
+    let config = http_config(
+        &fixture,
+        &format!(
+            r#"
+            url = "http://127.0.0.1:9/insert"
+            format = "ndjson"
+            headers_from_env = {{ Authorization = {{ env = "{variable}", prefix = "Bearer " }} }}
+            "#
+        ),
+    );
+    let error = match s3_ingest::build_worker(&config, clients()).await {
+        Ok(_) => panic!("the worker started without {variable}"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("sink `events`"), "{error}");
+    assert!(
+        error.contains(&format!(
+            "environment variable {variable} (for header Authorization) is not set"
+        )),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,10 +145,15 @@ async fn ndjson_with_gzip_arrives_decoded() {
     );
     let worker = fixture.start_worker(config);
     fixture.put("in/orders.csv", csv_rows(500)).await;
+    // A header-only file has no rows to insert: nothing is sent for it.
+    fixture.put("in/empty.csv", csv_rows(0)).await;
 
     wait_for_rows_and_empty_queue(&fixture, &server, 500).await;
     let rows = server.rows();
-    assert_eq!(json!(rows[499]), json!({"id": 499, "name": "item 499", "price": 998.5}));
+    assert_eq!(
+        json!(rows[499]),
+        json!({"id": 499, "name": "item 499", "price": 998.5})
+    );
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(header(&requests[0], "content-encoding"), "gzip");
@@ -149,7 +193,11 @@ async fn a_large_object_is_split_into_bounded_parts_with_distinct_tokens() {
     let tokens: HashSet<_> = requests.iter().map(|r| r.token.clone().unwrap()).collect();
     assert_eq!(tokens.len(), requests.len(), "one distinct token per part");
     // Parts are sent one after another, so rows arrive in file order.
-    let ids: Vec<i64> = server.rows().iter().map(|row| row["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = server
+        .rows()
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, (0..20_000).collect::<Vec<_>>());
     assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
@@ -193,7 +241,10 @@ async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
     );
     let config = http_config(
         &fixture,
-        &format!("url = \"{}\"\nformat = \"ndjson\"", server.url("/insert?query=x")),
+        &format!(
+            "url = \"{}\"\nformat = \"ndjson\"",
+            server.url("/insert?query=x")
+        ),
     );
     let worker = fixture.start_worker(config);
     fixture.put("in/orders.csv", csv_rows(10)).await;
@@ -203,9 +254,15 @@ async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
     assert_eq!(letters[0].key.as_deref(), Some("in/orders.csv"));
     let reason = &letters[0].error;
     assert!(reason.contains("400 Bad Request"), "{reason}");
-    assert!(reason.contains("Cannot parse input: expected ','"), "{reason}");
+    assert!(
+        reason.contains("Cannot parse input: expected ','"),
+        "{reason}"
+    );
     assert!(reason.contains("/insert"), "{reason}");
-    assert!(!reason.contains("query=x"), "the query string stays out: {reason}");
+    assert!(
+        !reason.contains("query=x"),
+        "the query string stays out: {reason}"
+    );
     wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
     assert_eq!(server.requests().len(), 1, "a 400 is not retried");
     worker.stop().await;
@@ -241,6 +298,46 @@ async fn an_unreachable_endpoint_is_retried_and_never_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_times_out_and_is_retried_not_dead_lettered() {
+    let fixture = Fixture::new("http-silent").await;
+    // Accepts connections and reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let silent = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                held.push(socket);
+            }
+        }
+    });
+    let config = http_config(
+        &fixture,
+        &format!(
+            "url = \"http://{addr}/insert\"\nformat = \"ndjson\"\ntimeout_secs = 1\nmax_retries = 1"
+        ),
+    );
+    let (worker, stats) = fixture.start_worker_with_stats(config).await;
+    fixture.put("in/orders.csv", csv_rows(5)).await;
+
+    wait_until("the message left for a retry", WAIT, || async {
+        stats.messages_left_for_retry.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(
+        accepted.load(Ordering::Relaxed) >= 2,
+        "one attempt and one retry"
+    );
+    assert!(fixture.take_dead_letters().await.is_empty());
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
+    worker.stop().await;
+    silent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_object_sends_the_same_tokens_and_the_receiver_dedups() {
     let fixture = Fixture::new("http-replay").await;
     let server = HttpTestServer::start().await;
@@ -268,10 +365,17 @@ async fn a_redelivered_object_sends_the_same_tokens_and_the_receiver_dedups() {
     })
     .await;
     let requests = server.requests();
-    let replay: Vec<_> = requests[first.len()..].iter().map(|r| r.token.clone()).collect();
+    let replay: Vec<_> = requests[first.len()..]
+        .iter()
+        .map(|r| r.token.clone())
+        .collect();
     assert_eq!(replay, first, "same parts, same tokens, same order");
     assert!(requests[first.len()..].iter().all(|r| r.duplicate));
-    assert_eq!(server.row_count(), 5_000, "the receiver dropped the duplicates");
+    assert_eq!(
+        server.row_count(),
+        5_000,
+        "the receiver dropped the duplicates"
+    );
     assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
 }
@@ -295,7 +399,10 @@ async fn clickhouse(query: &str) -> String {
         });
     let status = response.status();
     let text = response.text().await.unwrap();
-    assert!(status.is_success(), "ClickHouse answered {status} to {query:?}: {text}");
+    assert!(
+        status.is_success(),
+        "ClickHouse answered {status} to {query:?}: {text}"
+    );
     text.trim().to_owned()
 }
 
@@ -362,7 +469,11 @@ async fn ndjson_lands_in_a_real_clickhouse_and_an_unknown_table_is_dead_lettered
     let letters = fixture.wait_for_dead_letters(1).await;
     assert_eq!(letters[0].key.as_deref(), Some("missing/orders.csv"));
     assert!(letters[0].error.contains("404"), "{}", letters[0].error);
-    assert!(letters[0].error.contains("doesn't exist"), "{}", letters[0].error);
+    assert!(
+        letters[0].error.contains("doesn't exist"),
+        "{}",
+        letters[0].error
+    );
     wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
     clickhouse(&format!("DROP TABLE {table}")).await;
     worker.stop().await;

@@ -16,8 +16,9 @@
 //!
 //! # Delivery guarantee: at-least-once with idempotency tokens
 //!
-//! Every part carries a token derived from (bucket, key, version id or ETag,
-//! format, `max_request_bytes`, part number): the same on every redelivery.
+//! Every part carries a token derived from (sink name, bucket, key, version
+//! id or ETag, format, `max_request_bytes`, part number): the same on every
+//! redelivery.
 //! It is sent in a header (`idempotency_header`) and, when configured, in a
 //! query parameter (`idempotency_query_param`, e.g. ClickHouse's
 //! `insert_deduplication_token`). Parts are sent while the object is still
@@ -25,8 +26,9 @@
 //! error, shutdown) may have delivered its first parts; the message comes
 //! back and the replay sends those parts again with the same tokens. The
 //! receiver must deduplicate on the token; the sink itself cannot undo a
-//! part. Changing `format` or `max_request_bytes` changes the tokens, so a
-//! replay after such a change may duplicate rows instead of losing them.
+//! part. Changing `format` or `max_request_bytes` changes the cut points and
+//! so the tokens too: a replay after such a change may duplicate rows, but a
+//! token never names two different contents (which would lose rows).
 //!
 //! # Errors
 //!
@@ -173,7 +175,12 @@ fn default_idempotency_header() -> String {
 }
 
 /// Headers that carry credentials: never accepted in plain text.
-const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
+const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "x-clickhouse-key",
+];
 
 impl HttpSinkConfig {
     /// Errors are (field relative to `sinks.NAME.`, message).
@@ -266,7 +273,8 @@ impl HttpSink {
         config: &HttpSinkConfig,
         _context: &SinkContext,
     ) -> Result<HttpSink, SinkError> {
-        let startup = |detail: String| SinkError::permanent(format!("sink `{name}`: {detail}"));
+        // The caller names the sink: "cannot set up sink `NAME`: ...".
+        let startup = SinkError::permanent;
         config
             .validate()
             .map_err(|(field, message)| startup(format!("{field}: {message}")))?;
@@ -276,6 +284,9 @@ impl HttpSink {
         // reqwest with rustls verifies certificates; nothing here turns that off.
         let client = reqwest::Client::builder()
             .user_agent(concat!("s3-ingest/", env!("CARGO_PKG_VERSION")))
+            // A 301/302 would turn the POST into a GET whose 200 looks like
+            // success with nothing inserted: a redirect is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()
@@ -327,6 +338,7 @@ fn resolve_headers(
 /// The token of one part: stable across redeliveries of the same object
 /// version with the same config, different for every other part.
 pub fn idempotency_token(
+    sink_name: &str,
     lineage: &Lineage,
     format: HttpFormat,
     max_request_bytes: usize,
@@ -334,6 +346,7 @@ pub fn idempotency_token(
 ) -> String {
     let mut hasher = Sha256::new();
     for field in [
+        sink_name,
         lineage.bucket.as_str(),
         lineage.key.as_str(),
         lineage.version_identity(),
@@ -363,6 +376,7 @@ impl Sink for HttpSink {
         let budget = self.config.max_request_bytes;
         Ok(Box::new(HttpWriter {
             sender: PartSender {
+                sink_name: self.name.clone(),
                 client: self.client.clone(),
                 url: self.url.clone(),
                 headers: self.headers.clone(),
@@ -505,6 +519,7 @@ impl PartEncoder {
 
 /// Everything needed to POST one part, with retries.
 struct PartSender {
+    sink_name: String,
     client: reqwest::Client,
     url: reqwest::Url,
     headers: HeaderMap,
@@ -534,6 +549,7 @@ impl PartSender {
 
     async fn send(&self, part_number: u64, body: Vec<u8>, rows: usize) -> Result<(), SinkError> {
         let token = idempotency_token(
+            &self.sink_name,
             &self.lineage,
             self.config.format,
             self.config.max_request_bytes,
@@ -626,7 +642,7 @@ impl PartSender {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_retry_after);
-        let body = response.bytes().await.unwrap_or_default();
+        let body = body_start(response).await;
         let reason = format!("returned {status}: {}", excerpt(&body));
         if is_retryable_status(status.as_u16()) {
             Attempt::Retry {
@@ -648,6 +664,21 @@ fn is_retryable_status(status: u16) -> bool {
 /// back to our own backoff.
 fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Reads a little more than the excerpt needs and no more: an error page
+/// can be large.
+async fn body_start(mut response: reqwest::Response) -> Vec<u8> {
+    let mut start = Vec::new();
+    while start.len() <= RESPONSE_BODY_EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => start.extend_from_slice(&chunk),
+            // The status already says what matters; a body cut short by a
+            // network error is still worth showing.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    start
 }
 
 /// The start of a response body on one line, for a dead-letter reason.
@@ -849,7 +880,13 @@ mod tests {
     #[test]
     fn tokens_are_stable_per_part_and_version() {
         let token = |lineage: &Lineage, part| {
-            idempotency_token(lineage, HttpFormat::Ndjson, DEFAULT_MAX_REQUEST_BYTES, part)
+            idempotency_token(
+                "tb",
+                lineage,
+                HttpFormat::Ndjson,
+                DEFAULT_MAX_REQUEST_BYTES,
+                part,
+            )
         };
         let v1 = lineage(Some("v1"));
         assert_eq!(token(&v1, 0), token(&v1.clone(), 0));
@@ -858,7 +895,23 @@ mod tests {
         assert_ne!(token(&v1, 0), token(&lineage(None), 0));
         assert_ne!(
             token(&v1, 0),
-            idempotency_token(&v1, HttpFormat::ArrowStream, DEFAULT_MAX_REQUEST_BYTES, 0)
+            idempotency_token(
+                "tb",
+                &v1,
+                HttpFormat::ArrowStream,
+                DEFAULT_MAX_REQUEST_BYTES,
+                0
+            )
+        );
+        assert_ne!(
+            token(&v1, 0),
+            idempotency_token(
+                "other",
+                &v1,
+                HttpFormat::Ndjson,
+                DEFAULT_MAX_REQUEST_BYTES,
+                0
+            )
         );
         assert_eq!(token(&v1, 0).len(), 32);
     }

@@ -18,17 +18,22 @@
 //!
 //! Every part carries a token derived from (sink name, bucket, key, version
 //! id or ETag, format, `max_request_bytes`, part number): the same on every
-//! redelivery.
-//! It is sent in a header (`idempotency_header`) and, when configured, in a
-//! query parameter (`idempotency_query_param`, e.g. ClickHouse's
-//! `insert_deduplication_token`). Parts are sent while the object is still
-//! being read, so an object abandoned half-way (a crash, a later decode
-//! error, shutdown) may have delivered its first parts; the message comes
-//! back and the replay sends those parts again with the same tokens. The
-//! receiver must deduplicate on the token; the sink itself cannot undo a
-//! part. Changing `format` or `max_request_bytes` changes the cut points and
-//! so the tokens too: a replay after such a change may duplicate rows, but a
-//! token never names two different contents (which would lose rows).
+//! redelivery. It is sent in a header (`idempotency_header`) and, when
+//! configured, in a query parameter (`idempotency_query_param`, e.g.
+//! ClickHouse's `insert_deduplication_token`).
+//!
+//! An object that fits in one part is sent only at `commit`: all or nothing.
+//! A larger object sends its parts while it is still being read, so if it
+//! is abandoned half-way (a crash, a later decode error, shutdown) its first
+//! parts have been delivered; the message comes back and the replay sends
+//! those parts again with the same tokens. The receiver must deduplicate on
+//! the token; the sink cannot take a part back. Likewise an object
+//! dead-lettered part-way (a 400 on its third part, a bad row further down
+//! the file) leaves its earlier parts at the receiver.
+//!
+//! Changing `format` or `max_request_bytes` moves the cut points and so
+//! changes the tokens: a replay after such a change may duplicate rows, but
+//! one token never names two different contents (which would lose rows).
 //!
 //! # Errors
 //!
@@ -40,6 +45,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -260,7 +266,7 @@ impl HttpSinkConfig {
 
 pub struct HttpSink {
     name: String,
-    config: HttpSinkConfig,
+    config: Arc<HttpSinkConfig>,
     url: reqwest::Url,
     /// Static and environment headers, resolved once.
     headers: HeaderMap,
@@ -293,7 +299,7 @@ impl HttpSink {
             .map_err(|err| startup(format!("cannot build the HTTP client: {err}")))?;
         Ok(HttpSink {
             name: name.to_owned(),
-            config: config.clone(),
+            config: Arc::new(config.clone()),
             url,
             headers,
             client,
@@ -372,7 +378,7 @@ impl Sink for HttpSink {
         lineage: &Lineage,
         schema: SchemaRef,
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
-        let encoder = PartEncoder::new(self.config.format, schema)?;
+        let encoder = Arc::new(PartEncoder::new(self.config.format, schema)?);
         let budget = self.config.max_request_bytes;
         Ok(Box::new(HttpWriter {
             sender: PartSender {
@@ -394,7 +400,6 @@ impl Sink for HttpSink {
 
 /// Encodes batches into self-contained pieces that concatenate into a
 /// valid body: `header + piece + piece + ... + footer`.
-#[derive(Clone)]
 struct PartEncoder {
     format: HttpFormat,
     schema: SchemaRef,
@@ -523,7 +528,7 @@ struct PartSender {
     client: reqwest::Client,
     url: reqwest::Url,
     headers: HeaderMap,
-    config: HttpSinkConfig,
+    config: Arc<HttpSinkConfig>,
     lineage: Lineage,
 }
 
@@ -567,12 +572,8 @@ impl PartSender {
         if let Some(param) = &self.config.idempotency_query_param {
             url.query_pairs_mut().append_pair(param, &token);
         }
-        let where_ = format!(
-            "POST {} (part {part_number} of s3://{}/{})",
-            self.display_url(),
-            self.lineage.bucket,
-            self.lineage.key
-        );
+        // The worker prefixes errors with the object's s3:// URI already.
+        let request_label = format!("POST {} (part {part_number})", self.display_url());
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.config.initial_backoff_ms))
             .with_max_delay(Duration::from_millis(self.config.max_backoff_ms))
@@ -585,11 +586,11 @@ impl PartSender {
             let attempt = self.attempt(url.clone(), &token, body.clone()).await;
             let (reason, retry_after) = match attempt {
                 Attempt::Accepted => {
-                    debug!(%token, rows, uncompressed, sent = body.len(), "{where_} accepted");
+                    debug!(%token, rows, uncompressed, sent = body.len(), "{request_label} accepted");
                     return Ok(());
                 }
                 Attempt::Rejected(reason) => {
-                    return Err(SinkError::permanent(format!("{where_} {reason}")));
+                    return Err(SinkError::permanent(format!("{request_label} {reason}")));
                 }
                 Attempt::Retry {
                     reason,
@@ -598,11 +599,15 @@ impl PartSender {
             };
             let Some(backoff) = delays.next() else {
                 return Err(SinkError::transient(format!(
-                    "{where_} failed after {attempts} attempt(s); last: {reason}"
+                    "{request_label} failed after {attempts} attempt(s); last: {reason}"
                 )));
             };
             let delay = retry_after.map_or(backoff, |hint| hint.min(MAX_RETRY_AFTER));
-            warn!(attempt = attempts, ?delay, "{where_} {reason}; retrying");
+            warn!(
+                attempt = attempts,
+                ?delay,
+                "{request_label} {reason}; retrying"
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -724,7 +729,8 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>, SinkError> {
 
 struct HttpWriter {
     sender: PartSender,
-    encoder: PartEncoder,
+    /// Shared with the blocking encoder task.
+    encoder: Arc<PartEncoder>,
     /// Pieces of the part being filled (header and footer added on send).
     part: Vec<u8>,
     part_rows: usize,
@@ -971,7 +977,8 @@ mod tests {
         for status in [408, 429, 500, 502, 503, 504] {
             assert!(is_retryable_status(status), "{status}");
         }
-        for status in [400, 401, 403, 404, 413, 422] {
+        // A redirect is not followed (a 302 would turn the POST into a GET).
+        for status in [302, 307, 400, 401, 403, 404, 413, 422] {
             assert!(!is_retryable_status(status), "{status}");
         }
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));

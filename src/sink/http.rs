@@ -965,6 +965,37 @@ mod tests {
     }
 
     #[test]
+    fn dictionary_columns_survive_being_cut_into_pieces() {
+        use arrow::array::{Array, DictionaryArray};
+        use arrow::datatypes::Int32Type;
+        let values: DictionaryArray<Int32Type> =
+            (0..400).map(|i| ["red", "green", "blue"][i % 3]).collect();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "colour",
+            values.data_type().clone(),
+            false,
+        )]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap();
+        let encoder = PartEncoder::new(HttpFormat::ArrowStream, schema).unwrap();
+        let pieces = encoder.pieces(&batch, 1024).unwrap();
+        assert!(pieces.len() > 1);
+        let mut body = encoder.header.clone();
+        for piece in pieces {
+            body.extend(piece.bytes);
+        }
+        body.extend_from_slice(encoder.footer);
+        let reader = arrow::ipc::reader::StreamReader::try_new(&body[..], None).unwrap();
+        let mut colours = Vec::new();
+        for batch in reader {
+            let batch = arrow::compute::cast(batch.unwrap().column(0), &DataType::Utf8).unwrap();
+            let strings = batch.as_any().downcast_ref::<StringArray>().unwrap();
+            colours.extend(strings.iter().map(|s| s.unwrap().to_owned()));
+        }
+        let expected: Vec<&str> = (0..400).map(|i| ["red", "green", "blue"][i % 3]).collect();
+        assert_eq!(colours, expected);
+    }
+
+    #[test]
     fn a_row_larger_than_the_bound_is_a_permanent_error() {
         let encoder = PartEncoder::new(HttpFormat::Ndjson, batch(0).schema()).unwrap();
         let err = encoder.pieces(&batch(3), 5).err().unwrap();

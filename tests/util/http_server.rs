@@ -203,7 +203,10 @@ fn token_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 }
 
 /// (decoded size, rows) of a body, by its Content-Encoding and Content-Type.
-fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<(usize, Vec<Map<String, Value>>), String> {
+fn decode_body(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(usize, Vec<Map<String, Value>>), String> {
     let header = |name: &str| {
         headers
             .get(name)

@@ -6,6 +6,8 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/s3-ingest/target
 export CARGO_TARGET_DIR
 
 WITH_LOCALSTACK := localstack/with-localstack.sh
+# The http sink's tests also insert into a real ClickHouse (Debian's package).
+WITH_CLICKHOUSE := tests/services/with-service.sh tests/services/clickhouse.sh
 
 .PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo
 
@@ -17,7 +19,7 @@ build:
 ## Every test: unit tests and the LocalStack integration tests. Starts
 ## LocalStack (installing it into a venv the first time) and stops it after.
 test:
-	$(WITH_LOCALSTACK) cargo test --all-targets
+	$(WITH_LOCALSTACK) $(WITH_CLICKHOUSE) cargo test --all-targets
 	fuzz/smoke.sh
 
 ## Unit tests only (no LocalStack).

@@ -226,8 +226,10 @@ fn default_batch_rows() -> NonZeroUsize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvOptions {
-    #[serde(default = "default_delimiter")]
-    pub delimiter: char,
+    /// Field separator. Unset: a tab for `.tsv` keys (before any `.gz` /
+    /// `.zst`), a comma for every other key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<char>,
     #[serde(default = "default_quote")]
     pub quote: char,
     pub escape: Option<char>,
@@ -247,9 +249,6 @@ pub struct CsvOptions {
     pub infer_max_bytes: NonZeroUsize,
 }
 
-fn default_delimiter() -> char {
-    ','
-}
 fn default_quote() -> char {
     '"'
 }
@@ -266,7 +265,7 @@ fn default_infer_max_bytes() -> NonZeroUsize {
 impl Default for CsvOptions {
     fn default() -> Self {
         Self {
-            delimiter: default_delimiter(),
+            delimiter: None,
             quote: default_quote(),
             escape: None,
             comment: None,
@@ -487,7 +486,7 @@ impl Config {
                 .map_err(|err| invalid(key("key_glob"), err.to_string()))?;
             let csv = &route.csv;
             for (field, value) in [
-                ("delimiter", Some(csv.delimiter)),
+                ("delimiter", csv.delimiter),
                 ("quote", Some(csv.quote)),
                 ("escape", csv.escape),
                 ("comment", csv.comment),

@@ -30,7 +30,7 @@ use crate::decode::parquet::decode_parquet;
 use crate::error::IngestError;
 use crate::notification::ObjectRef;
 use crate::object::{PinnedObject, S3Objects, S3ParquetReader};
-use crate::route::{Route, resolve_format};
+use crate::route::{Route, resolve_delimiter, resolve_format};
 use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter};
 
 /// Downloaded chunks waiting for the decoder.
@@ -172,9 +172,11 @@ impl Ingestor {
         let download_pinned = pinned.clone();
         let download =
             tokio::spawn(async move { objects.stream_into(&download_pinned, chunk_tx).await });
+        let mut options = route.csv.clone();
+        options.delimiter = Some(resolve_delimiter(options.delimiter, &pinned.key));
         let job = CsvJob {
             uri: pinned.uri(),
-            options: route.csv.clone(),
+            options,
             schema: route.schema.clone(),
             batch_rows: route.batch_rows,
             declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),

@@ -95,11 +95,7 @@ pub fn resolve_format(route_format: FileFormat, key: &str) -> Option<FileFormat>
     if route_format != FileFormat::Auto {
         return Some(route_format);
     }
-    let lower = key.to_ascii_lowercase();
-    let stem = [".gz", ".gzip", ".zst", ".zstd"]
-        .iter()
-        .find_map(|suffix| lower.strip_suffix(suffix))
-        .unwrap_or(&lower);
+    let stem = key_stem(key);
     if [".csv", ".tsv", ".txt"]
         .iter()
         .any(|ext| stem.ends_with(ext))
@@ -112,8 +108,39 @@ pub fn resolve_format(route_format: FileFormat, key: &str) -> Option<FileFormat>
     }
 }
 
+/// The CSV field separator for `key`: the route's, else a tab for `.tsv`
+/// keys and a comma for the rest.
+pub fn resolve_delimiter(route_delimiter: Option<char>, key: &str) -> char {
+    route_delimiter.unwrap_or_else(|| {
+        if key_stem(key).ends_with(".tsv") {
+            '\t'
+        } else {
+            ','
+        }
+    })
+}
+
+/// The key in lower case without a compression suffix.
+fn key_stem(key: &str) -> String {
+    let lower = key.to_ascii_lowercase();
+    [".gz", ".gzip", ".zst", ".zstd"]
+        .iter()
+        .find_map(|suffix| lower.strip_suffix(suffix))
+        .map(str::to_owned)
+        .unwrap_or(lower)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tsv_keys_default_to_tabs_unless_the_route_says_otherwise() {
+        assert_eq!(super::resolve_delimiter(None, "a/b.tsv"), '\t');
+        assert_eq!(super::resolve_delimiter(None, "a/b.TSV.gz"), '\t');
+        assert_eq!(super::resolve_delimiter(None, "a/b.csv"), ',');
+        assert_eq!(super::resolve_delimiter(None, "a/tsv"), ',');
+        assert_eq!(super::resolve_delimiter(Some(';'), "a/b.tsv"), ';');
+    }
+
     use super::*;
 
     fn route(name: &str, bucket: Option<&str>, glob: &str) -> RouteConfig {

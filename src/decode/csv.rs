@@ -15,6 +15,7 @@ use regex::Regex;
 use tokio::sync::mpsc;
 
 use super::compression::{self, Codec};
+use super::quotes::QuoteTracker;
 use super::{DecodeSummary, send_batch};
 use crate::config::CsvOptions;
 use crate::error::IngestError;
@@ -54,6 +55,13 @@ pub fn decode_csv(
         return Ok(DecodeSummary::empty(schema));
     }
 
+    let options = &job.options;
+    let mut quotes = QuoteTracker::new(
+        options.delimiter.unwrap_or(',') as u8,
+        options.quote as u8,
+        options.escape.map(|c| c as u8),
+        options.comment.map(|c| c as u8),
+    );
     let mut decoder = ReaderBuilder::new(schema.clone())
         .with_format(format)
         .with_batch_size(job.batch_rows)
@@ -81,8 +89,21 @@ pub fn decode_csv(
             let buffered = job.batch_rows - decoder.capacity();
             csv_error(&summary, buffered + 1, err.to_string())
         })?;
+        quotes.feed(&buf[..consumed]);
         input.consume(consumed);
         offset += consumed as u64;
+        if at_end && let Some(opened_at) = quotes.unterminated_quote() {
+            // Checked before the last flush: those rows hold the swallowed
+            // rest of the file.
+            let buffered = job.batch_rows - decoder.capacity();
+            return Err(csv_error(
+                &summary,
+                buffered,
+                format!(
+                    "the quoted field opened at byte {opened_at} is never closed (the file is truncated or its quoting is broken)"
+                ),
+            ));
+        }
         if at_end || decoder.capacity() == 0 {
             let buffered = job.batch_rows - decoder.capacity();
             if let Some(batch) = decoder
@@ -105,7 +126,7 @@ pub fn decode_csv(
 fn csv_format(options: &CsvOptions) -> Format {
     let mut format = Format::default()
         .with_header(options.header)
-        .with_delimiter(options.delimiter as u8)
+        .with_delimiter(options.delimiter.unwrap_or(',') as u8)
         .with_quote(options.quote as u8);
     if let Some(escape) = options.escape {
         format = format.with_escape(escape as u8);
@@ -176,6 +197,21 @@ fn infer_schema(
             last_row: options.infer_rows.get() as u64,
             detail: format!("while inferring the schema: {err}"),
         })?;
+    // Two columns with one name land as a table no engine can address
+    // (and that Parquet readers and databases reject): poison.
+    let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+    for (index, name) in names.iter().enumerate() {
+        if let Some(first) = names[..index].iter().position(|n| n == name) {
+            return Err(IngestError::Schema {
+                uri: uri.to_owned(),
+                detail: format!(
+                    "the header names column `{name}` twice (columns {} and {})",
+                    first + 1,
+                    index + 1
+                ),
+            });
+        }
+    }
     // A column empty throughout the sample is inferred as Null, and
     // arrow-csv decodes a Null column as all nulls whatever it later holds:
     // read such columns as text instead, so no value is silently dropped.
@@ -339,7 +375,7 @@ mod tests {
     #[test]
     fn custom_delimiter_without_header() {
         let mut job = job(Some(id_schema()));
-        job.options.delimiter = ';';
+        job.options.delimiter = Some(';');
         job.options.header = false;
         let (result, batches) = run(b"7;x\n8;y\n".to_vec(), job);
         assert_eq!(result.unwrap().rows, 2);

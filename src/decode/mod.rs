@@ -3,6 +3,7 @@
 pub mod compression;
 pub mod csv;
 pub mod parquet;
+mod quotes;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;

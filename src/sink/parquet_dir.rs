@@ -77,7 +77,9 @@ fn io_error(action: &str, path: &Path, err: std::io::Error) -> SinkError {
     SinkError::transient(format!("{action} {}: {err}", path.display()))
 }
 
-fn lineage_metadata(lineage: &Lineage) -> Vec<KeyValue> {
+/// The lineage as Parquet key-value metadata; every Parquet-writing sink
+/// records the same keys.
+pub(crate) fn lineage_metadata(lineage: &Lineage) -> Vec<KeyValue> {
     let mut metadata = vec![
         KeyValue::new(META_SOURCE_BUCKET.into(), lineage.bucket.clone()),
         KeyValue::new(META_SOURCE_KEY.into(), lineage.key.clone()),

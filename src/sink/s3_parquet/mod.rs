@@ -34,13 +34,10 @@ use async_trait::async_trait;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use super::parquet_dir::{
-    META_SOURCE_BUCKET, META_SOURCE_ETAG, META_SOURCE_KEY, META_SOURCE_VERSION_ID, output_path,
-};
+use super::parquet_dir::{lineage_metadata, output_path};
 use super::{CommitReceipt, Lineage, Sink, SinkContext, SinkError, SinkWriter};
 pub use partition::{DEFAULT_PARTITION, PartitionTemplate};
 use upload::{Destination, ObjectUpload};
@@ -180,37 +177,6 @@ pub fn object_key(prefix: &str, partition_path: &str, lineage: &Lineage) -> Stri
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join("/")
-}
-
-// Mirrors `parquet_dir::lineage_metadata`, which is private there; the two
-// must write the same keys.
-fn lineage_metadata(lineage: &Lineage) -> Vec<KeyValue> {
-    let mut metadata = vec![
-        KeyValue::new(META_SOURCE_BUCKET.into(), lineage.bucket.clone()),
-        KeyValue::new(META_SOURCE_KEY.into(), lineage.key.clone()),
-        KeyValue::new("s3_ingest.source_size".into(), lineage.size.to_string()),
-        KeyValue::new("s3_ingest.route".into(), lineage.route.clone()),
-        KeyValue::new(
-            "s3_ingest.worker_version".into(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-    ];
-    if let Some(etag) = &lineage.etag {
-        metadata.push(KeyValue::new(META_SOURCE_ETAG.into(), etag.clone()));
-    }
-    if let Some(version_id) = &lineage.version_id {
-        metadata.push(KeyValue::new(
-            META_SOURCE_VERSION_ID.into(),
-            version_id.clone(),
-        ));
-    }
-    if let Some(event_time) = &lineage.event_time {
-        metadata.push(KeyValue::new(
-            "s3_ingest.source_event_time".into(),
-            event_time.to_rfc3339(),
-        ));
-    }
-    metadata
 }
 
 #[async_trait]

@@ -1,0 +1,185 @@
+//! Finds a quoted CSV field that is never closed.
+//!
+//! csv-core, under arrow-csv, reads an opening quote that is never closed
+//! as one field running to the end of the file: a truncated or corrupt
+//! file would land as a single odd row. This tracker follows the same
+//! quoting rules over the bytes the decoder consumed, so that at the end
+//! of the file the decoder can tell whether it is still inside quotes and
+//! call the file poison instead.
+//!
+//! The rules it mirrors (csv-core's, with doubled quotes on): a quote opens
+//! a quoted field only at the start of a field; inside one, a doubled
+//! quote is a literal quote and the escape character (if any) takes the
+//! next byte literally; a quote inside an unquoted field is an ordinary
+//! byte; comment lines are skipped whole.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    StartRecord,
+    StartField,
+    InField,
+    InQuotedField,
+    /// Just after the escape character inside a quoted field.
+    EscapedInQuotedField,
+    /// Just after a quote inside a quoted field: the end, or a doubled quote.
+    QuoteInQuotedField,
+    InComment,
+}
+
+pub struct QuoteTracker {
+    delimiter: u8,
+    quote: u8,
+    escape: Option<u8>,
+    comment: Option<u8>,
+    state: State,
+    /// Bytes seen so far.
+    offset: u64,
+    /// Where the quoted field that is open now began.
+    opened_at: u64,
+}
+
+impl QuoteTracker {
+    pub fn new(delimiter: u8, quote: u8, escape: Option<u8>, comment: Option<u8>) -> Self {
+        QuoteTracker {
+            delimiter,
+            quote,
+            escape,
+            comment,
+            state: State::StartRecord,
+            offset: 0,
+            opened_at: 0,
+        }
+    }
+
+    /// Follows `bytes`, the next bytes of the (decompressed) file.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let mut index = 0;
+        while index < bytes.len() {
+            // Fast paths: inside a quoted field only the quote and escape
+            // bytes matter; inside an unquoted field only the delimiter and
+            // line ends do. Skip to the next one.
+            match self.state {
+                State::InQuotedField => {
+                    let found = match self.escape {
+                        Some(escape) => memchr::memchr2(self.quote, escape, &bytes[index..]),
+                        None => memchr::memchr(self.quote, &bytes[index..]),
+                    };
+                    match found {
+                        Some(skip) => index += skip,
+                        None => break,
+                    }
+                }
+                State::InField => {
+                    match memchr::memchr3(self.delimiter, b'\n', b'\r', &bytes[index..]) {
+                        Some(skip) => index += skip,
+                        None => break,
+                    }
+                }
+                State::InComment => match memchr::memchr(b'\n', &bytes[index..]) {
+                    Some(skip) => index += skip,
+                    None => break,
+                },
+                _ => {}
+            }
+            self.step(bytes[index], self.offset + index as u64);
+            index += 1;
+        }
+        self.offset += bytes.len() as u64;
+    }
+
+    fn step(&mut self, byte: u8, at: u64) {
+        let line_end = byte == b'\n' || byte == b'\r';
+        self.state = match self.state {
+            State::StartRecord if Some(byte) == self.comment => State::InComment,
+            State::StartRecord | State::StartField => {
+                if byte == self.quote {
+                    self.opened_at = at;
+                    State::InQuotedField
+                } else if byte == self.delimiter {
+                    State::StartField
+                } else if line_end {
+                    State::StartRecord
+                } else {
+                    State::InField
+                }
+            }
+            State::InField if byte == self.delimiter => State::StartField,
+            State::InField if line_end => State::StartRecord,
+            State::InField => State::InField,
+            State::InQuotedField if byte == self.quote => State::QuoteInQuotedField,
+            State::InQuotedField if Some(byte) == self.escape => State::EscapedInQuotedField,
+            State::InQuotedField | State::EscapedInQuotedField => State::InQuotedField,
+            State::QuoteInQuotedField if byte == self.quote => State::InQuotedField,
+            State::QuoteInQuotedField if byte == self.delimiter => State::StartField,
+            State::QuoteInQuotedField if line_end => State::StartRecord,
+            // csv-core reads `"x"y` as `xy`: the rest is unquoted.
+            State::QuoteInQuotedField => State::InField,
+            State::InComment if byte == b'\n' => State::StartRecord,
+            State::InComment => State::InComment,
+        };
+    }
+
+    /// At the end of the file: the byte offset of a quote that opened a
+    /// field and was never closed.
+    pub fn unterminated_quote(&self) -> Option<u64> {
+        matches!(
+            self.state,
+            State::InQuotedField | State::EscapedInQuotedField
+        )
+        .then_some(self.opened_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_quote(data: &[u8], escape: Option<u8>, comment: Option<u8>) -> Option<u64> {
+        // Fed in every split, so state carries across chunk boundaries.
+        let whole = {
+            let mut tracker = QuoteTracker::new(b',', b'"', escape, comment);
+            tracker.feed(data);
+            tracker.unterminated_quote()
+        };
+        for split in 0..=data.len() {
+            let mut tracker = QuoteTracker::new(b',', b'"', escape, comment);
+            tracker.feed(&data[..split]);
+            tracker.feed(&data[split..]);
+            assert_eq!(tracker.unterminated_quote(), whole, "split at {split}");
+        }
+        whole
+    }
+
+    #[test]
+    fn closed_quotes_doubled_quotes_and_quoted_newlines_are_fine() {
+        assert_eq!(open_quote(b"a,b\n\"x\",\"y\"\"z\"\n", None, None), None);
+        assert_eq!(
+            open_quote(b"a,b\r\n\"multi\nline\",2\r\n", None, None),
+            None
+        );
+        assert_eq!(open_quote(b"a\n\"\"\n", None, None), None);
+    }
+
+    #[test]
+    fn quotes_inside_unquoted_fields_are_ordinary_bytes() {
+        assert_eq!(open_quote(b"size\n5\" screen\n", None, None), None);
+        assert_eq!(open_quote(b"a\n\"x\"y\n", None, None), None);
+    }
+
+    #[test]
+    fn a_quote_never_closed_is_found_with_its_offset() {
+        assert_eq!(
+            open_quote(b"a,b\n1,\"never closed\n2,3\n", None, None),
+            Some(6)
+        );
+        assert_eq!(open_quote(b"a\n\"x\"\"\n", None, None), Some(2));
+    }
+
+    #[test]
+    fn escapes_and_comments_follow_the_configuration() {
+        assert_eq!(open_quote(b"a\n\"x\\\"y\"\n", Some(b'\\'), None), None);
+        assert_eq!(open_quote(b"a\n\"x\\\"y\n", Some(b'\\'), None), Some(2));
+        assert_eq!(open_quote(b"a\n#,\"x\n1\n", None, Some(b'#')), None);
+        assert_eq!(open_quote(b"a\n#,\"x\n1\n", None, None), Some(4));
+    }
+}

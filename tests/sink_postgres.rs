@@ -11,7 +11,6 @@ mod util;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use arrow::array::{
     BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, StringArray,
@@ -145,18 +144,58 @@ fn text(values: &[Option<&str>]) -> Vec<Option<String>> {
     values.iter().map(|v| v.map(str::to_owned)).collect()
 }
 
-/// The backend running a COPY into `table`, if any.
-async fn copy_backend(client: &tokio_postgres::Client, table: &str) -> Option<i32> {
+/// The backend whose COPY into `table` waits on a lock (see
+/// [`block_copy_at_id`]), if any.
+async fn blocked_copy_backend(client: &tokio_postgres::Client, table: &str) -> Option<i32> {
     client
         .query_opt(
             "SELECT pid FROM pg_stat_activity
-             WHERE pid <> pg_backend_pid() AND state = 'active'
+             WHERE pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock'
                AND query LIKE 'COPY %' || $1 || '%'",
             &[&table],
         )
         .await
         .unwrap()
         .map(|row| row.get(0))
+}
+
+/// How many backends run a COPY into `table`, in any state.
+async fn copy_backend_count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND query LIKE 'COPY %' || $1 || '%'",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Creates `table` with a primary key and holds an uncommitted row with
+/// `id` in another connection: the worker's COPY, when it reaches its own
+/// row `id`, waits on that transaction. The worker is then reliably in the
+/// middle of a COPY (earlier rows sent, no COMMIT) however fast it is.
+/// Rolling back the returned connection's transaction lets it go.
+async fn block_copy_at_id(
+    client: &tokio_postgres::Client,
+    table: &str,
+    id: i64,
+) -> tokio_postgres::Client {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price float8)"
+        ))
+        .await
+        .unwrap();
+    let blocker = connect().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {table} VALUES ({id}, 'blocker', 0)"
+        ))
+        .await
+        .unwrap();
+    blocker
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,27 +617,23 @@ async fn two_workers_racing_on_the_same_object_commit_it_once() {
     second.stop().await;
 }
 
-/// A CSV big enough that its COPY runs for a few seconds.
-fn big_csv(rows: usize) -> String {
-    csv_rows(rows)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_between_copy_and_commit_loads_the_file_once_after_redelivery() {
     let fixture = Fixture::new("pg-crash").await;
     let client = connect().await;
     let table = unique_table("crash");
-    let mut config = config(&fixture, &table, None, "create_table = true");
+    let rows = 100_000;
+    let blocker = block_copy_at_id(&client, &table, rows as i64 - 1).await;
+    let mut config = config(&fixture, &table, None, "");
     config.queue.visibility_timeout_secs = 5;
     let log = fixture.output_dir().join("worker.log");
     let mut child = fixture.spawn_worker_process(&config, &log);
-    let rows = 400_000;
-    fixture.put("in/big.csv", big_csv(rows)).await;
+    fixture.put("in/big.csv", csv_rows(rows)).await;
 
     wait_until(
-        "the worker's COPY running",
-        Duration::from_secs(120),
-        || async { copy_backend(&client, &table).await.is_some() },
+        "the worker's COPY blocked on its last row",
+        WAIT,
+        || async { blocked_copy_backend(&client, &table).await.is_some() },
     )
     .await;
     // Mid-COPY, before COMMIT: nothing is visible yet.
@@ -608,8 +643,11 @@ async fn a_worker_killed_between_copy_and_commit_loads_the_file_once_after_redel
         .await
         .unwrap()
         .unwrap();
+    // A backend waiting on a lock does not notice its client is gone; once
+    // the lock is released it reads EOF and rolls back.
+    blocker.batch_execute("ROLLBACK").await.unwrap();
     wait_until("the killed worker's backend gone", WAIT, || async {
-        copy_backend(&client, &table).await.is_none()
+        copy_backend_count(&client, &table).await == 0
     })
     .await;
     assert_eq!(
@@ -622,7 +660,7 @@ async fn a_worker_killed_between_copy_and_commit_loads_the_file_once_after_redel
     let mut child = fixture.spawn_worker_process(&config, &log);
     wait_until(
         "the file committed after redelivery and an empty queue",
-        Duration::from_secs(180),
+        WAIT,
         || async {
             ledger(&client, &table)
                 .await
@@ -647,34 +685,36 @@ async fn a_backend_terminated_mid_copy_is_retried_and_lands_once() {
     let fixture = Fixture::new("pg-terminate").await;
     let client = connect().await;
     let table = unique_table("terminate");
-    let mut config = config(&fixture, &table, None, "create_table = true");
+    let rows = 100_000;
+    let blocker = block_copy_at_id(&client, &table, rows as i64 - 1).await;
+    let mut config = config(&fixture, &table, None, "");
     config.queue.visibility_timeout_secs = 5;
     let (worker, stats) = fixture.start_worker_with_stats(config).await;
-    let rows = 300_000;
-    fixture.put("in/big.csv", big_csv(rows)).await;
+    fixture.put("in/big.csv", csv_rows(rows)).await;
 
     let copying = std::sync::Mutex::new(None);
     wait_until(
-        "the worker's COPY running",
-        Duration::from_secs(120),
+        "the worker's COPY blocked on its last row",
+        WAIT,
         || async {
-            let pid = copy_backend(&client, &table).await;
+            let pid = blocked_copy_backend(&client, &table).await;
             *copying.lock().unwrap() = pid;
             pid.is_some()
         },
     )
     .await;
     let pid = copying.lock().unwrap().expect("a COPY backend");
-    let killed: bool = client
+    let terminated: bool = client
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap()
         .get(0);
-    assert!(killed);
+    assert!(terminated);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
 
     wait_until(
         "the file committed after the retry and an empty queue",
-        Duration::from_secs(180),
+        WAIT,
         || async {
             ledger(&client, &table)
                 .await
@@ -685,6 +725,7 @@ async fn a_backend_terminated_mid_copy_is_retried_and_lands_once() {
     )
     .await;
     assert!(stats.messages_left_for_retry.load(Ordering::Relaxed) >= 1);
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
     assert_eq!(count(&client, &table).await, rows as i64);
     assert_eq!(ledger(&client, &table).await.len(), 1);
     assert!(fixture.take_dead_letters().await.is_empty());

@@ -281,7 +281,7 @@ async fn csv_rows_land_with_their_types_nulls_decimals_and_timestamps() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), format!("public.{table}"));
+    assert_eq!(row.get::<_, String>(0), table, "the table as configured");
     assert_eq!(row.get::<_, String>(1), fixture.bucket);
     assert_eq!(row.get::<_, String>(2), "in/orders.csv");
     assert_eq!(row.get::<_, String>(3), etag);
@@ -327,6 +327,37 @@ async fn inferred_csv_columns_fit_narrower_integer_and_numeric_columns() {
         .unwrap();
     assert_eq!(last.get::<_, String>(1), "item 999");
     assert_eq!(last.get::<_, String>(2), "1998.5");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_only_csv_records_its_ledger_row_without_touching_the_table() {
+    let fixture = Fixture::new("pg-empty").await;
+    let client = connect().await;
+    let table = unique_table("empty");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint NOT NULL, price numeric)"
+        ))
+        .await
+        .unwrap();
+    let (worker, _) = fixture
+        .start_worker_with_stats(config(&fixture, &table, None, ""))
+        .await;
+    // Its columns infer as text, which a bigint column would refuse; with
+    // no rows there is nothing to check.
+    fixture.put("in/header-only.csv", "id,price\n").await;
+
+    wait_until("the ledger row and an empty queue", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(
+        ledger(&client, &table).await,
+        vec![("in/header-only.csv".to_owned(), Some(0), true)]
+    );
+    assert_eq!(count(&client, &table).await, 0);
+    assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
 }
 
@@ -612,6 +643,32 @@ async fn two_workers_racing_on_the_same_object_commit_it_once() {
         ledger(&client, &table).await,
         vec![("in/raced.csv".to_owned(), Some(50_000), true)]
     );
+    assert!(fixture.take_dead_letters().await.is_empty());
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_first_loads_of_different_files_create_the_table_once() {
+    let fixture = Fixture::new("pg-create-race").await;
+    let client = connect().await;
+    let table = unique_table("createrace");
+    let config = config(&fixture, &table, None, "create_table = true");
+    let (first, first_stats) = fixture.start_worker_with_stats(config.clone()).await;
+    let (second, second_stats) = fixture.start_worker_with_stats(config).await;
+    let files: Vec<_> = (0..8)
+        .map(|i| (format!("in/part-{i}.csv"), csv_rows(100).into_bytes()))
+        .collect();
+    fixture.put_many(files).await;
+    wait_until("eight files committed and an empty queue", WAIT, || async {
+        first_stats.objects_committed.load(Ordering::Relaxed)
+            + second_stats.objects_committed.load(Ordering::Relaxed)
+            >= 8
+            && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 800);
+    assert_eq!(ledger(&client, &table).await.len(), 8);
     assert!(fixture.take_dead_letters().await.is_empty());
     first.stop().await;
     second.stop().await;

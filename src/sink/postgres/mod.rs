@@ -4,43 +4,53 @@
 //! ## How one object is written
 //!
 //! ```text
-//! open    BEGIN
-//!         INSERT INTO ledger (table, bucket, key, version identity, ...)
-//!             ON CONFLICT DO NOTHING
-//!           0 rows → ROLLBACK: already committed (a redelivery, or a
-//!                    concurrent delivery that committed first); the
-//!                    writer discards the object's batches
-//!           1 row  → COPY table (file columns) FROM STDIN (FORMAT binary)
-//! write   each batch encoded and sent as it arrives (bounded memory)
-//! commit  end of COPY, UPDATE ledger SET rows, committed_at; COMMIT
+//! open          BEGIN
+//!               INSERT INTO ledger (table, bucket, key, version identity, ...)
+//!                   ON CONFLICT DO NOTHING
+//!                 0 rows → ROLLBACK: already committed (a redelivery, or a
+//!                          concurrent delivery that committed first); the
+//!                          writer discards the object's batches
+//! first write   check the table against the batch's schema (create it
+//!               first with create_table), COPY table (file columns)
+//!               FROM STDIN (FORMAT binary)
+//! write         each batch encoded and sent as it arrives (bounded memory)
+//! commit        end of COPY, UPDATE ledger SET rows, committed_at; COMMIT
 //! ```
 //!
-//! The ledger row is inserted *first*: a concurrent duplicate blocks on
-//! its unique index until the first transaction ends, then sees the
-//! conflict (committed) or proceeds (rolled back). Table rows and ledger
-//! row commit together or not at all, so a crash at any point leaves
-//! either nothing (the redelivery loads the file) or everything (the
-//! redelivery finds the ledger row). The ledger key includes the target
-//! table, so several sinks or routes can share one ledger.
+//! The ledger row is claimed *first*: a concurrent duplicate blocks on its
+//! unique index until the first transaction ends, then sees the conflict
+//! (committed) or proceeds (rolled back). Table rows and ledger row commit
+//! together or not at all, so a crash at any point leaves either nothing
+//! (the redelivery loads the file) or everything (the redelivery finds the
+//! ledger row). The ledger key is (table as configured, bucket, key,
+//! version id or ETag), so several sinks or routes can share one ledger;
+//! spell one table the same way in every sink. A new version of a key is
+//! a new load: its rows are added, the old version's stay.
 //!
 //! A writer dropped without `commit` closes its connection instead of
 //! returning it to the pool: the server rolls back, and no connection with
-//! an open or aborted transaction is ever reused.
+//! an open or aborted transaction is ever reused. (A server backend that is
+//! waiting on a lock notices a vanished client only when the wait ends;
+//! `options=-c client_connection_check_interval=10s` in the connection
+//! string makes it notice sooner.)
 //!
 //! ## Schema
 //!
-//! With `create_table = true` the table is created from the first file's
-//! Arrow schema (`CREATE TABLE IF NOT EXISTS` under a transaction-level
-//! advisory lock, so racing workers do not collide). Either way the file's
-//! columns are checked against the table before any row is sent (cached per
-//! table and Arrow schema), and a mismatch dead-letters the object naming
-//! the column: a file column the table lacks (matched by exact name, else a
-//! unique case-insensitive match), a type that cannot be written, or a
-//! `NOT NULL` column without a default that the file lacks. Extra table
-//! columns that are nullable or have defaults (identity, `DEFAULT now()`,
-//! ...) are allowed and get their defaults. A cached check goes stale if the
-//! table is altered while the worker runs; the COPY then fails with the
-//! server's error.
+//! The table is checked when the first batch arrives, inside the
+//! transaction, before any row is sent; a file without batches (empty, or
+//! a CSV header whose columns all infer as text) checks nothing and commits
+//! only its ledger row with 0 rows. With `create_table = true` the table is
+//! first created from that batch's Arrow schema (`CREATE TABLE IF NOT
+//! EXISTS` under a transaction-level advisory lock, so racing workers do
+//! not collide; the creation commits with the first load). A mismatch
+//! dead-letters the object naming the column: a file column the table
+//! lacks (matched by exact name, else a unique case-insensitive match), a
+//! type that cannot be written, or a `NOT NULL` column without a default
+//! that the file lacks. Extra table columns that are nullable or have
+//! defaults (identity, `DEFAULT now()`, ...) are allowed and get their
+//! defaults. The check is cached per Arrow schema after a commit; it goes
+//! stale if the table is altered while the worker runs, and the COPY then
+//! fails with the server's error.
 //!
 //! | Arrow type | PostgreSQL column types accepted | `create_table` |
 //! |---|---|---|
@@ -357,7 +367,7 @@ impl Drop for Session {
 /// How one Arrow schema is written into the table: the COPY statement and
 /// each file column's target type.
 struct CopyPlan {
-    /// `schema.table` as the server names it; the ledger key.
+    /// `schema.table` as the server names it, for messages.
     table: String,
     /// `None` when the file has no columns: only the ledger row is written.
     copy_statement: Option<String>,
@@ -369,132 +379,56 @@ struct CopyPlan {
 /// and the cap keeps a stream of odd files from growing the cache forever.
 const MAX_CACHED_PLANS: usize = 64;
 
-pub struct PostgresSink {
-    name: String,
+/// The target table, shared by the sink and its writers: the schema check
+/// and creation run in the writer's transaction when its first batch
+/// arrives, so a header-only file (no batches, every column inferred as
+/// text) never creates or checks anything and commits only its ledger row.
+struct Target {
     table: QualifiedName,
-    ledger: QualifiedName,
+    /// The table as configured; the ledger's `target_table`.
+    configured: String,
     create_table: bool,
-    pool: Pool,
-    ledger_ready: tokio::sync::OnceCell<()>,
     plans: Mutex<HashMap<String, Arc<CopyPlan>>>,
 }
 
-impl PostgresSink {
-    /// Reads the secret and builds the pool; connects lazily, so an
-    /// unreachable database is a per-object transient error, not a start-up
-    /// failure.
-    pub fn new(
-        name: &str,
-        config: &PostgresSinkConfig,
-        _context: &SinkContext,
-    ) -> Result<PostgresSink, SinkError> {
-        let connection = config.connection_config(name)?;
-        let manager = Manager::from_config(
-            connection,
-            NoTls,
-            ManagerConfig {
-                // Checks `is_closed` only: connections with a transaction
-                // left open never reach the pool (see `Session`).
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.get())
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(config.connect_timeout_secs)))
-            .build()
-            .map_err(|err| {
-                SinkError::permanent(format!("sink `{name}`: connection pool: {err}"))
-            })?;
-        let parse = |text: &str| {
-            QualifiedName::parse(text)
-                .map_err(|err| SinkError::permanent(format!("sink `{name}`: {err}")))
-        };
-        Ok(PostgresSink {
-            name: name.to_owned(),
-            table: parse(&config.table)?,
-            ledger: parse(&config.ledger_table)?,
-            create_table: config.create_table,
-            pool,
-            ledger_ready: tokio::sync::OnceCell::new(),
-            plans: Mutex::new(HashMap::new()),
-        })
-    }
-
-    async fn session(&self) -> Result<Session, SinkError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        Ok(Session {
-            client: Some(client),
-        })
-    }
-
-    /// Creates the ledger once per process. The advisory lock serialises
-    /// racing workers: `CREATE TABLE IF NOT EXISTS` alone can still fail
-    /// with a unique violation when two create the same table at once.
-    async fn ensure_ledger(&self, session: &Session) -> Result<(), SinkError> {
-        self.ledger_ready
-            .get_or_try_init(|| async {
-                let ledger = self.ledger.sql();
-                let ddl = format!(
-                    "BEGIN;
-                     SELECT pg_advisory_xact_lock(hashtext('s3-ingest ddl ' || {name}));
-                     CREATE TABLE IF NOT EXISTS {ledger} (
-                         target_table text NOT NULL,
-                         bucket text NOT NULL,
-                         key text NOT NULL,
-                         version_identity text NOT NULL,
-                         version_id text,
-                         etag text,
-                         size bigint NOT NULL,
-                         route text NOT NULL,
-                         sink text NOT NULL,
-                         rows bigint,
-                         started_at timestamptz NOT NULL DEFAULT now(),
-                         committed_at timestamptz,
-                         PRIMARY KEY (target_table, bucket, key, version_identity)
-                     );
-                     COMMIT;",
-                    name = sql_literal(&ledger),
-                );
-                // On error the caller drops the session, closing the
-                // connection and with it the aborted transaction.
-                session
-                    .client()
-                    .batch_execute(&ddl)
-                    .await
-                    .map_err(|err| classify(&format!("create ledger table {ledger}"), &err))
-            })
-            .await
-            .map(|_| ())
-    }
-
-    async fn plan(
-        &self,
-        session: &Session,
-        schema: &SchemaRef,
-    ) -> Result<Arc<CopyPlan>, SinkError> {
-        let cache_key = schema
+impl Target {
+    fn cache_key(schema: &SchemaRef) -> String {
+        schema
             .fields()
             .iter()
             .map(|f| format!("{}\0{}\0{}", f.name(), f.data_type(), f.is_nullable()))
             .collect::<Vec<_>>()
-            .join("\0\0");
-        if let Some(plan) = self.plans.lock().unwrap().get(&cache_key) {
-            return Ok(plan.clone());
-        }
-        if self.create_table && !schema.fields().is_empty() {
-            self.create_table(session, schema).await?;
-        }
-        let plan = Arc::new(self.check_table(session, schema).await?);
+            .join("\0\0")
+    }
+
+    fn cached(&self, cache_key: &str) -> Option<Arc<CopyPlan>> {
+        self.plans.lock().unwrap().get(cache_key).cloned()
+    }
+
+    /// Called after a commit: a plan made in a transaction that rolled back
+    /// may name a table whose creation rolled back with it.
+    fn remember(&self, cache_key: String, plan: Arc<CopyPlan>) {
         let mut plans = self.plans.lock().unwrap();
         if plans.len() >= MAX_CACHED_PLANS {
             plans.clear();
         }
-        plans.insert(cache_key, plan.clone());
-        Ok(plan)
+        plans.insert(cache_key, plan);
     }
 
-    async fn create_table(&self, session: &Session, schema: &SchemaRef) -> Result<(), SinkError> {
+    /// Creates the table if asked, then checks it, inside the writer's
+    /// open transaction (DDL is transactional in PostgreSQL).
+    async fn plan(&self, session: &Session, schema: &SchemaRef) -> Result<CopyPlan, SinkError> {
+        if self.create_table && !schema.fields().is_empty() {
+            self.create(session, schema).await?;
+        }
+        self.check(session, schema).await
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` under a transaction-level advisory
+    /// lock: alone it can still fail with a unique violation when two
+    /// workers create the same table at once. The lock is held until this
+    /// writer commits, so racing first loads wait for each other.
+    async fn create(&self, session: &Session, schema: &SchemaRef) -> Result<(), SinkError> {
         let table = self.table.sql();
         let mut columns = Vec::new();
         for field in schema.fields() {
@@ -512,10 +446,8 @@ impl PostgresSink {
             ));
         }
         let ddl = format!(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock(hashtext('s3-ingest ddl ' || {name}));
-             CREATE TABLE IF NOT EXISTS {table} ({columns});
-             COMMIT;",
+            "SELECT pg_advisory_xact_lock(hashtext('s3-ingest ddl ' || {name}));
+             CREATE TABLE IF NOT EXISTS {table} ({columns});",
             name = sql_literal(&table),
             columns = columns.join(", "),
         );
@@ -527,11 +459,7 @@ impl PostgresSink {
     }
 
     /// Reads the table's columns and matches the file's against them.
-    async fn check_table(
-        &self,
-        session: &Session,
-        schema: &SchemaRef,
-    ) -> Result<CopyPlan, SinkError> {
+    async fn check(&self, session: &Session, schema: &SchemaRef) -> Result<CopyPlan, SinkError> {
         let table = self.table.sql();
         let client = session.client();
         let found = client
@@ -575,14 +503,105 @@ impl PostgresSink {
             .collect();
         plan_copy(canonical, schema, &columns).map_err(SinkError::permanent)
     }
+}
 
-    fn ledger_key<'a>(&self, plan: &'a CopyPlan, lineage: &'a Lineage) -> [&'a str; 4] {
-        [
-            &plan.table,
-            &lineage.bucket,
-            &lineage.key,
-            lineage.version_identity(),
-        ]
+pub struct PostgresSink {
+    name: String,
+    ledger: QualifiedName,
+    pool: Pool,
+    ledger_ready: tokio::sync::OnceCell<()>,
+    target: Arc<Target>,
+}
+
+impl PostgresSink {
+    /// Reads the secret and builds the pool; connects lazily, so an
+    /// unreachable database is a per-object transient error, not a start-up
+    /// failure.
+    pub fn new(
+        name: &str,
+        config: &PostgresSinkConfig,
+        _context: &SinkContext,
+    ) -> Result<PostgresSink, SinkError> {
+        let connection = config.connection_config(name)?;
+        let manager = Manager::from_config(
+            connection,
+            NoTls,
+            ManagerConfig {
+                // Checks `is_closed` only: connections with a transaction
+                // left open never reach the pool (see `Session`).
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.get())
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(config.connect_timeout_secs)))
+            .build()
+            .map_err(|err| {
+                SinkError::permanent(format!("sink `{name}`: connection pool: {err}"))
+            })?;
+        let parse = |text: &str| {
+            QualifiedName::parse(text)
+                .map_err(|err| SinkError::permanent(format!("sink `{name}`: {err}")))
+        };
+        Ok(PostgresSink {
+            name: name.to_owned(),
+            ledger: parse(&config.ledger_table)?,
+            pool,
+            ledger_ready: tokio::sync::OnceCell::new(),
+            target: Arc::new(Target {
+                table: parse(&config.table)?,
+                configured: config.table.clone(),
+                create_table: config.create_table,
+                plans: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    async fn session(&self) -> Result<Session, SinkError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        Ok(Session {
+            client: Some(client),
+        })
+    }
+
+    /// Creates the ledger once per process, in its own transaction, under
+    /// the same kind of advisory lock as [`Target::create`].
+    async fn ensure_ledger(&self, session: &Session) -> Result<(), SinkError> {
+        self.ledger_ready
+            .get_or_try_init(|| async {
+                let ledger = self.ledger.sql();
+                let ddl = format!(
+                    "BEGIN;
+                     SELECT pg_advisory_xact_lock(hashtext('s3-ingest ddl ' || {name}));
+                     CREATE TABLE IF NOT EXISTS {ledger} (
+                         target_table text NOT NULL,
+                         bucket text NOT NULL,
+                         key text NOT NULL,
+                         version_identity text NOT NULL,
+                         version_id text,
+                         etag text,
+                         size bigint NOT NULL,
+                         route text NOT NULL,
+                         sink text NOT NULL,
+                         rows bigint,
+                         started_at timestamptz NOT NULL DEFAULT now(),
+                         committed_at timestamptz,
+                         PRIMARY KEY (target_table, bucket, key, version_identity)
+                     );
+                     COMMIT;",
+                    name = sql_literal(&ledger),
+                );
+                // On error the caller drops the session, closing the
+                // connection and with it the aborted transaction.
+                session
+                    .client()
+                    .batch_execute(&ddl)
+                    .await
+                    .map_err(|err| classify(&format!("create ledger table {ledger}"), &err))
+            })
+            .await
+            .map(|_| ())
     }
 }
 
@@ -700,21 +719,22 @@ impl Sink for PostgresSink {
         &self.name
     }
 
+    /// Begins the transaction and claims the ledger row; the table is
+    /// checked (or created) when the first batch arrives.
     async fn open(
         &self,
         lineage: &Lineage,
-        schema: SchemaRef,
+        _schema: SchemaRef,
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
         let session = self.session().await?;
         self.ensure_ledger(&session).await?;
-        let plan = self.plan(&session, &schema).await?;
         let ledger = self.ledger.sql();
         let client = session.client();
         client
             .batch_execute("BEGIN")
             .await
             .map_err(|err| classify("begin", &err))?;
-        let key = self.ledger_key(&plan, lineage);
+        let key = LedgerKey::new(&self.target.configured, lineage);
         let size = i64::try_from(lineage.size).unwrap_or(i64::MAX);
         // Blocks while a concurrent delivery of the same version holds the
         // key uncommitted; 0 rows once that one committed.
@@ -726,7 +746,10 @@ impl Sink for PostgresSink {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT DO NOTHING"
                 ),
-                &[&key[0], &key[1], &key[2], &key[3], &lineage.version_id, &lineage.etag, &size, &lineage.route, &self.name],
+                &[
+                    &key.table, &key.bucket, &key.key, &key.version_identity,
+                    &lineage.version_id, &lineage.etag, &size, &lineage.route, &self.name,
+                ],
             )
             .await
             .map_err(|err| classify(&format!("insert into ledger {ledger}"), &err))?;
@@ -737,43 +760,54 @@ impl Sink for PostgresSink {
                 .map_err(|err| classify("rollback", &err))?;
             let rows: Option<i64> = client
                 .query_one(
-                    &format!(
-                        "SELECT rows FROM {ledger}
-                         WHERE target_table = $1 AND bucket = $2 AND key = $3 AND version_identity = $4"
-                    ),
-                    &[&key[0], &key[1], &key[2], &key[3]],
+                    &format!("SELECT rows FROM {ledger} WHERE {}", LedgerKey::WHERE),
+                    &key.params(),
                 )
                 .await
                 .map_err(|err| classify(&format!("read ledger {ledger}"), &err))?
                 .get(0);
             session.release();
             return Ok(Box::new(PostgresWriter::AlreadyCommitted {
-                table: plan.table.clone(),
+                table: key.table,
                 rows: rows.unwrap_or(0) as u64,
             }));
         }
-        let copy = match &plan.copy_statement {
-            Some(statement) => {
-                let mut copy: Pin<Box<CopyInSink<Bytes>>> =
-                    Box::pin(client.copy_in(statement.as_str()).await.map_err(|err| {
-                        classify(&format!("start COPY into {}", plan.table), &err)
-                    })?);
-                copy.send(encode::copy_header().freeze())
-                    .await
-                    .map_err(|err| classify(&format!("COPY into {}", plan.table), &err))?;
-                Some(copy)
-            }
-            None => None,
-        };
-        Ok(Box::new(PostgresWriter::Copying(Box::new(Copying {
-            session,
-            copy,
-            plan,
-            ledger,
-            sink: self.name.clone(),
-            lineage: lineage.clone(),
-            rows: 0,
-        }))))
+        Ok(Box::new(PostgresWriter::InTransaction(Box::new(
+            InTransaction {
+                session,
+                target: self.target.clone(),
+                copy: None,
+                ledger,
+                key,
+                sink: self.name.clone(),
+                rows: 0,
+            },
+        ))))
+    }
+}
+
+/// The ledger's primary key for one object version and target table.
+struct LedgerKey {
+    table: String,
+    bucket: String,
+    key: String,
+    version_identity: String,
+}
+
+impl LedgerKey {
+    const WHERE: &str = "target_table = $1 AND bucket = $2 AND key = $3 AND version_identity = $4";
+
+    fn new(table: &str, lineage: &Lineage) -> LedgerKey {
+        LedgerKey {
+            table: table.to_owned(),
+            bucket: lineage.bucket.clone(),
+            key: lineage.key.clone(),
+            version_identity: lineage.version_identity().to_owned(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [&self.table, &self.bucket, &self.key, &self.version_identity]
     }
 }
 
@@ -781,48 +815,100 @@ enum PostgresWriter {
     /// The ledger already holds this version: batches are discarded and
     /// the commit reports what the first delivery committed.
     AlreadyCommitted { table: String, rows: u64 },
-    /// In a transaction, in the middle of a COPY.
-    Copying(Box<Copying>),
+    /// The ledger row is claimed in an open transaction.
+    InTransaction(Box<InTransaction>),
 }
 
-struct Copying {
+/// A COPY started on the first batch.
+struct Copy {
+    plan: Arc<CopyPlan>,
+    /// Cache key of a plan to remember once the transaction commits.
+    plan_to_remember: Option<String>,
+    /// `None` when the file has no columns.
+    sink: Option<Pin<Box<CopyInSink<Bytes>>>>,
+}
+
+struct InTransaction {
     /// Dropped without `commit`: the connection closes, the server rolls
     /// back.
     session: Session,
-    /// `None` when the file has no columns.
-    copy: Option<Pin<Box<CopyInSink<Bytes>>>>,
-    plan: Arc<CopyPlan>,
+    target: Arc<Target>,
+    /// `None` until the first batch.
+    copy: Option<Copy>,
     ledger: String,
+    key: LedgerKey,
     sink: String,
-    lineage: Lineage,
     rows: u64,
+}
+
+impl InTransaction {
+    /// Plans (cached, or checked/created in this transaction) and starts
+    /// the COPY for the first batch's schema.
+    async fn start_copy(&mut self, schema: &SchemaRef) -> Result<(), SinkError> {
+        let cache_key = Target::cache_key(schema);
+        let (plan, plan_to_remember) = match self.target.cached(&cache_key) {
+            Some(plan) => (plan, None),
+            None => (
+                Arc::new(self.target.plan(&self.session, schema).await?),
+                Some(cache_key),
+            ),
+        };
+        let sink = match &plan.copy_statement {
+            Some(statement) => {
+                let action = || format!("COPY into {}", plan.table);
+                let mut sink: Pin<Box<CopyInSink<Bytes>>> = Box::pin(
+                    self.session
+                        .client()
+                        .copy_in(statement.as_str())
+                        .await
+                        .map_err(|err| classify(&action(), &err))?,
+                );
+                sink.send(encode::copy_header().freeze())
+                    .await
+                    .map_err(|err| classify(&action(), &err))?;
+                Some(sink)
+            }
+            None => None,
+        };
+        self.copy = Some(Copy {
+            plan,
+            plan_to_remember,
+            sink,
+        });
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl SinkWriter for PostgresWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
-        let PostgresWriter::Copying(copying) = self else {
+        let PostgresWriter::InTransaction(writer) = self else {
             return Ok(());
         };
-        let Some(copy) = copying.copy.as_mut() else {
+        if writer.copy.is_none() {
+            writer.start_copy(&batch.schema()).await?;
+        }
+        let copy = writer.copy.as_mut().expect("started above");
+        let Some(sink) = copy.sink.as_mut() else {
             return Ok(());
         };
-        let plan = &copying.plan;
-        // Encoding is a tight loop over one batch; small next to decoding,
-        // so it stays on the runtime thread.
-        let encoded = encode::encode_batch(&batch, &plan.targets, &plan.column_names, copying.rows)
+        let plan = &copy.plan;
+        // Encoding is a tight loop over one batch, small next to decoding,
+        // so it stays on the runtime thread. One batch at a time is in
+        // memory; `send` waits for the server to take it.
+        let encoded = encode::encode_batch(&batch, &plan.targets, &plan.column_names, writer.rows)
             .map_err(|reason| {
                 SinkError::permanent(format!("COPY into {}: {reason}", plan.table))
             })?;
-        copy.send(encoded.freeze())
+        sink.send(encoded.freeze())
             .await
             .map_err(|err| classify(&format!("COPY into {}", plan.table), &err))?;
-        copying.rows += batch.num_rows() as u64;
+        writer.rows += batch.num_rows() as u64;
         Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError> {
-        let mut copying = match *self {
+        let mut writer = match *self {
             PostgresWriter::AlreadyCommitted { table, rows } => {
                 return Ok(CommitReceipt {
                     location: table,
@@ -830,37 +916,38 @@ impl SinkWriter for PostgresWriter {
                     already_committed: true,
                 });
             }
-            PostgresWriter::Copying(copying) => copying,
+            PostgresWriter::InTransaction(writer) => writer,
         };
-        let table = copying.plan.table.clone();
-        if let Some(mut copy) = copying.copy.take() {
-            copy.send(encode::copy_trailer().freeze())
-                .await
-                .map_err(|err| classify(&format!("COPY into {table}"), &err))?;
-            let copied = copy
-                .as_mut()
-                .finish()
-                .await
-                .map_err(|err| classify(&format!("COPY into {table}"), &err))?;
-            debug_assert_eq!(copied, copying.rows);
+        let mut location = writer.key.table.clone();
+        let mut plan_to_remember = None;
+        if let Some(copy) = writer.copy.take() {
+            location = copy.plan.table.clone();
+            if let Some(mut sink) = copy.sink {
+                let action = || format!("COPY into {location}");
+                sink.send(encode::copy_trailer().freeze())
+                    .await
+                    .map_err(|err| classify(&action(), &err))?;
+                let copied = sink
+                    .as_mut()
+                    .finish()
+                    .await
+                    .map_err(|err| classify(&action(), &err))?;
+                debug_assert_eq!(copied, writer.rows);
+            }
+            plan_to_remember = copy.plan_to_remember.map(|key| (key, copy.plan));
         }
-        let client = copying.session.client();
-        let ledger = &copying.ledger;
-        let lineage = &copying.lineage;
-        let rows = i64::try_from(copying.rows).unwrap_or(i64::MAX);
+        let client = writer.session.client();
+        let ledger = &writer.ledger;
+        let rows = i64::try_from(writer.rows).unwrap_or(i64::MAX);
+        let mut params = writer.key.params().to_vec();
+        params.push(&rows);
         client
             .execute(
                 &format!(
-                    "UPDATE {ledger} SET rows = $5, committed_at = clock_timestamp()
-                     WHERE target_table = $1 AND bucket = $2 AND key = $3 AND version_identity = $4"
+                    "UPDATE {ledger} SET rows = $5, committed_at = clock_timestamp() WHERE {}",
+                    LedgerKey::WHERE
                 ),
-                &[
-                    &table,
-                    &lineage.bucket,
-                    &lineage.key,
-                    &lineage.version_identity(),
-                    &rows,
-                ],
+                &params,
             )
             .await
             .map_err(|err| classify(&format!("update ledger {ledger}"), &err))?;
@@ -869,17 +956,20 @@ impl SinkWriter for PostgresWriter {
         client
             .batch_execute("COMMIT")
             .await
-            .map_err(|err| classify(&format!("commit into {table}"), &err))?;
+            .map_err(|err| classify(&format!("commit into {location}"), &err))?;
         tracing::debug!(
-            sink = copying.sink,
-            table,
+            sink = writer.sink,
+            table = location,
             rows,
             "postgres transaction committed"
         );
-        let rows = copying.rows;
-        copying.session.release();
+        if let Some((cache_key, plan)) = plan_to_remember {
+            writer.target.remember(cache_key, plan);
+        }
+        let rows = writer.rows;
+        writer.session.release();
         Ok(CommitReceipt {
-            location: table,
+            location,
             rows,
             already_committed: false,
         })

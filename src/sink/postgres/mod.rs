@@ -1026,6 +1026,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../examples/sink-postgres.toml");
+        let config = crate::config::Config::from_toml_str(text).unwrap();
+        match &config.sinks["warehouse"] {
+            crate::config::SinkConfig::Postgres(sink) => {
+                assert_eq!(sink.url_env.as_deref(), Some("ORDERS_PG_URL"));
+            }
+            other => panic!("unexpected sink {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_missing_environment_variable_is_a_clear_start_up_error() {
         let config = config("url_env = \"S3I_TEST_SURELY_UNSET_PG_URL\"").unwrap();
         let err = config.connection_config("warehouse").unwrap_err();

@@ -70,7 +70,6 @@ fn sink_toml(url: &str, table: &str, extra: &str) -> String {
         url = "{url}"
         table = "{table}"
         ledger_table = "{table}_ledger"
-        pool_size = 4
         {extra}
         "#
     )
@@ -553,7 +552,8 @@ async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
         .await
         .unwrap();
     let (worker, _) = fixture
-        .start_worker_with_stats(config(&fixture, &table, None, ""))
+        // One connection: the failed load's must not come back aborted.
+        .start_worker_with_stats(config(&fixture, &table, None, "pool_size = 1"))
         .await;
     fixture.put("in/conflict.csv", csv_rows(10)).await;
 
@@ -571,6 +571,15 @@ async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
         "only the row that was there"
     );
     assert_eq!(ledger_count(&client, &table).await, 0);
+
+    fixture
+        .put("in/fine.csv", "id,name,price\n100,new,2.5\n")
+        .await;
+    wait_until("the next file committed", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 2);
     worker.stop().await;
 }
 
@@ -825,4 +834,91 @@ async fn an_unreachable_database_leaves_the_object_for_retry() {
     .await;
     assert_eq!(count(&client, &table).await, 20);
     worker.stop().await;
+}
+
+/// The sink's contract through its own API, with a pool of one connection:
+/// a writer dropped mid-COPY leaves nothing (not even the table it
+/// created) and its connection is not reused with the transaction open; a
+/// committed version is reported as already committed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_twice() {
+    use s3_ingest::sink::postgres::{PostgresSink, PostgresSinkConfig};
+    use s3_ingest::sink::{Lineage, Sink, SinkContext};
+
+    let client = connect().await;
+    let table = unique_table("contract");
+    let config: PostgresSinkConfig = toml::from_str(&format!(
+        r#"
+        url = "{url}"
+        table = "{table}"
+        ledger_table = "{table}_ledger"
+        create_table = true
+        pool_size = 1
+        "#,
+        url = postgres_url()
+    ))
+    .unwrap();
+    let context = SinkContext {
+        s3: clients().s3,
+        expected_bucket_owner: None,
+    };
+    let sink = PostgresSink::new("pg", &config, &context).unwrap();
+    let lineage = Lineage {
+        bucket: "vendor".into(),
+        key: "in/a.csv".into(),
+        version_id: None,
+        etag: Some("etag-1".into()),
+        size: 10,
+        event_time: None,
+        route: "all".into(),
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec![Some("a"), None])),
+        ],
+    )
+    .unwrap();
+    let table_exists = || async {
+        client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+
+    let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+    writer.write(batch.clone()).await.unwrap();
+    assert!(
+        !table_exists().await,
+        "created in the open transaction only"
+    );
+    drop(writer);
+    assert!(!table_exists().await);
+    assert_eq!(ledger_count(&client, &table).await, 0);
+
+    // The only pooled connection: had it come back with the dropped
+    // transaction open, this open would see its own uncommitted ledger row.
+    let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+    writer.write(batch.clone()).await.unwrap();
+    let receipt = writer.commit().await.unwrap();
+    assert!(!receipt.already_committed);
+    assert_eq!(receipt.rows, 2);
+    assert_eq!(receipt.location, format!("public.{table}"));
+
+    let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+    writer.write(batch).await.unwrap();
+    let receipt = writer.commit().await.unwrap();
+    assert!(receipt.already_committed);
+    assert_eq!(receipt.rows, 2);
+    assert_eq!(count(&client, &table).await, 2);
+    assert_eq!(
+        ledger(&client, &table).await,
+        vec![("in/a.csv".to_owned(), Some(2), true)]
+    );
 }

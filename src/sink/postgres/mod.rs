@@ -95,7 +95,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -325,6 +325,9 @@ fn is_transient_sqlstate(code: &str) -> bool {
     matches!(
         code,
         "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "3D000"
+            // In a failed transaction: the connection's state, not the
+            // object's; the session is discarded and a retry starts clean.
+            | "25P02"
     ) || ["08", "53", "58", "28"]
         .iter()
         .any(|class| code.starts_with(class))
@@ -677,9 +680,9 @@ fn plan_copy(
             .is_some_and(|pg_type| encode::is_compatible(field.data_type(), pg_type));
         if !compatible {
             return Err(format!(
-                "column `{}`: the file's {} values cannot be written to table {table}'s {} column",
+                "column `{}`: the file's Arrow {} values cannot be written to table {table}'s {} column",
                 column.name,
-                describe(field.data_type()),
+                field.data_type(),
                 column.type_name
             ));
         }
@@ -707,10 +710,6 @@ fn plan_copy(
         column_names: matched.iter().map(|c| c.name.clone()).collect(),
         table,
     })
-}
-
-fn describe(data_type: &DataType) -> String {
-    format!("Arrow {data_type}")
 }
 
 #[async_trait]
@@ -979,7 +978,7 @@ impl SinkWriter for PostgresWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema};
 
     fn config(extra: &str) -> Result<PostgresSinkConfig, String> {
         let text = format!("table = \"public.orders\"\n{extra}");

@@ -240,6 +240,13 @@ impl PostgresSinkConfig {
         if let Some(name) = &self.password_env {
             config.password(read_env("password_env", name)?);
         }
+        // Without a TLS connector every connection would fail, forever and
+        // per object: refuse at start-up instead.
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(SinkError::permanent(format!(
+                "sink `{sink}`: sslmode=require is not supported yet (connections are not encrypted); use sslmode=disable or prefer"
+            )));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(self.connect_timeout_secs));
         }
@@ -1046,6 +1053,13 @@ mod tests {
             "{}",
             err.detail
         );
+    }
+
+    #[test]
+    fn required_tls_is_refused_at_start_up() {
+        let config = config("url = \"postgres://u@h/db?sslmode=require\"").unwrap();
+        let err = config.connection_config("warehouse").unwrap_err();
+        assert!(err.detail.contains("sslmode=require"), "{}", err.detail);
     }
 
     #[test]

@@ -1,0 +1,924 @@
+//! The `postgres` sink against a real PostgreSQL server and LocalStack:
+//! values and types that land, schema checks, constraint violations,
+//! duplicate and racing deliveries, a worker killed in the middle of a COPY,
+//! a backend terminated mid-COPY and an unreachable database.
+//!
+//! The server: `make test` starts it (tests/services/with-postgres.sh), or
+//! run `tests/services/postgres.sh start`. `S3I_POSTGRES_URL` points
+//! elsewhere. Each test uses its own uniquely named table and ledger.
+
+mod util;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arrow::array::{
+    BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, StringArray,
+    TimestampMicrosecondArray, UInt16Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use s3_ingest::config::Config;
+use util::*;
+
+fn postgres_url() -> String {
+    std::env::var("S3I_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/postgres".into())
+}
+
+/// A client for assertions; fails loudly with a hint when the server is
+/// not there (tests never skip).
+async fn connect() -> tokio_postgres::Client {
+    let url = postgres_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot connect to PostgreSQL at {url}: {err} \
+                 (`make test` starts it; or run tests/services/postgres.sh start)"
+            )
+        });
+    tokio::spawn(connection);
+    client
+}
+
+fn unique_table(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("s3i_{prefix}_{}", &id[..10])
+}
+
+/// One route for every key into sink `pg`, with an optional explicit schema.
+fn routes(schema: Option<&str>) -> String {
+    let schema = schema.map(|s| format!("schema = {s}")).unwrap_or_default();
+    format!(
+        r#"
+        [[routes]]
+        name = "all"
+        key_glob = "**"
+        sink = "pg"
+        {schema}
+        "#
+    )
+}
+
+/// The `postgres` sink for `table`, with its own ledger `<table>_ledger`.
+fn sink_toml(url: &str, table: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [sinks.pg]
+        type = "postgres"
+        url = "{url}"
+        table = "{table}"
+        ledger_table = "{table}_ledger"
+        {extra}
+        "#
+    )
+}
+
+fn config(fixture: &Fixture, table: &str, schema: Option<&str>, extra: &str) -> Config {
+    fixture.config_with_sinks(
+        Some(&routes(schema)),
+        "",
+        &sink_toml(&postgres_url(), table, extra),
+    )
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// (key, rows, committed) for every ledger row, by key.
+async fn ledger(client: &tokio_postgres::Client, table: &str) -> Vec<(String, Option<i64>, bool)> {
+    client
+        .query(
+            &format!("SELECT key, rows, committed_at IS NOT NULL FROM {table}_ledger ORDER BY key"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+async fn ledger_count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    // The ledger exists once the sink opened its first writer.
+    match client
+        .query_one(&format!("SELECT count(*) FROM {table}_ledger"), &[])
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(_) => 0,
+    }
+}
+
+/// Every row as text, in `columns` order, sorted by the first column.
+async fn rows_as_text(
+    client: &tokio_postgres::Client,
+    table: &str,
+    columns: &[&str],
+) -> Vec<Vec<Option<String>>> {
+    let select: Vec<String> = columns.iter().map(|c| format!("{c}::text")).collect();
+    client
+        .query(
+            &format!(
+                "SELECT {} FROM {table} ORDER BY {}",
+                select.join(", "),
+                columns[0]
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (0..columns.len()).map(|i| row.get(i)).collect())
+        .collect()
+}
+
+fn text(values: &[Option<&str>]) -> Vec<Option<String>> {
+    values.iter().map(|v| v.map(str::to_owned)).collect()
+}
+
+/// The backend whose COPY into `table` waits on a lock (see
+/// [`block_copy_at_id`]), if any.
+async fn blocked_copy_backend(client: &tokio_postgres::Client, table: &str) -> Option<i32> {
+    client
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock'
+               AND query LIKE 'COPY %' || $1 || '%'",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+/// How many backends run a COPY into `table`, in any state.
+async fn copy_backend_count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND query LIKE 'COPY %' || $1 || '%'",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Creates `table` with a primary key and holds an uncommitted row with
+/// `id` in another connection: the worker's COPY, when it reaches its own
+/// row `id`, waits on that transaction. The worker is then reliably in the
+/// middle of a COPY (earlier rows sent, no COMMIT) however fast it is.
+/// Rolling back the returned connection's transaction lets it go.
+async fn block_copy_at_id(
+    client: &tokio_postgres::Client,
+    table: &str,
+    id: i64,
+) -> tokio_postgres::Client {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price float8)"
+        ))
+        .await
+        .unwrap();
+    let blocker = connect().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {table} VALUES ({id}, 'blocker', 0)"
+        ))
+        .await
+        .unwrap();
+    blocker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_land_with_their_types_nulls_decimals_and_timestamps() {
+    let fixture = Fixture::new("pg-csv").await;
+    let client = connect().await;
+    let table = unique_table("csv");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (
+                id bigint PRIMARY KEY, name text, price numeric(12, 2),
+                ordered_at timestamp, day date, paid boolean,
+                loaded_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await
+        .unwrap();
+    let schema = r#"[
+        { name = "id", type = "int64", nullable = false },
+        { name = "name", type = "utf8" },
+        { name = "price", type = "Decimal128(12, 2)" },
+        { name = "ordered_at", type = "timestamp_ms" },
+        { name = "day", type = "date" },
+        { name = "paid", type = "bool" },
+    ]"#;
+    let (worker, _) = fixture
+        .start_worker_with_stats(config(&fixture, &table, Some(schema), ""))
+        .await;
+    let etag = fixture
+        .put(
+            "in/orders.csv",
+            "id,name,price,ordered_at,day,paid\n\
+             1,apple,12.34,2026-11-27T10:00:00.123,2026-11-27,true\n\
+             2,,,,,\n\
+             3,pear,-0.05,1999-12-31T23:59:59,1970-01-01,false\n",
+        )
+        .await;
+
+    wait_until("the ledger row and an empty queue", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    let columns = ["id", "name", "price", "ordered_at", "day", "paid"];
+    assert_eq!(
+        rows_as_text(&client, &table, &columns).await,
+        vec![
+            text(&[
+                Some("1"),
+                Some("apple"),
+                Some("12.34"),
+                Some("2026-11-27 10:00:00.123"),
+                Some("2026-11-27"),
+                Some("true")
+            ]),
+            text(&[Some("2"), None, None, None, None, None]),
+            text(&[
+                Some("3"),
+                Some("pear"),
+                Some("-0.05"),
+                Some("1999-12-31 23:59:59"),
+                Some("1970-01-01"),
+                Some("false")
+            ]),
+        ]
+    );
+    // The extra column with a default was filled by the server.
+    let defaults: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE loaded_at IS NOT NULL"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(defaults, 3);
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT target_table, bucket, key, version_identity, etag, rows, route, sink,
+                        committed_at >= started_at
+                 FROM {table}_ledger"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), table, "the table as configured");
+    assert_eq!(row.get::<_, String>(1), fixture.bucket);
+    assert_eq!(row.get::<_, String>(2), "in/orders.csv");
+    assert_eq!(row.get::<_, String>(3), etag);
+    assert_eq!(
+        row.get::<_, Option<String>>(4).as_deref(),
+        Some(etag.as_str())
+    );
+    assert_eq!(row.get::<_, Option<i64>>(5), Some(3));
+    assert_eq!(row.get::<_, String>(6), "all");
+    assert_eq!(row.get::<_, String>(7), "pg");
+    assert!(row.get::<_, bool>(8));
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferred_csv_columns_fit_narrower_integer_and_numeric_columns() {
+    let fixture = Fixture::new("pg-infer").await;
+    let client = connect().await;
+    let table = unique_table("infer");
+    // CSV inference says Int64 and Float64; the table is narrower/exact.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id integer, name varchar(40), price numeric)"
+        ))
+        .await
+        .unwrap();
+    let (worker, _) = fixture
+        .start_worker_with_stats(config(&fixture, &table, None, ""))
+        .await;
+    fixture.put("in/items.csv", csv_rows(1000)).await;
+
+    wait_until("1000 rows and an empty queue", WAIT, || async {
+        count(&client, &table).await == 1000 && fixture.queue_is_empty().await
+    })
+    .await;
+    let last = client
+        .query_one(
+            &format!("SELECT id, name, price::text FROM {table} WHERE id = 999"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(last.get::<_, String>(1), "item 999");
+    assert_eq!(last.get::<_, String>(2), "1998.5");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_only_csv_records_its_ledger_row_without_touching_the_table() {
+    let fixture = Fixture::new("pg-empty").await;
+    let client = connect().await;
+    let table = unique_table("empty");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint NOT NULL, price numeric)"
+        ))
+        .await
+        .unwrap();
+    let (worker, _) = fixture
+        .start_worker_with_stats(config(&fixture, &table, None, ""))
+        .await;
+    // Its columns infer as text, which a bigint column would refuse; with
+    // no rows there is nothing to check.
+    fixture.put("in/header-only.csv", "id,price\n").await;
+
+    wait_until("the ledger row and an empty queue", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(
+        ledger(&client, &table).await,
+        vec![("in/header-only.csv".to_owned(), Some(0), true)]
+    );
+    assert_eq!(count(&client, &table).await, 0);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}
+
+fn parquet_file() -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int32, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("label", DataType::Utf8, true),
+        Field::new(
+            "seen_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("amount", DataType::Decimal128(10, 3), true),
+        Field::new("blob", DataType::Binary, true),
+        Field::new("flag", DataType::Boolean, true),
+        Field::new("day", DataType::Date32, true),
+        Field::new("small", DataType::UInt16, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2, 3])),
+            Arc::new(Float64Array::from(vec![Some(0.25), None, Some(-1e10)])),
+            Arc::new(StringArray::from(vec![Some("héllo"), None, Some("")])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![Some(1_764_237_600_000_001), None, Some(0)])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                Decimal128Array::from(vec![Some(1_234_567), None, Some(-1)])
+                    .with_precision_and_scale(10, 3)
+                    .unwrap(),
+            ),
+            Arc::new(BinaryArray::from(vec![
+                Some(&b"\x00\xff"[..]),
+                None,
+                Some(&b""[..]),
+            ])),
+            Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])),
+            Arc::new(Date32Array::from(vec![Some(20_419), None, Some(-1)])),
+            Arc::new(UInt16Array::from(vec![Some(65_535), None, Some(0)])),
+        ],
+    )
+    .unwrap();
+    let mut buffer = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buffer, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    buffer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_file_creates_the_table_when_create_table_is_set() {
+    let fixture = Fixture::new("pg-parquet").await;
+    let client = connect().await;
+    let table = unique_table("parquet");
+    let (worker, _) = fixture
+        .start_worker_with_stats(config(&fixture, &table, None, "create_table = true"))
+        .await;
+    fixture.put("in/data.parquet", parquet_file()).await;
+
+    wait_until("3 rows and an empty queue", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    let types: Vec<(String, String, String)> = client
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text
+             FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let expected = [
+        ("id", "integer", "NO"),
+        ("score", "double precision", "YES"),
+        ("label", "text", "YES"),
+        ("seen_at", "timestamp with time zone", "YES"),
+        ("amount", "numeric", "YES"),
+        ("blob", "bytea", "YES"),
+        ("flag", "boolean", "YES"),
+        ("day", "date", "YES"),
+        ("small", "integer", "YES"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(types, expected);
+
+    client.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
+    let columns = [
+        "id", "score", "label", "seen_at", "amount", "blob", "flag", "day", "small",
+    ];
+    assert_eq!(
+        rows_as_text(&client, &table, &columns).await,
+        vec![
+            text(&[
+                Some("1"),
+                Some("0.25"),
+                Some("héllo"),
+                Some("2025-11-27 10:00:00.000001+00"),
+                Some("1234.567"),
+                Some("\\x00ff"),
+                Some("true"),
+                Some("2025-11-27"),
+                Some("65535"),
+            ]),
+            text(&[Some("2"), None, None, None, None, None, None, None, None]),
+            text(&[
+                Some("3"),
+                Some("-10000000000"),
+                Some(""),
+                Some("1970-01-01 00:00:00+00"),
+                Some("-0.001"),
+                Some("\\x"),
+                Some("false"),
+                Some("1969-12-31"),
+                Some("0"),
+            ]),
+        ]
+    );
+    let precision: (i32, i32) = client
+        .query_one(
+            "SELECT numeric_precision, numeric_scale FROM information_schema.columns
+             WHERE table_name = $1 AND column_name = 'amount'",
+            &[&table],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(precision, (10, 3));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_mismatches_are_dead_lettered_naming_the_column() {
+    let fixture = Fixture::new("pg-mismatch").await;
+    let client = connect().await;
+    let table = unique_table("mismatch");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint NOT NULL, name text, price date)"
+        ))
+        .await
+        .unwrap();
+    let (worker, _) = fixture
+        .start_worker_with_stats(config(&fixture, &table, None, ""))
+        .await;
+    fixture
+        .put("in/extra.csv", "id,name,colour\n1,a,red\n")
+        .await;
+    fixture.put("in/no-id.csv", "name\na\n").await;
+    fixture.put("in/wrong-type.csv", "id,price\n1,2.5\n").await;
+
+    let mut letters = fixture.wait_for_dead_letters(3).await;
+    letters.sort_by(|a, b| a.key.cmp(&b.key));
+    for letter in &letters {
+        assert_eq!(letter.error_kind, "sink_error", "{letter:?}");
+    }
+    let reasons: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+    assert!(reasons[0].contains("no column `colour`"), "{}", reasons[0]);
+    assert!(
+        reasons[1].contains("column `id`") && reasons[1].contains("NOT NULL"),
+        "{}",
+        reasons[1]
+    );
+    assert!(
+        reasons[2].contains("column `price`") && reasons[2].contains("Float64"),
+        "{}",
+        reasons[2]
+    );
+    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    assert_eq!(count(&client, &table).await, 0);
+    assert_eq!(ledger_count(&client, &table).await, 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
+    let fixture = Fixture::new("pg-pk").await;
+    let client = connect().await;
+    let table = unique_table("pk");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price float8);
+             INSERT INTO {table} VALUES (5, 'already here', 1);"
+        ))
+        .await
+        .unwrap();
+    let (worker, _) = fixture
+        // One connection: the failed load's must not come back aborted.
+        .start_worker_with_stats(config(&fixture, &table, None, "pool_size = 1"))
+        .await;
+    fixture.put("in/conflict.csv", csv_rows(10)).await;
+
+    let letters = fixture.wait_for_dead_letters(1).await;
+    assert_eq!(letters[0].error_kind, "sink_error");
+    assert!(
+        letters[0].error.contains("23505") && letters[0].error.contains(&table),
+        "{}",
+        letters[0].error
+    );
+    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    assert_eq!(
+        count(&client, &table).await,
+        1,
+        "only the row that was there"
+    );
+    assert_eq!(ledger_count(&client, &table).await, 0);
+
+    fixture
+        .put("in/fine.csv", "id,name,price\n100,new,2.5\n")
+        .await;
+    wait_until("the next file committed", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 2);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_delivered_again_commits_its_rows_once() {
+    let fixture = Fixture::new("pg-dup").await;
+    let client = connect().await;
+    let table = unique_table("dup");
+    let (worker, stats) = fixture
+        .start_worker_with_stats(config(&fixture, &table, None, "create_table = true"))
+        .await;
+    let body = csv_rows(500);
+    let size = body.len() as u64;
+    let etag = fixture.put("in/once.csv", body).await;
+    wait_until("the first delivery committed", WAIT, || async {
+        stats.objects_committed.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 500);
+
+    let event = s3_event(&fixture.bucket, &[("in/once.csv", etag.as_str(), size)]).to_string();
+    fixture.send_raw(&event).await;
+    fixture.send_raw(&event).await;
+    wait_until(
+        "both redeliveries handled and an empty queue",
+        WAIT,
+        || async {
+            stats.objects_committed.load(Ordering::Relaxed) >= 3 && fixture.queue_is_empty().await
+        },
+    )
+    .await;
+    assert_eq!(count(&client, &table).await, 500);
+    assert_eq!(
+        ledger(&client, &table).await,
+        vec![("in/once.csv".to_owned(), Some(500), true)]
+    );
+    assert_eq!(stats.objects_committed.load(Ordering::Relaxed), 3);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_racing_on_the_same_object_commit_it_once() {
+    let fixture = Fixture::new("pg-race").await;
+    let client = connect().await;
+    let table = unique_table("race");
+    let config = config(&fixture, &table, None, "create_table = true");
+    let (first, first_stats) = fixture.start_worker_with_stats(config.clone()).await;
+    let (second, second_stats) = fixture.start_worker_with_stats(config).await;
+    let body = csv_rows(50_000);
+    let size = body.len() as u64;
+    let etag = fixture.put("in/raced.csv", body).await;
+    // The notification plus three copies: both workers take some at once.
+    let event = s3_event(&fixture.bucket, &[("in/raced.csv", etag.as_str(), size)]).to_string();
+    for _ in 0..3 {
+        fixture.send_raw(&event).await;
+    }
+    let committed = || {
+        first_stats.objects_committed.load(Ordering::Relaxed)
+            + second_stats.objects_committed.load(Ordering::Relaxed)
+    };
+    wait_until(
+        "all four deliveries handled and an empty queue",
+        WAIT,
+        || async { committed() >= 4 && fixture.queue_is_empty().await },
+    )
+    .await;
+    assert_eq!(count(&client, &table).await, 50_000);
+    assert_eq!(
+        ledger(&client, &table).await,
+        vec![("in/raced.csv".to_owned(), Some(50_000), true)]
+    );
+    assert!(fixture.take_dead_letters().await.is_empty());
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_first_loads_of_different_files_create_the_table_once() {
+    let fixture = Fixture::new("pg-create-race").await;
+    let client = connect().await;
+    let table = unique_table("createrace");
+    let config = config(&fixture, &table, None, "create_table = true");
+    let (first, first_stats) = fixture.start_worker_with_stats(config.clone()).await;
+    let (second, second_stats) = fixture.start_worker_with_stats(config).await;
+    let files: Vec<_> = (0..8)
+        .map(|i| (format!("in/part-{i}.csv"), csv_rows(100).into_bytes()))
+        .collect();
+    fixture.put_many(files).await;
+    wait_until("eight files committed and an empty queue", WAIT, || async {
+        first_stats.objects_committed.load(Ordering::Relaxed)
+            + second_stats.objects_committed.load(Ordering::Relaxed)
+            >= 8
+            && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 800);
+    assert_eq!(ledger(&client, &table).await.len(), 8);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_copy_and_commit_loads_the_file_once_after_redelivery() {
+    let fixture = Fixture::new("pg-crash").await;
+    let client = connect().await;
+    let table = unique_table("crash");
+    let rows = 100_000;
+    let blocker = block_copy_at_id(&client, &table, rows as i64 - 1).await;
+    let mut config = config(&fixture, &table, None, "");
+    config.queue.visibility_timeout_secs = 5;
+    let log = fixture.output_dir().join("worker.log");
+    let mut child = fixture.spawn_worker_process(&config, &log);
+    fixture.put("in/big.csv", csv_rows(rows)).await;
+
+    wait_until(
+        "the worker's COPY blocked on its last row",
+        WAIT,
+        || async { blocked_copy_backend(&client, &table).await.is_some() },
+    )
+    .await;
+    // Mid-COPY, before COMMIT: nothing is visible yet.
+    assert_eq!(count(&client, &table).await, 0);
+    child.kill().unwrap(); // SIGKILL
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // A backend waiting on a lock does not notice its client is gone; once
+    // the lock is released it reads EOF and rolls back.
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    wait_until("the killed worker's backend gone", WAIT, || async {
+        copy_backend_count(&client, &table).await == 0
+    })
+    .await;
+    assert_eq!(
+        count(&client, &table).await,
+        0,
+        "the open transaction rolled back"
+    );
+    assert_eq!(ledger_count(&client, &table).await, 0);
+
+    let mut child = fixture.spawn_worker_process(&config, &log);
+    wait_until(
+        "the file committed after redelivery and an empty queue",
+        WAIT,
+        || async {
+            ledger(&client, &table)
+                .await
+                .iter()
+                .any(|(_, _, committed)| *committed)
+                && fixture.queue_is_empty().await
+        },
+    )
+    .await;
+    assert_eq!(count(&client, &table).await, rows as i64);
+    assert_eq!(
+        ledger(&client, &table).await,
+        vec![("in/big.csv".to_owned(), Some(rows as i64), true)]
+    );
+    assert!(fixture.take_dead_letters().await.is_empty());
+    child.kill().unwrap();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_terminated_mid_copy_is_retried_and_lands_once() {
+    let fixture = Fixture::new("pg-terminate").await;
+    let client = connect().await;
+    let table = unique_table("terminate");
+    let rows = 100_000;
+    let blocker = block_copy_at_id(&client, &table, rows as i64 - 1).await;
+    let mut config = config(&fixture, &table, None, "");
+    config.queue.visibility_timeout_secs = 5;
+    let (worker, stats) = fixture.start_worker_with_stats(config).await;
+    fixture.put("in/big.csv", csv_rows(rows)).await;
+
+    let copying = std::sync::Mutex::new(None);
+    wait_until(
+        "the worker's COPY blocked on its last row",
+        WAIT,
+        || async {
+            let pid = blocked_copy_backend(&client, &table).await;
+            *copying.lock().unwrap() = pid;
+            pid.is_some()
+        },
+    )
+    .await;
+    let pid = copying.lock().unwrap().expect("a COPY backend");
+    let terminated: bool = client
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    wait_until(
+        "the file committed after the retry and an empty queue",
+        WAIT,
+        || async {
+            ledger(&client, &table)
+                .await
+                .iter()
+                .any(|(_, _, committed)| *committed)
+                && fixture.queue_is_empty().await
+        },
+    )
+    .await;
+    assert!(stats.messages_left_for_retry.load(Ordering::Relaxed) >= 1);
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(count(&client, &table).await, rows as i64);
+    assert_eq!(ledger(&client, &table).await.len(), 1);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_leaves_the_object_for_retry() {
+    let fixture = Fixture::new("pg-down").await;
+    let client = connect().await;
+    let table = unique_table("down");
+    // Nothing listens on port 1: every connection is refused.
+    let mut down = fixture.config_with_sinks(
+        Some(&routes(None)),
+        "",
+        &sink_toml(
+            "postgres://postgres@127.0.0.1:1/postgres",
+            &table,
+            "create_table = true\nconnect_timeout_secs = 2",
+        ),
+    );
+    down.queue.visibility_timeout_secs = 3;
+    let (worker, stats) = fixture.start_worker_with_stats(down).await;
+    fixture.put("in/waiting.csv", csv_rows(20)).await;
+    wait_until("two failed attempts left for retry", WAIT, || async {
+        stats.messages_left_for_retry.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+
+    // The database is back (the right address): the same message lands.
+    let mut up = config(&fixture, &table, None, "create_table = true");
+    up.queue.visibility_timeout_secs = 3;
+    let (worker, _) = fixture.start_worker_with_stats(up).await;
+    wait_until("the rows and an empty queue", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 20);
+    worker.stop().await;
+}
+
+/// The sink's contract through its own API, with a pool of one connection:
+/// a writer dropped mid-COPY leaves nothing (not even the table it
+/// created) and its connection is not reused with the transaction open; a
+/// committed version is reported as already committed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_twice() {
+    use s3_ingest::sink::postgres::{PostgresSink, PostgresSinkConfig};
+    use s3_ingest::sink::{Lineage, Sink, SinkContext};
+
+    let client = connect().await;
+    let table = unique_table("contract");
+    let config: PostgresSinkConfig = toml::from_str(&format!(
+        r#"
+        url = "{url}"
+        table = "{table}"
+        ledger_table = "{table}_ledger"
+        create_table = true
+        pool_size = 1
+        "#,
+        url = postgres_url()
+    ))
+    .unwrap();
+    let context = SinkContext {
+        s3: clients().s3,
+        expected_bucket_owner: None,
+    };
+    let sink = PostgresSink::new("pg", &config, &context).unwrap();
+    let lineage = Lineage {
+        bucket: "vendor".into(),
+        key: "in/a.csv".into(),
+        version_id: None,
+        etag: Some("etag-1".into()),
+        size: 10,
+        event_time: None,
+        route: "all".into(),
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec![Some("a"), None])),
+        ],
+    )
+    .unwrap();
+    let table_exists = || async {
+        client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+
+    let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+    writer.write(batch.clone()).await.unwrap();
+    assert!(
+        !table_exists().await,
+        "created in the open transaction only"
+    );
+    drop(writer);
+    assert!(!table_exists().await);
+    assert_eq!(ledger_count(&client, &table).await, 0);
+
+    // The only pooled connection: had it come back with the dropped
+    // transaction open, this open would see its own uncommitted ledger row.
+    let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+    writer.write(batch.clone()).await.unwrap();
+    let receipt = writer.commit().await.unwrap();
+    assert!(!receipt.already_committed);
+    assert_eq!(receipt.rows, 2);
+    assert_eq!(receipt.location, format!("public.{table}"));
+
+    let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+    writer.write(batch).await.unwrap();
+    let receipt = writer.commit().await.unwrap();
+    assert!(receipt.already_committed);
+    assert_eq!(receipt.rows, 2);
+    assert_eq!(count(&client, &table).await, 2);
+    assert_eq!(
+        ledger(&client, &table).await,
+        vec![("in/a.csv".to_owned(), Some(2), true)]
+    );
+}

@@ -6,7 +6,9 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/s3-ingest/target
 export CARGO_TARGET_DIR
 
 WITH_LOCALSTACK := localstack/with-localstack.sh
-# The http sink's tests also insert into a real ClickHouse (Debian's package).
+# The sink tests need real servers: PostgreSQL and ClickHouse, installed
+# from Debian's packages when missing, started for the run and stopped after.
+WITH_POSTGRES := tests/services/with-postgres.sh
 WITH_CLICKHOUSE := tests/services/with-service.sh tests/services/clickhouse.sh
 
 .PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo
@@ -16,10 +18,12 @@ all: build
 build:
 	cargo build --all-targets
 
-## Every test: unit tests and the LocalStack integration tests. Starts
-## LocalStack (installing it into a venv the first time) and stops it after.
+## Every test: unit tests, the LocalStack integration tests, the sink tests
+## against real PostgreSQL and ClickHouse, and a minute of fuzzing. Starts
+## what it needs (installing LocalStack into a venv, and the servers from
+## Debian's packages, the first time) and stops what it started.
 test:
-	$(WITH_LOCALSTACK) $(WITH_CLICKHOUSE) cargo test --all-targets
+	$(WITH_LOCALSTACK) $(WITH_POSTGRES) $(WITH_CLICKHOUSE) cargo test --all-targets
 	fuzz/smoke.sh
 
 ## Unit tests only (no LocalStack).

@@ -554,18 +554,19 @@ impl Worker {
     async fn send_dead_letter(&self, envelope: &DeadLetter) -> bool {
         let bucket = envelope.bucket.as_deref().unwrap_or("");
         let key = envelope.key.as_deref().unwrap_or("");
+        let route = envelope.route.as_deref().unwrap_or("");
         if !self.queue.has_dead_letter_queue() {
-            error!(bucket, key, error_kind = %envelope.error_kind, error = %envelope.error,
+            error!(bucket, key, route, error_kind = %envelope.error_kind, error = %envelope.error,
                 "poison, but no dlq_url is configured; leaving the message to the queue's redrive policy");
             return false;
         }
         match self.queue.dead_letter(&envelope.to_json()).await {
             Ok(()) => {
-                error!(bucket, key, error_kind = %envelope.error_kind, error = %envelope.error, "dead-lettered");
+                error!(bucket, key, route, error_kind = %envelope.error_kind, error = %envelope.error, "dead-lettered");
                 true
             }
             Err(err) => {
-                error!(bucket, key, error_kind = %envelope.error_kind, dlq_error = %err,
+                error!(bucket, key, route, error_kind = %envelope.error_kind, dlq_error = %err,
                     "dead-letter send failed; the message stays on the queue");
                 false
             }

@@ -31,7 +31,9 @@ pub enum IngestError {
         offset: u64,
         detail: String,
     },
-    #[error("{uri}: CSV schema inference failed: {detail}")]
+    /// The file's columns cannot be used: CSV inference failed, the header
+    /// repeats a name, or a Parquet file does not match the route's schema.
+    #[error("{uri}: unusable schema: {detail}")]
     Schema { uri: String, detail: String },
     #[error("{uri}: CSV data rows {first_row}..={last_row}: {detail}")]
     Csv {

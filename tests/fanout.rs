@@ -100,3 +100,40 @@ async fn every_sink_commits_before_the_delete_and_a_failed_sink_is_retried_safel
     assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_rejects_the_object_dead_letters_it_naming_that_sink() {
+    let fixture = Fixture::new("fanout-reject").await;
+    let server = util::http_server::HttpTestServer::start().await;
+    server.fail_always(400, "table events does not exist");
+    let routes = r#"
+        [[routes]]
+        name = "both"
+        key_glob = "**"
+        sinks = ["lake", "events_api"]
+    "#;
+    let sinks = format!(
+        r#"
+        [sinks.events_api]
+        type = "http"
+        url = "{}"
+        format = "ndjson"
+        "#,
+        server.url("/insert")
+    );
+    let config = fixture.config_with_sinks(Some(routes), "", &sinks);
+    let worker = fixture.start_worker(config);
+    fixture.put("in/c.csv", csv_rows(3)).await;
+
+    let letters = fixture.wait_for_dead_letters(1).await;
+    assert_eq!(letters[0].error_kind, "sink_error");
+    assert_eq!(letters[0].route.as_deref(), Some("both"));
+    let reason = &letters[0].error;
+    assert!(reason.contains("sink `events_api`"), "{reason}");
+    assert!(reason.contains("table events does not exist"), "{reason}");
+    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    // The sink before it in the route's order committed; that copy stays,
+    // and a replay after the fix would overwrite it, not add to it.
+    assert_eq!(rows_by_key(fixture.output_dir())["in/c.csv"], vec![3]);
+    worker.stop().await;
+}

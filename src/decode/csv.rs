@@ -182,7 +182,9 @@ fn infer_schema(
             None => {
                 return Err(IngestError::Schema {
                     uri: uri.to_owned(),
-                    detail: format!("no line ends within the first {limit} bytes"),
+                    detail: format!(
+                        "CSV schema inference: no line ends within the first {limit} bytes"
+                    ),
                 });
             }
         }

@@ -155,7 +155,7 @@ PY
   http)
     echo
     echo "==> landed in ClickHouse: table $table"
-    curl -fsS "$clickhouse" --data-binary "SELECT count() AS rows, sum(quantity) AS quantity FROM $table FORMAT PrettyCompact"
+    curl -fsS "$clickhouse" --data-binary "SELECT count() AS rows, sum(quantity) AS quantity FROM $table FORMAT PrettyCompactNoEscapes"
     ;;
 esac
 

@@ -117,6 +117,24 @@ pub async fn run_with_clients(
     Ok(())
 }
 
+/// Builds every sink without using it, as `run` would at start-up: catches
+/// what only shows then (a secret's environment variable missing, a URL
+/// that does not parse). Returns the failures by sink name.
+pub async fn check_sinks(config: &Config) -> Vec<(String, sink::SinkError)> {
+    let clients = AwsClients::from_config(&config.aws).await;
+    let context = sink::SinkContext {
+        s3: clients.s3,
+        expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
+    };
+    let mut failures = Vec::new();
+    for (name, sink_config) in &config.sinks {
+        if let Err(err) = sink::build(name, sink_config, &context) {
+            failures.push((name.clone(), err));
+        }
+    }
+    failures
+}
+
 /// Checks the queue and wires the worker's parts together.
 pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker, RunError> {
     let queue = SqsQueue::new(

@@ -67,7 +67,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, s3_ingest::config::Conf
     Config::load(path.map(PathBuf::as_path), std::env::vars())
 }
 
-fn check_config(config: &Config) -> ExitCode {
+async fn check_config(config: &Config) -> ExitCode {
     println!("# resolved configuration\n");
     println!(
         "{}",
@@ -84,7 +84,15 @@ fn check_config(config: &Config) -> ExitCode {
             sink = route.sink_names().join(" + "),
         );
     }
-    ExitCode::SUCCESS
+    let failures = s3_ingest::check_sinks(config).await;
+    for (name, err) in &failures {
+        eprintln!("error: cannot set up sink `{name}`: {err}");
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }
 
 /// The first SIGTERM/SIGINT starts a graceful drain; a second one exits
@@ -125,7 +133,7 @@ async fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => check_config(&config),
+        Command::CheckConfig => check_config(&config).await,
         Command::Healthcheck { url } => {
             let url = url.unwrap_or_else(|| config.status.local_healthz_url());
             match s3_ingest::status::probe(&url).await {

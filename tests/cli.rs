@@ -60,6 +60,24 @@ fn check_config_prints_the_resolved_config_and_routes() {
 }
 
 #[test]
+fn check_config_builds_the_sinks_and_names_a_missing_secret_variable() {
+    let text = format!(
+        "{VALID}\n[sinks.api]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/insert\"\nformat = \"ndjson\"\nheaders_from_env = {{ Authorization = {{ env = \"S3I_CLI_TEST_UNSET_TOKEN\" }} }}\n"
+    );
+    let config = write_config(&text);
+    let output = binary()
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .env_remove("S3I_CLI_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("sink `api`"), "{stderr}");
+    assert!(stderr.contains("S3I_CLI_TEST_UNSET_TOKEN"), "{stderr}");
+}
+
+#[test]
 fn invalid_config_exits_2_naming_the_key() {
     let config = write_config(&VALID.replace("[queue]", "[queue]\nmax_messages = 50"));
     let output = binary()

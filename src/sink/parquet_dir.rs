@@ -7,8 +7,10 @@
 //! a final name, and a redelivered object replaces its own file instead of
 //! adding a second one.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -27,9 +29,17 @@ pub const META_SOURCE_KEY: &str = "s3_ingest.source_key";
 pub const META_SOURCE_ETAG: &str = "s3_ingest.source_etag";
 pub const META_SOURCE_VERSION_ID: &str = "s3_ingest.source_version_id";
 
+/// A hidden temporary file untouched for this long was left by a worker
+/// that was killed mid-write: no live writer pauses that long (a message's
+/// lease ends after `max_lease_secs`, 2 h by default).
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub struct ParquetDirSink {
     name: String,
     root: PathBuf,
+    /// Bucket directories already swept of stale temporary files by this
+    /// process (once each is enough).
+    swept: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl ParquetDirSink {
@@ -37,8 +47,36 @@ impl ParquetDirSink {
         ParquetDirSink {
             name: name.to_owned(),
             root,
+            swept: Arc::default(),
         }
     }
+}
+
+/// Removes hidden `.*.tmp` files in `dir` not modified for `older_than`;
+/// returns how many. Best effort: a file another worker removes first, or
+/// one that cannot be read, is skipped.
+fn sweep_stale_temp_files(dir: &Path, older_than: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// `<root>/<bucket>/<readable key>-<16 hex of sha256(bucket, key, version)>.parquet`.
@@ -121,7 +159,19 @@ impl Sink for ParquetDirSink {
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
         let final_path = output_path(&self.root, lineage);
         let metadata = lineage_metadata(lineage);
+        let swept = self.swept.clone();
         let writer = tokio::task::spawn_blocking(move || {
+            let dir = final_path.parent().expect("output path has a directory");
+            let first_visit = swept
+                .lock()
+                .expect("sweep set is never poisoned")
+                .insert(dir.to_path_buf());
+            if first_visit {
+                let removed = sweep_stale_temp_files(dir, STALE_TEMP_AGE);
+                if removed > 0 {
+                    tracing::info!(dir = %dir.display(), removed, "removed stale temporary files left by killed workers");
+                }
+            }
             ParquetDirWriter::create(final_path, schema, metadata)
         })
         .await
@@ -375,6 +425,36 @@ mod tests {
                 .count(),
             1
         );
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn only_old_hidden_temporary_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let day_ago = SystemTime::now() - Duration::from_secs(25 * 3600);
+        let old_temp = dir.path().join(".a.parquet.1-x.tmp");
+        let fresh_temp = dir.path().join(".b.parquet.2-y.tmp");
+        let old_data = dir.path().join("c.parquet");
+        for path in [&old_temp, &fresh_temp, &old_data] {
+            std::fs::write(path, b"x").unwrap();
+        }
+        for path in [&old_temp, &old_data] {
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(day_ago)
+                .unwrap();
+        }
+        assert_eq!(sweep_stale_temp_files(dir.path(), STALE_TEMP_AGE), 1);
+        assert!(!old_temp.exists());
+        assert!(fresh_temp.exists(), "a live writer's file is kept");
+        assert!(old_data.exists(), "committed files are never touched");
     }
 }
 

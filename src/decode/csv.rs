@@ -193,11 +193,20 @@ fn infer_schema(
     };
     let (schema, _records) = format
         .infer_schema(Cursor::new(complete), Some(options.infer_rows.get()))
-        .map_err(|err| IngestError::Csv {
-            uri: uri.to_owned(),
-            first_row: 1,
-            last_row: options.infer_rows.get() as u64,
-            detail: format!("while inferring the schema: {err}"),
+        .map_err(|err| {
+            let detail = err.to_string();
+            // arrow-csv names the record ("at line N", the header counted)
+            // when it can; otherwise the fault is somewhere in the sample.
+            let (first_row, last_row) = match inference_error_row(&detail, options.header) {
+                Some(row) => (row, row),
+                None => (1, options.infer_rows.get() as u64),
+            };
+            IngestError::Csv {
+                uri: uri.to_owned(),
+                first_row,
+                last_row,
+                detail: format!("while inferring the schema: {detail}"),
+            }
         })?;
     // Two columns with one name land as a table no engine can address
     // (and that Parquet readers and databases reject): poison.
@@ -226,6 +235,20 @@ fn infer_schema(
         })
         .collect();
     Ok((Arc::new(Schema::new(fields)), sample))
+}
+
+/// The data row an inference error names: arrow-csv reports "at line N"
+/// counting records from 1 with the header as record 1.
+fn inference_error_row(detail: &str, header: bool) -> Option<u64> {
+    let (_, after) = detail.rsplit_once("at line ")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    let record: u64 = digits.parse().ok()?;
+    let row = if header {
+        record.checked_sub(1)?
+    } else {
+        record
+    };
+    (row > 0).then_some(row)
 }
 
 #[cfg(test)]
@@ -383,5 +406,20 @@ mod tests {
         assert_eq!(result.unwrap().rows, 2);
         let ids: &Int64Array = batches[0].column(0).as_primitive();
         assert_eq!(ids.values().to_vec(), vec![7, 8]);
+    }
+
+    #[test]
+    fn an_inference_error_names_the_data_row() {
+        let (result, _) = run(b"a,b\n1,2\n3,4,5\n6,7\n".to_vec(), job(None));
+        match result.unwrap_err() {
+            IngestError::Csv {
+                first_row,
+                last_row,
+                ..
+            } => assert_eq!((first_row, last_row), (2, 2)),
+            other => panic!("{other}"),
+        }
+        assert_eq!(inference_error_row("x at line 7", false), Some(7));
+        assert_eq!(inference_error_row("no position", true), None);
     }
 }

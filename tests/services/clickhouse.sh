@@ -41,7 +41,9 @@ install_if_missing() {
     exit 1
   fi
   echo "installing clickhouse-server from Debian..." >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends clickhouse-server >&2
+  # A fresh machine may have no package lists yet: update and try again.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends clickhouse-server >&2 ||
+    { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends clickhouse-server >&2; }
 }
 
 write_config() {

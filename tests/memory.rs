@@ -310,6 +310,20 @@ async fn wait_for_ingest(fixture: &Fixture, worker: &mut std::process::Child, ke
     }
 }
 
+/// Removes an ingested object at once: LocalStack keeps objects on the
+/// shared machine's disk, and this test writes well over a GiB.
+async fn delete_object(fixture: &Fixture, key: &str) {
+    fixture
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&fixture.bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -343,6 +357,7 @@ async fn worker_memory_does_not_grow_with_file_size() {
         let committed = wait_for_ingest(&fixture, &mut worker, key).await;
         assert_eq!(committed as u64, rows.load(Ordering::Relaxed), "{key}");
         peaks.push((key, bytes, sampler.take_peak()));
+        delete_object(&fixture, key).await;
     }
 
     let scratch = tempfile::tempdir().unwrap();
@@ -367,6 +382,7 @@ async fn worker_memory_does_not_grow_with_file_size() {
         parquet_bytes,
         sampler.take_peak(),
     ));
+    delete_object(&fixture, "in/big-row-groups.parquet").await;
 
     let high_water_kib = proc_status_kib(pid, "VmHWM:").unwrap();
     drop(sampler);

@@ -32,6 +32,7 @@ use crate::dead_letter::DeadLetter;
 use crate::ingest::Ingestor;
 use crate::lease::{Lease, LeaseEnd, LeaseTiming};
 use crate::notification::{self, Notification, ObjectRef};
+use crate::queue::batcher::{BatchOperation, Batcher};
 use crate::queue::{Queue, QueueError, ReceivedMessage};
 use crate::route::Router;
 use crate::status::Liveness;
@@ -40,6 +41,37 @@ use crate::telemetry;
 /// While every object slot is busy, the receive loop still goes round this
 /// often, so `/healthz` can tell "busy" from "stuck".
 const LIVENESS_TICK: Duration = Duration::from_secs(5);
+
+/// How long a finished message waits for others to share its delete (or
+/// release) request. Short, because it is latency added to every message.
+const BATCH_LINGER: Duration = Duration::from_millis(5);
+
+/// The batched acknowledgements of one `run`: deletes of finished messages
+/// and releases (visibility 0) of abandoned ones. Visibility extensions
+/// stay single requests: each is a per-message timer (see `lease.rs`).
+struct Acknowledgements {
+    deletes: Batcher,
+    releases: Batcher,
+}
+
+impl Acknowledgements {
+    fn start(queue: &Arc<dyn Queue>) -> Acknowledgements {
+        Acknowledgements {
+            deletes: Batcher::start(queue.clone(), BatchOperation::Delete, BATCH_LINGER),
+            releases: Batcher::start(
+                queue.clone(),
+                BatchOperation::SetVisibility { timeout_secs: 0 },
+                BATCH_LINGER,
+            ),
+        }
+    }
+
+    /// Sends what is still waiting; called once every message is finished.
+    async fn close(&self) {
+        self.deletes.close().await;
+        self.releases.close().await;
+    }
+}
 
 /// What happened to one object of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +237,7 @@ impl Worker {
             .with_max_delay(Duration::from_secs(30))
             .without_max_times();
         let mut backoff = backoff_builder.build();
+        let acknowledgements = Arc::new(Acknowledgements::start(&self.queue));
         info!(concurrency = self.settings.concurrency, "worker started");
 
         loop {
@@ -237,7 +270,8 @@ impl Worker {
                     // messages it hands to a dropped request stay hidden
                     // for a whole visibility timeout. Release them instead.
                     let worker = self.clone();
-                    tracker.spawn(async move { worker.release_late_receive(receive).await });
+                    let acknowledgements = acknowledgements.clone();
+                    tracker.spawn(async move { worker.release_late_receive(receive, &acknowledgements).await });
                     break;
                 }
                 received = &mut receive => received,
@@ -249,10 +283,15 @@ impl Worker {
                         self.stats.received();
                         let worker = self.clone();
                         let abandon = abandon.clone();
+                        let acknowledgements = acknowledgements.clone();
                         let span = info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
                         tracker.spawn(
-                            async move { worker.handle_message(message, abandon).await }
-                                .instrument(span),
+                            async move {
+                                worker
+                                    .handle_message(message, abandon, &acknowledgements)
+                                    .await
+                            }
+                            .instrument(span),
                         );
                     }
                 }
@@ -294,6 +333,9 @@ impl Worker {
             abandon.cancel();
             tracker.wait().await;
         }
+        // Every message task has had its answer, so nothing is waiting;
+        // closing stops the batchers (and would send any stragglers).
+        acknowledgements.close().await;
         info!(stats = ?self.stats, "worker stopped");
     }
 
@@ -305,25 +347,33 @@ impl Worker {
     async fn release_late_receive(
         &self,
         receive: impl Future<Output = Result<Vec<ReceivedMessage>, QueueError>>,
+        acknowledgements: &Acknowledgements,
     ) {
         let Ok(messages) = receive.await else {
             return;
         };
-        for message in messages {
+        let releases = messages.iter().map(|message| async move {
             self.stats.received();
             self.stats.released();
-            match self.queue.set_visibility(&message.receipt_handle, 0).await {
-                Ok(()) => {
-                    info!(message_id = %message.message_id, "message received during shutdown released")
-                }
-                Err(err) => {
-                    warn!(message_id = %message.message_id, error = %err, "could not release message received during shutdown")
-                }
+            // A failure is logged by the batcher, with its SQS code.
+            if acknowledgements
+                .releases
+                .submit(&message.message_id, &message.receipt_handle)
+                .await
+                .is_ok()
+            {
+                info!(message_id = %message.message_id, "message received during shutdown released")
             }
-        }
+        });
+        join_all(releases).await;
     }
 
-    async fn handle_message(self: Arc<Self>, message: ReceivedMessage, abandon: CancellationToken) {
+    async fn handle_message(
+        self: Arc<Self>,
+        message: ReceivedMessage,
+        abandon: CancellationToken,
+        acknowledgements: &Acknowledgements,
+    ) {
         let mut lease = Lease::start(
             self.queue.clone(),
             message.receipt_handle.clone(),
@@ -350,9 +400,10 @@ impl Worker {
                 self.stats.extended(&lease);
                 drop(lease);
                 self.stats.released();
-                match self.queue.set_visibility(&message.receipt_handle, 0).await {
+                match acknowledgements.releases.submit(&message.message_id, &message.receipt_handle).await {
                     Ok(()) => info!("message released"),
-                    Err(err) => warn!(error = %err, "could not release message; it returns after its visibility timeout"),
+                    // The batcher logged the SQS code and message.
+                    Err(_) => warn!("could not release message; it returns after its visibility timeout"),
                 }
                 return;
             }
@@ -360,11 +411,19 @@ impl Worker {
         self.stats.extended(&lease);
         drop(lease);
         match outcome {
-            MessageOutcome::Done => match self.queue.delete(&message.receipt_handle).await {
+            MessageOutcome::Done => match acknowledgements
+                .deletes
+                .submit(&message.message_id, &message.receipt_handle)
+                .await
+            {
                 Ok(()) => self.stats.deleted(),
-                // Not retried: redelivery is the retry, and the sinks are idempotent.
+                // Not retried: redelivery is the retry, and the sinks are
+                // idempotent. The batcher logged the SQS code and message.
                 Err(err) => {
-                    warn!(error = %err, hint = err.hint(), "delete failed; the message will be redelivered")
+                    warn!(
+                        hint = err.hint(),
+                        "delete failed; the message will be redelivered"
+                    )
                 }
             },
             MessageOutcome::Retry => {
@@ -715,6 +774,26 @@ mod tests {
         assert_eq!(stats.messages_discarded.load(Ordering::Relaxed), 1);
         assert_eq!(stats.objects_unmatched.load(Ordering::Relaxed), 1);
         assert!(queue.dead_letters().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_messages_are_deleted_in_batches() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        for _ in 0..20 {
+            queue.send(UNMATCHED);
+        }
+        let worker = worker(queue.clone(), 5);
+        let stats = worker.stats();
+        let q = queue.clone();
+        run_until(worker, move || q.is_empty()).await;
+        assert_eq!(stats.messages_deleted.load(Ordering::Relaxed), 20);
+        let calls = queue.batch_calls();
+        assert!(
+            calls.iter().all(|(op, _)| *op == "DeleteMessageBatch"),
+            "{calls:?}"
+        );
+        assert_eq!(calls.iter().map(|(_, n)| n).sum::<usize>(), 20);
+        assert!(calls.len() < 20, "deletes were not batched: {calls:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Queue, QueueError, ReceivedMessage};
+use super::{BatchEntryFailure, MAX_BATCH_ENTRIES, Queue, QueueError, ReceivedMessage};
 use crate::error::AwsFailure;
 
 #[derive(Debug)]
@@ -27,6 +27,9 @@ struct State {
     dead_letters: Vec<String>,
     next_id: u64,
     fail_dead_letter: bool,
+    /// Every batch request made, as (operation, entries), in order.
+    batch_calls: Vec<(&'static str, usize)>,
+    fail_batches: bool,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +83,60 @@ impl MemoryQueue {
     /// Makes every dead-letter send fail, as an unreachable DLQ would.
     pub fn fail_dead_letters(&self, fail: bool) {
         self.state.lock().unwrap().fail_dead_letter = fail;
+    }
+
+    /// The batch requests made so far, as (operation, number of entries).
+    pub fn batch_calls(&self) -> Vec<(&'static str, usize)> {
+        self.state.lock().unwrap().batch_calls.clone()
+    }
+
+    /// Makes every batch request fail as a whole, as an SQS outage would.
+    pub fn fail_batches(&self, fail: bool) {
+        self.state.lock().unwrap().fail_batches = fail;
+    }
+
+    /// Records a batch request and applies `apply` to each receipt handle,
+    /// turning `false` into a per-entry `ReceiptHandleIsInvalid` failure,
+    /// as SQS answers for a stale handle.
+    fn batch(
+        &self,
+        operation: &'static str,
+        receipt_handles: &[String],
+        mut apply: impl FnMut(&mut State, &str) -> bool,
+    ) -> Result<Vec<BatchEntryFailure>, QueueError> {
+        let mut state = self.state.lock().unwrap();
+        state.batch_calls.push((operation, receipt_handles.len()));
+        if receipt_handles.is_empty() || receipt_handles.len() > MAX_BATCH_ENTRIES {
+            // SQS's EmptyBatchRequest / TooManyEntriesInBatchRequest.
+            return Err(QueueError {
+                operation,
+                queue: "memory".into(),
+                class: AwsFailure::Permanent,
+                code: Some("TooManyEntriesInBatchRequest".into()),
+                detail: format!("{} entries in one batch", receipt_handles.len()),
+            });
+        }
+        if state.fail_batches {
+            return Err(QueueError {
+                operation,
+                queue: "memory".into(),
+                class: AwsFailure::Transient,
+                code: None,
+                detail: "queue unavailable".into(),
+            });
+        }
+        let mut failures = Vec::new();
+        for (index, receipt_handle) in receipt_handles.iter().enumerate() {
+            if !apply(&mut state, receipt_handle) {
+                failures.push(BatchEntryFailure {
+                    index,
+                    code: "ReceiptHandleIsInvalid".into(),
+                    message: format!("receipt handle {receipt_handle} is not valid"),
+                    sender_fault: true,
+                });
+            }
+        }
+        Ok(failures)
     }
 
     fn take_visible(
@@ -169,6 +226,42 @@ impl Queue for MemoryQueue {
         Ok(())
     }
 
+    async fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<BatchEntryFailure>, QueueError> {
+        self.batch("DeleteMessageBatch", receipt_handles, |state, handle| {
+            let before = state.messages.len();
+            state
+                .messages
+                .retain(|m| m.receipt_handle.as_deref() != Some(handle));
+            state.messages.len() < before
+        })
+    }
+
+    async fn set_visibility_batch(
+        &self,
+        receipt_handles: &[String],
+        timeout_secs: u64,
+    ) -> Result<Vec<BatchEntryFailure>, QueueError> {
+        let visible_at = Instant::now() + Duration::from_secs(timeout_secs);
+        self.batch(
+            "ChangeMessageVisibilityBatch",
+            receipt_handles,
+            |state, handle| match state
+                .messages
+                .iter_mut()
+                .find(|m| m.receipt_handle.as_deref() == Some(handle))
+            {
+                Some(message) => {
+                    message.visible_at = visible_at;
+                    true
+                }
+                None => false,
+            },
+        )
+    }
+
     async fn check_reachable(&self) -> Result<(), QueueError> {
         Ok(())
     }
@@ -227,6 +320,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(queue.receive(1, 0, 300).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_calls_act_per_entry_and_report_stale_handles() {
+        let queue = MemoryQueue::new(false);
+        queue.send("a");
+        queue.send("b");
+        queue.send("c");
+        let received = queue.receive(10, 0, 300).await.unwrap();
+        let handles: Vec<String> = received.iter().map(|m| m.receipt_handle.clone()).collect();
+        let failures = queue.set_visibility_batch(&handles[..1], 0).await.unwrap();
+        assert!(failures.is_empty());
+        // "a" is visible again; receiving it makes its first handle stale.
+        assert_eq!(queue.receive(10, 0, 300).await.unwrap().len(), 1);
+        let failures = queue.delete_batch(&handles).await.unwrap();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].index, 0);
+        assert_eq!(failures[0].code, "ReceiptHandleIsInvalid");
+        assert_eq!(queue.len(), 1, "b and c deleted, a still held");
+        assert_eq!(
+            queue.batch_calls(),
+            vec![
+                ("ChangeMessageVisibilityBatch", 1),
+                ("DeleteMessageBatch", 3)
+            ]
+        );
+        let eleven = vec!["x".to_string(); 11];
+        assert!(queue.delete_batch(&eleven).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

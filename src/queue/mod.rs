@@ -2,8 +2,10 @@
 //!
 //! `sqs.rs` is the only file that talks to SQS; `memory.rs` is an
 //! in-process fake with real visibility timeouts for unit tests of the
-//! worker's state machine.
+//! worker's state machine. `batcher.rs` gathers deletes and releases from
+//! concurrent messages into SQS batch requests of up to ten entries.
 
+pub mod batcher;
 pub mod memory;
 pub mod sqs;
 
@@ -21,7 +23,7 @@ pub struct ReceivedMessage {
     pub receive_count: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{operation} on {queue} failed: {detail}")]
 pub struct QueueError {
     pub operation: &'static str,
@@ -75,6 +77,22 @@ impl QueueError {
     }
 }
 
+/// SQS accepts at most this many entries in one batch request.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+
+/// One entry of a batch request that SQS refused while it may have
+/// accepted the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchEntryFailure {
+    /// Position of the entry in the request's slice of receipt handles.
+    pub index: usize,
+    /// The SQS error code, e.g. `ReceiptHandleIsInvalid`.
+    pub code: String,
+    pub message: String,
+    /// Whether SQS blames the request (retrying it unchanged won't help).
+    pub sender_fault: bool,
+}
+
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Long-polls for up to `max_messages`, hiding them for `visibility_timeout_secs`.
@@ -94,6 +112,22 @@ pub trait Queue: Send + Sync + 'static {
         receipt_handle: &str,
         timeout_secs: u64,
     ) -> Result<(), QueueError>;
+
+    /// Deletes up to [`MAX_BATCH_ENTRIES`] messages in one request. `Err`
+    /// means the request as a whole failed (no entry is known deleted);
+    /// `Ok` lists the entries that failed, by index; the others are deleted.
+    async fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<BatchEntryFailure>, QueueError>;
+
+    /// Sets the visibility of up to [`MAX_BATCH_ENTRIES`] messages to
+    /// `timeout_secs` from now in one request; results as for `delete_batch`.
+    async fn set_visibility_batch(
+        &self,
+        receipt_handles: &[String],
+        timeout_secs: u64,
+    ) -> Result<Vec<BatchEntryFailure>, QueueError>;
 
     /// Checks that the queue (and DLQ) exist and may be used: at start-up
     /// and for the readiness probe.

@@ -2,9 +2,12 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+};
 
-use super::{Queue, QueueError, ReceivedMessage};
+use super::{BatchEntryFailure, Queue, QueueError, ReceivedMessage};
 use crate::error::{aws_error_code, classify_aws};
 
 pub struct SqsQueue {
@@ -38,6 +41,43 @@ where
         class,
         code: aws_error_code(err),
         detail,
+    }
+}
+
+/// A batch entry's id must be unique within the request: its index in
+/// the slice serves, and maps a failure back to its receipt handle.
+fn entry_id(index: usize) -> String {
+    index.to_string()
+}
+
+fn entry_failures(failed: &[BatchResultErrorEntry]) -> Vec<BatchEntryFailure> {
+    failed
+        .iter()
+        .filter_map(|entry| {
+            Some(BatchEntryFailure {
+                // Ids are ours; one SQS did not get from us cannot name an entry.
+                index: entry.id().parse().ok()?,
+                code: entry.code().to_owned(),
+                message: entry.message().unwrap_or_default().to_owned(),
+                sender_fault: entry.sender_fault(),
+            })
+        })
+        .collect()
+}
+
+/// An entry builder fails only when a required field is missing, which
+/// our code always sets; still, no panic on the acknowledgement path.
+fn entry_build_error(
+    operation: &'static str,
+    url: &str,
+    err: aws_sdk_sqs::error::BuildError,
+) -> QueueError {
+    QueueError {
+        operation,
+        queue: url.to_owned(),
+        class: crate::error::AwsFailure::Permanent,
+        code: None,
+        detail: format!("could not build the batch entry: {err}"),
     }
 }
 
@@ -123,6 +163,62 @@ impl Queue for SqsQueue {
             .await
             .map_err(|err| queue_error("ChangeMessageVisibility", &self.url, &err))?;
         Ok(())
+    }
+
+    async fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<BatchEntryFailure>, QueueError> {
+        const OPERATION: &str = "DeleteMessageBatch";
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(index, receipt_handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(entry_id(index))
+                    .receipt_handle(receipt_handle)
+                    .build()
+                    .map_err(|err| entry_build_error(OPERATION, &self.url, err))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|err| queue_error(OPERATION, &self.url, &err))?;
+        Ok(entry_failures(output.failed()))
+    }
+
+    async fn set_visibility_batch(
+        &self,
+        receipt_handles: &[String],
+        timeout_secs: u64,
+    ) -> Result<Vec<BatchEntryFailure>, QueueError> {
+        const OPERATION: &str = "ChangeMessageVisibilityBatch";
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(index, receipt_handle)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(entry_id(index))
+                    .receipt_handle(receipt_handle)
+                    .visibility_timeout(timeout_secs as i32)
+                    .build()
+                    .map_err(|err| entry_build_error(OPERATION, &self.url, err))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|err| queue_error(OPERATION, &self.url, &err))?;
+        Ok(entry_failures(output.failed()))
     }
 
     fn has_dead_letter_queue(&self) -> bool {

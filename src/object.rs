@@ -208,17 +208,22 @@ impl S3Objects {
         range: Range<u64>,
     ) -> Result<Bytes, IngestError> {
         let expected = range.end - range.start;
-        let body = self.get_from(pinned, Some(range.clone())).await?;
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|err| IngestError::S3 {
+        let mut body = self.get_from(pinned, Some(range.clone())).await?;
+        // Filled chunk by chunk into one buffer sized up front: collecting
+        // the body and then joining it would hold a column chunk twice.
+        // Capped at the object's size, so a corrupt footer cannot ask for
+        // a huge allocation.
+        let mut buffer = bytes::BytesMut::with_capacity(expected.min(pinned.size) as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| IngestError::S3 {
                 uri: pinned.uri(),
                 operation: "GetObject",
                 detail: format!("range {}..{}: {err}", range.start, range.end),
                 retryable: true,
-            })?
-            .into_bytes();
+            })?;
+            buffer.extend_from_slice(&chunk);
+        }
+        let bytes = buffer.freeze();
         if bytes.len() as u64 != expected {
             return Err(IngestError::S3 {
                 uri: pinned.uri(),

@@ -34,6 +34,9 @@ pub const META_SOURCE_VERSION_ID: &str = "s3_ingest.source_version_id";
 /// lease ends after `max_lease_secs`, 2 h by default).
 const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// Rows per output row group: bounds the writer's buffer (see `create`).
+const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
+
 pub struct ParquetDirSink {
     name: String,
     root: PathBuf,
@@ -207,6 +210,9 @@ impl ParquetDirWriter {
         let file = File::create(&temp_path).map_err(|err| io_error("create", &temp_path, err))?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            // The writer holds a whole row group in memory before writing
+            // it; the default (1M rows) can be ~100 MiB for wide rows.
+            .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
             .set_key_value_metadata(Some(metadata))
             .build();
         let writer = ArrowWriter::try_new(file, schema, Some(properties))

@@ -391,6 +391,8 @@ impl Fixture {
         command
             .arg("--config")
             .arg(&config_path)
+            // As the image sets it (Dockerfile): what tests/memory.rs measures.
+            .env("MALLOC_ARENA_MAX", "2")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("RUST_LOG", "s3_ingest=info")

@@ -103,7 +103,10 @@ fn pipeline_csv(runtime: &tokio::runtime::Runtime, input: Bytes, codec: Option<C
         while let Some(batch) = receiver.recv().await {
             rows += batch.num_rows() as u64;
         }
-        let summary = decoder.await.expect("decoder thread").expect("bench CSV decodes");
+        let summary = decoder
+            .await
+            .expect("decoder thread")
+            .expect("bench CSV decodes");
         assert_eq!(rows, summary.rows);
         rows
     })
@@ -138,7 +141,10 @@ fn pipeline_parquet(runtime: &tokio::runtime::Runtime, file: Bytes) -> u64 {
         while let Some(batch) = receiver.recv().await {
             rows += batch.num_rows() as u64;
         }
-        decoder.await.expect("decoder task").expect("bench Parquet decodes");
+        decoder
+            .await
+            .expect("decoder task")
+            .expect("bench Parquet decodes");
         rows
     })
 }
@@ -163,8 +169,8 @@ fn mean_seconds(output: &Path, function: &str, case: &str) -> f64 {
         .join(function)
         .join(case)
         .join("new/estimates.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     let estimates: serde_json::Value = serde_json::from_str(&text).expect("criterion JSON");
     estimates["mean"]["point_estimate"]
         .as_f64()

@@ -12,7 +12,9 @@ mod util;
 
 fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
-        println!("e2e bench: run with `make bench` (tests/bench_smoke.rs covers it under cargo test)");
+        println!(
+            "e2e bench: run with `make bench` (tests/bench_smoke.rs covers it under cargo test)"
+        );
         return;
     }
     let settings = e2e::Settings::from_env(env!("CARGO_BIN_EXE_s3-ingest").into());

@@ -23,11 +23,19 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
     }
     assert!(report.bare_cpu_seconds_per_gib.is_finite());
     assert_eq!(report.scaling.len(), 2);
-    assert!(report.scaling.iter().all(|(_, run)| run.files_per_second() > 0.0));
+    assert!(
+        report
+            .scaling
+            .iter()
+            .all(|(_, run)| run.files_per_second() > 0.0)
+    );
     assert!(report.latency_p50_ms.is_finite() && report.latency_p99_ms >= report.latency_p50_ms);
 
     let table = report.table();
     println!("{table}");
-    assert!(table.contains("10KiB") && table.contains("64KiB"), "{table}");
+    assert!(
+        table.contains("10KiB") && table.contains("64KiB"),
+        "{table}"
+    );
     assert!(table.contains("p50") && !table.contains("NaN"), "{table}");
 }

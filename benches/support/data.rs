@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by several targets, each using a part
 //! Deterministic benchmark inputs: CSV rows from a fixed-seed generator, so
 //! every run (and every machine) measures the same bytes.
 
@@ -137,8 +138,9 @@ pub fn parquet_bytes(csv: &[u8]) -> Vec<u8> {
 /// Bare decode + Parquet encode, the floor the pipeline is measured against:
 /// returns the rows written.
 pub fn bare_csv_to_parquet(csv: &[u8]) -> u64 {
-    let mut writer = ArrowWriter::try_new(std::io::sink(), schema(), Some(sink_writer_properties()))
-        .expect("writer for the bench schema");
+    let mut writer =
+        ArrowWriter::try_new(std::io::sink(), schema(), Some(sink_writer_properties()))
+            .expect("writer for the bench schema");
     let rows = bare_csv_batches(csv, |batch| writer.write(&batch).expect("to a sink"));
     writer.close().expect("to a sink");
     rows
@@ -168,6 +170,7 @@ pub fn format_size(bytes: usize) -> String {
         b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
         b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
         b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b if b >= 1 << 20 => format!("{:.1}MiB", b as f64 / (1 << 20) as f64),
         b => format!("{b}B"),
     }
 }

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by several targets, each using a part
 //! End to end on LocalStack: the `s3-ingest` binary as its own process,
 //! measured from outside (its JSON log, `/proc/<pid>/stat` and `status`),
 //! beside the emulator's own GetObject ceiling and the bare in-process
@@ -45,20 +46,26 @@ impl Settings {
     /// `make bench`: what issue 6 asks for, every knob overridable by env.
     pub fn from_env(worker_binary: PathBuf) -> Settings {
         let env = |name: &str| std::env::var(name).ok();
-        let list = |text: String| -> Vec<usize> {
-            text.split(',').map(data::parse_size).collect()
-        };
+        let list = |text: String| -> Vec<usize> { text.split(',').map(data::parse_size).collect() };
         Settings {
             worker_binary,
             sizes: list(env("BENCH_SIZES").unwrap_or("10KiB,1MiB,64MiB,1GiB".into())),
             total_bytes_per_size: data::parse_size(&env("BENCH_TOTAL").unwrap_or("64MiB".into())),
             max_files: env("BENCH_MAX_FILES").map_or(200, |n| n.parse().expect("BENCH_MAX_FILES")),
-            concurrency: env("BENCH_CONCURRENCY").map_or(4, |n| n.parse().expect("BENCH_CONCURRENCY")),
+            concurrency: env("BENCH_CONCURRENCY")
+                .map_or(4, |n| n.parse().expect("BENCH_CONCURRENCY")),
             scaling_levels: env("BENCH_SCALING").map_or(vec![1, 2, 4, 8], |text| {
-                text.split(',').map(|n| n.trim().parse().expect("BENCH_SCALING")).collect()
+                // Empty: skip the scaling runs.
+                let levels = text.split(',').filter(|n| !n.trim().is_empty());
+                levels
+                    .map(|n| n.trim().parse().expect("BENCH_SCALING"))
+                    .collect()
             }),
-            scaling_file_size: data::parse_size(&env("BENCH_SCALING_SIZE").unwrap_or("1MiB".into())),
-            scaling_files: env("BENCH_SCALING_FILES").map_or(32, |n| n.parse().expect("BENCH_SCALING_FILES")),
+            scaling_file_size: data::parse_size(
+                &env("BENCH_SCALING_SIZE").unwrap_or("1MiB".into()),
+            ),
+            scaling_files: env("BENCH_SCALING_FILES")
+                .map_or(32, |n| n.parse().expect("BENCH_SCALING_FILES")),
             latency_samples: env("BENCH_LATENCY_SAMPLES")
                 .map_or(100, |n| n.parse().expect("BENCH_LATENCY_SAMPLES")),
             bare_sample_bytes: data::parse_size(&env("BENCH_BARE_SIZE").unwrap_or("64MiB".into())),
@@ -117,6 +124,13 @@ impl IngestRun {
     pub fn cpu_seconds_per_gib(&self) -> f64 {
         self.cpu_seconds / (self.bytes as f64 / GIB)
     }
+    /// How busy the worker's object slots were: the sum of the objects'
+    /// ingest times over wall time × concurrency. Low means the time went
+    /// outside ingest (receiving, deleting, waiting for a slot to refill).
+    pub fn slot_utilisation(&self, concurrency: usize) -> f64 {
+        let busy_seconds: f64 = self.elapsed_ms.iter().sum::<f64>() / 1e3;
+        busy_seconds / (self.wall_seconds * concurrency as f64)
+    }
 }
 
 pub struct Report {
@@ -151,11 +165,19 @@ pub async fn run(settings: &Settings) -> Report {
     let mut scaling = Vec::new();
     for &level in &settings.scaling_levels {
         eprintln!("bench e2e: scaling, concurrency {level} ...");
-        let (_, _, run) =
-            ingest_run(settings, settings.scaling_file_size, settings.scaling_files, level).await;
+        let (_, _, run) = ingest_run(
+            settings,
+            settings.scaling_file_size,
+            settings.scaling_files,
+            level,
+        )
+        .await;
         scaling.push((level, run));
     }
-    eprintln!("bench e2e: latency, {} × 10KiB one at a time ...", settings.latency_samples);
+    eprintln!(
+        "bench e2e: latency, {} × 10KiB one at a time ...",
+        settings.latency_samples
+    );
     let (mut elapsed, mut put_to_commit) = latency(settings).await;
     Report {
         sizes,
@@ -186,9 +208,11 @@ async fn ingest_run(
         .put_many(keys.iter().map(|key| (key.clone(), body.clone())).collect())
         .await;
     drop(body);
-    wait_until("every notification on the queue", Duration::from_secs(120), || async {
-        fixture.queue_counts().await.0 >= files as u64
-    })
+    wait_until(
+        "every notification on the queue",
+        Duration::from_secs(120),
+        || async { fixture.queue_counts().await.0 >= files as u64 },
+    )
     .await;
 
     let mut config = fixture.config(None);
@@ -258,13 +282,19 @@ async fn latency(settings: &Settings) -> (Vec<f64>, Vec<f64>) {
     let mut put_to_commit = Vec::new();
     for sample in 0..settings.latency_samples {
         let uploaded = Instant::now();
-        fixture.put(&format!("small/{sample:05}.csv"), body.clone()).await;
+        fixture
+            .put(&format!("small/{sample:05}.csv"), body.clone())
+            .await;
         worker.wait_for_lines("object committed", sample + 1, Duration::from_secs(60));
         put_to_commit.push(uploaded.elapsed().as_secs_f64() * 1e3);
     }
-    let committed = worker.wait_for_lines("object committed", settings.latency_samples, Duration::ZERO);
+    let committed =
+        worker.wait_for_lines("object committed", settings.latency_samples, Duration::ZERO);
     worker.stop();
-    (committed.iter().map(|line| line.elapsed_ms).collect(), put_to_commit)
+    (
+        committed.iter().map(|line| line.elapsed_ms).collect(),
+        put_to_commit,
+    )
 }
 
 /// CPU seconds per GiB of CSV for bare arrow-csv decode + Parquet encode
@@ -302,7 +332,8 @@ fn ticks_per_second() -> f64 {
 
 /// utime + stime from a `/proc/.../stat` file, in seconds.
 fn stat_cpu_seconds(path: &Path) -> f64 {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     // The command name (field 2) may hold spaces: count from after its ')'.
     let after_name = &text[text.rfind(')').expect("stat has (comm)") + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -330,7 +361,11 @@ struct WorkerProcess {
 impl WorkerProcess {
     fn spawn(binary: &Path, config: &Config, log: &Path) -> WorkerProcess {
         let config_path = log.with_extension("toml");
-        std::fs::write(&config_path, toml::to_string(config).expect("config renders")).unwrap();
+        std::fs::write(
+            &config_path,
+            toml::to_string(config).expect("config renders"),
+        )
+        .unwrap();
         let log_file = std::fs::File::create(log).unwrap();
         let mut command = Command::new(binary);
         for (name, _) in std::env::vars() {
@@ -444,13 +479,23 @@ impl Report {
             self.concurrency
         ));
         line(format!(
-            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>9} {:>10} {:>9} {:>10} {:>12}",
-            "size", "files", "files/s", "MB/s", "CPU s/GiB", "peak RSS", "emu files/s", "emu MB/s", "÷emu files", "CPU÷bare"
+            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>9} {:>10} {:>9} {:>10} {:>9} {:>6}",
+            "size",
+            "files",
+            "files/s",
+            "MB/s",
+            "CPU s/GiB",
+            "peak RSS",
+            "emu files/s",
+            "emu MB/s",
+            "÷emu files",
+            "CPU÷bare",
+            "slots"
         ));
         for row in &self.sizes {
             let worker = &row.worker;
             line(format!(
-                "{:>7} {:>6} {:>10.1} {:>9.1} {:>11.2} {:>6} MiB {:>10.1} {:>9.1} {:>10.2} {:>12.2}",
+                "{:>7} {:>6} {:>10.1} {:>9.1} {:>11.2} {:>6} MiB {:>10.1} {:>9.1} {:>10.2} {:>9.2} {:>5.0}%",
                 data::format_size(row.size),
                 row.files,
                 worker.files_per_second(),
@@ -461,29 +506,38 @@ impl Report {
                 row.emulator_mb_per_s,
                 worker.files_per_second() / row.emulator_files_per_s,
                 worker.cpu_seconds_per_gib() / self.bare_cpu_seconds_per_gib,
+                worker.slot_utilisation(self.concurrency) * 100.0,
             ));
         }
         line(format!(
             "bare arrow-csv decode + Parquet encode (zstd, in process): {:.2} CPU s/GiB",
             self.bare_cpu_seconds_per_gib
         ));
+        line("slots: sum of per-object ingest time ÷ (wall × concurrency)".into());
         line(String::new());
         line("scaling (objects/s by worker concurrency):".into());
-        line(format!("{:>11} {:>6} {:>10} {:>9} {:>11}", "concurrency", "files", "files/s", "MB/s", "CPU s/GiB"));
+        line(format!(
+            "{:>11} {:>6} {:>10} {:>9} {:>11} {:>6}",
+            "concurrency", "files", "files/s", "MB/s", "CPU s/GiB", "slots"
+        ));
         for (level, run) in &self.scaling {
             line(format!(
-                "{:>11} {:>6} {:>10.1} {:>9.1} {:>11.2}",
+                "{:>11} {:>6} {:>10.1} {:>9.1} {:>11.2} {:>5.0}%",
                 level,
                 run.files,
                 run.files_per_second(),
                 run.mb_per_second(),
-                run.cpu_seconds_per_gib()
+                run.cpu_seconds_per_gib(),
+                run.slot_utilisation(*level) * 100.0
             ));
         }
         line(String::new());
         line(format!(
             "latency, 10KiB files one at a time ({} samples): worker elapsed_ms (ingest start → sink commit) p50 {:.1} ms, p99 {:.1} ms; upload → commit seen p50 {:.1} ms",
-            self.latency_samples, self.latency_p50_ms, self.latency_p99_ms, self.put_to_commit_p50_ms
+            self.latency_samples,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            self.put_to_commit_p50_ms
         ));
         out
     }

@@ -495,7 +495,7 @@ impl Report {
         for row in &self.sizes {
             let worker = &row.worker;
             line(format!(
-                "{:>7} {:>6} {:>10.1} {:>9.1} {:>11.2} {:>6} MiB {:>10.1} {:>9.1} {:>10.2} {:>9.2} {:>5.0}%",
+                "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>5.0}%",
                 data::format_size(row.size),
                 row.files,
                 worker.files_per_second(),

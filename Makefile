@@ -11,7 +11,7 @@ WITH_LOCALSTACK := localstack/with-localstack.sh
 WITH_POSTGRES := tests/services/with-postgres.sh
 WITH_CLICKHOUSE := tests/services/with-service.sh tests/services/clickhouse.sh
 
-.PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo
+.PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo bench
 
 all: build
 
@@ -51,6 +51,13 @@ fuzz:
 	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/s3-ingest/fuzz-target cargo +nightly fuzz run notification \
 		corpus/notification seeds/notification -- -dict=notification.dict -max_len=4096 \
 		-max_total_time=$(FUZZ_SECONDS)
+
+## Benchmarks (see BENCHMARKS.md): the decode stage in memory against bare
+## arrow-csv / parquet (criterion), then the worker binary end to end on
+## LocalStack. Sizes by env, e.g. `BENCH_SIZES=10KiB,1MiB make bench`.
+bench:
+	cargo bench --bench decode
+	$(WITH_LOCALSTACK) cargo bench --bench e2e
 
 ## End to end on LocalStack: worker + sample vendor files + what landed.
 demo:

@@ -5,18 +5,21 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
 use tokio::sync::mpsc;
 
 use super::DecodeSummary;
 use crate::error::IngestError;
-use crate::object::S3ParquetReader;
 
 /// Decodes every row group of the object into `batches`. When the route
 /// has an explicit schema, each of its columns must be in the file with
 /// the same type.
-pub async fn decode_parquet(
-    reader: S3ParquetReader,
+///
+/// `reader` is `object::S3ParquetReader` in the worker; generic so the
+/// benchmarks can decode the same way from memory.
+pub async fn decode_parquet<R: AsyncFileReader + Unpin + Send + 'static>(
+    reader: R,
     uri: &str,
     expected_schema: Option<SchemaRef>,
     batch_rows: usize,

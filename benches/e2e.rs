@@ -1,0 +1,25 @@
+//! End-to-end benchmark on LocalStack (see benches/support/e2e.rs):
+//! `make bench` runs it with `--bench`, under LocalStack. Without `--bench`
+//! (`cargo test --all-targets` runs every bench target once) it does
+//! nothing: `tests/bench_smoke.rs` runs the same code with tiny sizes.
+
+#[path = "support/data.rs"]
+mod data;
+#[path = "support/e2e.rs"]
+mod e2e;
+#[path = "../tests/util/mod.rs"]
+mod util;
+
+fn main() {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!(
+            "e2e bench: run with `make bench` (tests/bench_smoke.rs covers it under cargo test)"
+        );
+        return;
+    }
+    let settings = e2e::Settings::from_env(env!("CARGO_BIN_EXE_s3-ingest").into());
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let report = runtime.block_on(e2e::run(&settings));
+    println!();
+    print!("{}", report.table());
+}

@@ -1,0 +1,544 @@
+#![allow(dead_code)] // shared by several targets, each using a part
+//! End to end on LocalStack: the `s3-ingest` binary as its own process,
+//! measured from outside (its JSON log, `/proc/<pid>/stat` and `status`),
+//! beside the emulator's own GetObject ceiling and the bare in-process
+//! decode + encode floor, all in the same run.
+//!
+//! Used by `benches/e2e.rs` (`make bench`) and, with tiny sizes, by
+//! `tests/bench_smoke.rs` so this code runs under `cargo test`.
+//! Needs `crate::util` (tests/util/mod.rs) and `crate::data`.
+
+use std::io::{BufRead, BufReader};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use s3_ingest::config::Config;
+
+use crate::data;
+use crate::util::{Fixture, wait_until};
+
+const GIB: f64 = (1u64 << 30) as f64;
+/// GetObject requests in flight when measuring the emulator's ceiling.
+const EMULATOR_GET_CONCURRENCY: usize = 8;
+
+pub struct Settings {
+    pub worker_binary: PathBuf,
+    /// File sizes for the throughput table.
+    pub sizes: Vec<usize>,
+    /// Bytes uploaded per size: files = total / size, within 1..=max_files.
+    pub total_bytes_per_size: usize,
+    pub max_files: usize,
+    /// The worker's `concurrency` for the throughput table.
+    pub concurrency: usize,
+    pub scaling_levels: Vec<usize>,
+    pub scaling_file_size: usize,
+    pub scaling_files: usize,
+    pub latency_samples: usize,
+    /// CSV bytes for the bare decode + encode CPU baseline.
+    pub bare_sample_bytes: usize,
+}
+
+impl Settings {
+    /// `make bench`: what issue 6 asks for, every knob overridable by env.
+    pub fn from_env(worker_binary: PathBuf) -> Settings {
+        let env = |name: &str| std::env::var(name).ok();
+        let list = |text: String| -> Vec<usize> { text.split(',').map(data::parse_size).collect() };
+        Settings {
+            worker_binary,
+            sizes: list(env("BENCH_SIZES").unwrap_or("10KiB,1MiB,64MiB,1GiB".into())),
+            total_bytes_per_size: data::parse_size(&env("BENCH_TOTAL").unwrap_or("64MiB".into())),
+            max_files: env("BENCH_MAX_FILES").map_or(200, |n| n.parse().expect("BENCH_MAX_FILES")),
+            concurrency: env("BENCH_CONCURRENCY")
+                .map_or(4, |n| n.parse().expect("BENCH_CONCURRENCY")),
+            scaling_levels: env("BENCH_SCALING").map_or(vec![1, 2, 4, 8], |text| {
+                // Empty: skip the scaling runs.
+                let levels = text.split(',').filter(|n| !n.trim().is_empty());
+                levels
+                    .map(|n| n.trim().parse().expect("BENCH_SCALING"))
+                    .collect()
+            }),
+            scaling_file_size: data::parse_size(
+                &env("BENCH_SCALING_SIZE").unwrap_or("1MiB".into()),
+            ),
+            scaling_files: env("BENCH_SCALING_FILES")
+                .map_or(32, |n| n.parse().expect("BENCH_SCALING_FILES")),
+            latency_samples: env("BENCH_LATENCY_SAMPLES")
+                .map_or(100, |n| n.parse().expect("BENCH_LATENCY_SAMPLES")),
+            bare_sample_bytes: data::parse_size(&env("BENCH_BARE_SIZE").unwrap_or("64MiB".into())),
+        }
+    }
+
+    /// The smoke run under `cargo test`: two small files per step.
+    pub fn smoke(worker_binary: PathBuf) -> Settings {
+        Settings {
+            worker_binary,
+            sizes: vec![10 << 10, 64 << 10],
+            total_bytes_per_size: 128 << 10,
+            max_files: 2,
+            concurrency: 2,
+            scaling_levels: vec![1, 2],
+            scaling_file_size: 10 << 10,
+            scaling_files: 2,
+            latency_samples: 3,
+            bare_sample_bytes: 4 << 20,
+        }
+    }
+
+    fn files_for(&self, size: usize) -> usize {
+        (self.total_bytes_per_size / size).clamp(1, self.max_files)
+    }
+}
+
+/// One size: the worker's figures and the emulator's, same objects.
+pub struct SizeRow {
+    pub size: usize,
+    pub files: usize,
+    pub worker: IngestRun,
+    pub emulator_files_per_s: f64,
+    pub emulator_mb_per_s: f64,
+}
+
+pub struct IngestRun {
+    pub files: usize,
+    pub bytes: u64,
+    /// From the worker's "worker started" log line to its last commit.
+    pub wall_seconds: f64,
+    /// The worker's utime + stime over the same span.
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+    /// `elapsed_ms` of each "object committed" line.
+    pub elapsed_ms: Vec<f64>,
+}
+
+impl IngestRun {
+    pub fn files_per_second(&self) -> f64 {
+        self.files as f64 / self.wall_seconds
+    }
+    pub fn mb_per_second(&self) -> f64 {
+        self.bytes as f64 / self.wall_seconds / 1e6
+    }
+    pub fn cpu_seconds_per_gib(&self) -> f64 {
+        self.cpu_seconds / (self.bytes as f64 / GIB)
+    }
+    /// How busy the worker's object slots were: the sum of the objects'
+    /// ingest times over wall time × concurrency. Low means the time went
+    /// outside ingest (receiving, deleting, waiting for a slot to refill).
+    pub fn slot_utilisation(&self, concurrency: usize) -> f64 {
+        let busy_seconds: f64 = self.elapsed_ms.iter().sum::<f64>() / 1e3;
+        busy_seconds / (self.wall_seconds * concurrency as f64)
+    }
+}
+
+pub struct Report {
+    pub sizes: Vec<SizeRow>,
+    pub bare_cpu_seconds_per_gib: f64,
+    pub scaling: Vec<(usize, IngestRun)>,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Upload returned → commit seen in the log: adds S3 → SQS delivery
+    /// and the long poll, which the worker does not control.
+    pub put_to_commit_p50_ms: f64,
+    pub latency_samples: usize,
+    pub concurrency: usize,
+}
+
+pub async fn run(settings: &Settings) -> Report {
+    let bare_cpu_seconds_per_gib = bare_cpu_seconds_per_gib(settings.bare_sample_bytes);
+    let mut sizes = Vec::new();
+    for &size in &settings.sizes {
+        let files = settings.files_for(size);
+        eprintln!("bench e2e: {files} × {} ...", data::format_size(size));
+        let (fixture, keys, worker) = ingest_run(settings, size, files, settings.concurrency).await;
+        let (emulator_seconds, emulator_bytes) = emulator_ceiling(&fixture, &keys).await;
+        sizes.push(SizeRow {
+            size,
+            files,
+            worker,
+            emulator_files_per_s: keys.len() as f64 / emulator_seconds,
+            emulator_mb_per_s: emulator_bytes as f64 / emulator_seconds / 1e6,
+        });
+    }
+    let mut scaling = Vec::new();
+    for &level in &settings.scaling_levels {
+        eprintln!("bench e2e: scaling, concurrency {level} ...");
+        let (_, _, run) = ingest_run(
+            settings,
+            settings.scaling_file_size,
+            settings.scaling_files,
+            level,
+        )
+        .await;
+        scaling.push((level, run));
+    }
+    eprintln!(
+        "bench e2e: latency, {} × 10KiB one at a time ...",
+        settings.latency_samples
+    );
+    let (mut elapsed, mut put_to_commit) = latency(settings).await;
+    Report {
+        sizes,
+        bare_cpu_seconds_per_gib,
+        scaling,
+        latency_p50_ms: data::percentile(&mut elapsed, 0.50),
+        latency_p99_ms: data::percentile(&mut elapsed, 0.99),
+        put_to_commit_p50_ms: data::percentile(&mut put_to_commit, 0.50),
+        latency_samples: settings.latency_samples,
+        concurrency: settings.concurrency,
+    }
+}
+
+/// Uploads `files` CSV objects of `size` (the queue fills through the bucket
+/// notification), then starts the worker and measures it until the last
+/// commit.
+async fn ingest_run(
+    settings: &Settings,
+    size: usize,
+    files: usize,
+    concurrency: usize,
+) -> (Fixture, Vec<String>, IngestRun) {
+    let fixture = Fixture::new("bench").await;
+    let body = data::csv_bytes(size, 42);
+    let bytes = body.len() as u64 * files as u64;
+    let keys: Vec<String> = (0..files).map(|i| format!("orders/{i:05}.csv")).collect();
+    fixture
+        .put_many(keys.iter().map(|key| (key.clone(), body.clone())).collect())
+        .await;
+    drop(body);
+    wait_until(
+        "every notification on the queue",
+        Duration::from_secs(120),
+        || async { fixture.queue_counts().await.0 >= files as u64 },
+    )
+    .await;
+
+    let mut config = fixture.config(None);
+    config.worker.concurrency = NonZeroUsize::new(concurrency).expect("concurrency ≥ 1");
+    let log = fixture.output_dir().join("worker.log");
+    let mut worker = WorkerProcess::spawn(&settings.worker_binary, &config, &log);
+    // Generous: a 1 GiB file on a shared 2-core machine.
+    let deadline = Duration::from_secs(120) + Duration::from_secs(bytes / 2_000_000);
+    let started = worker.wait_for_lines("worker started", 1, Duration::from_secs(60));
+    let cpu_before = worker.cpu_seconds();
+    let committed = worker.wait_for_lines("object committed", files, deadline);
+    let cpu_after = worker.cpu_seconds();
+    let peak_rss_kib = worker.peak_rss_kib();
+    worker.stop();
+
+    let last = committed.last().expect("at least one commit");
+    let wall_seconds = (last.timestamp - started[0].timestamp).as_seconds_f64();
+    let run = IngestRun {
+        files,
+        bytes,
+        wall_seconds,
+        cpu_seconds: cpu_after - cpu_before,
+        peak_rss_kib,
+        elapsed_ms: committed.iter().map(|line| line.elapsed_ms).collect(),
+    };
+    (fixture, keys, run)
+}
+
+/// Plain concurrent GetObject of the same objects, bodies drained: what
+/// the emulator can serve. Returns (seconds, bytes).
+async fn emulator_ceiling(fixture: &Fixture, keys: &[String]) -> (f64, u64) {
+    let started = Instant::now();
+    let bytes: u64 = futures::stream::iter(keys)
+        .map(|key| async move {
+            let mut body = fixture
+                .clients
+                .s3
+                .get_object()
+                .bucket(&fixture.bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("GetObject")
+                .body;
+            let mut bytes = 0u64;
+            while let Some(chunk) = body.next().await {
+                bytes += chunk.expect("GetObject body").len() as u64;
+            }
+            bytes
+        })
+        .buffer_unordered(EMULATOR_GET_CONCURRENCY)
+        .fold(0, |total, bytes| async move { total + bytes })
+        .await;
+    (started.elapsed().as_secs_f64(), bytes)
+}
+
+/// 10 KiB files one at a time: each one's `elapsed_ms` (ingest start →
+/// sink commit) and the bench's own upload → commit-seen time.
+async fn latency(settings: &Settings) -> (Vec<f64>, Vec<f64>) {
+    let fixture = Fixture::new("bench-latency").await;
+    let mut config = fixture.config(None);
+    config.worker.concurrency = NonZeroUsize::new(settings.concurrency).expect("≥ 1");
+    let log = fixture.output_dir().join("worker.log");
+    let mut worker = WorkerProcess::spawn(&settings.worker_binary, &config, &log);
+    worker.wait_for_lines("worker started", 1, Duration::from_secs(60));
+    let body = data::csv_bytes(10 << 10, 7);
+    let mut put_to_commit = Vec::new();
+    for sample in 0..settings.latency_samples {
+        let uploaded = Instant::now();
+        fixture
+            .put(&format!("small/{sample:05}.csv"), body.clone())
+            .await;
+        worker.wait_for_lines("object committed", sample + 1, Duration::from_secs(60));
+        put_to_commit.push(uploaded.elapsed().as_secs_f64() * 1e3);
+    }
+    let committed =
+        worker.wait_for_lines("object committed", settings.latency_samples, Duration::ZERO);
+    worker.stop();
+    (
+        committed.iter().map(|line| line.elapsed_ms).collect(),
+        put_to_commit,
+    )
+}
+
+/// CPU seconds per GiB of CSV for bare arrow-csv decode + Parquet encode
+/// (the sink's properties) on this thread: the best of three runs.
+fn bare_cpu_seconds_per_gib(sample_bytes: usize) -> f64 {
+    let csv = data::csv_bytes(sample_bytes, 42);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                (0..3)
+                    .map(|_| {
+                        let before = thread_cpu_seconds();
+                        let rows = data::bare_csv_to_parquet(&csv[..]);
+                        assert!(rows > 0);
+                        thread_cpu_seconds() - before
+                    })
+                    .fold(f64::INFINITY, f64::min)
+                    / (csv.len() as f64 / GIB)
+            })
+            .join()
+            .expect("bare baseline thread")
+    })
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime from a `/proc/.../stat` file, in seconds.
+fn stat_cpu_seconds(path: &Path) -> f64 {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let after_name = &text[text.rfind(')').expect("stat has (comm)") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime); `fields[0]` is field 3.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / ticks_per_second()
+}
+
+fn thread_cpu_seconds() -> f64 {
+    stat_cpu_seconds(Path::new("/proc/thread-self/stat"))
+}
+
+/// A log line the bench reads: when, and the commit's `elapsed_ms`.
+struct LogLine {
+    timestamp: DateTime<Utc>,
+    elapsed_ms: f64,
+}
+
+/// The worker binary, logging JSON to a file the bench tails.
+struct WorkerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    fn spawn(binary: &Path, config: &Config, log: &Path) -> WorkerProcess {
+        let config_path = log.with_extension("toml");
+        std::fs::write(
+            &config_path,
+            toml::to_string(config).expect("config renders"),
+        )
+        .unwrap();
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut command = Command::new(binary);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("S3_INGEST") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--log-format")
+            .arg("json")
+            .arg("run")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("RUST_LOG", "s3_ingest=info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {}: {err}", binary.display()));
+        WorkerProcess {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Polls the log until it holds `count` lines with `message`; panics
+    /// with the log's tail at the deadline (or if the worker exits).
+    fn wait_for_lines(&mut self, message: &str, count: usize, timeout: Duration) -> Vec<LogLine> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines(message);
+            if lines.len() >= count {
+                return lines;
+            }
+            let exited = self.child.try_wait().expect("worker status");
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "waited for {count} `{message}` log line(s), saw {} (worker {}); last log lines, newest first:\n{}",
+                    lines.len(),
+                    exited.map_or("running".into(), |status| status.to_string()),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn lines(&self, message: &str) -> Vec<LogLine> {
+        let file = std::fs::File::open(&self.log).expect("worker log");
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+            .filter(|json| json["message"] == message)
+            .map(|json| LogLine {
+                timestamp: json["timestamp"]
+                    .as_str()
+                    .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                    .expect("JSON log lines carry an RFC 3339 timestamp")
+                    .to_utc(),
+                elapsed_ms: json["elapsed_ms"].as_f64().unwrap_or(0.0),
+            })
+            .collect()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        stat_cpu_seconds(&PathBuf::from(format!("/proc/{}/stat", self.child.id())))
+    }
+
+    /// `VmHWM`: the process's peak resident set, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    /// SIGTERM (graceful) and wait; the queue is empty by now.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // A panicking bench must not leave a worker behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Report {
+    /// The tables `make bench` prints (and BENCHMARKS.md quotes).
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut line = |text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+        line(format!(
+            "end to end on LocalStack: worker process, concurrency {}, CSV into parquet_dir (MB = 10^6 bytes):",
+            self.concurrency
+        ));
+        line(format!(
+            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>9} {:>10} {:>9} {:>10} {:>9} {:>6}",
+            "size",
+            "files",
+            "files/s",
+            "MB/s",
+            "CPU s/GiB",
+            "peak RSS",
+            "emu files/s",
+            "emu MB/s",
+            "÷emu files",
+            "CPU÷bare",
+            "slots"
+        ));
+        for row in &self.sizes {
+            let worker = &row.worker;
+            line(format!(
+                "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>5.0}%",
+                data::format_size(row.size),
+                row.files,
+                worker.files_per_second(),
+                worker.mb_per_second(),
+                worker.cpu_seconds_per_gib(),
+                worker.peak_rss_kib / 1024,
+                row.emulator_files_per_s,
+                row.emulator_mb_per_s,
+                worker.files_per_second() / row.emulator_files_per_s,
+                worker.cpu_seconds_per_gib() / self.bare_cpu_seconds_per_gib,
+                worker.slot_utilisation(self.concurrency) * 100.0,
+            ));
+        }
+        line(format!(
+            "bare arrow-csv decode + Parquet encode (zstd, in process): {:.2} CPU s/GiB",
+            self.bare_cpu_seconds_per_gib
+        ));
+        line("slots: sum of per-object ingest time ÷ (wall × concurrency)".into());
+        line(String::new());
+        line("scaling (objects/s by worker concurrency):".into());
+        line(format!(
+            "{:>11} {:>6} {:>10} {:>9} {:>11} {:>6}",
+            "concurrency", "files", "files/s", "MB/s", "CPU s/GiB", "slots"
+        ));
+        for (level, run) in &self.scaling {
+            line(format!(
+                "{:>11} {:>6} {:>10.1} {:>9.1} {:>11.2} {:>5.0}%",
+                level,
+                run.files,
+                run.files_per_second(),
+                run.mb_per_second(),
+                run.cpu_seconds_per_gib(),
+                run.slot_utilisation(*level) * 100.0
+            ));
+        }
+        line(String::new());
+        line(format!(
+            "latency, 10KiB files one at a time ({} samples): worker elapsed_ms (ingest start → sink commit) p50 {:.1} ms, p99 {:.1} ms; upload → commit seen p50 {:.1} ms",
+            self.latency_samples,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            self.put_to_commit_p50_ms
+        ));
+        out
+    }
+}

@@ -1,0 +1,41 @@
+//! The end-to-end benchmark's code path (benches/support/e2e.rs) with tiny
+//! sizes, so `cargo test --all-targets` keeps `make bench` from rotting.
+//! Needs LocalStack, like the other integration tests.
+
+#[path = "../benches/support/data.rs"]
+mod data;
+#[path = "../benches/support/e2e.rs"]
+mod e2e;
+mod util;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
+    let settings = e2e::Settings::smoke(env!("CARGO_BIN_EXE_s3-ingest").into());
+    let report = e2e::run(&settings).await;
+
+    assert_eq!(report.sizes.len(), 2);
+    for row in &report.sizes {
+        assert_eq!(row.files, 2);
+        assert_eq!(row.worker.elapsed_ms.len(), 2);
+        assert!(row.worker.files_per_second().is_finite() && row.worker.files_per_second() > 0.0);
+        assert!(row.emulator_files_per_s.is_finite() && row.emulator_files_per_s > 0.0);
+        assert!(row.worker.peak_rss_kib > 0);
+    }
+    assert!(report.bare_cpu_seconds_per_gib.is_finite());
+    assert_eq!(report.scaling.len(), 2);
+    assert!(
+        report
+            .scaling
+            .iter()
+            .all(|(_, run)| run.files_per_second() > 0.0)
+    );
+    assert!(report.latency_p50_ms.is_finite() && report.latency_p99_ms >= report.latency_p50_ms);
+
+    let table = report.table();
+    println!("{table}");
+    assert!(
+        table.contains("10KiB") && table.contains("64KiB"),
+        "{table}"
+    );
+    assert!(table.contains("p50") && !table.contains("NaN"), "{table}");
+}

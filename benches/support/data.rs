@@ -73,7 +73,7 @@ pub fn csv_bytes(target_bytes: usize, seed: u64) -> Vec<u8> {
         let quantity = (r >> 8) % 1000;
         let cents = (r >> 20) % 100_000;
         let second = (r >> 40) % 86_400;
-        let note = if r % 7 == 0 { "" } else { "ok" };
+        let note = if r.is_multiple_of(7) { "" } else { "ok" };
         writeln!(
             out,
             "{order_id},{customer},{quantity},{}.{:02},2026-03-{:02}T{:02}:{:02}:{:02},{note}",
@@ -108,11 +108,11 @@ pub fn bare_csv_batches(mut input: impl BufRead, mut each: impl FnMut(RecordBatc
         let at_end = buf.is_empty();
         let consumed = decoder.decode(buf).expect("generated CSV decodes");
         input.consume(consumed);
-        if at_end || decoder.capacity() == 0 {
-            if let Some(batch) = decoder.flush().expect("generated CSV decodes") {
-                rows += batch.num_rows() as u64;
-                each(batch);
-            }
+        if (at_end || decoder.capacity() == 0)
+            && let Some(batch) = decoder.flush().expect("generated CSV decodes")
+        {
+            rows += batch.num_rows() as u64;
+            each(batch);
         }
         if at_end {
             return rows;

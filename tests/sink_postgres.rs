@@ -1,14 +1,21 @@
 //! The `postgres` sink against a real PostgreSQL server and LocalStack:
 //! values and types that land, schema checks, constraint violations,
 //! duplicate and racing deliveries, a worker killed in the middle of a COPY,
-//! a backend terminated mid-COPY and an unreachable database.
+//! a backend terminated mid-COPY, an unreachable database, and TLS
+//! (verified with the test CA; an untrusted certificate or a wrong host
+//! name left for retry).
 //!
 //! The server: `make test` starts it (tests/services/with-postgres.sh), or
 //! run `tests/services/postgres.sh start`. `S3I_POSTGRES_URL` points
-//! elsewhere. Each test uses its own uniquely named table and ledger.
+//! elsewhere, `S3I_POSTGRES_CA` at the CA certificate its TLS certificate
+//! chains to (default: `tests/services/postgres.sh ca`). The sinks under
+//! test trust that CA, so with the default `sslmode=prefer` every test
+//! below talks TLS to the server; the assertion client does not. Each test
+//! uses its own uniquely named table and ledger.
 
 mod util;
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -24,6 +31,30 @@ use util::*;
 fn postgres_url() -> String {
     std::env::var("S3I_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/postgres".into())
+}
+
+/// The CA certificate of the test server's TLS certificate.
+fn postgres_ca() -> String {
+    let path = std::env::var("S3I_POSTGRES_CA").unwrap_or_else(|_| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/services/postgres.sh");
+        let output = std::process::Command::new(script)
+            .arg("ca")
+            .output()
+            .expect("run tests/services/postgres.sh ca");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    });
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "no test CA certificate at {path}: `tests/services/postgres.sh start` makes it \
+         (or set S3I_POSTGRES_CA)"
+    );
+    path
+}
+
+/// `url` with one more query parameter.
+fn with_param(url: &str, param: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{param}")
 }
 
 /// A client for assertions; fails loudly with a hint when the server is
@@ -61,8 +92,17 @@ fn routes(schema: Option<&str>) -> String {
     )
 }
 
-/// The `postgres` sink for `table`, with its own ledger `<table>_ledger`.
+/// The `postgres` sink for `table`, with its own ledger `<table>_ledger`,
+/// trusting the test CA.
 fn sink_toml(url: &str, table: &str, extra: &str) -> String {
+    sink_toml_without_ca(
+        url,
+        table,
+        &format!("ca_file = \"{}\"\n{extra}", postgres_ca()),
+    )
+}
+
+fn sink_toml_without_ca(url: &str, table: &str, extra: &str) -> String {
     format!(
         r#"
         [sinks.pg]
@@ -854,8 +894,10 @@ async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_t
         ledger_table = "{table}_ledger"
         create_table = true
         pool_size = 1
+        ca_file = "{ca}"
         "#,
-        url = postgres_url()
+        url = postgres_url(),
+        ca = postgres_ca(),
     ))
     .unwrap();
     let context = SinkContext {
@@ -920,5 +962,160 @@ async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_t
     assert_eq!(
         ledger(&client, &table).await,
         vec![("in/a.csv".to_owned(), Some(2), true)]
+    );
+}
+
+/// (backends, of which on TLS) of the server connections whose
+/// `application_name` is `name`.
+async fn backends_on_tls(client: &tokio_postgres::Client, name: &str) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_with_the_test_ca_loads_over_a_verified_connection() {
+    let fixture = Fixture::new("pg-tls").await;
+    let client = connect().await;
+    let table = unique_table("tls");
+    // Names the sink's connections, so the server can tell which are its.
+    let application = table.clone();
+    let url = with_param(
+        &with_param(&postgres_url(), "sslmode=require"),
+        &format!("application_name={application}"),
+    );
+    let config = fixture.config_with_sinks(
+        Some(&routes(None)),
+        "",
+        &sink_toml(&url, &table, "create_table = true"),
+    );
+    let (worker, _) = fixture.start_worker_with_stats(config).await;
+    fixture.put("in/secure.csv", csv_rows(25)).await;
+    wait_until("the rows and an empty queue", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 25);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    // The connection that loaded the file is back in the sink's pool.
+    let (backends, on_tls) = backends_on_tls(&client, &application).await;
+    assert!(backends >= 1, "the sink keeps its connection open");
+    assert_eq!(on_tls, backends, "every sink connection is TLS");
+    worker.stop().await;
+}
+
+/// The server's certificate is not trusted (no `ca_file`, and the test CA
+/// is not in the system store): every attempt fails in the TLS handshake,
+/// which is a connection error, so the object is left for retry, never
+/// dead-lettered, and the log names the certificate problem. Trusted, the
+/// same message lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_certificate_leaves_the_object_for_retry() {
+    let fixture = Fixture::new("pg-untrusted").await;
+    let client = connect().await;
+    let table = unique_table("untrusted");
+    let url = with_param(&postgres_url(), "sslmode=require");
+    let mut untrusted = fixture.config_with_sinks(
+        Some(&routes(None)),
+        "",
+        &sink_toml_without_ca(
+            &url,
+            &table,
+            "create_table = true\nconnect_timeout_secs = 2",
+        ),
+    );
+    untrusted.queue.visibility_timeout_secs = 3;
+    let log = fixture.output_dir().join("untrusted-worker.log");
+    let mut process = fixture.spawn_worker_process(&untrusted, &log);
+    fixture.put("in/waiting.csv", csv_rows(20)).await;
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("two failed attempts logged", WAIT, || async {
+        read_log()
+            .lines()
+            .filter(|line| line.contains("will retry"))
+            .count()
+            >= 2
+    })
+    .await;
+    process.kill().unwrap();
+    process.wait().unwrap();
+    let failures: Vec<String> = read_log()
+        .lines()
+        .filter(|line| line.contains("will retry"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .all(|line| line.contains("invalid peer certificate") && line.contains("UnknownIssuer")),
+        "{failures:#?}"
+    );
+    assert!(fixture.take_dead_letters().await.is_empty());
+    assert_eq!(ledger_count(&client, &table).await, 0);
+
+    let mut trusted = config(&fixture, &table, None, "create_table = true");
+    trusted.queue.visibility_timeout_secs = 3;
+    let (worker, _) = fixture.start_worker_with_stats(trusted).await;
+    wait_until("the rows and an empty queue", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 20);
+    worker.stop().await;
+}
+
+/// The CA is trusted but the certificate names 127.0.0.1 and localhost,
+/// not the host the sink was told to connect to: the host name check
+/// refuses it (libpq's `sslmode=require` would not), as a retryable error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_host_name_is_refused_even_from_a_trusted_ca() {
+    use s3_ingest::sink::postgres::{PostgresSink, PostgresSinkConfig};
+    use s3_ingest::sink::{Lineage, Sink, SinkContext};
+
+    let table = unique_table("hostname");
+    // `hostaddr` is where to connect, `host` the name the certificate
+    // must carry.
+    let server = tokio_postgres::Config::from_str(&postgres_url()).unwrap();
+    let port = server.get_ports().first().copied().unwrap_or(5432);
+    let config: PostgresSinkConfig = toml::from_str(&format!(
+        r#"
+        url = "host=db.invalid hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=verify-full"
+        table = "{table}"
+        ledger_table = "{table}_ledger"
+        ca_file = "{ca}"
+        connect_timeout_secs = 5
+        "#,
+        ca = postgres_ca(),
+    ))
+    .unwrap();
+    config.validate().unwrap();
+    let context = SinkContext {
+        s3: clients().s3,
+        expected_bucket_owner: None,
+    };
+    let sink = PostgresSink::new("pg", &config, &context).unwrap();
+    let lineage = Lineage {
+        bucket: "vendor".into(),
+        key: "in/a.csv".into(),
+        version_id: None,
+        etag: Some("etag-1".into()),
+        size: 10,
+        event_time: None,
+        route: "all".into(),
+    };
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let err = sink.open(&lineage, schema).await.err().expect("refused");
+    assert!(err.retryable, "{}", err.detail);
+    assert!(
+        err.detail.contains("invalid peer certificate") && err.detail.contains("db.invalid"),
+        "{}",
+        err.detail
     );
 }

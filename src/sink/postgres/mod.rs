@@ -73,10 +73,32 @@
 //! become `NOT NULL` columns when the sink creates the table. Nanoseconds
 //! are truncated to microseconds.
 //!
+//! ## TLS
+//!
+//! `sslmode` in the connection string decides whether to encrypt:
+//! `disable` never; `prefer` (the default, as in libpq) when the server
+//! offers TLS, else in the clear; `require`, `verify-ca` and `verify-full`
+//! always, and a server without TLS is a connection error. Whenever TLS is
+//! used, the server's certificate chain *and* host name are verified
+//! (rustls), against the system's CA store plus the certificates in
+//! `ca_file` (a PEM bundle, such as the RDS CA bundle). This is stricter
+//! than libpq, whose `prefer` and `require` encrypt without checking the
+//! certificate: here `require` means what libpq calls `verify-full`, and a
+//! server offering TLS with an untrusted certificate fails even under
+//! `prefer` (set `ca_file`, or `sslmode=disable` on a trusted network).
+//! Certificate checks are never turned off. libpq's `sslrootcert`,
+//! `sslcert` and `sslkey` are not understood (use `ca_file`; client
+//! certificates are not supported). An unreadable or invalid `ca_file`,
+//! or `sslmode=require` with no trusted CA at all, is a start-up error; a
+//! failed handshake (untrusted or expired certificate, wrong host name) is
+//! a transient connection error, logged with the reason
+//! ("invalid peer certificate: UnknownIssuer"), and the object waits on
+//! the queue until the certificate or the configuration is fixed.
+//!
 //! ## Errors
 //!
 //! Transient (the message stays queued and is redelivered): connection
-//! refused or lost, pool timeouts, SQLSTATE class 08 (connection), 40001
+//! refused or lost, TLS handshake failures, pool timeouts, SQLSTATE class 08 (connection), 40001
 //! serialization failure, 40P01 deadlock, 53xxx (too many connections, disk
 //! full), 55P03 lock not available, 57014 query canceled, 57P01-57P03 admin
 //! shutdown / cannot connect now, 58xxx system errors, and the connection
@@ -87,11 +109,12 @@
 //! column and insufficient privilege, ...
 
 mod encode;
+mod tls;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,8 +125,9 @@ use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures::SinkExt;
 use serde::{Deserialize, Serialize};
+use tokio_postgres::CopyInSink;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Type;
-use tokio_postgres::{CopyInSink, NoTls};
 
 use super::{CommitReceipt, Lineage, Sink, SinkContext, SinkError, SinkWriter};
 use encode::PgType;
@@ -137,6 +161,11 @@ pub struct PostgresSinkConfig {
     pub pool_size: NonZeroUsize,
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// A PEM bundle of CA certificates trusted for the server's TLS
+    /// certificate (such as the RDS CA bundle), in addition to the
+    /// system's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_ledger_table() -> String {
@@ -172,12 +201,12 @@ impl PostgresSinkConfig {
                     "only with url; put the password in url_env's URL",
                 );
             }
-            (None, Some(url)) => match tokio_postgres::Config::from_str(url) {
-                // The parser's message names the option, never the value.
+            (None, Some(url)) => match tls::parse_connection_string(url) {
+                // The parser's messages name the option, never the value.
                 Err(parse_err) => {
                     return Err((
                         "url".into(),
-                        format!("not a connection string: {parse_err}"),
+                        format!("not a connection string: {}", with_causes(&parse_err)),
                     ));
                 }
                 Ok(parsed) if parsed.get_password().is_some() => {
@@ -204,6 +233,13 @@ impl PostgresSinkConfig {
         if self.connect_timeout_secs == 0 {
             return err("connect_timeout_secs", "must be at least 1");
         }
+        if self
+            .ca_file
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return err("ca_file", "must be a path to a PEM file");
+        }
         Ok(())
     }
 
@@ -220,15 +256,17 @@ impl PostgresSinkConfig {
             (Some(name), _) => {
                 let url = read_env("url_env", name)?;
                 // Never echo the string: it holds the password.
-                tokio_postgres::Config::from_str(&url).map_err(|err| {
+                tls::parse_connection_string(&url).map_err(|err| {
                     SinkError::permanent(format!(
-                        "sink `{sink}`: environment variable {name} is not a connection string: {err}"
+                        "sink `{sink}`: environment variable {name} is not a connection string: {}",
+                        with_causes(&err)
                     ))
                 })?
             }
-            (None, Some(url)) => tokio_postgres::Config::from_str(url).map_err(|err| {
+            (None, Some(url)) => tls::parse_connection_string(url).map_err(|err| {
                 SinkError::permanent(format!(
-                    "sink `{sink}`: url is not a connection string: {err}"
+                    "sink `{sink}`: url is not a connection string: {}",
+                    with_causes(&err)
                 ))
             })?,
             (None, None) => {
@@ -239,13 +277,6 @@ impl PostgresSinkConfig {
         };
         if let Some(name) = &self.password_env {
             config.password(read_env("password_env", name)?);
-        }
-        // Without a TLS connector every connection would fail, forever and
-        // per object: refuse at start-up instead.
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(SinkError::permanent(format!(
-                "sink `{sink}`: sslmode=require is not supported yet (connections are not encrypted); use sslmode=disable or prefer"
-            )));
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(self.connect_timeout_secs));
@@ -310,8 +341,10 @@ fn quote_identifier(name: &str) -> String {
 /// message, SQLSTATE and COPY line (the row) for the operator.
 fn classify(action: &str, err: &tokio_postgres::Error) -> SinkError {
     let Some(db) = err.as_db_error() else {
-        // Refused, reset, closed, timed out: the server may come back.
-        return SinkError::transient(format!("{action}: {err}"));
+        // Refused, reset, closed, timed out, a TLS handshake that failed
+        // (the certificate may be renewed, the CA bundle fixed): the
+        // server may come back.
+        return SinkError::transient(format!("{action}: {}", with_causes(err)));
     };
     let code = db.code().code();
     let mut detail = format!("{action}: {} (SQLSTATE {code})", db.message());
@@ -326,6 +359,24 @@ fn classify(action: &str, err: &tokio_postgres::Error) -> SinkError {
     } else {
         SinkError::permanent(detail)
     }
+}
+
+/// The error and its causes, `a: b: c`: tokio-postgres prints only its own
+/// layer ("error performing TLS handshake"), the reason ("invalid peer
+/// certificate: UnknownIssuer") is in the source chain.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // An io::Error wrapping an error prints the same text as its source.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn is_transient_sqlstate(code: &str) -> bool {
@@ -533,9 +584,14 @@ impl PostgresSink {
         _context: &SinkContext,
     ) -> Result<PostgresSink, SinkError> {
         let connection = config.connection_config(name)?;
+        let tls = tls::connector(
+            name,
+            config.ca_file.as_deref(),
+            connection.get_ssl_mode() == SslMode::Require,
+        )?;
         let manager = Manager::from_config(
             connection,
-            NoTls,
+            tls,
             ManagerConfig {
                 // Checks `is_closed` only: connections with a transaction
                 // left open never reach the pool (see `Session`).
@@ -1056,10 +1112,42 @@ mod tests {
     }
 
     #[test]
-    fn required_tls_is_refused_at_start_up() {
-        let config = config("url = \"postgres://u@h/db?sslmode=require\"").unwrap();
-        let err = config.connection_config("warehouse").unwrap_err();
-        assert!(err.detail.contains("sslmode=require"), "{}", err.detail);
+    fn verifying_sslmodes_are_accepted_as_require() {
+        assert!(
+            config("url_env = \"A\"\nca_file = \"\"")
+                .unwrap_err()
+                .starts_with("ca_file:")
+        );
+        let sink = config("url = \"postgres://u@h/db?sslmode=verify-full\"").unwrap();
+        let connection = sink.connection_config("warehouse").unwrap();
+        assert_eq!(connection.get_ssl_mode(), SslMode::Require);
+        // libpq's sslrootcert is not understood: the message names it.
+        assert!(
+            config("url = \"postgres://h/db?sslrootcert=/etc/rds.pem\"")
+                .unwrap_err()
+                .contains("unknown option `sslrootcert`")
+        );
+    }
+
+    #[test]
+    fn connection_errors_keep_their_causes() {
+        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        #[derive(Debug)]
+        struct Handshake(std::io::Error);
+        impl std::fmt::Display for Handshake {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error performing TLS handshake")
+            }
+        }
+        impl std::error::Error for Handshake {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            with_causes(&Handshake(io)),
+            "error performing TLS handshake: invalid peer certificate: UnknownIssuer"
+        );
     }
 
     #[test]

@@ -14,7 +14,6 @@
 //! sink's commit is idempotent per object version, so the retry (or the
 //! replay after a fix) lands the object once in each.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -31,7 +30,7 @@ use crate::error::IngestError;
 use crate::notification::ObjectRef;
 use crate::object::{PinnedObject, S3Objects, S3ParquetReader};
 use crate::route::{Route, resolve_delimiter, resolve_format};
-use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter};
+use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter, SinksByName};
 
 /// Downloaded chunks waiting for the decoder.
 const BYTE_CHANNEL_CHUNKS: usize = 8;
@@ -71,11 +70,11 @@ impl Committed {
 
 pub struct Ingestor {
     objects: S3Objects,
-    sinks: HashMap<String, Arc<dyn Sink>>,
+    sinks: SinksByName,
 }
 
 impl Ingestor {
-    pub fn new(objects: S3Objects, sinks: HashMap<String, Arc<dyn Sink>>) -> Ingestor {
+    pub fn new(objects: S3Objects, sinks: SinksByName) -> Ingestor {
         Ingestor { objects, sinks }
     }
 

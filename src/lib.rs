@@ -20,7 +20,6 @@ pub mod status;
 pub mod telemetry;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_config::{BehaviorVersion, Region};
@@ -122,17 +121,33 @@ pub async fn run_with_clients(
 /// that does not parse). Returns the failures by sink name.
 pub async fn check_sinks(config: &Config) -> Vec<(String, sink::SinkError)> {
     let clients = AwsClients::from_config(&config.aws).await;
+    build_sinks(config, &clients.s3).err().unwrap_or_default()
+}
+
+/// Every `[sinks.NAME]`, built; or every one that could not be, by name.
+fn build_sinks(
+    config: &Config,
+    s3: &aws_sdk_s3::Client,
+) -> Result<sink::SinksByName, Vec<(String, sink::SinkError)>> {
     let context = sink::SinkContext {
-        s3: clients.s3,
+        s3: s3.clone(),
         expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
     };
+    let mut sinks = sink::SinksByName::new();
     let mut failures = Vec::new();
     for (name, sink_config) in &config.sinks {
-        if let Err(err) = sink::build(name, sink_config, &context) {
-            failures.push((name.clone(), err));
+        match sink::build(name, sink_config, &context) {
+            Ok(sink) => {
+                sinks.insert(name.clone(), sink);
+            }
+            Err(err) => failures.push((name.clone(), err)),
         }
     }
-    failures
+    if failures.is_empty() {
+        Ok(sinks)
+    } else {
+        Err(failures)
+    }
 }
 
 /// Checks the queue and wires the worker's parts together.
@@ -146,16 +161,10 @@ pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker
     // than retrying forever.
     queue.check_reachable().await?;
     let router = Router::new(&config.routes).map_err(RunError::Routes)?;
-    let sink_context = sink::SinkContext {
-        s3: clients.s3.clone(),
-        expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
-    };
-    let mut sinks = HashMap::new();
-    for (name, sink_config) in &config.sinks {
-        let sink = sink::build(name, sink_config, &sink_context)
-            .map_err(|err| RunError::Sink(name.clone(), err))?;
-        sinks.insert(name.clone(), sink);
-    }
+    let sinks = build_sinks(config, &clients.s3).map_err(|mut failures| {
+        let (name, err) = failures.swap_remove(0);
+        RunError::Sink(name, err)
+    })?;
     let ingestor = Ingestor::new(
         S3Objects::new(clients.s3, config.aws.expected_bucket_owner.clone()),
         sinks,

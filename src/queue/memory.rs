@@ -39,6 +39,16 @@ pub struct MemoryQueue {
 }
 
 impl MemoryQueue {
+    /// Deletes one message, as another worker would: for tests.
+    pub async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
+        let failures = self.delete_batch(&[receipt_handle.to_owned()]).await?;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Self::invalid_receipt("DeleteMessage"))
+        }
+    }
+
     pub fn new(with_dead_letter_queue: bool) -> MemoryQueue {
         MemoryQueue {
             state: Mutex::default(),
@@ -197,18 +207,6 @@ impl Queue for MemoryQueue {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
-        let mut state = self.state.lock().unwrap();
-        let before = state.messages.len();
-        state
-            .messages
-            .retain(|m| m.receipt_handle.as_deref() != Some(receipt_handle));
-        if state.messages.len() == before {
-            return Err(Self::invalid_receipt("DeleteMessage"));
-        }
-        Ok(())
     }
 
     async fn set_visibility(

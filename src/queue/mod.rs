@@ -103,9 +103,6 @@ pub trait Queue: Send + Sync + 'static {
         visibility_timeout_secs: u64,
     ) -> Result<Vec<ReceivedMessage>, QueueError>;
 
-    /// Removes a message for good: only after its work is durable.
-    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError>;
-
     /// Hides the message for `timeout_secs` from now; 0 releases it at once.
     async fn set_visibility(
         &self,
@@ -113,7 +110,8 @@ pub trait Queue: Send + Sync + 'static {
         timeout_secs: u64,
     ) -> Result<(), QueueError>;
 
-    /// Deletes up to [`MAX_BATCH_ENTRIES`] messages in one request. `Err`
+    /// Removes up to [`MAX_BATCH_ENTRIES`] messages for good (only after
+    /// their work is durable) in one request. `Err`
     /// means the request as a whole failed (no entry is known deleted);
     /// `Ok` lists the entries that failed, by index; the others are deleted.
     async fn delete_batch(

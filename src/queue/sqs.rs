@@ -138,17 +138,6 @@ impl Queue for SqsQueue {
         Ok(messages)
     }
 
-    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
-        self.client
-            .delete_message()
-            .queue_url(&self.url)
-            .receipt_handle(receipt_handle)
-            .send()
-            .await
-            .map_err(|err| queue_error("DeleteMessage", &self.url, &err))?;
-        Ok(())
-    }
-
     async fn set_visibility(
         &self,
         receipt_handle: &str,

@@ -104,6 +104,9 @@ pub trait SinkWriter: Send {
     async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError>;
 }
 
+/// The configured sinks by name.
+pub type SinksByName = std::collections::HashMap<String, Arc<dyn Sink>>;
+
 /// Builds the sink a `[sinks.NAME]` table describes. Fails when the sink
 /// cannot be set up at all (a secret's environment variable is missing, a
 /// URL does not parse): a start-up error, not a per-object one.

@@ -1,5 +1,6 @@
-//! One object's pipeline: pin the version, stream and decode it on a
-//! blocking thread, write the batches to the route's sinks, commit.
+//! One object's pipeline: open it (one GET, which also pins the version),
+//! stream and decode it on a blocking thread, write the batches to the
+//! route's sinks, commit.
 //!
 //! ```text
 //! S3 GetObject ──bytes──► decode (blocking thread) ──batches──► sink writer(s) ──► commit each
@@ -18,6 +19,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
+use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
@@ -28,7 +30,7 @@ use crate::decode::csv::{CsvJob, decode_csv};
 use crate::decode::parquet::decode_parquet;
 use crate::error::IngestError;
 use crate::notification::ObjectRef;
-use crate::object::{PinnedObject, S3Objects, S3ParquetReader};
+use crate::object::{ObjectTail, PARQUET_TAIL_BYTES, PinnedObject, S3Objects, S3ParquetReader};
 use crate::route::{Route, resolve_delimiter, resolve_format};
 use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter, SinksByName};
 
@@ -36,6 +38,14 @@ use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter, SinksByName};
 const BYTE_CHANNEL_CHUNKS: usize = 8;
 /// Decoded batches waiting for the sink.
 const BATCH_CHANNEL_BATCHES: usize = 2;
+
+/// What opening an object read, by format.
+enum Opened {
+    /// A CSV object's body, not yet read.
+    Stream(ByteStream),
+    /// A Parquet object's tail (its footer).
+    Tail(ObjectTail),
+}
 
 /// The result of a committed object.
 #[derive(Debug, Clone)]
@@ -104,7 +114,20 @@ impl Ingestor {
                     .expect("config validation guarantees every route's sink exists")
             })
             .collect();
-        let pinned = Arc::new(self.objects.pin(object).await?);
+        // One GET opens the object and pins its version: the whole object
+        // for CSV, the tail with the footer for Parquet.
+        let (pinned, opened) = match format {
+            FileFormat::Csv => {
+                let (pinned, body) = self.objects.open(object).await?;
+                (pinned, Opened::Stream(body))
+            }
+            FileFormat::Parquet => {
+                let (pinned, tail) = self.objects.open_tail(object, PARQUET_TAIL_BYTES).await?;
+                (pinned, Opened::Tail(tail))
+            }
+            FileFormat::Auto => unreachable!("resolve_format never returns auto"),
+        };
+        let pinned = Arc::new(pinned);
         let lineage = Lineage {
             bucket: pinned.bucket.clone(),
             key: pinned.key.clone(),
@@ -116,10 +139,9 @@ impl Ingestor {
         };
 
         let (batch_tx, batch_rx) = mpsc::channel(BATCH_CHANNEL_BATCHES);
-        let producer = match format {
-            FileFormat::Csv => self.spawn_csv(pinned.clone(), route, batch_tx),
-            FileFormat::Parquet => self.spawn_parquet(pinned.clone(), route, batch_tx),
-            FileFormat::Auto => unreachable!("resolve_format never returns auto"),
+        let producer = match opened {
+            Opened::Stream(body) => self.spawn_csv(pinned.clone(), body, route, batch_tx),
+            Opened::Tail(tail) => self.spawn_parquet(pinned.clone(), tail, route, batch_tx),
         };
         let written = write_batches(&sinks, &lineage, &uri, batch_rx).await;
         // The producer's error explains a sink-side stop better than the
@@ -163,6 +185,7 @@ impl Ingestor {
     fn spawn_csv(
         &self,
         pinned: Arc<PinnedObject>,
+        body: ByteStream,
         route: &Route,
         batches: mpsc::Sender<RecordBatch>,
     ) -> tokio::task::JoinHandle<Result<DecodeSummary, IngestError>> {
@@ -170,7 +193,9 @@ impl Ingestor {
         let objects = self.objects.clone();
         let download_pinned = pinned.clone();
         let download =
-            tokio::spawn(async move { objects.stream_into(&download_pinned, chunk_tx).await });
+            tokio::spawn(
+                async move { objects.stream_into(&download_pinned, body, chunk_tx).await },
+            );
         let mut options = route.csv.clone();
         options.delimiter = Some(resolve_delimiter(options.delimiter, &pinned.key));
         let job = CsvJob {
@@ -207,10 +232,11 @@ impl Ingestor {
     fn spawn_parquet(
         &self,
         pinned: Arc<PinnedObject>,
+        tail: ObjectTail,
         route: &Route,
         batches: mpsc::Sender<RecordBatch>,
     ) -> tokio::task::JoinHandle<Result<DecodeSummary, IngestError>> {
-        let reader = S3ParquetReader::new(self.objects.clone(), pinned.clone());
+        let reader = S3ParquetReader::new(self.objects.clone(), pinned.clone(), tail);
         let schema = route.schema.clone();
         let batch_rows = route.batch_rows;
         let runtime = tokio::runtime::Handle::current();

@@ -85,30 +85,78 @@ async fn gzip_with_several_members_and_zstd_csv_are_decompressed() {
     worker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_with_several_row_groups_is_read_whole() {
-    let fixture = Fixture::new("parquet").await;
-    let worker = fixture.start_worker(fixture.config(None));
-    fixture
-        .put("in/data.parquet", parquet_bytes(10_000, 1_000))
-        .await;
+/// A file with `columns` int64 columns of `rows` rows, in row groups of
+/// 100 rows: its footer (one entry per column chunk) grows with both.
+fn wide_parquet_bytes(columns: usize, rows: i64) -> Vec<u8> {
+    let fields: Vec<Field> = (0..columns)
+        .map(|c| Field::new(format!("column_{c:04}"), DataType::Int64, false))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let arrays: Vec<arrow::array::ArrayRef> = (0..columns)
+        .map(|c| {
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows).map(|r| r * c as i64),
+            )) as arrow::array::ArrayRef
+        })
+        .collect();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(100))
+        .build();
+    let mut buffer = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props)).unwrap();
+    writer
+        .write(&RecordBatch::try_new(schema, arrays).unwrap())
+        .unwrap();
+    writer.close().unwrap();
+    buffer
+}
 
-    fixture.wait_for_files_and_empty_queue(1).await;
-    let file = sink_file_for(&fixture.sink_files(), "in/data.parquet");
-    assert_eq!(file.rows, 10_000);
-    let ids: Vec<i64> = file
-        .batches
+fn int64_column(file: &SinkFile, column: usize) -> Vec<i64> {
+    file.batches
         .iter()
         .flat_map(|b| {
-            b.column(0)
+            b.column(column)
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .unwrap()
                 .values()
                 .to_vec()
         })
-        .collect();
-    assert_eq!(ids, (0..10_000).collect::<Vec<_>>());
+        .collect()
+}
+
+/// The worker opens a Parquet object by reading its last 64 KiB; these
+/// files need reads beyond that: row groups before the tail, and a footer
+/// larger than the tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_with_several_row_groups_is_read_whole() {
+    let fixture = Fixture::new("parquet").await;
+    let worker = fixture.start_worker(fixture.config(None));
+    let long = parquet_bytes(300_000, 30_000);
+    assert!(long.len() > 4 * 64 * 1024, "{} bytes", long.len());
+    fixture.put("in/data.parquet", long).await;
+    let wide = wide_parquet_bytes(300, 500);
+    let footer_len = u32::from_le_bytes(wide[wide.len() - 8..wide.len() - 4].try_into().unwrap());
+    assert!(footer_len > 64 * 1024, "footer of {footer_len} bytes");
+    fixture.put("in/wide.parquet", wide).await;
+    fixture.put("in/small.parquet", parquet_bytes(10, 10)).await;
+
+    fixture.wait_for_files_and_empty_queue(3).await;
+    let files = fixture.sink_files();
+    let long = sink_file_for(&files, "in/data.parquet");
+    assert_eq!(long.rows, 300_000);
+    assert_eq!(int64_column(&long, 0), (0..300_000).collect::<Vec<_>>());
+    let wide = sink_file_for(&files, "in/wide.parquet");
+    assert_eq!(wide.rows, 500);
+    assert_eq!(wide.batches[0].num_columns(), 300);
+    assert_eq!(
+        int64_column(&wide, 299),
+        (0..500).map(|r| r * 299).collect::<Vec<_>>()
+    );
+    let small = sink_file_for(&files, "in/small.parquet");
+    assert_eq!(int64_column(&small, 0), (0..10).collect::<Vec<_>>());
+    assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
 }
 
@@ -282,10 +330,11 @@ async fn poison_files_go_to_the_dlq_with_their_error_kind() {
             b"PAR1 this is not parquet PAR1".to_vec(),
         )
         .await;
+    fixture.put("pq/empty.parquet", Vec::new()).await;
     fixture.put("other/readme.json", "{}").await;
     fixture.put("good/ok.csv", csv_rows(2)).await;
 
-    let letters = fixture.wait_for_dead_letters(5).await;
+    let letters = fixture.wait_for_dead_letters(6).await;
     let kind_of = |key: &str| {
         letters
             .iter()
@@ -307,6 +356,9 @@ async fn poison_files_go_to_the_dlq_with_their_error_kind() {
         "decompression_error"
     );
     assert_eq!(kind_of("pq/corrupt.parquet").error_kind, "parquet_error");
+    let empty = kind_of("pq/empty.parquet");
+    assert_eq!(empty.error_kind, "parquet_error");
+    assert!(empty.error.contains("empty"), "{}", empty.error);
     assert_eq!(
         kind_of("other/readme.json").error_kind,
         "unsupported_format"

@@ -150,6 +150,12 @@ pub struct WorkerConfig {
     /// after `max_receive_count` deliveries, goes to the DLQ).
     #[serde(default = "default_max_lease_secs")]
     pub max_lease_secs: u64,
+    /// The most messages received ahead of free object slots. The worker
+    /// holds only as many as its slots would start within about a second,
+    /// judged from recent object times: many for small files, none for
+    /// files that take minutes. 0 receives only for free slots.
+    #[serde(default = "default_max_prefetch")]
+    pub max_prefetch: usize,
 }
 
 fn default_concurrency() -> NonZeroUsize {
@@ -161,6 +167,9 @@ fn default_shutdown_grace_secs() -> u64 {
 fn default_max_lease_secs() -> u64 {
     2 * 3600
 }
+fn default_max_prefetch() -> usize {
+    20
+}
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -168,6 +177,7 @@ impl Default for WorkerConfig {
             concurrency: default_concurrency(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             max_lease_secs: default_max_lease_secs(),
+            max_prefetch: default_max_prefetch(),
         }
     }
 }
@@ -407,6 +417,12 @@ impl Config {
                     "{} must be at least queue.visibility_timeout_secs ({})",
                     self.worker.max_lease_secs, queue.visibility_timeout_secs
                 ),
+            ));
+        }
+        if self.worker.max_prefetch > 1000 {
+            return Err(invalid(
+                "worker.max_prefetch",
+                format!("{} is out of range 0..=1000", self.worker.max_prefetch),
             ));
         }
         if self.status.enabled()

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod notification;
 pub mod object;
 pub mod queue;
+pub mod receive_ahead;
 pub mod route;
 pub mod schema;
 pub mod sink;

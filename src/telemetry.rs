@@ -27,6 +27,8 @@ const END_TO_END_LAG: &str = "s3_ingest_end_to_end_lag_seconds";
 const VISIBILITY_EXTENSIONS: &str = "s3_ingest_visibility_extensions_total";
 const OBJECTS_IN_FLIGHT: &str = "s3_ingest_objects_in_flight";
 const RECEIVE_ERRORS: &str = "s3_ingest_receive_errors_total";
+const MESSAGES_HELD: &str = "s3_ingest_messages_held";
+const PREFETCH_LIMIT: &str = "s3_ingest_prefetch_limit";
 
 /// Seconds: from a 10 KiB file's tens of milliseconds to a large file's
 /// half hour.
@@ -114,6 +116,14 @@ fn describe() {
     );
     describe_gauge!(OBJECTS_IN_FLIGHT, "objects being processed now");
     describe_counter!(RECEIVE_ERRORS, "failed ReceiveMessage calls, by class");
+    describe_gauge!(
+        MESSAGES_HELD,
+        "messages received and not yet finished: being worked on or waiting for a slot"
+    );
+    describe_gauge!(
+        PREFETCH_LIMIT,
+        "messages the worker may hold beyond its object slots now (from recent object times)"
+    );
 }
 
 pub fn message_received() {
@@ -190,6 +200,11 @@ pub fn visibility_extended(count: u64) {
 
 pub fn objects_in_flight(delta: f64) {
     gauge!(OBJECTS_IN_FLIGHT).increment(delta);
+}
+
+pub fn messages_held(held: usize, prefetch_limit: usize) {
+    gauge!(MESSAGES_HELD).set(held as f64);
+    gauge!(PREFETCH_LIMIT).set(prefetch_limit as f64);
 }
 
 pub fn receive_error(class: &'static str) {

@@ -4,13 +4,16 @@
 //! received ──parse──► Discard (test event, not ObjectCreated) ─────────► delete
 //!    │──parse error / receive_count > max ──► dead-letter ── sent? ──► delete
 //!    ▼                                                    └─ failed ──► leave
-//! objects ── each, concurrently (bounded by worker.concurrency):
+//! objects ── each, concurrently (bounded by worker.concurrency; a message
+//!            may wait for a slot, see `receive_ahead.rs`):
+//!    shutdown before a slot   → NotStarted
 //!    no route matches     → Unmatched (logged, counted)
 //!    ingest + commit ok   → Committed
 //!    permanent error      → dead-letter; sent → DeadLettered, failed → Retry
 //!    transient error      → Retry
 //! all Committed / DeadLettered / Unmatched → delete the message
 //! any Retry                                → leave it; SQS redelivers
+//! any NotStarted (and no Retry)            → release it (visibility 0)
 //! shutdown past the grace period           → release it (visibility 0)
 //! ```
 //! Invariant: a message is deleted only after everything it named is
@@ -34,6 +37,7 @@ use crate::lease::{Lease, LeaseEnd, LeaseTiming};
 use crate::notification::{self, Notification, ObjectRef};
 use crate::queue::batcher::{BatchOperation, Batcher};
 use crate::queue::{Queue, QueueError, ReceivedMessage};
+use crate::receive_ahead::{HeldMessage, ReceiveAhead};
 use crate::route::Router;
 use crate::status::Liveness;
 use crate::telemetry;
@@ -43,8 +47,10 @@ use crate::telemetry;
 const LIVENESS_TICK: Duration = Duration::from_secs(5);
 
 /// How long a finished message waits for others to share its delete (or
-/// release) request. Short, because it is latency added to every message.
-const BATCH_LINGER: Duration = Duration::from_millis(5);
+/// release) request. Its data is already committed, so this delays only
+/// when the message leaves the queue, not when the data can be read; long
+/// enough that a busy worker fills batches of ten.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
 
 /// The batched acknowledgements of one `run`: deletes of finished messages
 /// and releases (visibility 0) of abandoned ones. Visibility extensions
@@ -73,6 +79,19 @@ impl Acknowledgements {
     }
 }
 
+/// How a message task learns where shutdown stands.
+#[derive(Clone)]
+struct ShutdownSignals {
+    /// Shutdown began: nothing new starts.
+    begun: CancellationToken,
+    /// The grace period is over: in-flight messages are released.
+    abandon: CancellationToken,
+    /// No ReceiveMessage of ours is open any more. A message is released
+    /// only after this, or the long poll still open at shutdown could
+    /// receive it again (and bump its receive count for nothing).
+    receiving_done: CancellationToken,
+}
+
 /// What happened to one object of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ObjectOutcome {
@@ -80,6 +99,8 @@ enum ObjectOutcome {
     DeadLettered,
     Unmatched,
     Retry,
+    /// Shutdown began while it waited for a slot.
+    NotStarted,
 }
 
 /// What happens to the message.
@@ -89,6 +110,8 @@ enum MessageOutcome {
     Done,
     /// Something must be tried again: leave it for SQS to redeliver.
     Retry,
+    /// Shutdown came first: hand it back at once for another worker.
+    Release,
 }
 
 /// Outcome counters, for logs and tests.
@@ -159,6 +182,7 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     pub shutdown_grace: Duration,
     pub max_lease: Duration,
+    pub max_prefetch: usize,
 }
 
 impl WorkerSettings {
@@ -171,6 +195,7 @@ impl WorkerSettings {
             concurrency: config.worker.concurrency.get(),
             shutdown_grace: Duration::from_secs(config.worker.shutdown_grace_secs),
             max_lease: Duration::from_secs(config.worker.max_lease_secs),
+            max_prefetch: config.worker.max_prefetch,
         }
     }
 
@@ -189,6 +214,7 @@ pub struct Worker {
     ingestor: Ingestor,
     settings: WorkerSettings,
     objects_in_flight: Arc<Semaphore>,
+    receive_ahead: Arc<ReceiveAhead>,
     stats: Arc<Stats>,
 }
 
@@ -208,6 +234,11 @@ impl Worker {
             router,
             ingestor,
             objects_in_flight: Arc::new(Semaphore::new(settings.concurrency)),
+            receive_ahead: Arc::new(ReceiveAhead::new(
+                settings.concurrency,
+                settings.max_messages as usize,
+                settings.max_prefetch,
+            )),
             settings,
             stats: Arc::default(),
         }
@@ -229,8 +260,12 @@ impl Worker {
     /// in-flight work finish within the grace period and releases the rest.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        // Fired when the grace period is over: in-flight messages are released.
-        let abandon = CancellationToken::new();
+        let signals = ShutdownSignals {
+            begun: shutdown.clone(),
+            abandon: CancellationToken::new(),
+            receiving_done: CancellationToken::new(),
+        };
+        let mut late_receive = false;
         let backoff_builder = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(200))
@@ -241,19 +276,15 @@ impl Worker {
         info!(concurrency = self.settings.concurrency, "worker started");
 
         loop {
-            // Receive only when an object slot is free, so received messages
-            // do not sit waiting while their visibility runs down.
+            // Receive when there is room for what a receive should bring:
+            // free slots, plus a few messages ahead when objects are quick.
             self.liveness.tick();
-            let free = tokio::select! {
+            let max_messages = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                permit = self.objects_in_flight.acquire() => {
-                    drop(permit);
-                    self.objects_in_flight.available_permits().max(1) as u64
-                }
+                count = self.receive_ahead.wait_for_room() => count as u64,
                 // Busy, not stuck: every slot is working on an object.
                 _ = tokio::time::sleep(LIVENESS_TICK) => continue,
             };
-            let max_messages = self.settings.max_messages.min(free);
             let queue = self.queue.clone();
             let (wait_time_secs, visibility_timeout_secs) = (
                 self.settings.wait_time_secs,
@@ -271,7 +302,12 @@ impl Worker {
                     // for a whole visibility timeout. Release them instead.
                     let worker = self.clone();
                     let acknowledgements = acknowledgements.clone();
-                    tracker.spawn(async move { worker.release_late_receive(receive, &acknowledgements).await });
+                    let receiving_done = signals.receiving_done.clone();
+                    tracker.spawn(async move {
+                        worker.release_late_receive(receive, &acknowledgements).await;
+                        receiving_done.cancel();
+                    });
+                    late_receive = true;
                     break;
                 }
                 received = &mut receive => received,
@@ -279,16 +315,17 @@ impl Worker {
             match received {
                 Ok(messages) => {
                     backoff = backoff_builder.build();
-                    for message in messages {
+                    let places = self.receive_ahead.hold(messages.len());
+                    for (message, place) in messages.into_iter().zip(places) {
                         self.stats.received();
                         let worker = self.clone();
-                        let abandon = abandon.clone();
+                        let signals = signals.clone();
                         let acknowledgements = acknowledgements.clone();
                         let span = info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
                         tracker.spawn(
                             async move {
                                 worker
-                                    .handle_message(message, abandon, &acknowledgements)
+                                    .handle_message(message, place, &signals, &acknowledgements)
                                     .await
                             }
                             .instrument(span),
@@ -316,6 +353,9 @@ impl Worker {
             }
         }
 
+        if !late_receive {
+            signals.receiving_done.cancel();
+        }
         info!(
             in_flight_messages = tracker.len(),
             grace_secs = self.settings.shutdown_grace.as_secs(),
@@ -330,7 +370,7 @@ impl Worker {
                 in_flight_messages = tracker.len(),
                 "grace period over; releasing unfinished messages"
             );
-            abandon.cancel();
+            signals.abandon.cancel();
             tracker.wait().await;
         }
         // Every message task has had its answer, so nothing is waiting;
@@ -368,10 +408,13 @@ impl Worker {
         join_all(releases).await;
     }
 
+    /// `place` is the message's place among those the worker holds; it
+    /// is given back once the work is done, before the acknowledgement.
     async fn handle_message(
         self: Arc<Self>,
         message: ReceivedMessage,
-        abandon: CancellationToken,
+        place: HeldMessage,
+        signals: &ShutdownSignals,
         acknowledgements: &Acknowledgements,
     ) {
         let mut lease = Lease::start(
@@ -381,7 +424,7 @@ impl Worker {
             self.settings.lease_timing(),
         );
         let outcome = tokio::select! {
-            outcome = self.process(&message) => outcome,
+            outcome = self.process(&message, &signals.begun) => outcome,
             end = lease.ended() => {
                 // Dropping `process` stops the object pipelines; nothing
                 // uncommitted becomes visible. The message is not ours to
@@ -394,7 +437,7 @@ impl Worker {
                 }
                 return;
             }
-            _ = abandon.cancelled() => {
+            _ = signals.abandon.cancelled() => {
                 // Release now so another worker picks it up at once; never
                 // delete unfinished work.
                 self.stats.extended(&lease);
@@ -410,6 +453,7 @@ impl Worker {
         };
         self.stats.extended(&lease);
         drop(lease);
+        drop(place);
         match outcome {
             MessageOutcome::Done => match acknowledgements
                 .deletes
@@ -430,10 +474,28 @@ impl Worker {
                 self.stats.left_for_retry();
                 info!("message left on the queue for a retry");
             }
+            MessageOutcome::Release => {
+                signals.receiving_done.cancelled().await;
+                self.stats.released();
+                match acknowledgements
+                    .releases
+                    .submit(&message.message_id, &message.receipt_handle)
+                    .await
+                {
+                    Ok(()) => info!("message waiting for a slot at shutdown released"),
+                    Err(_) => {
+                        warn!("could not release message; it returns after its visibility timeout")
+                    }
+                }
+            }
         }
     }
 
-    async fn process(&self, message: &ReceivedMessage) -> MessageOutcome {
+    async fn process(
+        &self,
+        message: &ReceivedMessage,
+        shutdown: &CancellationToken,
+    ) -> MessageOutcome {
         let parsed = notification::parse(&message.body);
         if message.receive_count > self.settings.max_receive_count {
             let error = format!(
@@ -478,7 +540,7 @@ impl Worker {
                 let outcomes = join_all(
                     objects
                         .iter()
-                        .map(|object| self.process_object(message, object)),
+                        .map(|object| self.process_object(message, object, shutdown)),
                 )
                 .await;
                 combine(outcomes)
@@ -486,7 +548,12 @@ impl Worker {
         }
     }
 
-    async fn process_object(&self, message: &ReceivedMessage, object: &ObjectRef) -> ObjectOutcome {
+    async fn process_object(
+        &self,
+        message: &ReceivedMessage,
+        object: &ObjectRef,
+        shutdown: &CancellationToken,
+    ) -> ObjectOutcome {
         let bucket = object.bucket.as_str();
         let key = object.key.as_str();
         if !self.router.bucket_allowed(bucket) {
@@ -507,14 +574,18 @@ impl Worker {
             info!(bucket, key, "no route matches the key; object skipped");
             return ObjectOutcome::Unmatched;
         };
-        let _slot = self
-            .objects_in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        // Once shutdown has begun nothing new starts: a message still
+        // waiting here goes back to the queue for another worker.
+        let _slot = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return ObjectOutcome::NotStarted,
+            slot = self.objects_in_flight.acquire() => slot.expect("the semaphore is never closed"),
+        };
         let _in_flight = InFlightGauge::new();
         let started = Instant::now();
-        match self.ingestor.ingest(object, &route).await {
+        let ingested = self.ingestor.ingest(object, &route).await;
+        self.receive_ahead.object_finished(started.elapsed());
+        match ingested {
             Ok(committed) => {
                 bump(&self.stats.objects_committed);
                 let duration = started.elapsed();
@@ -649,9 +720,13 @@ impl Drop for InFlightGauge {
     }
 }
 
+/// A transient failure waits for SQS to redeliver (a back-off of one
+/// visibility timeout); an object shutdown kept from starting is released.
 fn combine(outcomes: Vec<ObjectOutcome>) -> MessageOutcome {
     if outcomes.contains(&ObjectOutcome::Retry) {
         MessageOutcome::Retry
+    } else if outcomes.contains(&ObjectOutcome::NotStarted) {
+        MessageOutcome::Release
     } else {
         MessageOutcome::Done
     }
@@ -699,6 +774,7 @@ mod tests {
                 concurrency: 2,
                 shutdown_grace: Duration::from_secs(5),
                 max_lease: Duration::from_secs(3600),
+                max_prefetch: 20,
             },
         ))
     }

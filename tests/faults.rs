@@ -384,6 +384,83 @@ async fn sigterm_mid_file_past_the_grace_period_releases_it_to_the_next_worker()
     assert_eq!(wait_for_exit(next).await.code(), Some(0));
 }
 
+/// With quick objects the worker receives messages ahead of its slots. At
+/// shutdown, the ones still waiting for a slot go back to the queue at
+/// once, while the object in progress finishes within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_received_ahead_are_released_at_shutdown_while_work_in_progress_finishes() {
+    let fixture = Fixture::new("ahead").await;
+    let mut config = fixture.config(None);
+    config.worker.concurrency = std::num::NonZeroUsize::new(1).unwrap();
+    config.worker.shutdown_grace_secs = 120;
+    let (worker, stats) = fixture.start_worker_with_stats(config.clone()).await;
+    let committed = || stats.objects_committed.load(Ordering::Relaxed);
+    let small_files = |prefix: &str, count: usize| {
+        (0..count)
+            .map(|n| (format!("in/{prefix}-{n}.csv"), csv_rows(10).into_bytes()))
+            .collect::<Vec<_>>()
+    };
+    // Quick objects first: the worker learns that objects are quick.
+    fixture.put_many(small_files("warm", 5)).await;
+    wait_until("warm-up files committed", WAIT, || async {
+        committed() >= 5
+    })
+    .await;
+
+    let (body, rows) = big_csv_zstd(400 << 20);
+    fixture.put("in/large.csv.zst", body).await;
+    wait_until("sink writing the large file", WAIT, || async {
+        let dir = fixture.output_dir().join(&fixture.bucket);
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    fixture.put_many(small_files("waiting", 10)).await;
+    wait_until("the small files received ahead", WAIT, || async {
+        stats.messages_received.load(Ordering::Relaxed) >= 16
+    })
+    .await;
+    assert_eq!(committed(), 5, "the one slot is busy with the large file");
+
+    let stopping = tokio::spawn(worker.stop());
+    wait_until(
+        "the waiting messages released",
+        Duration::from_secs(10),
+        || async { stats.messages_released.load(Ordering::Relaxed) >= 10 },
+    )
+    .await;
+    assert_eq!(
+        committed(),
+        5,
+        "released without waiting for the large file"
+    );
+    stopping.await.unwrap();
+    assert_eq!(
+        committed(),
+        6,
+        "the large file finished within the grace period"
+    );
+    assert_eq!(stats.messages_released.load(Ordering::Relaxed), 10);
+    assert_eq!(
+        sink_file_for(&fixture.sink_files(), "in/large.csv.zst").rows,
+        rows as usize
+    );
+
+    // The released messages are visible again: the next worker takes them.
+    let next = fixture.start_worker(config);
+    fixture.wait_for_files_and_empty_queue(16).await;
+    let copies = fixture.sink_copies_by_key();
+    assert_eq!(copies.len(), 16);
+    assert!(copies.values().all(|&n| n == 1), "{copies:?}");
+    next.stop().await;
+    assert!(fixture.take_dead_letters().await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_file_outlives_its_visibility_timeout_and_is_ingested_once() {
     let fixture = Fixture::new("onegib").await;

@@ -367,7 +367,19 @@ impl WorkerProcess {
         )
         .unwrap();
         let log_file = std::fs::File::create(log).unwrap();
-        let mut command = Command::new(binary);
+        // BENCH_WORKER_PREFIX runs the worker under a profiler, e.g.
+        // `valgrind --tool=callgrind`; the table's CPU and RSS are then the
+        // profiler's, but its output shows where the worker's time goes.
+        let prefix = std::env::var("BENCH_WORKER_PREFIX").unwrap_or_default();
+        let mut prefix = prefix.split_whitespace();
+        let mut command = match prefix.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(prefix).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         for (name, _) in std::env::vars() {
             if name.starts_with("S3_INGEST") {
                 command.env_remove(name);

@@ -297,6 +297,22 @@ async fn three_workers_share_one_queue_without_loss_or_duplicates() {
     assert!(fixture.take_dead_letters().await.is_empty());
 }
 
+/// Waits until the sink has started writing a file (a hidden temporary
+/// file exists in the output directory).
+async fn wait_for_sink_writing(fixture: &Fixture) {
+    wait_until("sink writing the large file", WAIT, || async {
+        let dir = fixture.output_dir().join(&fixture.bucket);
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+}
+
 /// Starts a worker process with `grace_secs`, uploads a 200 MiB file, and
 /// sends SIGTERM once the sink has started writing it (a hidden temporary
 /// file exists). Returns the config, the worker's log, and the file's rows.
@@ -310,17 +326,7 @@ async fn sigterm_during_large_file(
     let log = fixture.output_dir().join("worker.log");
     let child = fixture.spawn_worker_process(&config, &log);
     fixture.put("in/large.csv.zst", body).await;
-    wait_until("sink writing the large file", WAIT, || async {
-        let dir = fixture.output_dir().join(&fixture.bucket);
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            })
-            .unwrap_or(false)
-    })
-    .await;
+    wait_for_sink_writing(fixture).await;
     kill(&child, "-TERM");
     assert_eq!(wait_for_exit(child).await.code(), Some(0));
     (config, log, rows)
@@ -409,17 +415,7 @@ async fn messages_received_ahead_are_released_at_shutdown_while_work_in_progress
 
     let (body, rows) = big_csv_zstd(400 << 20);
     fixture.put("in/large.csv.zst", body).await;
-    wait_until("sink writing the large file", WAIT, || async {
-        let dir = fixture.output_dir().join(&fixture.bucket);
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            })
-            .unwrap_or(false)
-    })
-    .await;
+    wait_for_sink_writing(&fixture).await;
     fixture.put_many(small_files("waiting", 10)).await;
     wait_until("the small files received ahead", WAIT, || async {
         stats.messages_received.load(Ordering::Relaxed) >= 16

@@ -8,7 +8,7 @@
 //! `tests/bench_smoke.rs` so this code runs under `cargo test`.
 //! Needs `crate::util` (tests/util/mod.rs) and `crate::data`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{Read, Seek, SeekFrom};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -346,8 +346,11 @@ fn thread_cpu_seconds() -> f64 {
     stat_cpu_seconds(Path::new("/proc/thread-self/stat"))
 }
 
-/// A log line the bench reads: when, and the commit's `elapsed_ms`.
+/// A log line the bench reads: its message, when, and a commit's
+/// `elapsed_ms`.
+#[derive(Clone)]
 struct LogLine {
+    message: String,
     timestamp: DateTime<Utc>,
     elapsed_ms: f64,
 }
@@ -356,6 +359,12 @@ struct LogLine {
 struct WorkerProcess {
     child: Child,
     log: PathBuf,
+    /// The log is read incrementally: re-reading it whole on every poll
+    /// costs the bench O(lines²) CPU, taken from the two cores the worker
+    /// and the emulator are being measured on.
+    read_to: u64,
+    unfinished_line: Vec<u8>,
+    lines: Vec<LogLine>,
 }
 
 impl WorkerProcess {
@@ -401,6 +410,9 @@ impl WorkerProcess {
         WorkerProcess {
             child,
             log: log.to_owned(),
+            read_to: 0,
+            unfinished_line: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -428,21 +440,42 @@ impl WorkerProcess {
         }
     }
 
-    fn lines(&self, message: &str) -> Vec<LogLine> {
-        let file = std::fs::File::open(&self.log).expect("worker log");
-        BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
-            .filter(|json| json["message"] == message)
-            .map(|json| LogLine {
+    /// The lines with `message` seen so far, after reading what the worker
+    /// has appended since the last call.
+    fn lines(&mut self, message: &str) -> Vec<LogLine> {
+        let mut file = std::fs::File::open(&self.log).expect("worker log");
+        file.seek(SeekFrom::Start(self.read_to))
+            .expect("seek in log");
+        let mut appended = Vec::new();
+        file.read_to_end(&mut appended).expect("read worker log");
+        self.read_to += appended.len() as u64;
+        self.unfinished_line.extend(appended);
+        let Some(last_newline) = self.unfinished_line.iter().rposition(|b| *b == b'\n') else {
+            return self.matching(message);
+        };
+        let complete: Vec<u8> = self.unfinished_line.drain(..=last_newline).collect();
+        for line in complete.split(|b| *b == b'\n') {
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            self.lines.push(LogLine {
+                message: json["message"].as_str().unwrap_or_default().to_owned(),
                 timestamp: json["timestamp"]
                     .as_str()
                     .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
                     .expect("JSON log lines carry an RFC 3339 timestamp")
                     .to_utc(),
                 elapsed_ms: json["elapsed_ms"].as_f64().unwrap_or(0.0),
-            })
+            });
+        }
+        self.matching(message)
+    }
+
+    fn matching(&self, message: &str) -> Vec<LogLine> {
+        self.lines
+            .iter()
+            .filter(|line| line.message == message)
+            .cloned()
             .collect()
     }
 

@@ -46,15 +46,33 @@ pub fn decode_csv(
     let mut reader = decompressed.reader;
 
     let format = csv_format(&job.options);
-    let (schema, sample) = match &job.schema {
-        Some(schema) => (schema.clone(), Vec::new()),
-        None => infer_schema(&mut reader, &format, &job.options, &job.uri, codec)?,
+    // The head of the (decompressed) stream is read first: schema inference
+    // needs it, and a small object is then decoded from it without a
+    // streaming buffer.
+    let head_limit = match &job.schema {
+        Some(_) => READ_BUFFER_BYTES,
+        None => job.options.infer_max_bytes.get(),
+    };
+    let head = read_head(&mut reader, head_limit, &job.uri, codec)?;
+    let whole_input_in_head = head.len() < head_limit;
+    let schema = match &job.schema {
+        Some(schema) => schema.clone(),
+        None => infer_schema(&head, head_limit, &format, &job.options, &job.uri)?,
     };
     if schema.fields().is_empty() {
         // Nothing but (at most) blank lines: an empty file is not poison.
         return Ok(DecodeSummary::empty(schema));
     }
 
+    // arrow-csv zero-fills offset and value buffers for a whole batch when
+    // a decoder starts. For a small object that would be most of its cost,
+    // so the batch is capped at the most rows the object can hold.
+    let batch_rows = if whole_input_in_head {
+        job.batch_rows
+            .min(most_rows(head.len(), schema.fields().len()))
+    } else {
+        job.batch_rows
+    };
     let options = &job.options;
     let mut quotes = QuoteTracker::new(
         options.delimiter.unwrap_or(',') as u8,
@@ -64,10 +82,19 @@ pub fn decode_csv(
     );
     let mut decoder = ReaderBuilder::new(schema.clone())
         .with_format(format)
-        .with_batch_size(job.batch_rows)
+        .with_batch_size(batch_rows)
         .build_decoder();
 
-    let mut input = BufReader::with_capacity(READ_BUFFER_BYTES, Cursor::new(sample).chain(reader));
+    // A streaming buffer is zero-filled once when first read into; only
+    // objects larger than the head need one.
+    let mut input: Box<dyn BufRead> = if whole_input_in_head {
+        Box::new(Cursor::new(head))
+    } else {
+        Box::new(BufReader::with_capacity(
+            READ_BUFFER_BYTES,
+            Cursor::new(head).chain(reader),
+        ))
+    };
     let mut summary = DecodeSummary::empty(schema);
     let mut offset = 0u64;
     let csv_error = |summary: &DecodeSummary, buffered: usize, detail: String| IngestError::Csv {
@@ -86,7 +113,7 @@ pub fn decode_csv(
         let at_end = buf.is_empty();
         // `decode(&[])` at the end finishes a last record without a newline.
         let consumed = decoder.decode(buf).map_err(|err| {
-            let buffered = job.batch_rows - decoder.capacity();
+            let buffered = batch_rows - decoder.capacity();
             csv_error(&summary, buffered + 1, err.to_string())
         })?;
         quotes.feed(&buf[..consumed]);
@@ -95,7 +122,7 @@ pub fn decode_csv(
         if at_end && let Some(opened_at) = quotes.unterminated_quote() {
             // Checked before the last flush: those rows hold the swallowed
             // rest of the file.
-            let buffered = job.batch_rows - decoder.capacity();
+            let buffered = batch_rows - decoder.capacity();
             return Err(csv_error(
                 &summary,
                 buffered,
@@ -105,7 +132,7 @@ pub fn decode_csv(
             ));
         }
         if at_end || decoder.capacity() == 0 {
-            let buffered = job.batch_rows - decoder.capacity();
+            let buffered = batch_rows - decoder.capacity();
             if let Some(batch) = decoder
                 .flush()
                 .map_err(|err| csv_error(&summary, buffered, err.to_string()))?
@@ -151,29 +178,47 @@ fn null_regex(null_values: &[String]) -> Option<Regex> {
     Some(Regex::new(&format!("^(?:{})$", alternatives.join("|"))).expect("escaped regex"))
 }
 
-/// Reads a bounded sample from the head of the stream and infers a schema
-/// from its complete lines. Returns the schema and the sample, which the
-/// decoder must see before the rest of the stream.
-fn infer_schema(
+/// Reads up to `limit` bytes from the start of the stream. Fewer means the
+/// stream ended: the head is the whole input.
+fn read_head(
     reader: &mut Box<dyn Read + Send>,
-    format: &Format,
-    options: &CsvOptions,
+    limit: usize,
     uri: &str,
     codec: Codec,
-) -> Result<(SchemaRef, Vec<u8>), IngestError> {
-    let limit = options.infer_max_bytes.get();
-    let mut sample = Vec::with_capacity(limit.min(1 << 20));
+) -> Result<Vec<u8>, IngestError> {
+    // `read_to_end` grows the buffer as data arrives, so a small object
+    // does not pay for zeroing `limit` bytes.
+    let mut head = Vec::new();
     reader
         .take(limit as u64)
-        .read_to_end(&mut sample)
+        .read_to_end(&mut head)
         .map_err(|err| IngestError::Decompress {
             uri: uri.to_owned(),
             codec: codec.name(),
-            offset: 0,
+            offset: head.len() as u64,
             detail: err.to_string(),
         })?;
+    Ok(head)
+}
+
+/// The most records `bytes` of CSV with `columns` columns can hold: every
+/// record but the last spends at least one byte per column on delimiters
+/// and its line end.
+fn most_rows(bytes: usize, columns: usize) -> usize {
+    bytes / columns.max(1) + 1
+}
+
+/// Infers a schema from the complete lines of `sample`, the head of the
+/// stream read with `limit`.
+fn infer_schema(
+    sample: &[u8],
+    limit: usize,
+    format: &Format,
+    options: &CsvOptions,
+    uri: &str,
+) -> Result<SchemaRef, IngestError> {
     if sample.iter().all(u8::is_ascii_whitespace) {
-        return Ok((Arc::new(Schema::empty()), sample));
+        return Ok(Arc::new(Schema::empty()));
     }
     // A full sample may end in the middle of a line: infer from whole lines.
     let complete = if sample.len() == limit {
@@ -189,7 +234,7 @@ fn infer_schema(
             }
         }
     } else {
-        &sample[..]
+        sample
     };
     let (schema, _records) = format
         .infer_schema(Cursor::new(complete), Some(options.infer_rows.get()))
@@ -234,7 +279,7 @@ fn infer_schema(
             _ => field.as_ref().clone(),
         })
         .collect();
-    Ok((Arc::new(Schema::new(fields)), sample))
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 /// The data row an inference error names: arrow-csv reports "at line N"
@@ -421,5 +466,56 @@ mod tests {
         }
         assert_eq!(inference_error_row("x at line 7", false), Some(7));
         assert_eq!(inference_error_row("no position", true), None);
+    }
+
+    #[test]
+    fn a_small_object_is_one_batch_of_the_rows_it_holds() {
+        let mut job = job(None);
+        job.batch_rows = 8192;
+        let (result, batches) = run(b"id,name\n1,a\n2,b\n3,c\n".to_vec(), job);
+        assert_eq!(result.unwrap().rows, 3);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].num_rows(), 3);
+    }
+
+    #[test]
+    fn an_object_larger_than_the_head_streams_in_full_batches() {
+        // About 3 MiB: the head (1 MiB with an explicit schema) plus two
+        // more buffers' worth, with records cut at every buffer boundary.
+        let rows = 300_000u64;
+        let mut data = b"id,name\n".to_vec();
+        for id in 0..rows {
+            writeln!(data, "{id},n{id}").unwrap();
+        }
+        assert!(data.len() > 2 * READ_BUFFER_BYTES);
+        let mut job = job(Some(id_schema()));
+        job.batch_rows = 8192;
+        let (result, batches) = run(data, job);
+        assert_eq!(result.unwrap().rows, rows);
+        assert!(
+            batches[..batches.len() - 1]
+                .iter()
+                .all(|b| b.num_rows() == 8192)
+        );
+        let ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(ids, (0..rows as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn most_rows_bounds_the_records_in_the_densest_csv() {
+        // One byte per column per record: empty fields and line ends only.
+        for columns in 1..5usize {
+            for records in 0..20usize {
+                let line = format!("{}\n", ",".repeat(columns - 1));
+                let mut bytes = line.repeat(records);
+                assert!(records <= most_rows(bytes.len(), columns));
+                // The last record may lack its line end.
+                bytes.pop();
+                assert!(records <= most_rows(bytes.len(), columns));
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ WITH_LOCALSTACK := localstack/with-localstack.sh
 WITH_POSTGRES := tests/services/with-postgres.sh
 WITH_CLICKHOUSE := tests/services/with-service.sh tests/services/clickhouse.sh
 
-.PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo bench
+.PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo bench bench-memory
 
 all: build
 
@@ -55,9 +55,18 @@ fuzz:
 ## Benchmarks (see BENCHMARKS.md): the decode stage in memory against bare
 ## arrow-csv / parquet (criterion), then the worker binary end to end on
 ## LocalStack. Sizes by env, e.g. `BENCH_SIZES=10KiB,1MiB make bench`.
+## Last, the memory bound at the issue's size (`make bench-memory`).
 bench:
 	cargo bench --bench decode
 	$(WITH_LOCALSTACK) cargo bench --bench e2e
+	$(MAKE) bench-memory
+
+## tests/memory.rs at 2 GiB, release build: a 2 GiB CSV alone, then with a
+## 2 GiB Parquet object (128 MiB row groups) at once; peak RSS per phase.
+## Takes about 15 minutes and 10 GB of disk under LocalStack.
+MEMORY_LARGE ?= 2GiB
+bench-memory:
+	S3I_MEMORY_LARGE=$(MEMORY_LARGE) $(WITH_LOCALSTACK) cargo test --release --test memory -- --nocapture
 
 ## End to end on LocalStack: worker + sample vendor files + what landed.
 demo:

@@ -96,6 +96,7 @@ fn pipeline_csv(runtime: &tokio::runtime::Runtime, input: Bytes, codec: Option<C
                 schema: Some(data::schema()),
                 batch_rows: data::BATCH_ROWS,
                 declared_codec: codec,
+                object_bytes: input.len() as u64,
             };
             decode_csv(Cursor::new(input), &job, &sender)
         });

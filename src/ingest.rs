@@ -204,6 +204,7 @@ impl Ingestor {
             schema: route.schema.clone(),
             batch_rows: route.batch_rows,
             declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),
+            object_bytes: pinned.size,
         };
         let decode = tokio::task::spawn_blocking(move || {
             decode_csv(ChunkReader::new(chunk_rx), &job, &batches)

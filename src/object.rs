@@ -346,6 +346,7 @@ async fn collect(
 /// Parquet's view of an S3 object: ranged GETs, so only the footer and
 /// the row group being decoded are ever in memory. Ranges within the tail
 /// read at open are served from it.
+#[derive(Clone)]
 pub struct S3ParquetReader {
     objects: S3Objects,
     pinned: Arc<PinnedObject>,
@@ -381,12 +382,14 @@ impl AsyncFileReader for S3ParquetReader {
 
     fn get_metadata<'a>(
         &'a mut self,
-        _options: Option<&'a ArrowReaderOptions>,
+        options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
             let size = self.pinned.size;
-            // The hint makes the first read the tail we already hold.
+            // The hint makes the first read the tail we already hold; the
+            // options say which page indexes to load.
             let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
                 .with_prefetch_hint(Some(PARQUET_TAIL_BYTES as usize))
                 .load_and_finish(self, size)
                 .await?;

@@ -100,6 +100,9 @@ pub struct SizeRow {
     pub worker: IngestRun,
     pub emulator_files_per_s: f64,
     pub emulator_mb_per_s: f64,
+    /// Bare decode + encode of this size's object, one Parquet file per
+    /// object as the sink writes them: the floor for this size.
+    pub bare_per_file_cpu_seconds_per_gib: f64,
 }
 
 pub struct IngestRun {
@@ -147,19 +150,27 @@ pub struct Report {
 }
 
 pub async fn run(settings: &Settings) -> Report {
-    let bare_cpu_seconds_per_gib = bare_cpu_seconds_per_gib(settings.bare_sample_bytes);
+    let bare_cpu_seconds_per_gib =
+        bare_decode_encode_cpu_seconds_per_gib(&data::csv_bytes(settings.bare_sample_bytes, 42), 1);
     let mut sizes = Vec::new();
     for &size in &settings.sizes {
         let files = settings.files_for(size);
         eprintln!("bench e2e: {files} × {} ...", data::format_size(size));
         let (fixture, keys, worker) = ingest_run(settings, size, files, settings.concurrency).await;
         let (emulator_seconds, emulator_bytes) = emulator_ceiling(&fixture, &keys).await;
+        let bare_per_file_cpu_seconds_per_gib = if size < settings.bare_sample_bytes {
+            let body = data::csv_bytes(size, 42);
+            bare_decode_encode_cpu_seconds_per_gib(&body, settings.bare_sample_bytes / body.len())
+        } else {
+            bare_cpu_seconds_per_gib
+        };
         sizes.push(SizeRow {
             size,
             files,
             worker,
             emulator_files_per_s: keys.len() as f64 / emulator_seconds,
             emulator_mb_per_s: emulator_bytes as f64 / emulator_seconds / 1e6,
+            bare_per_file_cpu_seconds_per_gib,
         });
     }
     let mut scaling = Vec::new();
@@ -298,21 +309,25 @@ async fn latency(settings: &Settings) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// CPU seconds per GiB of CSV for bare arrow-csv decode + Parquet encode
-/// (the sink's properties) on this thread: the best of three runs.
-fn bare_cpu_seconds_per_gib(sample_bytes: usize) -> f64 {
-    let csv = data::csv_bytes(sample_bytes, 42);
+/// (the sink's properties) of `body`, `files` times over, each into its
+/// own writer as the sink writes one file per object; on this thread, the
+/// best of three runs.
+fn bare_decode_encode_cpu_seconds_per_gib(body: &[u8], files: usize) -> f64 {
+    let files = files.max(1);
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 (0..3)
                     .map(|_| {
                         let before = thread_cpu_seconds();
-                        let rows = data::bare_csv_to_parquet(&csv[..]);
-                        assert!(rows > 0);
+                        for _ in 0..files {
+                            let rows = data::bare_csv_to_parquet(body);
+                            assert!(rows > 0);
+                        }
                         thread_cpu_seconds() - before
                     })
                     .fold(f64::INFINITY, f64::min)
-                    / (csv.len() as f64 / GIB)
+                    / ((body.len() * files) as f64 / GIB)
             })
             .join()
             .expect("bare baseline thread")
@@ -524,7 +539,7 @@ impl Report {
             self.concurrency
         ));
         line(format!(
-            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>9} {:>10} {:>9} {:>10} {:>9} {:>6}",
+            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>6}",
             "size",
             "files",
             "files/s",
@@ -535,12 +550,13 @@ impl Report {
             "emu MB/s",
             "÷emu files",
             "CPU÷bare",
+            "CPU÷file",
             "slots"
         ));
         for row in &self.sizes {
             let worker = &row.worker;
             line(format!(
-                "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>5.0}%",
+                "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>9.2} {:>5.0}%",
                 data::format_size(row.size),
                 row.files,
                 worker.files_per_second(),
@@ -551,6 +567,7 @@ impl Report {
                 row.emulator_mb_per_s,
                 worker.files_per_second() / row.emulator_files_per_s,
                 worker.cpu_seconds_per_gib() / self.bare_cpu_seconds_per_gib,
+                worker.cpu_seconds_per_gib() / row.bare_per_file_cpu_seconds_per_gib,
                 worker.slot_utilisation(self.concurrency) * 100.0,
             ));
         }
@@ -558,6 +575,7 @@ impl Report {
             "bare arrow-csv decode + Parquet encode (zstd, in process): {:.2} CPU s/GiB",
             self.bare_cpu_seconds_per_gib
         ));
+        line("CPU÷file: against bare decode + encode of the same objects, one Parquet file each, as the sink writes them".into());
         line("slots: sum of per-object ingest time ÷ (wall × concurrency)".into());
         line(String::new());
         line("scaling (objects/s by worker concurrency):".into());

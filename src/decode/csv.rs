@@ -32,6 +32,9 @@ pub struct CsvJob {
     pub batch_rows: usize,
     /// Compression named by Content-Encoding or the key's extension.
     pub declared_codec: Option<Codec>,
+    /// The object's stored size: sizes the head buffer up front, so reading
+    /// a small object does not grow it step by step.
+    pub object_bytes: u64,
 }
 
 /// Decodes `input` (raw object bytes, possibly compressed) and sends each
@@ -53,7 +56,7 @@ pub fn decode_csv(
         Some(_) => READ_BUFFER_BYTES,
         None => job.options.infer_max_bytes.get(),
     };
-    let head = read_head(&mut reader, head_limit, &job.uri, codec)?;
+    let head = read_head(&mut reader, head_limit, job.object_bytes, &job.uri, codec)?;
     let whole_input_in_head = head.len() < head_limit;
     let schema = match &job.schema {
         Some(schema) => schema.clone(),
@@ -183,12 +186,14 @@ fn null_regex(null_values: &[String]) -> Option<Regex> {
 fn read_head(
     reader: &mut Box<dyn Read + Send>,
     limit: usize,
+    object_bytes: u64,
     uri: &str,
     codec: Codec,
 ) -> Result<Vec<u8>, IngestError> {
-    // `read_to_end` grows the buffer as data arrives, so a small object
-    // does not pay for zeroing `limit` bytes.
-    let mut head = Vec::new();
+    // Capacity is only reserved, not zero-filled: `read_to_end` initialises
+    // what it reads into. A compressed object's head may outgrow the hint.
+    let expected = usize::try_from(object_bytes.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut head = Vec::with_capacity(limit.min(expected));
     reader
         .take(limit as u64)
         .read_to_end(&mut head)
@@ -310,6 +315,7 @@ mod tests {
             schema,
             batch_rows: 2,
             declared_codec: None,
+            object_bytes: 0,
         }
     }
 

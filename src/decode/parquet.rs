@@ -56,12 +56,19 @@ pub async fn decode_parquet<R: AsyncFileReader + Clone + Unpin + Send + 'static>
     };
     // The offset index (page locations) is what lets a slice fetch only its
     // pages; the column index (page statistics) is not needed.
-    let options = ArrowReaderOptions::new()
+    let with_offset_index = ArrowReaderOptions::new()
         .with_offset_index_policy(PageIndexPolicy::Optional)
         .with_column_index_policy(PageIndexPolicy::Skip);
-    let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
-        .await
-        .map_err(parquet_error)?;
+    let metadata = match ArrowReaderMetadata::load_async(&mut reader, with_offset_index).await {
+        Ok(metadata) => metadata,
+        // Our own S3 errors (transient or not) are what they are.
+        Err(err @ ParquetError::External(_)) => return Err(parquet_error(err)),
+        // The index is optional: a file whose index is broken but whose
+        // data is sound is read the way readers without index support do.
+        Err(_) => ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(parquet_error)?,
+    };
     let schema = metadata.schema().clone();
     if let Some(expected) = &expected_schema {
         check_schema(expected, &schema).map_err(|detail| IngestError::Schema {
@@ -320,5 +327,29 @@ mod tests {
             covered += selected[0].row_count;
         }
         assert_eq!(covered, rows);
+    }
+
+    #[tokio::test]
+    async fn a_broken_offset_index_is_ignored_and_the_data_read_whole() {
+        let file = one_row_group_file(ROWS, true);
+        let metadata = ParquetMetaDataReader::new()
+            .parse_and_finish(&file)
+            .unwrap();
+        let mut broken = file.to_vec();
+        for column in metadata.row_group(0).columns() {
+            let range = column
+                .offset_index_range()
+                .expect("written with an offset index");
+            broken[range.start as usize..range.end as usize].fill(0xff);
+        }
+        let broken = Bytes::from(broken);
+        let with_index =
+            ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+        assert!(
+            ArrowReaderMetadata::load(&broken, with_index).is_err(),
+            "the index should be unreadable, or this test proves nothing"
+        );
+        let (ids, _) = decode(broken).await;
+        assert_eq!(ids, (0..ROWS as i64).collect::<Vec<_>>());
     }
 }

@@ -120,10 +120,13 @@ pub fn bare_csv_batches(mut input: impl BufRead, mut each: impl FnMut(RecordBatc
     }
 }
 
-/// The Parquet properties the `parquet_dir` sink writes with.
+/// The Parquet properties the `parquet_dir` sink writes with: zstd, and
+/// its bounded row groups (smaller row groups mean more dictionaries and
+/// more pages, so the floor must use the same bound).
 pub fn sink_writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(s3_ingest::sink::parquet_dir::MAX_ROW_GROUP_ROWS))
         .build()
 }
 

@@ -35,7 +35,8 @@ pub const META_SOURCE_VERSION_ID: &str = "s3_ingest.source_version_id";
 const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Rows per output row group: bounds the writer's buffer (see `create`).
-const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Public so the benchmarks encode their floor the same way.
+pub const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 pub struct ParquetDirSink {
     name: String,

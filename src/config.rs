@@ -713,6 +713,11 @@ mod tests {
         let text = format!("{MINIMAL}\n[worker]\nconcurrency = 0\n");
         let err = Config::from_toml_str(&text).unwrap_err().to_string();
         assert!(err.contains("worker.concurrency"), "{err}");
+        let text = format!("{MINIMAL}\n[worker]\nmax_prefetch = 1001\n");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("worker.max_prefetch"), "{err}");
+        let text = format!("{MINIMAL}\n[worker]\nmax_prefetch = 0\n");
+        assert_eq!(Config::from_toml_str(&text).unwrap().worker.max_prefetch, 0);
     }
 
     #[test]

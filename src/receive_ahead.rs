@@ -111,7 +111,8 @@ impl ReceiveAhead {
     }
 
     /// Messages received ahead of free slots right now.
-    pub fn current_prefetch(&self) -> usize {
+    #[cfg(test)]
+    fn current_prefetch(&self) -> usize {
         self.prefetch(&self.state.lock().unwrap())
     }
 

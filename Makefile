@@ -6,6 +6,9 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/s3-ingest/target
 export CARGO_TARGET_DIR
 
 WITH_LOCALSTACK := localstack/with-localstack.sh
+# The benchmark counts instructions under valgrind (callgrind); installed
+# from Debian's package when missing.
+NEED_VALGRIND := benches/support/need-valgrind.sh
 # The sink tests need real servers: PostgreSQL and ClickHouse, installed
 # from Debian's packages when missing, started for the run and stopped after.
 WITH_POSTGRES := tests/services/with-postgres.sh
@@ -23,6 +26,7 @@ build:
 ## what it needs (installing LocalStack into a venv, and the servers from
 ## Debian's packages, the first time) and stops what it started.
 test:
+	$(NEED_VALGRIND)
 	$(WITH_LOCALSTACK) $(WITH_POSTGRES) $(WITH_CLICKHOUSE) cargo test --all-targets
 	fuzz/smoke.sh
 
@@ -54,9 +58,12 @@ fuzz:
 
 ## Benchmarks (see BENCHMARKS.md): the decode stage in memory against bare
 ## arrow-csv / parquet (criterion), then the worker binary end to end on
-## LocalStack. Sizes by env, e.g. `BENCH_SIZES=10KiB,1MiB make bench`.
+## LocalStack, and both counted in instructions under callgrind (the CPU
+## target without the machine's noise). Sizes by env, e.g.
+## `BENCH_SIZES=10KiB,1MiB BENCH_INSTRUCTIONS=1MiB make bench`.
 ## Last, the memory bound at the issue's size (`make bench-memory`).
 bench:
+	$(NEED_VALGRIND)
 	cargo bench --bench decode
 	$(WITH_LOCALSTACK) cargo bench --bench e2e
 	$(MAKE) bench-memory

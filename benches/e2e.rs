@@ -11,7 +11,12 @@ mod e2e;
 mod util;
 
 fn main() {
-    if !std::env::args().any(|arg| arg == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    // The bench runs its bare floor as a child process under callgrind.
+    if e2e::bare_floor_main(&args) {
+        return;
+    }
+    if !args.iter().any(|arg| arg == "--bench") {
         println!(
             "e2e bench: run with `make bench` (tests/bench_smoke.rs covers it under cargo test)"
         );

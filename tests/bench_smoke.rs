@@ -8,7 +8,23 @@ mod data;
 mod e2e;
 mod util;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// `harness = false` (Cargo.toml): the instruction count runs this binary
+/// again as the bare floor (`--bare-floor FILE COUNT`), which a libtest
+/// `main` would not understand.
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if e2e::bare_floor_main(&args) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(e2e_bench_smoke_run_prints_a_table_with_numbers());
+    println!("e2e bench smoke: ok");
+}
+
 async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
     let settings = e2e::Settings::smoke(env!("CARGO_BIN_EXE_s3-ingest").into());
     let report = e2e::run(&settings).await;
@@ -31,6 +47,15 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
             .all(|(_, run)| run.files_per_second() > 0.0)
     );
     assert!(report.latency_p50_ms.is_finite() && report.latency_p99_ms >= report.latency_p50_ms);
+    // Both sides counted by callgrind, and the worker does more than the
+    // bare floor (it also receives, fetches, logs and writes files).
+    assert_eq!(report.instructions.len(), 1);
+    let counted = &report.instructions[0];
+    assert_eq!(counted.files, 2);
+    assert!(counted.bare_instructions > 0);
+    for ratio in [counted.ratio(), counted.declared_schema_ratio()] {
+        assert!(ratio.is_finite() && ratio > 1.0, "{ratio}");
+    }
 
     let table = report.table();
     println!("{table}");
@@ -39,4 +64,5 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
         "{table}"
     );
     assert!(table.contains("p50") && !table.contains("NaN"), "{table}");
+    assert!(table.contains("declared÷bare"), "{table}");
 }

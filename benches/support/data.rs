@@ -33,6 +33,28 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// A `parquet_dir` route (`**` into the fixture's `lake` sink) that
+/// declares [`schema`], in Arrow's own type syntax, so the worker does not
+/// infer it.
+pub fn route_with_schema_toml() -> String {
+    let columns: Vec<String> = schema()
+        .fields()
+        .iter()
+        .map(|field| {
+            format!(
+                "{{ name = \"{}\", type = \"{}\", nullable = {} }}",
+                field.name(),
+                field.data_type(),
+                field.is_nullable()
+            )
+        })
+        .collect();
+    format!(
+        "[[routes]]\nname = \"all\"\nkey_glob = \"**\"\nsink = \"lake\"\nschema = [{}]\n",
+        columns.join(", ")
+    )
+}
+
 /// xorshift64*: tiny, fast and fully determined by its seed.
 struct Rng(u64);
 

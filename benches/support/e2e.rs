@@ -22,6 +22,10 @@ use crate::data;
 use crate::util::{Fixture, wait_until};
 
 const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
+/// How much longer the worker may take under a profiler (callgrind runs
+/// code about 50 times slower).
+const PROFILED_SLOWDOWN: u32 = 100;
 /// GetObject requests in flight when measuring the emulator's ceiling.
 const EMULATOR_GET_CONCURRENCY: usize = 8;
 
@@ -40,13 +44,27 @@ pub struct Settings {
     pub latency_samples: usize,
     /// CSV bytes for the bare decode + encode CPU baseline.
     pub bare_sample_bytes: usize,
+    /// Sizes for the instruction count (worker and floor under callgrind).
+    pub instruction_sizes: Vec<usize>,
+    /// Runs the bare floor as its own process (`--bare-floor FILE COUNT`,
+    /// see [`bare_floor_main`]), so callgrind counts only that.
+    pub bare_floor_binary: PathBuf,
+    /// A command the worker runs under (`BENCH_WORKER_PREFIX`, e.g. a
+    /// profiler); empty for none.
+    pub worker_prefix: Vec<String>,
 }
 
 impl Settings {
     /// `make bench`: what issue 6 asks for, every knob overridable by env.
     pub fn from_env(worker_binary: PathBuf) -> Settings {
         let env = |name: &str| std::env::var(name).ok();
-        let list = |text: String| -> Vec<usize> { text.split(',').map(data::parse_size).collect() };
+        // Empty entries (and an empty list) are skipped.
+        let list = |text: String| -> Vec<usize> {
+            text.split(',')
+                .filter(|size| !size.trim().is_empty())
+                .map(data::parse_size)
+                .collect()
+        };
         Settings {
             worker_binary,
             sizes: list(env("BENCH_SIZES").unwrap_or("10KiB,1MiB,64MiB,1GiB".into())),
@@ -69,6 +87,15 @@ impl Settings {
             latency_samples: env("BENCH_LATENCY_SAMPLES")
                 .map_or(100, |n| n.parse().expect("BENCH_LATENCY_SAMPLES")),
             bare_sample_bytes: data::parse_size(&env("BENCH_BARE_SIZE").unwrap_or("64MiB".into())),
+            instruction_sizes: list(env("BENCH_INSTRUCTIONS").unwrap_or("10KiB,1MiB,64MiB".into())),
+            bare_floor_binary: std::env::current_exe().expect("the bench's own path"),
+            // E.g. `valgrind --tool=callgrind`: the table's CPU and RSS are
+            // then the profiler's, but its output shows where time goes.
+            worker_prefix: env("BENCH_WORKER_PREFIX")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
         }
     }
 
@@ -85,6 +112,9 @@ impl Settings {
             scaling_files: 2,
             latency_samples: 3,
             bare_sample_bytes: 4 << 20,
+            instruction_sizes: vec![10 << 10],
+            bare_floor_binary: std::env::current_exe().expect("the test's own path"),
+            worker_prefix: Vec::new(),
         }
     }
 
@@ -139,6 +169,36 @@ impl IngestRun {
     }
 }
 
+/// One size counted in instructions (callgrind's `Ir`): the worker process
+/// from start to stop, and the bare floor's process, same objects.
+/// Instruction counts do not drift with the machine's load the way CPU
+/// time does, so this is where the CPU target can be read reliably.
+pub struct InstructionRow {
+    pub size: usize,
+    pub files: usize,
+    pub bytes: u64,
+    /// The route without a schema (inferred per object), as in the
+    /// throughput table.
+    pub worker_instructions: u64,
+    /// The route declaring the schema, as the bare floor does.
+    pub worker_declared_schema_instructions: u64,
+    pub bare_instructions: u64,
+}
+
+impl InstructionRow {
+    pub fn per_mib(&self, instructions: u64) -> f64 {
+        instructions as f64 / (self.bytes as f64 / MIB)
+    }
+    /// Worker ÷ bare, schema inferred.
+    pub fn ratio(&self) -> f64 {
+        self.worker_instructions as f64 / self.bare_instructions as f64
+    }
+    /// Worker ÷ bare, schema declared.
+    pub fn declared_schema_ratio(&self) -> f64 {
+        self.worker_declared_schema_instructions as f64 / self.bare_instructions as f64
+    }
+}
+
 pub struct Report {
     pub sizes: Vec<SizeRow>,
     pub scaling: Vec<(usize, IngestRun)>,
@@ -148,6 +208,7 @@ pub struct Report {
     /// and the long poll, which the worker does not control.
     pub put_to_commit_p50_ms: f64,
     pub latency_samples: usize,
+    pub instructions: Vec<InstructionRow>,
     pub concurrency: usize,
     pub bare_sample_bytes: usize,
 }
@@ -168,7 +229,8 @@ pub async fn run(settings: &Settings) -> Report {
             bare_cpu_seconds_per_gib
         };
         eprintln!("bench e2e: {files} × {} ...", data::format_size(size));
-        let (fixture, keys, worker) = ingest_run(settings, size, files, settings.concurrency).await;
+        let setup = WorkerSetup::measured(settings, settings.concurrency);
+        let (fixture, keys, worker) = ingest_run(settings, size, files, &setup).await;
         let (emulator_seconds, emulator_bytes) = emulator_ceiling(&fixture, &keys).await;
         sizes.push(SizeRow {
             size,
@@ -183,20 +245,34 @@ pub async fn run(settings: &Settings) -> Report {
     let mut scaling = Vec::new();
     for &level in &settings.scaling_levels {
         eprintln!("bench e2e: scaling, concurrency {level} ...");
+        let setup = WorkerSetup::measured(settings, level);
         let (_, _, run) = ingest_run(
             settings,
             settings.scaling_file_size,
             settings.scaling_files,
-            level,
+            &setup,
         )
         .await;
         scaling.push((level, run));
     }
-    eprintln!(
-        "bench e2e: latency, {} × 10KiB one at a time ...",
-        settings.latency_samples
-    );
-    let (mut elapsed, mut put_to_commit) = latency(settings).await;
+    let (mut elapsed, mut put_to_commit) = if settings.latency_samples > 0 {
+        eprintln!(
+            "bench e2e: latency, {} × 10KiB one at a time ...",
+            settings.latency_samples
+        );
+        latency(settings).await
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let mut instructions = Vec::new();
+    for &size in &settings.instruction_sizes {
+        let files = settings.files_for(size);
+        eprintln!(
+            "bench e2e: instructions (callgrind), {files} × {} ...",
+            data::format_size(size)
+        );
+        instructions.push(instruction_row(settings, size, files).await);
+    }
     Report {
         sizes,
         scaling,
@@ -204,6 +280,7 @@ pub async fn run(settings: &Settings) -> Report {
         latency_p99_ms: data::percentile(&mut elapsed, 0.99),
         put_to_commit_p50_ms: data::percentile(&mut put_to_commit, 0.50),
         latency_samples: settings.latency_samples,
+        instructions,
         concurrency: settings.concurrency,
         bare_sample_bytes: settings.bare_sample_bytes,
     }
@@ -212,11 +289,32 @@ pub async fn run(settings: &Settings) -> Report {
 /// Uploads `files` CSV objects of `size` (the queue fills through the bucket
 /// notification), then starts the worker and measures it until the last
 /// commit.
+/// How the worker under measurement runs.
+struct WorkerSetup {
+    concurrency: usize,
+    /// A command it runs under (a profiler), or empty.
+    prefix: Vec<String>,
+    /// Whether the route declares the bench data's schema. Without one,
+    /// as in the throughput table, the worker infers it for every object.
+    declared_schema: bool,
+}
+
+impl WorkerSetup {
+    /// As the throughput table runs it: `BENCH_WORKER_PREFIX`, no schema.
+    fn measured(settings: &Settings, concurrency: usize) -> WorkerSetup {
+        WorkerSetup {
+            concurrency,
+            prefix: settings.worker_prefix.clone(),
+            declared_schema: false,
+        }
+    }
+}
+
 async fn ingest_run(
     settings: &Settings,
     size: usize,
     files: usize,
-    concurrency: usize,
+    setup: &WorkerSetup,
 ) -> (Fixture, Vec<String>, IngestRun) {
     let fixture = Fixture::new("bench").await;
     let body = data::csv_bytes(size, 42);
@@ -233,13 +331,17 @@ async fn ingest_run(
     )
     .await;
 
-    let mut config = fixture.config(None);
-    config.worker.concurrency = NonZeroUsize::new(concurrency).expect("concurrency ≥ 1");
+    let routes = setup.declared_schema.then(data::route_with_schema_toml);
+    let mut config = fixture.config(routes.as_deref());
+    config.worker.concurrency = NonZeroUsize::new(setup.concurrency).expect("concurrency ≥ 1");
     let log = fixture.output_dir().join("worker.log");
-    let mut worker = WorkerProcess::spawn(&settings.worker_binary, &config, &log);
+    let mut worker = WorkerProcess::spawn(&settings.worker_binary, &setup.prefix, &config, &log);
     // Generous: a 1 GiB file on a shared 2-core machine.
-    let deadline = Duration::from_secs(120) + Duration::from_secs(bytes / 2_000_000);
-    let started = worker.wait_for_lines("worker started", 1, Duration::from_secs(60));
+    let mut deadline = Duration::from_secs(120) + Duration::from_secs(bytes / 2_000_000);
+    if !setup.prefix.is_empty() {
+        deadline *= PROFILED_SLOWDOWN;
+    }
+    let started = worker.wait_for_lines("worker started", 1, deadline);
     let cpu_before = worker.cpu_seconds();
     let committed = worker.wait_for_lines("object committed", files, deadline);
     let cpu_after = worker.cpu_seconds();
@@ -294,7 +396,12 @@ async fn latency(settings: &Settings) -> (Vec<f64>, Vec<f64>) {
     let mut config = fixture.config(None);
     config.worker.concurrency = NonZeroUsize::new(settings.concurrency).expect("≥ 1");
     let log = fixture.output_dir().join("worker.log");
-    let mut worker = WorkerProcess::spawn(&settings.worker_binary, &config, &log);
+    let mut worker = WorkerProcess::spawn(
+        &settings.worker_binary,
+        &settings.worker_prefix,
+        &config,
+        &log,
+    );
     worker.wait_for_lines("worker started", 1, Duration::from_secs(60));
     let body = data::csv_bytes(10 << 10, 7);
     let mut put_to_commit = Vec::new();
@@ -340,6 +447,95 @@ fn bare_decode_encode_cpu_seconds_per_gib(body: &[u8], files: usize) -> f64 {
             .join()
             .expect("bare baseline thread")
     })
+}
+
+/// The worker ingesting `files` × `size` under callgrind, from its start
+/// to its graceful stop, then the bare floor (decode + encode, one Parquet
+/// file per object) over the same bytes in its own process under callgrind.
+/// Both counts include their process's start-up; the worker's also its
+/// receives, deletes, logs and shutdown, so its side is the conservative one.
+async fn instruction_row(settings: &Settings, size: usize, files: usize) -> InstructionRow {
+    let profiles = tempfile::tempdir().expect("temp dir");
+    let mut worker_instructions = [0; 2];
+    let mut bytes = 0;
+    for (declared_schema, counted) in [false, true].into_iter().zip(&mut worker_instructions) {
+        let profile = profiles
+            .path()
+            .join(format!("worker-declared-{declared_schema}.callgrind"));
+        let setup = WorkerSetup {
+            concurrency: settings.concurrency,
+            prefix: callgrind_command(&profile),
+            declared_schema,
+        };
+        let (_fixture, _keys, run) = ingest_run(settings, size, files, &setup).await;
+        *counted = callgrind_total(&profile);
+        bytes = run.bytes;
+    }
+
+    let object = profiles.path().join("object.csv");
+    std::fs::write(&object, data::csv_bytes(size, 42)).expect("write the bench object");
+    let bare_profile = profiles.path().join("bare.callgrind");
+    let mut command = callgrind_command(&bare_profile);
+    command.push(settings.bare_floor_binary.display().to_string());
+    command.extend([
+        "--bare-floor".into(),
+        object.display().to_string(),
+        files.to_string(),
+    ]);
+    let status = Command::new(&command[0])
+        .args(&command[1..])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|err| panic!("run {command:?}: {err}"));
+    assert!(status.success(), "{command:?}: {status}");
+    InstructionRow {
+        size,
+        files,
+        bytes,
+        worker_instructions: worker_instructions[0],
+        worker_declared_schema_instructions: worker_instructions[1],
+        bare_instructions: callgrind_total(&bare_profile),
+    }
+}
+
+/// `valgrind --tool=callgrind` writing its profile to `profile`. The
+/// profile holds the total instruction count and, read with
+/// `callgrind_annotate`, where the instructions went.
+fn callgrind_command(profile: &Path) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        "--quiet".into(),
+        format!("--callgrind-out-file={}", profile.display()),
+    ]
+}
+
+/// The `totals:` line of a callgrind profile: instructions executed.
+fn callgrind_total(profile: &Path) -> u64 {
+    let text = std::fs::read_to_string(profile)
+        .unwrap_or_else(|err| panic!("callgrind profile {}: {err}", profile.display()));
+    text.lines()
+        .find_map(|line| line.strip_prefix("totals:"))
+        .and_then(|total| total.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no totals line in {}", profile.display()))
+}
+
+/// `--bare-floor FILE COUNT`: the bare floor as a process of its own, for
+/// callgrind to count: decodes and encodes FILE's CSV, COUNT times, a
+/// Parquet writer each time. Returns false when the arguments are not that.
+pub fn bare_floor_main(args: &[String]) -> bool {
+    let [_, flag, file, count] = args else {
+        return false;
+    };
+    if flag != "--bare-floor" {
+        return false;
+    }
+    let body = std::fs::read(file).unwrap_or_else(|err| panic!("{file}: {err}"));
+    let count: usize = count.parse().expect("--bare-floor FILE COUNT");
+    for _ in 0..count {
+        assert!(data::bare_csv_to_parquet(&body) > 0);
+    }
+    true
 }
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
@@ -391,7 +587,9 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    fn spawn(binary: &Path, config: &Config, log: &Path) -> WorkerProcess {
+    /// Starts `binary` (under `prefix`, a command such as a profiler, when
+    /// not empty) with `config`, logging JSON to `log`.
+    fn spawn(binary: &Path, prefix: &[String], config: &Config, log: &Path) -> WorkerProcess {
         let config_path = log.with_extension("toml");
         std::fs::write(
             &config_path,
@@ -399,15 +597,10 @@ impl WorkerProcess {
         )
         .unwrap();
         let log_file = std::fs::File::create(log).unwrap();
-        // BENCH_WORKER_PREFIX runs the worker under a profiler, e.g.
-        // `valgrind --tool=callgrind`; the table's CPU and RSS are then the
-        // profiler's, but its output shows where the worker's time goes.
-        let prefix = std::env::var("BENCH_WORKER_PREFIX").unwrap_or_default();
-        let mut prefix = prefix.split_whitespace();
-        let mut command = match prefix.next() {
-            Some(program) => {
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(prefix).arg(binary);
+                command.args(args).arg(binary);
                 command
             }
             None => Command::new(binary),
@@ -596,12 +789,14 @@ impl Report {
         line("CPU÷bare: against the one-file floor".into());
         line("CPU÷file: against bare decode + encode of the same objects, one Parquet file each, as the sink writes them".into());
         line("slots: sum of per-object ingest time ÷ (wall × concurrency)".into());
-        line(String::new());
-        line("scaling (objects/s by worker concurrency):".into());
-        line(format!(
-            "{:>11} {:>6} {:>10} {:>9} {:>11} {:>6}",
-            "concurrency", "files", "files/s", "MB/s", "CPU s/GiB", "slots"
-        ));
+        if !self.scaling.is_empty() {
+            line(String::new());
+            line("scaling (objects/s by worker concurrency):".into());
+            line(format!(
+                "{:>11} {:>6} {:>10} {:>9} {:>11} {:>6}",
+                "concurrency", "files", "files/s", "MB/s", "CPU s/GiB", "slots"
+            ));
+        }
         for (level, run) in &self.scaling {
             line(format!(
                 "{:>11} {:>6} {:>10.1} {:>9.1} {:>11.2} {:>5.0}%",
@@ -613,14 +808,37 @@ impl Report {
                 run.slot_utilisation(*level) * 100.0
             ));
         }
-        line(String::new());
-        line(format!(
-            "latency, 10KiB files one at a time ({} samples): worker elapsed_ms (ingest start → sink commit) p50 {:.1} ms, p99 {:.1} ms; upload → commit seen p50 {:.1} ms",
-            self.latency_samples,
-            self.latency_p50_ms,
-            self.latency_p99_ms,
-            self.put_to_commit_p50_ms
-        ));
+        if self.latency_samples > 0 {
+            line(String::new());
+            line(format!(
+                "latency, 10KiB files one at a time ({} samples): worker elapsed_ms (ingest start → sink commit) p50 {:.1} ms, p99 {:.1} ms; upload → commit seen p50 {:.1} ms",
+                self.latency_samples,
+                self.latency_p50_ms,
+                self.latency_p99_ms,
+                self.put_to_commit_p50_ms
+            ));
+        }
+        if !self.instructions.is_empty() {
+            line(String::new());
+            line("instructions (callgrind Ir, millions per MiB of CSV): the worker process, start to stop, ÷ bare decode + encode of the same objects (a Parquet file each)".into());
+            line(format!(
+                "{:>7} {:>6} {:>9} {:>9} {:>9} {:>13} {:>13}",
+                "size", "files", "inferred", "declared", "bare", "inferred÷bare", "declared÷bare"
+            ));
+            for row in &self.instructions {
+                line(format!(
+                    "{:>7} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>13.2} {:>13.2}",
+                    data::format_size(row.size),
+                    row.files,
+                    row.per_mib(row.worker_instructions) / 1e6,
+                    row.per_mib(row.worker_declared_schema_instructions) / 1e6,
+                    row.per_mib(row.bare_instructions) / 1e6,
+                    row.ratio(),
+                    row.declared_schema_ratio()
+                ));
+            }
+            line("inferred: the route has no schema, so the worker infers one per object (as above); declared: the route lists the columns, as the bare floor knows them".into());
+        }
         out
     }
 }

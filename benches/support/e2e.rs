@@ -145,6 +145,8 @@ pub struct IngestRun {
     pub wall_seconds: f64,
     /// The worker's utime + stime over the same span.
     pub cpu_seconds: f64,
+    /// The system (kernel) part of `cpu_seconds`: sockets, files, fsync.
+    pub system_seconds: f64,
     pub peak_rss_kib: u64,
     /// `elapsed_ms` of each "object committed" line.
     pub elapsed_ms: Vec<f64>,
@@ -156,6 +158,14 @@ impl IngestRun {
     }
     pub fn mb_per_second(&self) -> f64 {
         self.bytes as f64 / self.wall_seconds / 1e6
+    }
+    /// The kernel's part of the CPU time (0 when too short to tick).
+    pub fn system_share(&self) -> f64 {
+        if self.cpu_seconds > 0.0 {
+            self.system_seconds / self.cpu_seconds
+        } else {
+            0.0
+        }
     }
     pub fn cpu_seconds_per_gib(&self) -> f64 {
         self.cpu_seconds / (self.bytes as f64 / GIB)
@@ -354,7 +364,8 @@ async fn ingest_run(
         files,
         bytes,
         wall_seconds,
-        cpu_seconds: cpu_after - cpu_before,
+        cpu_seconds: (cpu_after.0 + cpu_after.1) - (cpu_before.0 + cpu_before.1),
+        system_seconds: cpu_after.1 - cpu_before.1,
         peak_rss_kib,
         elapsed_ms: committed.iter().map(|line| line.elapsed_ms).collect(),
     };
@@ -551,14 +562,20 @@ fn ticks_per_second() -> f64 {
 
 /// utime + stime from a `/proc/.../stat` file, in seconds.
 fn stat_cpu_seconds(path: &Path) -> f64 {
+    let (user, system) = stat_user_system_seconds(path);
+    user + system
+}
+
+/// utime and stime from a `/proc/.../stat` file, in seconds.
+fn stat_user_system_seconds(path: &Path) -> (f64, f64) {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     // The command name (field 2) may hold spaces: count from after its ')'.
     let after_name = &text[text.rfind(')').expect("stat has (comm)") + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // Fields 14 (utime) and 15 (stime); `fields[0]` is field 3.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / ticks_per_second()
+    let seconds = |field: &str| field.parse::<f64>().unwrap() / ticks_per_second();
+    (seconds(fields[11]), seconds(fields[12]))
 }
 
 fn thread_cpu_seconds() -> f64 {
@@ -695,8 +712,9 @@ impl WorkerProcess {
             .collect()
     }
 
-    fn cpu_seconds(&self) -> f64 {
-        stat_cpu_seconds(&PathBuf::from(format!("/proc/{}/stat", self.child.id())))
+    /// User and system CPU seconds so far.
+    fn cpu_seconds(&self) -> (f64, f64) {
+        stat_user_system_seconds(&PathBuf::from(format!("/proc/{}/stat", self.child.id())))
     }
 
     /// `VmHWM`: the process's peak resident set, in KiB.
@@ -740,12 +758,13 @@ impl Report {
             self.concurrency
         ));
         line(format!(
-            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>6}",
+            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>5} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>6}",
             "size",
             "files",
             "files/s",
             "MB/s",
             "CPU s/GiB",
+            "sys",
             "peak RSS",
             "emu files/s",
             "emu MB/s",
@@ -757,12 +776,13 @@ impl Report {
         for row in &self.sizes {
             let worker = &row.worker;
             line(format!(
-                "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>9.2} {:>5.0}%",
+                "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>4.0}% {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>9.2} {:>5.0}%",
                 data::format_size(row.size),
                 row.files,
                 worker.files_per_second(),
                 worker.mb_per_second(),
                 worker.cpu_seconds_per_gib(),
+                worker.system_share() * 100.0,
                 worker.peak_rss_kib / 1024,
                 row.emulator_files_per_s,
                 row.emulator_mb_per_s,
@@ -788,7 +808,7 @@ impl Report {
         ));
         line("CPU÷bare: against the one-file floor".into());
         line("CPU÷file: against bare decode + encode of the same objects, one Parquet file each, as the sink writes them".into());
-        line("slots: sum of per-object ingest time ÷ (wall × concurrency)".into());
+        line("slots: sum of per-object ingest time ÷ (wall × concurrency); sys: the kernel's share of the worker's CPU".into());
         if !self.scaling.is_empty() {
             line(String::new());
             line("scaling (objects/s by worker concurrency):".into());

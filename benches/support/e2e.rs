@@ -466,6 +466,11 @@ fn bare_decode_encode_cpu_seconds_per_gib(body: &[u8], files: usize) -> f64 {
 /// Both counts include their process's start-up; the worker's also its
 /// receives, deletes, logs and shutdown, so its side is the conservative one.
 async fn instruction_row(settings: &Settings, size: usize, files: usize) -> InstructionRow {
+    if let Err(err) = Command::new("valgrind").arg("--version").output() {
+        panic!(
+            "the instruction count needs valgrind ({err}): benches/support/need-valgrind.sh installs it (make test and make bench run it)"
+        );
+    }
     let profiles = tempfile::tempdir().expect("temp dir");
     let mut worker_instructions = [0; 2];
     let mut bytes = 0;
@@ -639,7 +644,7 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|err| panic!("start {}: {err}", binary.display()));
+            .unwrap_or_else(|err| panic!("start {:?}: {err}", command.get_program()));
         WorkerProcess {
             child,
             log: log.to_owned(),

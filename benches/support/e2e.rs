@@ -8,6 +8,7 @@
 //! `tests/bench_smoke.rs` so this code runs under `cargo test`.
 //! Needs `crate::util` (tests/util/mod.rs) and `crate::data`.
 
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -587,11 +588,10 @@ fn thread_cpu_seconds() -> f64 {
     stat_cpu_seconds(Path::new("/proc/thread-self/stat"))
 }
 
-/// A log line the bench reads: its message, when, and a commit's
-/// `elapsed_ms`.
+/// A log line the bench reads (kept under its message): when, and a
+/// commit's `elapsed_ms`.
 #[derive(Clone)]
 struct LogLine {
-    message: String,
     timestamp: DateTime<Utc>,
     elapsed_ms: f64,
 }
@@ -605,7 +605,8 @@ struct WorkerProcess {
     /// and the emulator are being measured on.
     read_to: u64,
     unfinished_line: Vec<u8>,
-    lines: Vec<LogLine>,
+    /// The lines read so far, by message, so a poll costs only the new ones.
+    lines: HashMap<String, Vec<LogLine>>,
 }
 
 impl WorkerProcess {
@@ -650,7 +651,7 @@ impl WorkerProcess {
             log: log.to_owned(),
             read_to: 0,
             unfinished_line: Vec::new(),
-            lines: Vec::new(),
+            lines: HashMap::new(),
         }
     }
 
@@ -659,17 +660,17 @@ impl WorkerProcess {
     fn wait_for_lines(&mut self, message: &str, count: usize, timeout: Duration) -> Vec<LogLine> {
         let deadline = Instant::now() + timeout;
         loop {
-            let lines = self.lines(message);
-            if lines.len() >= count {
-                return lines;
+            self.read_appended_lines();
+            let seen = self.lines.get(message).map_or(0, Vec::len);
+            if seen >= count {
+                return self.lines[message].clone();
             }
             let exited = self.child.try_wait().expect("worker status");
             if exited.is_some() || Instant::now() >= deadline {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 panic!(
-                    "waited for {count} `{message}` log line(s), saw {} (worker {}); last log lines, newest first:\n{}",
-                    lines.len(),
+                    "waited for {count} `{message}` log line(s), saw {seen} (worker {}); last log lines, newest first:\n{}",
                     exited.map_or("running".into(), |status| status.to_string()),
                     tail.join("\n")
                 );
@@ -678,9 +679,8 @@ impl WorkerProcess {
         }
     }
 
-    /// The lines with `message` seen so far, after reading what the worker
-    /// has appended since the last call.
-    fn lines(&mut self, message: &str) -> Vec<LogLine> {
+    /// Reads the lines the worker has appended since the last call.
+    fn read_appended_lines(&mut self) {
         let mut file = std::fs::File::open(&self.log).expect("worker log");
         file.seek(SeekFrom::Start(self.read_to))
             .expect("seek in log");
@@ -689,15 +689,15 @@ impl WorkerProcess {
         self.read_to += appended.len() as u64;
         self.unfinished_line.extend(appended);
         let Some(last_newline) = self.unfinished_line.iter().rposition(|b| *b == b'\n') else {
-            return self.matching(message);
+            return;
         };
         let complete: Vec<u8> = self.unfinished_line.drain(..=last_newline).collect();
         for line in complete.split(|b| *b == b'\n') {
             let Ok(json) = serde_json::from_slice::<serde_json::Value>(line) else {
                 continue;
             };
-            self.lines.push(LogLine {
-                message: json["message"].as_str().unwrap_or_default().to_owned(),
+            let message = json["message"].as_str().unwrap_or_default().to_owned();
+            self.lines.entry(message).or_default().push(LogLine {
                 timestamp: json["timestamp"]
                     .as_str()
                     .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
@@ -706,15 +706,6 @@ impl WorkerProcess {
                 elapsed_ms: json["elapsed_ms"].as_f64().unwrap_or(0.0),
             });
         }
-        self.matching(message)
-    }
-
-    fn matching(&self, message: &str) -> Vec<LogLine> {
-        self.lines
-            .iter()
-            .filter(|line| line.message == message)
-            .cloned()
-            .collect()
     }
 
     /// User and system CPU seconds so far.

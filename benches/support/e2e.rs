@@ -297,9 +297,6 @@ pub async fn run(settings: &Settings) -> Report {
     }
 }
 
-/// Uploads `files` CSV objects of `size` (the queue fills through the bucket
-/// notification), then starts the worker and measures it until the last
-/// commit.
 /// How the worker under measurement runs.
 struct WorkerSetup {
     concurrency: usize,
@@ -321,6 +318,9 @@ impl WorkerSetup {
     }
 }
 
+/// Uploads `files` CSV objects of `size` (the queue fills through the bucket
+/// notification), then starts the worker and measures it until the last
+/// commit.
 async fn ingest_run(
     settings: &Settings,
     size: usize,

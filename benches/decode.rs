@@ -3,15 +3,22 @@
 //! criterion; then a table of MB/s, rows/s and pipeline ÷ bare from this
 //! run's criterion estimates.
 //!
-//! `cargo bench --bench decode` (size: `BENCH_DECODE_SIZE`, default 32MiB).
-//! Under `cargo test` (no `--bench` argument) criterion runs each benchmark
-//! once, on 256 KiB, so the code cannot rot.
+//! Then the same cases counted in instructions: each case runs once in a
+//! process of its own under callgrind, less a process that only loads the
+//! inputs. Instruction counts do not move with the machine's load, which
+//! on a shared 2-core machine moves the MB/s ratio by ±15 %.
+//!
+//! `cargo bench --bench decode` (size: `BENCH_DECODE_SIZE`, default 32MiB;
+//! `BENCH_DECODE_INSTRUCTIONS=0` skips the count). Under `cargo test` (no
+//! `--bench` argument) criterion runs each benchmark once, on 256 KiB, and
+//! the count runs on the same, so the code cannot rot.
 
 #[path = "support/data.rs"]
 mod data;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,9 +31,85 @@ use s3_ingest::decode::parquet::decode_parquet;
 use tokio::sync::mpsc;
 
 const GROUP: &str = "decode";
+/// The inputs and cases, as criterion names them.
+const FUNCTIONS: [&str; 3] = ["csv", "csv-gzip", "parquet"];
+const CASES: [&str; 2] = ["bare", "pipeline"];
+
+/// The bench's inputs, all decoding to the same rows.
+struct Inputs {
+    csv: Bytes,
+    gz: Bytes,
+    parquet: Bytes,
+}
+
+impl Inputs {
+    fn generate(size: usize) -> Inputs {
+        let csv = Bytes::from(data::csv_bytes(size, 42));
+        Inputs {
+            gz: Bytes::from(data::gzip(&csv)),
+            parquet: Bytes::from(data::parquet_bytes(&csv)),
+            csv,
+        }
+    }
+
+    fn write(&self, dir: &Path) {
+        for (name, bytes) in [
+            ("csv", &self.csv),
+            ("gz", &self.gz),
+            ("parquet", &self.parquet),
+        ] {
+            std::fs::write(dir.join(name), bytes).expect("write a bench input");
+        }
+    }
+
+    fn read(dir: &Path) -> Inputs {
+        let read = |name: &str| Bytes::from(std::fs::read(dir.join(name)).expect("bench input"));
+        Inputs {
+            csv: read("csv"),
+            gz: read("gz"),
+            parquet: read("parquet"),
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs one case once: what criterion times, and what callgrind counts.
+fn run_case(function: &str, case: &str, inputs: &Inputs, runtime: &tokio::runtime::Runtime) -> u64 {
+    match (function, case) {
+        ("csv", "bare") => data::bare_csv_batches(&inputs.csv[..], drop),
+        ("csv", "pipeline") => pipeline_csv(runtime, inputs.csv.clone(), None),
+        ("csv-gzip", "bare") => {
+            let plain = flate2::read::GzDecoder::new(&inputs.gz[..]);
+            data::bare_csv_batches(std::io::BufReader::with_capacity(1 << 20, plain), drop)
+        }
+        ("csv-gzip", "pipeline") => pipeline_csv(runtime, inputs.gz.clone(), Some(Codec::Gzip)),
+        ("parquet", "bare") => bare_parquet(inputs.parquet.clone()),
+        ("parquet", "pipeline") => pipeline_parquet(runtime, inputs.parquet.clone()),
+        _ => panic!("no decode case {function}/{case}"),
+    }
+}
 
 fn main() {
-    let bench_mode = std::env::args().any(|arg| arg == "--bench");
+    let args: Vec<String> = std::env::args().collect();
+    // A child of the instruction count: `--count-case DIR FUNCTION CASE`.
+    if let [_, flag, dir, function, case] = &args[..]
+        && flag == "--count-case"
+    {
+        let inputs = Inputs::read(Path::new(dir));
+        let runtime = runtime();
+        if case != "none" {
+            assert!(run_case(function, case, &inputs, &runtime) > 0);
+        }
+        return;
+    }
+    let bench_mode = args.iter().any(|arg| arg == "--bench");
     let size = match std::env::var("BENCH_DECODE_SIZE") {
         Ok(text) => data::parse_size(&text),
         Err(_) if bench_mode => 32 << 20,
@@ -41,46 +124,83 @@ fn main() {
         .configure_from_args();
 
     // `Bytes`: the pipeline cases clone a handle, not the data, per run.
-    let csv = Bytes::from(data::csv_bytes(size, 42));
-    let gz = Bytes::from(data::gzip(&csv));
-    let parquet = Bytes::from(data::parquet_bytes(&csv));
-    let rows = data::bare_csv_batches(&csv[..], |_| {});
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let inputs = Inputs::generate(size);
+    let csv_len = inputs.csv.len() as u64;
+    let rows = data::bare_csv_batches(&inputs.csv[..], |_| {});
+    let runtime = runtime();
 
     let mut group = criterion.benchmark_group(GROUP);
     // Throughput in the bytes of the decoded CSV for every case, so MB/s
     // compares like with like (Parquet and gzip are smaller on the wire).
-    group.throughput(Throughput::Bytes(csv.len() as u64));
-    group.bench_function(BenchmarkId::new("csv", "bare"), |b| {
-        b.iter(|| data::bare_csv_batches(&csv[..], drop))
-    });
-    group.bench_function(BenchmarkId::new("csv", "pipeline"), |b| {
-        b.iter(|| pipeline_csv(&runtime, csv.clone(), None))
-    });
-    group.bench_function(BenchmarkId::new("csv-gzip", "bare"), |b| {
-        b.iter(|| {
-            let plain = flate2::read::GzDecoder::new(&gz[..]);
-            data::bare_csv_batches(std::io::BufReader::with_capacity(1 << 20, plain), drop)
-        })
-    });
-    group.bench_function(BenchmarkId::new("csv-gzip", "pipeline"), |b| {
-        b.iter(|| pipeline_csv(&runtime, gz.clone(), Some(Codec::Gzip)))
-    });
-    group.bench_function(BenchmarkId::new("parquet", "bare"), |b| {
-        b.iter(|| bare_parquet(parquet.clone()))
-    });
-    group.bench_function(BenchmarkId::new("parquet", "pipeline"), |b| {
-        b.iter(|| pipeline_parquet(&runtime, parquet.clone()))
-    });
+    group.throughput(Throughput::Bytes(csv_len));
+    for function in FUNCTIONS {
+        for case in CASES {
+            group.bench_function(BenchmarkId::new(function, case), |b| {
+                b.iter(|| run_case(function, case, &inputs, &runtime))
+            });
+        }
+    }
     group.finish();
     criterion.final_summary();
 
     if bench_mode {
-        print_table(&output, csv.len() as u64, rows);
+        print_table(&output, csv_len, rows);
+    }
+    if std::env::var("BENCH_DECODE_INSTRUCTIONS").as_deref() != Ok("0") {
+        print_instructions(&inputs, csv_len);
+    }
+}
+
+/// Each case once under callgrind, in a child process (`--count-case`),
+/// less a child that only reads the inputs: instructions per MB of CSV and
+/// pipeline ÷ bare (bare ÷ pipeline, so that above 1 is better, as above).
+fn print_instructions(inputs: &Inputs, csv_bytes: u64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    inputs.write(dir.path());
+    let count = |function: &str, case: &str| -> u64 {
+        let profile = dir.path().join(format!("{function}-{case}.callgrind"));
+        let status = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg("--quiet")
+            .arg(format!("--callgrind-out-file={}", profile.display()))
+            .arg(std::env::current_exe().expect("the bench's own path"))
+            .args([
+                "--count-case",
+                &dir.path().display().to_string(),
+                function,
+                case,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|err| {
+                panic!("valgrind ({err}): benches/support/need-valgrind.sh installs it")
+            });
+        assert!(status.success(), "callgrind {function}/{case}: {status}");
+        let text = std::fs::read_to_string(&profile).expect("callgrind profile");
+        text.lines()
+            .find_map(|line| line.strip_prefix("totals:"))
+            .and_then(|total| total.trim().parse().ok())
+            .expect("a totals line in the callgrind profile")
+    };
+    let loading = count("csv", "none");
+    println!();
+    println!(
+        "decode stage in instructions (callgrind Ir per byte of CSV, one run each, less {:.1} M to load the inputs):",
+        loading as f64 / 1e6
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>16}",
+        "input", "bare Ir/B", "pipe Ir/B", "bare÷pipeline"
+    );
+    for function in FUNCTIONS {
+        let [bare, pipeline] = CASES.map(|case| count(function, case).saturating_sub(loading));
+        println!(
+            "{:<10} {:>12.2} {:>12.2} {:>16.3}",
+            function,
+            bare as f64 / csv_bytes as f64,
+            pipeline as f64 / csv_bytes as f64,
+            bare as f64 / pipeline as f64,
+        );
     }
 }
 
@@ -189,7 +309,7 @@ fn print_table(output: &Path, csv_bytes: u64, rows: u64) {
         "{:<10} {:>12} {:>12} {:>14} {:>14} {:>16}",
         "input", "bare MB/s", "pipe MB/s", "bare rows/s", "pipe rows/s", "pipeline÷bare"
     );
-    for function in ["csv", "csv-gzip", "parquet"] {
+    for function in FUNCTIONS {
         let bare = mean_seconds(output, function, "bare");
         let pipeline = mean_seconds(output, function, "pipeline");
         println!(

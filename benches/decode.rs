@@ -13,6 +13,8 @@
 //! `--bench` argument) criterion runs each benchmark once, on 256 KiB, and
 //! the count runs on the same, so the code cannot rot.
 
+#[path = "support/callgrind.rs"]
+mod callgrind;
 #[path = "support/data.rs"]
 mod data;
 
@@ -152,17 +154,18 @@ fn main() {
 }
 
 /// Each case once under callgrind, in a child process (`--count-case`),
-/// less a child that only reads the inputs: instructions per MB of CSV and
-/// pipeline ÷ bare (bare ÷ pipeline, so that above 1 is better, as above).
+/// less a child that only reads the inputs: instructions per byte of CSV,
+/// and bare ÷ pipeline (the same way round as the MB/s table: 1 means the
+/// pipeline adds nothing, below 1 is what it adds).
 fn print_instructions(inputs: &Inputs, csv_bytes: u64) {
+    callgrind::require_valgrind();
     let dir = tempfile::tempdir().expect("temp dir");
     inputs.write(dir.path());
     let count = |function: &str, case: &str| -> u64 {
         let profile = dir.path().join(format!("{function}-{case}.callgrind"));
-        let status = Command::new("valgrind")
-            .arg("--tool=callgrind")
-            .arg("--quiet")
-            .arg(format!("--callgrind-out-file={}", profile.display()))
+        let command = callgrind::command(&profile);
+        let status = Command::new(&command[0])
+            .args(&command[1..])
             .arg(std::env::current_exe().expect("the bench's own path"))
             .args([
                 "--count-case",
@@ -172,15 +175,9 @@ fn print_instructions(inputs: &Inputs, csv_bytes: u64) {
             ])
             .stdout(Stdio::null())
             .status()
-            .unwrap_or_else(|err| {
-                panic!("valgrind ({err}): benches/support/need-valgrind.sh installs it")
-            });
+            .unwrap_or_else(|err| panic!("run {command:?}: {err}"));
         assert!(status.success(), "callgrind {function}/{case}: {status}");
-        let text = std::fs::read_to_string(&profile).expect("callgrind profile");
-        text.lines()
-            .find_map(|line| line.strip_prefix("totals:"))
-            .and_then(|total| total.trim().parse().ok())
-            .expect("a totals line in the callgrind profile")
+        callgrind::total_instructions(&profile)
     };
     let loading = count("csv", "none");
     println!();

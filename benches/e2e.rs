@@ -3,6 +3,8 @@
 //! (`cargo test --all-targets` runs every bench target once) it does
 //! nothing: `tests/bench_smoke.rs` runs the same code with tiny sizes.
 
+#[path = "support/callgrind.rs"]
+mod callgrind;
 #[path = "support/data.rs"]
 mod data;
 #[path = "support/e2e.rs"]

@@ -6,7 +6,8 @@
 //!
 //! Used by `benches/e2e.rs` (`make bench`) and, with tiny sizes, by
 //! `tests/bench_smoke.rs` so this code runs under `cargo test`.
-//! Needs `crate::util` (tests/util/mod.rs) and `crate::data`.
+//! Needs `crate::util` (tests/util/mod.rs), `crate::data` and
+//! `crate::callgrind`.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,14 +20,16 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use s3_ingest::config::Config;
 
+use crate::callgrind;
 use crate::data;
 use crate::util::{Fixture, wait_until};
 
 const GIB: f64 = (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
-/// How much longer the worker may take under a profiler (callgrind runs
-/// code about 50 times slower).
-const PROFILED_SLOWDOWN: u32 = 100;
+/// Callgrind runs code about 50 times slower: a profiled worker's deadline
+/// allows that much more time per byte, plus a fixed [`PROFILED_START_UP`].
+const PROFILED_DEADLINE_FACTOR: u32 = 50;
+const PROFILED_START_UP: Duration = Duration::from_secs(300);
 /// GetObject requests in flight when measuring the emulator's ceiling.
 const EMULATOR_GET_CONCURRENCY: usize = 8;
 
@@ -190,7 +193,7 @@ pub struct InstructionRow {
     pub bytes: u64,
     /// The route without a schema (inferred per object), as in the
     /// throughput table.
-    pub worker_instructions: u64,
+    pub worker_inferred_schema_instructions: u64,
     /// The route declaring the schema, as the bare floor does.
     pub worker_declared_schema_instructions: u64,
     pub bare_instructions: u64,
@@ -201,8 +204,8 @@ impl InstructionRow {
         instructions as f64 / (self.bytes as f64 / MIB)
     }
     /// Worker ÷ bare, schema inferred.
-    pub fn ratio(&self) -> f64 {
-        self.worker_instructions as f64 / self.bare_instructions as f64
+    pub fn inferred_schema_ratio(&self) -> f64 {
+        self.worker_inferred_schema_instructions as f64 / self.bare_instructions as f64
     }
     /// Worker ÷ bare, schema declared.
     pub fn declared_schema_ratio(&self) -> f64 {
@@ -225,6 +228,9 @@ pub struct Report {
 }
 
 pub async fn run(settings: &Settings) -> Report {
+    if !settings.instruction_sizes.is_empty() {
+        callgrind::require_valgrind();
+    }
     let bare_sample = data::csv_bytes(settings.bare_sample_bytes, 42);
     let mut sizes = Vec::new();
     for &size in &settings.sizes {
@@ -305,6 +311,8 @@ struct WorkerSetup {
     /// Whether the route declares the bench data's schema. Without one,
     /// as in the throughput table, the worker infers it for every object.
     declared_schema: bool,
+    /// Whether it runs under callgrind for the instruction count.
+    counted: bool,
 }
 
 impl WorkerSetup {
@@ -314,6 +322,7 @@ impl WorkerSetup {
             concurrency,
             prefix: settings.worker_prefix.clone(),
             declared_schema: false,
+            counted: false,
         }
     }
 }
@@ -345,13 +354,20 @@ async fn ingest_run(
     let routes = setup.declared_schema.then(data::route_with_schema_toml);
     let mut config = fixture.config(routes.as_deref());
     config.worker.concurrency = NonZeroUsize::new(setup.concurrency).expect("concurrency ≥ 1");
+    if setup.counted {
+        // Idle receives are timer-driven: a run 50 times slower would
+        // count 50 times as many. The longest long poll makes them rare.
+        config.queue.wait_time_secs = 20;
+    }
     let log = fixture.output_dir().join("worker.log");
     let mut worker = WorkerProcess::spawn(&settings.worker_binary, &setup.prefix, &config, &log);
     // Generous: a 1 GiB file on a shared 2-core machine.
-    let mut deadline = Duration::from_secs(120) + Duration::from_secs(bytes / 2_000_000);
-    if !setup.prefix.is_empty() {
-        deadline *= PROFILED_SLOWDOWN;
-    }
+    let per_byte = Duration::from_secs(bytes / 2_000_000);
+    let deadline = if setup.prefix.is_empty() {
+        Duration::from_secs(120) + per_byte
+    } else {
+        PROFILED_START_UP + per_byte * PROFILED_DEADLINE_FACTOR
+    };
     let started = worker.wait_for_lines("worker started", 1, deadline);
     let cpu_before = worker.cpu_seconds();
     let committed = worker.wait_for_lines("object committed", files, deadline);
@@ -467,11 +483,6 @@ fn bare_decode_encode_cpu_seconds_per_gib(body: &[u8], files: usize) -> f64 {
 /// Both counts include their process's start-up; the worker's also its
 /// receives, deletes, logs and shutdown, so its side is the conservative one.
 async fn instruction_row(settings: &Settings, size: usize, files: usize) -> InstructionRow {
-    if let Err(err) = Command::new("valgrind").arg("--version").output() {
-        panic!(
-            "the instruction count needs valgrind ({err}): benches/support/need-valgrind.sh installs it (make test and make bench run it)"
-        );
-    }
     let profiles = tempfile::tempdir().expect("temp dir");
     let mut worker_instructions = [0; 2];
     let mut bytes = 0;
@@ -481,18 +492,19 @@ async fn instruction_row(settings: &Settings, size: usize, files: usize) -> Inst
             .join(format!("worker-declared-{declared_schema}.callgrind"));
         let setup = WorkerSetup {
             concurrency: settings.concurrency,
-            prefix: callgrind_command(&profile),
+            prefix: callgrind::command(&profile),
             declared_schema,
+            counted: true,
         };
         let (_fixture, _keys, run) = ingest_run(settings, size, files, &setup).await;
-        *counted = callgrind_total(&profile);
+        *counted = callgrind::total_instructions(&profile);
         bytes = run.bytes;
     }
 
     let object = profiles.path().join("object.csv");
     std::fs::write(&object, data::csv_bytes(size, 42)).expect("write the bench object");
     let bare_profile = profiles.path().join("bare.callgrind");
-    let mut command = callgrind_command(&bare_profile);
+    let mut command = callgrind::command(&bare_profile);
     command.push(settings.bare_floor_binary.display().to_string());
     command.extend([
         "--bare-floor".into(),
@@ -509,32 +521,10 @@ async fn instruction_row(settings: &Settings, size: usize, files: usize) -> Inst
         size,
         files,
         bytes,
-        worker_instructions: worker_instructions[0],
+        worker_inferred_schema_instructions: worker_instructions[0],
         worker_declared_schema_instructions: worker_instructions[1],
-        bare_instructions: callgrind_total(&bare_profile),
+        bare_instructions: callgrind::total_instructions(&bare_profile),
     }
-}
-
-/// `valgrind --tool=callgrind` writing its profile to `profile`. The
-/// profile holds the total instruction count and, read with
-/// `callgrind_annotate`, where the instructions went.
-fn callgrind_command(profile: &Path) -> Vec<String> {
-    vec![
-        "valgrind".into(),
-        "--tool=callgrind".into(),
-        "--quiet".into(),
-        format!("--callgrind-out-file={}", profile.display()),
-    ]
-}
-
-/// The `totals:` line of a callgrind profile: instructions executed.
-fn callgrind_total(profile: &Path) -> u64 {
-    let text = std::fs::read_to_string(profile)
-        .unwrap_or_else(|err| panic!("callgrind profile {}: {err}", profile.display()));
-    text.lines()
-        .find_map(|line| line.strip_prefix("totals:"))
-        .and_then(|total| total.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no totals line in {}", profile.display()))
 }
 
 /// `--bare-floor FILE COUNT`: the bare floor as a process of its own, for
@@ -557,13 +547,16 @@ pub fn bare_floor_main(args: &[String]) -> bool {
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
 fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// utime + stime from a `/proc/.../stat` file, in seconds.
@@ -846,10 +839,10 @@ impl Report {
                     "{:>7} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>13.2} {:>13.2}",
                     data::format_size(row.size),
                     row.files,
-                    row.per_mib(row.worker_instructions) / 1e6,
+                    row.per_mib(row.worker_inferred_schema_instructions) / 1e6,
                     row.per_mib(row.worker_declared_schema_instructions) / 1e6,
                     row.per_mib(row.bare_instructions) / 1e6,
-                    row.ratio(),
+                    row.inferred_schema_ratio(),
                     row.declared_schema_ratio()
                 ));
             }

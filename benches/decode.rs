@@ -214,6 +214,7 @@ fn pipeline_csv(runtime: &tokio::runtime::Runtime, input: Bytes, codec: Option<C
                 batch_rows: data::BATCH_ROWS,
                 declared_codec: codec,
                 object_bytes: input.len() as u64,
+                limits: Default::default(),
             };
             decode_csv(Cursor::new(input), &job, &sender)
         });

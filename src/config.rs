@@ -214,9 +214,14 @@ pub struct RouteConfig {
     /// bounded sample at the head of each file (CSV) or read from the footer
     /// (Parquet).
     pub schema: Option<Vec<ColumnSpec>>,
-    /// Rows per Arrow record batch.
+    /// Rows per Arrow record batch (fewer when rows are wide: see
+    /// `limits.max_batch_bytes`).
     #[serde(default = "default_batch_rows")]
     pub batch_rows: NonZeroUsize,
+    /// Bounds on what one file may cost: a file over any of them is
+    /// dead-lettered with a reason that names the limit.
+    #[serde(default)]
+    pub limits: RouteLimits,
 }
 
 impl RouteConfig {
@@ -231,6 +236,59 @@ fn default_format() -> FileFormat {
 }
 fn default_batch_rows() -> NonZeroUsize {
     NonZeroUsize::new(8192).expect("non-zero")
+}
+
+/// Per-route bounds on hostile or broken files. Memory per object is
+/// bounded by these in bytes, whatever the file claims or holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    /// Most columns a CSV file may have (its header or first record).
+    #[serde(default = "default_max_columns")]
+    pub max_columns: NonZeroUsize,
+    /// Longest CSV record, in bytes (a quoted field never closed, or a file
+    /// without line ends, is caught at this size while streaming).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: NonZeroUsize,
+    /// Target size of one decoded batch: rows per batch are cut to what
+    /// fits, estimated from the column count and the record width.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: NonZeroUsize,
+    /// Most bytes a gzip / zstd object may decompress to.
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: u64,
+    /// Most decompressed bytes per stored byte (objects decompressing to
+    /// under 64 MiB are never stopped by the ratio).
+    #[serde(default = "default_max_decompression_ratio")]
+    pub max_decompression_ratio: u64,
+}
+
+fn default_max_columns() -> NonZeroUsize {
+    NonZeroUsize::new(10_000).expect("non-zero")
+}
+fn default_max_record_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(16 << 20).expect("non-zero")
+}
+fn default_max_batch_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(16 << 20).expect("non-zero")
+}
+fn default_max_decompressed_bytes() -> u64 {
+    64 << 30
+}
+fn default_max_decompression_ratio() -> u64 {
+    250
+}
+
+impl Default for RouteLimits {
+    fn default() -> Self {
+        Self {
+            max_columns: default_max_columns(),
+            max_record_bytes: default_max_record_bytes(),
+            max_batch_bytes: default_max_batch_bytes(),
+            max_decompressed_bytes: default_max_decompressed_bytes(),
+            max_decompression_ratio: default_max_decompression_ratio(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,7 +349,13 @@ impl Default for CsvOptions {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// Parquet files under `path`, one per source object version.
-    ParquetDir { path: PathBuf },
+    ParquetDir {
+        path: PathBuf,
+        /// A row group is written out once its encoded size reaches this
+        /// (or 128 Ki rows): bounds the writer's buffer for wide rows.
+        #[serde(default = "default_parquet_dir_row_group_bytes")]
+        row_group_bytes: usize,
+    },
     /// Newline-delimited JSON rows on standard output, for debugging.
     Stdout {},
     /// Rows COPYed into a PostgreSQL table, exactly once per object version.
@@ -302,14 +366,24 @@ pub enum SinkConfig {
     Http(crate::sink::http::HttpSinkConfig),
 }
 
+fn default_parquet_dir_row_group_bytes() -> usize {
+    32 << 20
+}
+
 impl SinkConfig {
     /// Checks the sink's own settings; errors name the field (relative to
     /// `sinks.NAME.`).
     fn validate(&self) -> Result<(), (String, String)> {
         match self {
-            SinkConfig::ParquetDir { path } if path.as_os_str().is_empty() => {
+            SinkConfig::ParquetDir { path, .. } if path.as_os_str().is_empty() => {
                 Err(("path".into(), "must not be empty".into()))
             }
+            SinkConfig::ParquetDir {
+                row_group_bytes, ..
+            } if *row_group_bytes < 1024 => Err((
+                "row_group_bytes".into(),
+                format!("{row_group_bytes} is below the minimum of 1024"),
+            )),
             SinkConfig::ParquetDir { .. } | SinkConfig::Stdout {} => Ok(()),
             SinkConfig::Postgres(config) => config.validate(),
             SinkConfig::S3Parquet(config) => config.validate(),
@@ -419,6 +493,17 @@ impl Config {
                 ),
             ));
         }
+        // SQS keeps a message invisible for at most 12 hours from its
+        // receive, extensions included.
+        if self.worker.max_lease_secs > 43_200 {
+            return Err(invalid(
+                "worker.max_lease_secs",
+                format!(
+                    "{} is above SQS's 12-hour visibility ceiling (43200)",
+                    self.worker.max_lease_secs
+                ),
+            ));
+        }
         if self.worker.max_prefetch > 1000 {
             return Err(invalid(
                 "worker.max_prefetch",
@@ -516,9 +601,32 @@ impl Config {
                     ));
                 }
             }
+            let limits = &route.limits;
+            if limits.max_decompressed_bytes == 0 {
+                return Err(invalid(
+                    key("limits.max_decompressed_bytes"),
+                    "must be at least 1",
+                ));
+            }
+            if limits.max_decompression_ratio == 0 {
+                return Err(invalid(
+                    key("limits.max_decompression_ratio"),
+                    "must be at least 1",
+                ));
+            }
             if let Some(columns) = &route.schema {
                 if columns.is_empty() {
                     return Err(invalid(key("schema"), "must list at least one column"));
+                }
+                if columns.len() > limits.max_columns.get() {
+                    return Err(invalid(
+                        key("schema"),
+                        format!(
+                            "lists {} columns, more than limits.max_columns ({})",
+                            columns.len(),
+                            limits.max_columns
+                        ),
+                    ));
                 }
                 crate::schema::arrow_schema(columns)
                     .map_err(|message| invalid(key("schema"), message))?;
@@ -804,7 +912,7 @@ mod tests {
         assert_eq!(config.routes[0].csv.null_values, vec!["NA", "-"]);
         assert_eq!(config.worker.concurrency.get(), 8);
         match &config.sinks["lake"] {
-            SinkConfig::ParquetDir { path } => assert_eq!(path, Path::new("/data/out")),
+            SinkConfig::ParquetDir { path, .. } => assert_eq!(path, Path::new("/data/out")),
             other => panic!("unexpected sink {other:?}"),
         }
     }

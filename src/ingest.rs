@@ -163,7 +163,18 @@ impl Ingestor {
             Some(writers) => writers,
             // No batch at all (header-only or empty file): still commit, so
             // the sinks record that this version was ingested, with 0 rows.
-            None => open_writers(&sinks, &lineage, summary.schema.clone(), &uri).await?,
+            // A non-empty object committing no rows is said out loud.
+            None => {
+                if lineage.size > 0 {
+                    tracing::warn!(
+                        uri = %uri,
+                        bytes = lineage.size,
+                        decoded_bytes = summary.decoded_bytes,
+                        "object holds no data rows (only a header, blank lines, or a Parquet file of 0 rows); committing it with 0 rows so its version is recorded"
+                    );
+                }
+                open_writers(&sinks, &lineage, summary.schema.clone(), &uri).await?
+            }
         };
         let mut receipts = Vec::with_capacity(writers.len());
         for (sink, writer) in sinks.iter().zip(writers) {
@@ -205,6 +216,7 @@ impl Ingestor {
             batch_rows: route.batch_rows,
             declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),
             object_bytes: pinned.size,
+            limits: route.limits.clone(),
         };
         let decode = tokio::task::spawn_blocking(move || {
             decode_csv(ChunkReader::new(chunk_rx), &job, &batches)

@@ -41,11 +41,26 @@ pub struct LeaseTiming {
     pub max_lease: Duration,
 }
 
+/// SQS keeps a message invisible for at most 12 hours from its receive,
+/// extensions included.
+pub const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
 impl LeaseTiming {
     /// Extends at half the timeout: the other half is the margin for the
     /// extension request itself and its retries.
     fn period(&self) -> Duration {
         (self.visibility_timeout / 2).max(Duration::from_millis(500))
+    }
+
+    /// How long before the visibility runs out an extension must have been
+    /// answered: a tenth of the timeout, between 100 ms and 5 s.
+    fn margin(&self) -> Duration {
+        (self.visibility_timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// The configured maximum, within SQS's 12 hours.
+    fn max_lease(&self) -> Duration {
+        self.max_lease.min(SQS_MAX_VISIBILITY)
     }
 
     /// A failed extension is retried quickly, but only while the current
@@ -67,38 +82,73 @@ impl Lease {
         let extension_count = extensions.clone();
         let heartbeat = tokio::spawn(async move {
             let started = Instant::now();
-            let visibility_secs = timing.visibility_timeout.as_secs().max(1);
             let mut next_extension = started + timing.period();
             loop {
                 tokio::time::sleep_until(next_extension).await;
-                if started.elapsed() + timing.visibility_timeout > timing.max_lease {
+                if started.elapsed() + timing.visibility_timeout > timing.max_lease() {
                     warn!(
                         message_id,
-                        max_lease_secs = timing.max_lease.as_secs(),
+                        max_lease_secs = timing.max_lease().as_secs(),
                         "maximum lease reached; giving the message up"
                     );
                     let _ = ended_tx.send(Some(LeaseEnd::Expired));
                     return;
                 }
+                // SQS counts the 12 hours from the receive: never ask past them.
+                let visibility_secs = timing
+                    .visibility_timeout
+                    .min(SQS_MAX_VISIBILITY.saturating_sub(started.elapsed()))
+                    .as_secs()
+                    .max(1);
                 // The current visibility runs out one period after this tick.
+                // Every call must be answered before then (less a margin for
+                // the clock and the request's flight): an extension that
+                // lands later may come after another worker received the
+                // message, and two workers would ingest it at once.
                 let visibility_ends = next_extension + timing.period();
+                let answer_by = visibility_ends - timing.margin();
                 loop {
-                    match queue.set_visibility(&receipt_handle, visibility_secs).await {
-                        Ok(()) => {
+                    if Instant::now() >= answer_by {
+                        warn!(
+                            message_id,
+                            "no time left to extend the visibility; the message may be redelivered"
+                        );
+                        let _ = ended_tx.send(Some(LeaseEnd::Lost(
+                            "the visibility ran out before it could be extended".into(),
+                        )));
+                        return;
+                    }
+                    let extended = tokio::time::timeout_at(
+                        answer_by,
+                        queue.set_visibility(&receipt_handle, visibility_secs),
+                    )
+                    .await;
+                    match extended {
+                        Ok(Ok(())) => {
                             extension_count.fetch_add(1, Ordering::Relaxed);
                             debug!(message_id, visibility_secs, "visibility extended");
                             break;
                         }
-                        Err(err)
+                        Ok(Err(err))
                             if err.is_retryable()
-                                && Instant::now() + timing.retry_delay() < visibility_ends =>
+                                && Instant::now() + timing.retry_delay() < answer_by =>
                         {
                             warn!(message_id, error = %err, "visibility extension failed; retrying");
                             tokio::time::sleep(timing.retry_delay()).await;
                         }
-                        Err(err) => {
+                        Ok(Err(err)) => {
                             warn!(message_id, error = %err, hint = err.hint(), "visibility extension failed for good; the message may be redelivered");
                             let _ = ended_tx.send(Some(LeaseEnd::Lost(err.to_string())));
+                            return;
+                        }
+                        Err(_elapsed) => {
+                            warn!(
+                                message_id,
+                                "visibility extension not answered before the visibility ran out; the message may be redelivered"
+                            );
+                            let _ = ended_tx.send(Some(LeaseEnd::Lost(
+                                "the visibility extension was not answered in time".into(),
+                            )));
                             return;
                         }
                     }
@@ -197,6 +247,76 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(end, LeaseEnd::Lost(_)), "{end:?}");
+    }
+
+    /// Extensions that never answer: the lease must end before the
+    /// visibility runs out, not whenever the call gives up.
+    struct UnansweredExtensions(MemoryQueue);
+
+    #[async_trait::async_trait]
+    impl Queue for UnansweredExtensions {
+        async fn receive(
+            &self,
+            max_messages: u64,
+            wait_time_secs: u64,
+            visibility_timeout_secs: u64,
+        ) -> Result<Vec<crate::queue::ReceivedMessage>, crate::queue::QueueError> {
+            self.0
+                .receive(max_messages, wait_time_secs, visibility_timeout_secs)
+                .await
+        }
+        async fn set_visibility(&self, _: &str, _: u64) -> Result<(), crate::queue::QueueError> {
+            std::future::pending().await
+        }
+        async fn delete_batch(
+            &self,
+            handles: &[String],
+        ) -> Result<Vec<crate::queue::BatchEntryFailure>, crate::queue::QueueError> {
+            self.0.delete_batch(handles).await
+        }
+        async fn set_visibility_batch(
+            &self,
+            handles: &[String],
+            timeout_secs: u64,
+        ) -> Result<Vec<crate::queue::BatchEntryFailure>, crate::queue::QueueError> {
+            self.0.set_visibility_batch(handles, timeout_secs).await
+        }
+        async fn check_reachable(&self) -> Result<(), crate::queue::QueueError> {
+            self.0.check_reachable().await
+        }
+        fn has_dead_letter_queue(&self) -> bool {
+            self.0.has_dead_letter_queue()
+        }
+        async fn dead_letter(&self, envelope_json: &str) -> Result<(), crate::queue::QueueError> {
+            self.0.dead_letter(envelope_json).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_extension_not_answered_in_time_ends_the_lease_before_the_visibility() {
+        let queue = Arc::new(UnansweredExtensions(MemoryQueue::new(false)));
+        queue.0.send("x");
+        let message = queue.receive(1, 0, 10).await.unwrap().remove(0);
+        let received = Instant::now();
+        let mut lease = Lease::start(
+            queue.clone(),
+            message.receipt_handle,
+            message.message_id,
+            timing(10, 3600),
+        );
+        let end = tokio::time::timeout(Duration::from_secs(60), lease.ended())
+            .await
+            .unwrap();
+        assert!(matches!(end, LeaseEnd::Lost(_)), "{end:?}");
+        // Ended a margin (1 s at 10 s) before the 10 s visibility ran out.
+        assert_eq!(received.elapsed(), Duration::from_secs(9));
+    }
+
+    #[test]
+    fn the_lease_stays_within_sqs_twelve_hours() {
+        assert_eq!(timing(60, 24 * 3600).max_lease(), SQS_MAX_VISIBILITY);
+        assert_eq!(timing(60, 7200).max_lease(), Duration::from_secs(7200));
+        assert_eq!(timing(10, 3600).margin(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

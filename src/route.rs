@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::config::{CsvOptions, FileFormat, RouteConfig};
+use crate::config::{CsvOptions, FileFormat, RouteConfig, RouteLimits};
 
 /// A compiled route.
 #[derive(Debug)]
@@ -22,6 +22,7 @@ pub struct Route {
     /// The explicit schema, if the route has one.
     pub schema: Option<SchemaRef>,
     pub batch_rows: usize,
+    pub limits: RouteLimits,
 }
 
 impl Route {
@@ -48,6 +49,7 @@ impl Route {
             csv: config.csv.clone(),
             schema,
             batch_rows: config.batch_rows.get(),
+            limits: config.limits.clone(),
         })
     }
 
@@ -154,6 +156,7 @@ mod tests {
             csv: CsvOptions::default(),
             schema: None,
             batch_rows: std::num::NonZeroUsize::new(10).unwrap(),
+            limits: Default::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -19,36 +19,39 @@ use crate::telemetry;
 
 /// Liveness of the receive loop: it records a tick every time it goes
 /// round (or while it waits for a free slot), and is stuck when the last
-/// tick is older than `stuck_after`.
+/// tick is older than `stuck_after`. Ages are read on the monotonic clock:
+/// a wall-clock step (NTP, a VM resumed) must not make a healthy worker
+/// look stuck, nor a stuck one healthy.
 #[derive(Debug)]
 pub struct Liveness {
+    origin: tokio::time::Instant,
+    /// Milliseconds after `origin` of the last tick.
     last_tick_ms: AtomicU64,
     stuck_after: Duration,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Liveness {
     pub fn new(stuck_after: Duration) -> Liveness {
         Liveness {
-            last_tick_ms: AtomicU64::new(now_ms()),
+            origin: tokio::time::Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
             stuck_after,
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
     pub fn tick(&self) {
-        self.last_tick_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_tick_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// How long since the loop last went round, when that is too long.
     pub fn stuck_for(&self) -> Option<Duration> {
         let age = Duration::from_millis(
-            now_ms().saturating_sub(self.last_tick_ms.load(Ordering::Relaxed)),
+            self.now_ms()
+                .saturating_sub(self.last_tick_ms.load(Ordering::Relaxed)),
         );
         (age > self.stuck_after).then_some(age)
     }
@@ -175,6 +178,18 @@ mod tests {
         let missing = probe(&format!("http://{addr}/nope")).await.unwrap_err();
         assert!(missing.contains("404"), "{missing}");
         shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_ages_on_the_monotonic_clock() {
+        let liveness = Liveness::new(Duration::from_secs(200));
+        tokio::time::advance(Duration::from_secs(150)).await;
+        assert_eq!(liveness.stuck_for(), None);
+        liveness.tick();
+        tokio::time::advance(Duration::from_secs(199)).await;
+        assert_eq!(liveness.stuck_for(), None);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(liveness.stuck_for(), Some(Duration::from_secs(201)));
     }
 
     #[tokio::test]

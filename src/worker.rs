@@ -760,6 +760,7 @@ mod tests {
             csv: CsvOptions::default(),
             schema: None,
             batch_rows: std::num::NonZeroUsize::new(100).unwrap(),
+            limits: Default::default(),
         }])
         .unwrap();
         Arc::new(Worker::new(

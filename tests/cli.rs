@@ -256,3 +256,84 @@ async fn metrics_health_and_readiness_are_served_and_probed() {
         "healthcheck passes with no worker running"
     );
 }
+
+/// The `stdout` sink writes on the blocking pool: a reader that stops
+/// reading fills the pipe and blocks those writes, but the runtime (and so
+/// the status endpoints, heartbeats and other sinks) keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stdout_reader_does_not_stall_the_worker() {
+    use std::io::BufRead;
+    let fixture = util::Fixture::new("stdout-stall").await;
+    let mut config = fixture.config_with_sinks(
+        Some(
+            r#"
+            [[routes]]
+            name = "all"
+            key_glob = "**"
+            sink = "console"
+            "#,
+        ),
+        "",
+        r#"
+        [sinks.console]
+        type = "stdout"
+        "#,
+    );
+    let port = 20_000 + ((std::process::id() + 1) % 20_000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    config.status.listen_addr = addr.clone();
+    let config_file = write_config(&toml::to_string(&config).unwrap());
+    let mut child = binary()
+        .arg("--config")
+        .arg(config_file.path())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Four objects (the worker's concurrency) of about 1 MiB of NDJSON
+    // each, with nobody reading: a pipe holds 64 KiB.
+    let rows = 20_000;
+    for index in 0..4 {
+        fixture
+            .put(&format!("in/{index}.csv"), util::csv_rows(rows))
+            .await;
+    }
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), util::http_get(&addr, path))
+                .await
+                .unwrap_or_else(|_| panic!("{path} did not answer in 10 s: the runtime is stalled"))
+        }
+    };
+    util::wait_until(
+        "four objects in flight, blocked on stdout",
+        Duration::from_secs(60),
+        || async {
+            get("/metrics")
+                .await
+                .1
+                .contains("s3_ingest_objects_in_flight 4")
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get("/healthz").await.0, 200);
+        assert_eq!(get("/readyz").await.0, 200);
+    }
+
+    // Read now: every row arrives, and the messages are deleted.
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::BufReader::new(stdout).lines().count());
+    util::wait_until("an empty queue", util::WAIT, || fixture.queue_is_empty()).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reader.join().unwrap(), 4 * rows);
+}

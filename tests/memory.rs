@@ -522,3 +522,186 @@ async fn worker_memory_does_not_grow_with_file_size() {
         mib(GROWTH_TOLERANCE_KIB)
     );
 }
+
+/// Parts of `total_bytes` of `fill` after `head`: one record that never
+/// ends (`fill` without line ends), or a quoted field that never closes.
+fn repeated_parts(
+    head: &'static [u8],
+    fill: &'static [u8],
+    total_bytes: u64,
+) -> impl FnMut() -> Option<Vec<u8>> {
+    let mut written = 0u64;
+    move || {
+        if written >= total_bytes {
+            return None;
+        }
+        let mut part = Vec::with_capacity(PART_BYTES + fill.len());
+        if written == 0 {
+            part.extend_from_slice(head);
+        }
+        let limit = (total_bytes - written).min(PART_BYTES as u64) as usize;
+        while part.len() < limit {
+            part.extend_from_slice(fill);
+        }
+        written += part.len() as u64;
+        Some(part)
+    }
+}
+
+/// A CSV header of `columns` names and `rows` rows of ones.
+fn wide_csv(columns: usize, rows: usize) -> Vec<u8> {
+    let names: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
+    let mut csv = names.join(",").into_bytes();
+    csv.push(b'\n');
+    let row = vec!["1"; columns].join(",");
+    for _ in 0..rows {
+        csv.extend_from_slice(row.as_bytes());
+        csv.push(b'\n');
+    }
+    csv
+}
+
+/// A gzip object of `members` gzip members, each the same 64 MiB of valid
+/// CSV rows (multi-member gzip is one stream): a few MiB stored, `members`
+/// × 64 MiB decompressed.
+fn gzip_bomb_parts(members: usize) -> impl FnMut() -> Option<Vec<u8>> {
+    use std::io::Write;
+    let line = b"1234567890,a row that compresses about a thousand to one, like any bomb\n";
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(b"id,note\n").unwrap();
+    for _ in 0..(64 * MIB as usize) / line.len() {
+        encoder.write_all(line).unwrap();
+    }
+    let member = encoder.finish().unwrap();
+    // Parts of at least 5 MiB (S3's minimum but for the last).
+    let per_part = (5 * MIB as usize).div_ceil(member.len());
+    let mut left = members;
+    move || {
+        if left == 0 {
+            return None;
+        }
+        let count = per_part.min(left);
+        left -= count;
+        Some(member.repeat(count))
+    }
+}
+
+/// Hostile files each end as one DLQ entry with their kind (or in the sink,
+/// for a file just inside the limits), and the worker's memory stays under
+/// the same bound as for large files, with every limit at its default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_files_cost_one_dead_letter_each_within_the_memory_bound() {
+    let fixture = Fixture::new("hostile").await;
+    let config = fixture.config(None);
+    let limits = config.routes[0].limits.clone();
+    let log = fixture.output_dir().join("worker.log");
+    let mut worker = fixture.spawn_worker_process(&config, &log);
+    let pid = worker.id();
+    let sampler = RssSampler::start(pid);
+    util::wait_until("the worker to start", util::WAIT, || async {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("worker started"))
+    })
+    .await;
+
+    // (key, expected DLQ kind, a phrase its error must hold)
+    let expected = [
+        (
+            "in/wide-header.csv",
+            "schema_error",
+            "more than limits.max_columns",
+        ),
+        (
+            "in/one-line.csv",
+            "csv_error",
+            "has no line end within limits.max_record_bytes",
+        ),
+        ("in/open-quote.csv", "csv_error", "is still open"),
+        (
+            "in/bomb.csv.gz",
+            "decompression_error",
+            "decompression bomb",
+        ),
+    ];
+    let just_under = limits.max_columns.get() - 1;
+    fixture
+        .put("in/wide-header.csv", wide_csv(100_000, 3))
+        .await;
+    fixture
+        .put("in/just-under.csv", wide_csv(just_under, 10))
+        .await;
+    put_streamed(
+        &fixture,
+        "in/one-line.csv",
+        repeated_parts(b"id,note\n1,", b"xxxxxxxxxxxxxxxx", 256 * MIB),
+    )
+    .await;
+    put_streamed(
+        &fixture,
+        "in/open-quote.csv",
+        repeated_parts(b"id,note\n1,\"", b"a line inside quotes\n", 128 * MIB),
+    )
+    .await;
+    let bomb_bytes = put_streamed(&fixture, "in/bomb.csv.gz", gzip_bomb_parts(32)).await;
+    assert!(
+        bomb_bytes < 8 * MIB,
+        "the bomb is {bomb_bytes} bytes stored"
+    );
+
+    // Generous: a debug build decodes the bomb up to its limit (hundreds
+    // of MiB) before it is stopped. Not an assertion on speed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut letters = Vec::new();
+    loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            panic!("the worker exited ({status}); see worker.log");
+        }
+        letters.extend(fixture.take_dead_letters().await);
+        if letters.len() >= expected.len()
+            && sink_rows_for(&fixture, "in/just-under.csv").is_some()
+            && fixture.queue_is_empty().await
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hostile files not all handled in time ({} dead letters); see worker.log",
+            letters.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let high_water_kib = proc_status_kib(pid, "VmHWM:").unwrap();
+    let peak_kib = sampler.take_peak();
+    drop(sampler);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    for (key, _, _) in &expected {
+        delete_object(&fixture, key).await;
+    }
+
+    assert_eq!(letters.len(), expected.len(), "{letters:?}");
+    for (key, kind, phrase) in expected {
+        let letter = letters
+            .iter()
+            .find(|letter| letter.key.as_deref() == Some(key))
+            .unwrap_or_else(|| panic!("no dead letter for {key}: {letters:?}"));
+        assert_eq!(letter.error_kind, kind, "{key}: {}", letter.error);
+        assert!(letter.error.contains(phrase), "{key}: {}", letter.error);
+        assert!(
+            letter.error.len() < 2048,
+            "{key}: error of {} bytes",
+            letter.error.len()
+        );
+    }
+    assert_eq!(sink_rows_for(&fixture, "in/just-under.csv"), Some(10));
+    eprintln!(
+        "memory: hostile files: peak VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        mib(peak_kib),
+        mib(high_water_kib)
+    );
+    assert!(
+        high_water_kib <= PEAK_BOUND_KIB,
+        "peak RSS {:.1} MiB above {:.0} MiB",
+        mib(high_water_kib),
+        mib(PEAK_BOUND_KIB)
+    );
+}

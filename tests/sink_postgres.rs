@@ -580,6 +580,25 @@ async fn schema_mismatches_are_dead_lettered_naming_the_column() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_header_is_dead_lettered_when_the_table_is_created() {
+    let fixture = Fixture::new("pg-nul-header").await;
+    let table = unique_table("nul");
+    let (worker, _) = fixture
+        .start_worker_with_stats(config(&fixture, &table, None, "create_table = true"))
+        .await;
+    fixture.put("in/nul.csv", "id,na\0me\n1,a\n").await;
+    let letters = fixture.wait_for_dead_letters(1).await;
+    assert_eq!(letters[0].error_kind, "sink_error", "{letters:?}");
+    assert!(
+        letters[0].error.contains("NUL byte"),
+        "{}",
+        letters[0].error
+    );
+    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
     let fixture = Fixture::new("pg-pk").await;
     let client = connect().await;

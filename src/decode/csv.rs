@@ -14,10 +14,10 @@ use arrow_csv::reader::{Format, ReaderBuilder};
 use regex::Regex;
 use tokio::sync::mpsc;
 
-use super::compression::{self, Codec};
+use super::compression::{self, Codec, OutputLimit};
 use super::quotes::QuoteTracker;
 use super::{DecodeSummary, send_batch};
-use crate::config::CsvOptions;
+use crate::config::{CsvOptions, RouteLimits};
 use crate::error::IngestError;
 
 /// Read buffer handed to the decoder.
@@ -33,8 +33,10 @@ pub struct CsvJob {
     /// Compression named by Content-Encoding or the key's extension.
     pub declared_codec: Option<Codec>,
     /// The object's stored size: sizes the head buffer up front, so reading
-    /// a small object does not grow it step by step.
+    /// a small object does not grow it step by step, and is what the
+    /// decompression ratio is measured against.
     pub object_bytes: u64,
+    pub limits: RouteLimits,
 }
 
 /// Decodes `input` (raw object bytes, possibly compressed) and sends each
@@ -44,9 +46,27 @@ pub fn decode_csv(
     job: &CsvJob,
     batches: &mpsc::Sender<RecordBatch>,
 ) -> Result<DecodeSummary, IngestError> {
-    let decompressed = compression::open(input, job.declared_codec, &job.uri)?;
+    let limits = &job.limits;
+    let output_limit = OutputLimit {
+        max_bytes: limits.max_decompressed_bytes,
+        max_ratio: limits.max_decompression_ratio,
+        stored_bytes: job.object_bytes,
+    };
+    let decompressed = compression::open(input, job.declared_codec, output_limit, &job.uri)?;
     let codec = decompressed.codec;
-    let mut reader = decompressed.reader;
+    let decompress_error = |offset: u64, err: std::io::Error| IngestError::Decompress {
+        uri: job.uri.clone(),
+        codec: codec.name(),
+        offset,
+        detail: err.to_string(),
+    };
+    let max_record_bytes = limits.max_record_bytes.get();
+    // Blank lines (and whitespace-only lines) before the first record are
+    // skipped while streaming, however many: otherwise a long blank head
+    // fills the inference sample and the file would read as empty.
+    let (blank_head_bytes, mut reader) =
+        skip_blank_lines(decompressed.reader, max_record_bytes as u64)
+            .map_err(|(offset, err)| decompress_error(offset, err))?;
 
     let format = csv_format(&job.options);
     // The head of the (decompressed) stream is read first: schema inference
@@ -56,26 +76,41 @@ pub fn decode_csv(
         Some(_) => READ_BUFFER_BYTES,
         None => job.options.infer_max_bytes.get(),
     };
-    let head = read_head(&mut reader, head_limit, job.object_bytes, &job.uri, codec)?;
+    let head = read_head(&mut reader, head_limit, job.object_bytes)
+        .map_err(|(offset, err)| decompress_error(blank_head_bytes + offset, err))?;
     let whole_input_in_head = head.len() < head_limit;
     let schema = match &job.schema {
         Some(schema) => schema.clone(),
         None => infer_schema(&head, head_limit, &format, &job.options, &job.uri)?,
     };
     if schema.fields().is_empty() {
-        // Nothing but (at most) blank lines: an empty file is not poison.
-        return Ok(DecodeSummary::empty(schema));
+        // Nothing but blank lines: an empty file is not poison. (Whatever
+        // the blank lines were, they were skipped above, so `head` is empty.)
+        let mut summary = DecodeSummary::empty(schema);
+        summary.decoded_bytes = blank_head_bytes;
+        return Ok(summary);
+    }
+    let columns = schema.fields().len();
+    if columns > limits.max_columns.get() {
+        return Err(IngestError::Schema {
+            uri: job.uri.clone(),
+            detail: format!(
+                "the file has {columns} columns, more than limits.max_columns ({})",
+                limits.max_columns
+            ),
+        });
     }
 
-    // arrow-csv zero-fills offset and value buffers for a whole batch when
-    // a decoder starts. For a small object that would be most of its cost,
-    // so the batch is capped at the most rows the object can hold.
-    let batch_rows = if whole_input_in_head {
+    // Rows per batch: the route's count, cut so that a batch of wide rows
+    // stays near `max_batch_bytes`. arrow-csv zero-fills offsets and values
+    // for a whole batch when a decoder starts, so for a small object the
+    // batch is also capped at the most rows the object can hold.
+    let mut batch_rows =
         job.batch_rows
-            .min(most_rows(head.len(), schema.fields().len()))
-    } else {
-        job.batch_rows
-    };
+            .min(rows_within(limits.max_batch_bytes.get(), columns, &head));
+    if whole_input_in_head {
+        batch_rows = batch_rows.min(most_rows(head.len(), columns));
+    }
     let options = &job.options;
     let mut quotes = QuoteTracker::new(
         options.delimiter.unwrap_or(',') as u8,
@@ -99,7 +134,8 @@ pub fn decode_csv(
         ))
     };
     let mut summary = DecodeSummary::empty(schema);
-    let mut offset = 0u64;
+    // Offsets in messages count from the start of the decompressed file.
+    let mut offset = blank_head_bytes;
     let csv_error = |summary: &DecodeSummary, buffered: usize, detail: String| IngestError::Csv {
         uri: job.uri.clone(),
         first_row: summary.rows + 1,
@@ -107,12 +143,9 @@ pub fn decode_csv(
         detail,
     };
     loop {
-        let buf = input.fill_buf().map_err(|err| IngestError::Decompress {
-            uri: job.uri.clone(),
-            codec: codec.name(),
-            offset,
-            detail: err.to_string(),
-        })?;
+        let buf = input
+            .fill_buf()
+            .map_err(|err| decompress_error(offset, err))?;
         let at_end = buf.is_empty();
         // `decode(&[])` at the end finishes a last record without a newline.
         let consumed = decoder.decode(buf).map_err(|err| {
@@ -122,6 +155,30 @@ pub fn decode_csv(
         quotes.feed(&buf[..consumed]);
         input.consume(consumed);
         offset += consumed as u64;
+        // The decoder holds an unfinished record whole: stop one that has
+        // grown past the limit now, not when memory runs out.
+        if quotes.open_record_bytes() > max_record_bytes as u64 {
+            let row = summary.rows + (batch_rows - decoder.capacity()) as u64 + 1;
+            let start = blank_head_bytes + quotes.record_start();
+            let detail = match quotes.unterminated_quote() {
+                Some(opened_at) => format!(
+                    "the quoted field opened at byte {} is still open {} bytes into its record, \
+                     past limits.max_record_bytes ({max_record_bytes}): its closing quote is missing",
+                    blank_head_bytes + opened_at,
+                    quotes.open_record_bytes()
+                ),
+                None => format!(
+                    "the record starting at byte {start} has no line end within \
+                     limits.max_record_bytes ({max_record_bytes} bytes)"
+                ),
+            };
+            return Err(IngestError::Csv {
+                uri: job.uri.clone(),
+                first_row: row,
+                last_row: row,
+                detail,
+            });
+        }
         if at_end && let Some(opened_at) = quotes.unterminated_quote() {
             // Checked before the last flush: those rows hold the swallowed
             // rest of the file.
@@ -130,7 +187,8 @@ pub fn decode_csv(
                 &summary,
                 buffered,
                 format!(
-                    "the quoted field opened at byte {opened_at} is never closed (the file is truncated or its quoting is broken)"
+                    "the quoted field opened at byte {} is never closed (the file is truncated or its quoting is broken)",
+                    blank_head_bytes + opened_at
                 ),
             ));
         }
@@ -182,14 +240,13 @@ fn null_regex(null_values: &[String]) -> Option<Regex> {
 }
 
 /// Reads up to `limit` bytes from the start of the stream. Fewer means the
-/// stream ended: the head is the whole input.
+/// stream ended: the head is the whole input. An error comes with the
+/// offset it happened at.
 fn read_head(
     reader: &mut Box<dyn Read + Send>,
     limit: usize,
     object_bytes: u64,
-    uri: &str,
-    codec: Codec,
-) -> Result<Vec<u8>, IngestError> {
+) -> Result<Vec<u8>, (u64, std::io::Error)> {
     // Capacity is only reserved, not zero-filled: `read_to_end` initialises
     // what it reads into. A compressed object's head may outgrow the hint.
     let expected = usize::try_from(object_bytes.saturating_add(1)).unwrap_or(usize::MAX);
@@ -197,13 +254,76 @@ fn read_head(
     reader
         .take(limit as u64)
         .read_to_end(&mut head)
-        .map_err(|err| IngestError::Decompress {
-            uri: uri.to_owned(),
-            codec: codec.name(),
-            offset: head.len() as u64,
-            detail: err.to_string(),
-        })?;
+        .map_err(|err| (head.len() as u64, err))?;
     Ok(head)
+}
+
+/// Skips whitespace-only lines at the start of the stream, reading in
+/// small chunks (memory stays flat however long the blank head). Returns
+/// how many bytes were skipped and a reader that starts at the first
+/// line holding anything else, with that line's leading whitespace kept.
+/// Whitespace after the last line end is held until something else comes;
+/// more than `max_pending` of it is one record too long.
+fn skip_blank_lines(
+    mut reader: Box<dyn Read + Send>,
+    max_pending: u64,
+) -> Result<(u64, Box<dyn Read + Send>), (u64, std::io::Error)> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut skipped = 0u64;
+    // Whitespace since the last line end: part of the first record if one
+    // follows on this line.
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let read = loop {
+            match reader.read(&mut chunk) {
+                Ok(read) => break read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err((skipped + pending.len() as u64, err)),
+            }
+        };
+        let data = &chunk[..read];
+        if read == 0 {
+            // Only whitespace: nothing is left but the pending spaces.
+            return Ok((skipped, Box::new(Cursor::new(pending))));
+        }
+        let content = data.iter().position(|b| !b.is_ascii_whitespace());
+        let blank = &data[..content.unwrap_or(read)];
+        match memchr::memrchr2(b'\n', b'\r', blank) {
+            Some(last_line_end) => {
+                skipped += (pending.len() + last_line_end + 1) as u64;
+                pending.clear();
+                pending.extend_from_slice(&blank[last_line_end + 1..]);
+            }
+            None => pending.extend_from_slice(blank),
+        }
+        if let Some(content) = content {
+            pending.extend_from_slice(&data[content..]);
+            return Ok((skipped, Box::new(Cursor::new(pending).chain(reader))));
+        }
+        if pending.len() as u64 > max_pending {
+            return Err((
+                skipped,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the file starts with more than {max_pending} bytes of whitespace without a line end (limits.max_record_bytes)"
+                    ),
+                ),
+            ));
+        }
+    }
+}
+
+/// Rows of `columns` columns that fit in about `max_bytes` of decoded
+/// batch, judged from the head's record width. arrow-csv keeps an offset
+/// per field (8 bytes) and the output arrays one value or offset per field
+/// (about 8 more); the record's bytes are held by the decoder and again by
+/// the arrays. At least one row.
+fn rows_within(max_bytes: usize, columns: usize, head: &[u8]) -> usize {
+    let line_ends = memchr::memchr_iter(b'\n', head).count().max(1);
+    let record_bytes = head.len() / line_ends;
+    let row_bytes = columns.saturating_mul(16).saturating_add(record_bytes * 2);
+    (max_bytes / row_bytes.max(1)).max(1)
 }
 
 /// The most records `bytes` of CSV with `columns` columns can hold: every
@@ -316,6 +436,7 @@ mod tests {
             batch_rows: 2,
             declared_codec: None,
             object_bytes: 0,
+            limits: RouteLimits::default(),
         }
     }
 
@@ -508,6 +629,184 @@ mod tests {
             .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
             .collect();
         assert_eq!(ids, (0..rows as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_blank_head_longer_than_the_inference_sample_is_skipped() {
+        // More blank and whitespace-only lines than `infer_max_bytes`
+        // holds, then a header whose first name keeps its leading space.
+        let mut job = job(None);
+        job.options.infer_max_bytes = std::num::NonZeroUsize::new(64 * 1024).unwrap();
+        job.batch_rows = 8192;
+        let mut data = b"\n \r\n\t\n".repeat(40_000);
+        data.extend_from_slice(b" id,name\n");
+        for id in 0..1000 {
+            writeln!(data, "{id},n{id}").unwrap();
+        }
+        let (result, batches) = run(data, job);
+        let summary = result.unwrap();
+        assert_eq!(summary.rows, 1000);
+        assert_eq!(summary.schema.field(0).name(), " id");
+        assert_eq!(
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            1000
+        );
+    }
+
+    #[test]
+    fn a_row_error_after_a_blank_head_counts_offsets_from_the_file_start() {
+        let mut job = job(Some(id_schema()));
+        job.limits.max_record_bytes = std::num::NonZeroUsize::new(100).unwrap();
+        let mut data = b"\n".repeat(1000);
+        data.extend_from_slice(b"id,name\n1,\"open");
+        data.extend_from_slice(&b"x".repeat(200));
+        let (result, _) = run(data, job);
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), "csv_error");
+        assert!(err.to_string().contains("opened at byte 1010"), "{err}");
+    }
+
+    #[test]
+    fn whitespace_only_files_are_empty() {
+        for data in [&b"\n\n  \n\t"[..], b"   ", b"\r\n"] {
+            let (result, batches) = run(data.to_vec(), job(None));
+            assert_eq!(result.unwrap().rows, 0);
+            assert!(batches.is_empty());
+        }
+    }
+
+    #[test]
+    fn more_columns_than_max_columns_is_a_schema_error() {
+        let header = |columns: usize| {
+            let names: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
+            let values = vec!["1"; columns];
+            format!("{}\n{}\n", names.join(","), values.join(",")).into_bytes()
+        };
+        let mut at_limit = job(None);
+        at_limit.limits.max_columns = std::num::NonZeroUsize::new(300).unwrap();
+        let (result, _) = run(header(300), at_limit);
+        assert_eq!(result.unwrap().rows, 1);
+        let mut over = job(None);
+        over.limits.max_columns = std::num::NonZeroUsize::new(300).unwrap();
+        let err = run(header(301), over).0.unwrap_err();
+        assert_eq!(err.kind(), "schema_error");
+        assert!(
+            err.to_string()
+                .contains("301 columns, more than limits.max_columns (300)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wide_rows_get_fewer_rows_per_batch() {
+        // 2,000 columns of one digit: 16 bytes a field estimated, so a
+        // 1 MiB batch holds about 30 rows, not the route's 8192.
+        let columns = 2000;
+        let names: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
+        let row = vec!["7"; columns].join(",");
+        let mut data = format!("{}\n", names.join(",")).into_bytes();
+        for _ in 0..200 {
+            writeln!(data, "{row}").unwrap();
+        }
+        let mut job = job(None);
+        job.batch_rows = 8192;
+        job.limits.max_batch_bytes = std::num::NonZeroUsize::new(1 << 20).unwrap();
+        let (result, batches) = run(data, job);
+        assert_eq!(result.unwrap().rows, 200);
+        let largest = batches.iter().map(RecordBatch::num_rows).max().unwrap();
+        assert!((20..=40).contains(&largest), "{largest} rows per batch");
+    }
+
+    /// A reader that yields `byte` forever (after `prefix`), counting reads:
+    /// a record that never ends must be stopped without reading on.
+    struct Endless {
+        prefix: Cursor<Vec<u8>>,
+        byte: u8,
+        served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.prefix.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            buf.fill(self.byte);
+            self.served
+                .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(buf.len())
+        }
+    }
+
+    fn endless(prefix: &[u8], byte: u8, job: CsvJob) -> (IngestError, u64) {
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let input = Endless {
+            prefix: Cursor::new(prefix.to_vec()),
+            byte,
+            served: served.clone(),
+        };
+        let (tx, mut rx) = mpsc::channel(2);
+        let decoder = std::thread::spawn(move || decode_csv(input, &job, &tx));
+        while rx.blocking_recv().is_some() {}
+        let err = decoder.join().unwrap().unwrap_err();
+        (err, served.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    #[test]
+    fn a_record_without_a_line_end_stops_at_max_record_bytes() {
+        let mut job = job(Some(id_schema()));
+        job.limits.max_record_bytes = std::num::NonZeroUsize::new(4 << 20).unwrap();
+        let (err, served) = endless(b"id,name\n1,a\n2,", b'x', job);
+        assert_eq!(err.kind(), "csv_error");
+        let text = err.to_string();
+        assert!(text.contains("rows 2..=2"), "{text}");
+        assert!(
+            text.contains("the record starting at byte 12 has no line end within limits.max_record_bytes (4194304 bytes)"),
+            "{text}"
+        );
+        // Stopped within a read buffer or two of the limit.
+        assert!(
+            served < (4 << 20) + 3 * READ_BUFFER_BYTES as u64,
+            "{served}"
+        );
+    }
+
+    #[test]
+    fn a_quote_never_closed_stops_at_max_record_bytes() {
+        let mut job = job(Some(id_schema()));
+        job.limits.max_record_bytes = std::num::NonZeroUsize::new(2 << 20).unwrap();
+        let (err, served) = endless(b"id,name\n1,\"a\n\n", b'\n', job);
+        assert_eq!(err.kind(), "csv_error");
+        let text = err.to_string();
+        assert!(text.contains("rows 1..=1"), "{text}");
+        assert!(
+            text.contains("quoted field opened at byte 10 is still open"),
+            "{text}"
+        );
+        assert!(
+            served < (2 << 20) + 3 * READ_BUFFER_BYTES as u64,
+            "{served}"
+        );
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_a_decompression_error() {
+        // 80 MiB of valid rows from a small gzip object: above the ratio's
+        // 64 MiB floor and far above 250 times its stored size.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(b"id,name\n").unwrap();
+        let rows = b"1,a\n".repeat(1 << 20);
+        for _ in 0..20 {
+            gz.write_all(&rows).unwrap();
+        }
+        let data = gz.finish().unwrap();
+        let mut job = job(Some(id_schema()));
+        job.batch_rows = 8192;
+        job.object_bytes = data.len() as u64;
+        let (result, _) = run(data, job);
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), "decompression_error");
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Finds a quoted CSV field that is never closed.
+//! Finds a quoted CSV field that is never closed, and where the record
+//! being read began.
 //!
 //! csv-core, under arrow-csv, reads an opening quote that is never closed
 //! as one field running to the end of the file: a truncated or corrupt
 //! file would land as a single odd row. This tracker follows the same
 //! quoting rules over the bytes the decoder consumed, so that at the end
 //! of the file the decoder can tell whether it is still inside quotes and
-//! call the file poison instead.
+//! call the file poison instead. It also knows where the record being read
+//! began (just after the last line end outside quotes), so the decoder can
+//! stop a record that never ends while streaming, not when memory runs out.
 //!
 //! The rules it mirrors (csv-core's, with doubled quotes on): a quote opens
 //! a quoted field only at the start of a field; inside one, a doubled
@@ -36,6 +39,9 @@ pub struct QuoteTracker {
     offset: u64,
     /// Where the quoted field that is open now began.
     opened_at: u64,
+    /// Where the record being read began: just after the last line end
+    /// outside quotes (blank and comment lines end there too).
+    record_start: u64,
 }
 
 impl QuoteTracker {
@@ -48,6 +54,7 @@ impl QuoteTracker {
             state: State::StartRecord,
             offset: 0,
             opened_at: 0,
+            record_start: 0,
         }
     }
 
@@ -80,10 +87,12 @@ impl QuoteTracker {
                     match memchr::memchr(self.quote, rest) {
                         Some(0) => {}
                         Some(skip) => {
+                            self.note_last_line_end(&rest[..skip], self.offset + index as u64);
                             self.state = self.unquoted_state_after(rest[skip - 1]);
                             index += skip;
                         }
                         None => {
+                            self.note_last_line_end(rest, self.offset + index as u64);
                             self.state = self.unquoted_state_after(rest[rest.len() - 1]);
                             break;
                         }
@@ -104,6 +113,15 @@ impl QuoteTracker {
             index += 1;
         }
         self.offset += bytes.len() as u64;
+    }
+
+    /// Outside quotes, every line end in `span` (starting at file offset
+    /// `span_start`) ends a record: only the last one matters. Searching
+    /// from the end costs about one record, not the span.
+    fn note_last_line_end(&mut self, span: &[u8], span_start: u64) {
+        if let Some(at) = memchr::memrchr2(b'\n', b'\r', span) {
+            self.record_start = span_start + at as u64 + 1;
+        }
     }
 
     /// The state outside quotes after `byte` (no comment lines).
@@ -156,6 +174,21 @@ impl QuoteTracker {
             State::InComment if byte == b'\n' => State::StartRecord,
             State::InComment => State::InComment,
         };
+        // Only a line end outside quotes leads to `StartRecord`.
+        if self.state == State::StartRecord {
+            self.record_start = at + 1;
+        }
+    }
+
+    /// The offset where the record being read began.
+    pub fn record_start(&self) -> u64 {
+        self.record_start
+    }
+
+    /// Bytes of the record being read so far: what the decoder holds for a
+    /// record it has not finished.
+    pub fn open_record_bytes(&self) -> u64 {
+        self.offset - self.record_start
     }
 
     /// At the end of the file: the byte offset of a quote that opened a
@@ -223,6 +256,20 @@ mod tests {
     }
 
     #[test]
+    fn the_open_record_starts_after_the_last_line_end_outside_quotes() {
+        let mut tracker = QuoteTracker::new(b',', b'"', None, None);
+        tracker.feed(b"a,b\n1,\"x\ny\"");
+        assert_eq!(tracker.record_start(), 4);
+        tracker.feed(b",2\n\n3,");
+        assert_eq!(tracker.record_start(), 15);
+        assert_eq!(tracker.open_record_bytes(), 2);
+        // A quote never closed keeps the record open, line ends and all.
+        tracker.feed(b"\"open\n\n\n");
+        assert_eq!(tracker.record_start(), 15);
+        assert_eq!(tracker.open_record_bytes(), 10);
+    }
+
+    #[test]
     fn fast_paths_agree_with_the_byte_by_byte_rules() {
         // A small deterministic generator over the bytes that matter.
         let alphabet = b"a,\"\n\r\\#";
@@ -249,8 +296,8 @@ mod tests {
                 let mut reference = QuoteTracker::new(b',', b'"', escape, comment);
                 reference.feed_bytewise(&data);
                 assert_eq!(
-                    fast.unterminated_quote(),
-                    reference.unterminated_quote(),
+                    (fast.unterminated_quote(), fast.record_start()),
+                    (reference.unterminated_quote(), reference.record_start()),
                     "{:?} escape {escape:?} comment {comment:?}",
                     String::from_utf8_lossy(&data)
                 );

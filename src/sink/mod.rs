@@ -116,9 +116,13 @@ pub fn build(
     context: &SinkContext,
 ) -> Result<Arc<dyn Sink>, SinkError> {
     Ok(match config {
-        SinkConfig::ParquetDir { path } => {
-            Arc::new(parquet_dir::ParquetDirSink::new(name, path.clone()))
-        }
+        SinkConfig::ParquetDir {
+            path,
+            row_group_bytes,
+        } => Arc::new(
+            parquet_dir::ParquetDirSink::new(name, path.clone())
+                .with_row_group_bytes(*row_group_bytes),
+        ),
         SinkConfig::Stdout {} => Arc::new(stdout::StdoutSink::new(name)),
         SinkConfig::Postgres(config) => {
             Arc::new(postgres::PostgresSink::new(name, config, context)?)

@@ -6,6 +6,15 @@
 //! (bucket, key, version id or ETag). A partial file is never visible under
 //! a final name, and a redelivered object replaces its own file instead of
 //! adding a second one.
+//!
+//! Temporary files: a `tempfile::NamedTempFile` owned by the Arrow writer,
+//! so it is removed whenever the writer is dropped uncommitted, wherever
+//! the writing future stopped (a lost lease, an expired grace, a sibling
+//! sink failing), even while a blocking task holds the writer. Each live
+//! writer holds an exclusive lock on its file; the sweep at a directory's
+//! first use removes only unlocked ones (their process is gone: the kernel
+//! drops a dead process's locks), so workers sharing a directory (EFS)
+//! never remove each other's files in progress.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -20,6 +29,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
 
 use super::{CommitReceipt, Lineage, Sink, SinkError, SinkWriter};
 
@@ -29,18 +39,28 @@ pub const META_SOURCE_KEY: &str = "s3_ingest.source_key";
 pub const META_SOURCE_ETAG: &str = "s3_ingest.source_etag";
 pub const META_SOURCE_VERSION_ID: &str = "s3_ingest.source_version_id";
 
-/// A hidden temporary file untouched for this long was left by a worker
-/// that was killed mid-write: no live writer pauses that long (a message's
-/// lease ends after `max_lease_secs`, 2 h by default).
+/// An unlocked temporary file younger than this may belong to a writer
+/// between creating its file and locking it: left alone.
+const UNLOCKED_TEMP_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Where file locks are not supported, a temporary file untouched for this
+/// long was left by a killed worker: no live writer pauses that long (a
+/// message's lease ends after `max_lease_secs`, 2 h by default).
 const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Rows per output row group: bounds the writer's buffer (see `create`).
 /// Public so the benchmarks encode their floor the same way.
 pub const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// Encoded bytes per output row group unless the sink's `row_group_bytes`
+/// says otherwise: rows alone do not bound the buffer when rows are wide.
+pub const DEFAULT_ROW_GROUP_BYTES: usize = 32 << 20;
+
 pub struct ParquetDirSink {
     name: String,
     root: PathBuf,
+    /// A row group is flushed once its encoded size reaches this.
+    row_group_bytes: usize,
     /// Bucket directories already swept of stale temporary files by this
     /// process (once each is enough).
     swept: Arc<Mutex<HashSet<PathBuf>>>,
@@ -51,15 +71,26 @@ impl ParquetDirSink {
         ParquetDirSink {
             name: name.to_owned(),
             root,
+            row_group_bytes: DEFAULT_ROW_GROUP_BYTES,
             swept: Arc::default(),
         }
     }
+
+    pub fn with_row_group_bytes(mut self, row_group_bytes: usize) -> ParquetDirSink {
+        self.row_group_bytes = row_group_bytes;
+        self
+    }
 }
 
-/// Removes hidden `.*.tmp` files in `dir` not modified for `older_than`;
-/// returns how many. Best effort: a file another worker removes first, or
-/// one that cannot be read, is skipped.
-fn sweep_stale_temp_files(dir: &Path, older_than: std::time::Duration) -> usize {
+/// Removes hidden `.*.tmp` files in `dir` that no live writer holds:
+/// unlocked and older than `min_age`, or, where locks are not supported,
+/// untouched for `stale_age`. Returns how many. Best effort: a file
+/// another worker removes first, or one that cannot be read, is skipped.
+fn sweep_abandoned_temp_files(
+    dir: &Path,
+    min_age: std::time::Duration,
+    stale_age: std::time::Duration,
+) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -70,13 +101,26 @@ fn sweep_stale_temp_files(dir: &Path, older_than: std::time::Duration) -> usize 
         if !(name.starts_with('.') && name.ends_with(".tmp")) {
             continue;
         }
-        let stale = entry
+        let Some(age) = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|modified| modified.elapsed().ok())
-            .is_some_and(|age| age >= older_than);
-        if stale && std::fs::remove_file(entry.path()).is_ok() {
+        else {
+            continue;
+        };
+        if age < min_age {
+            continue;
+        }
+        let Ok(file) = File::open(entry.path()) else {
+            continue;
+        };
+        let abandoned = match file.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(_)) => age >= stale_age,
+        };
+        if abandoned && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
     }
@@ -164,6 +208,7 @@ impl Sink for ParquetDirSink {
         let final_path = output_path(&self.root, lineage);
         let metadata = lineage_metadata(lineage);
         let swept = self.swept.clone();
+        let row_group_bytes = self.row_group_bytes;
         let writer = tokio::task::spawn_blocking(move || {
             let dir = final_path.parent().expect("output path has a directory");
             let first_visit = swept
@@ -171,12 +216,13 @@ impl Sink for ParquetDirSink {
                 .expect("sweep set is never poisoned")
                 .insert(dir.to_path_buf());
             if first_visit {
-                let removed = sweep_stale_temp_files(dir, STALE_TEMP_AGE);
+                let removed =
+                    sweep_abandoned_temp_files(dir, UNLOCKED_TEMP_MIN_AGE, STALE_TEMP_AGE);
                 if removed > 0 {
-                    tracing::info!(dir = %dir.display(), removed, "removed stale temporary files left by killed workers");
+                    tracing::info!(dir = %dir.display(), removed, "removed temporary files left by killed workers");
                 }
             }
-            ParquetDirWriter::create(final_path, schema, metadata)
+            ParquetDirWriter::create(final_path, schema, metadata, row_group_bytes)
         })
         .await
         .map_err(|err| SinkError::transient(format!("writer task failed: {err}")))??;
@@ -185,11 +231,14 @@ impl Sink for ParquetDirSink {
 }
 
 struct ParquetDirWriter {
-    /// `None` once committed, or while a blocking task holds it.
-    writer: Option<ArrowWriter<File>>,
+    /// `None` once committed, or while a blocking task holds it. Dropping
+    /// it removes the temporary file.
+    writer: Option<ArrowWriter<NamedTempFile>>,
+    /// For messages only: the file belongs to the writer.
     temp_path: PathBuf,
     final_path: PathBuf,
     rows: u64,
+    row_group_bytes: usize,
 }
 
 impl ParquetDirWriter {
@@ -197,22 +246,30 @@ impl ParquetDirWriter {
         final_path: PathBuf,
         schema: SchemaRef,
         metadata: Vec<KeyValue>,
+        row_group_bytes: usize,
     ) -> Result<ParquetDirWriter, SinkError> {
         let dir = final_path.parent().expect("output path has a directory");
         std::fs::create_dir_all(dir).map_err(|err| io_error("create directory", dir, err))?;
         // Hidden and unique per attempt, in the same directory so the final
         // rename is atomic (same filesystem).
-        let temp_path = dir.join(format!(
-            ".{}.{}-{}.tmp",
-            final_path.file_name().unwrap().to_string_lossy(),
-            std::process::id(),
-            uuid_like()
-        ));
-        let file = File::create(&temp_path).map_err(|err| io_error("create", &temp_path, err))?;
+        let prefix = format!(".{}.", final_path.file_name().unwrap().to_string_lossy());
+        let file = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|err| io_error("create a temporary file in", dir, err))?;
+        let temp_path = file.path().to_owned();
+        // Held until the writer is committed or dropped: the sweep of a
+        // later worker tells a live writer's file from a dead one's by it.
+        // Filesystems without locks fall back to the sweep's age rule.
+        if let Err(err) = file.as_file().lock() {
+            tracing::debug!(path = %temp_path.display(), error = %err, "cannot lock the temporary file");
+        }
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             // The writer holds a whole row group in memory before writing
-            // it; the default (1M rows) can be ~100 MiB for wide rows.
+            // it; the default (1M rows) can be ~100 MiB for wide rows. Rows
+            // bound narrow data; `write` flushes by bytes for wide rows.
             .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
             .set_key_value_metadata(Some(metadata))
             .build();
@@ -223,6 +280,7 @@ impl ParquetDirWriter {
             temp_path,
             final_path,
             rows: 0,
+            row_group_bytes,
         })
     }
 
@@ -230,7 +288,7 @@ impl ParquetDirWriter {
     /// file I/O stay off the async runtime.
     async fn with_writer<T: Send + 'static>(
         &mut self,
-        work: impl FnOnce(&mut ArrowWriter<File>) -> Result<T, SinkError> + Send + 'static,
+        work: impl FnOnce(&mut ArrowWriter<NamedTempFile>) -> Result<T, SinkError> + Send + 'static,
     ) -> Result<T, SinkError> {
         let mut writer = self
             .writer
@@ -247,17 +305,6 @@ impl ParquetDirWriter {
     }
 }
 
-/// A per-attempt suffix; only needs to differ between concurrent writers.
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
 fn parquet_error(path: &Path, err: parquet::errors::ParquetError) -> SinkError {
     match err {
         parquet::errors::ParquetError::External(inner) => {
@@ -272,10 +319,15 @@ impl SinkWriter for ParquetDirWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
         let rows = batch.num_rows() as u64;
         let path = self.temp_path.clone();
+        let row_group_bytes = self.row_group_bytes;
         self.with_writer(move |writer| {
             writer
                 .write(&batch)
-                .map_err(|err| parquet_error(&path, err))
+                .map_err(|err| parquet_error(&path, err))?;
+            if writer.in_progress_size() >= row_group_bytes {
+                writer.flush().map_err(|err| parquet_error(&path, err))?;
+            }
+            Ok(())
         })
         .await?;
         self.rows += rows;
@@ -293,13 +345,13 @@ impl SinkWriter for ParquetDirWriter {
             let file = writer
                 .into_inner()
                 .map_err(|err| parquet_error(&temp_path, err))?;
-            file.sync_all()
+            file.as_file()
+                .sync_all()
                 .map_err(|err| io_error("fsync", &temp_path, err))?;
-            drop(file);
             // Same version, same name: a replay replaces identical content.
             let already_committed = final_path.exists();
-            std::fs::rename(&temp_path, &final_path)
-                .map_err(|err| io_error("rename into", &final_path, err))?;
+            file.persist(&final_path)
+                .map_err(|err| io_error("rename into", &final_path, err.error))?;
             // The rename itself is durable only once the directory is synced.
             let dir = final_path.parent().expect("output path has a directory");
             File::open(dir)
@@ -309,28 +361,13 @@ impl SinkWriter for ParquetDirWriter {
         })
         .await
         .map_err(|err| SinkError::transient(format!("commit task failed: {err}")))?;
-        let already_committed = match result {
-            Ok(already_committed) => already_committed,
-            Err(err) => {
-                let _ = std::fs::remove_file(&self.temp_path);
-                return Err(err);
-            }
-        };
+        // On an error the temporary file was dropped, and so removed.
+        let already_committed = result?;
         Ok(CommitReceipt {
             location: self.final_path.display().to_string(),
             rows: self.rows,
             already_committed,
         })
-    }
-}
-
-impl Drop for ParquetDirWriter {
-    /// An uncommitted writer removes its temporary file: abandoned attempts
-    /// leave nothing behind.
-    fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = std::fs::remove_file(&self.temp_path);
-        }
     }
 }
 
@@ -373,6 +410,35 @@ mod tests {
             ..lineage(None)
         };
         assert!(output_path(root, &evil).starts_with("/out/vendor"));
+    }
+
+    #[tokio::test]
+    async fn row_groups_are_cut_by_encoded_bytes_as_well_as_rows() {
+        // 8 batches of 10,000 random-ish i64 (about 80 KB each encoded):
+        // far below 128 Ki rows, but each reaches the 64 KiB byte bound.
+        let dir = tempfile::tempdir().unwrap();
+        let sink =
+            ParquetDirSink::new("lake", dir.path().to_owned()).with_row_group_bytes(64 * 1024);
+        let lineage = lineage(Some("wide"));
+        let mut writer = sink.open(&lineage, batch(vec![]).schema()).await.unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..8 {
+            let values = (0..10_000)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as i64
+                })
+                .collect();
+            writer.write(batch(values)).await.unwrap();
+        }
+        writer.commit().await.unwrap();
+        let reader =
+            SerializedFileReader::new(File::open(output_path(dir.path(), &lineage)).unwrap())
+                .unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 80_000);
+        assert_eq!(reader.metadata().num_row_groups(), 8);
     }
 
     #[tokio::test]
@@ -440,28 +506,95 @@ mod sweep_tests {
     use super::*;
     use std::time::{Duration, SystemTime};
 
-    #[test]
-    fn only_old_hidden_temporary_files_are_swept() {
+    fn age(path: &Path, by: Duration) {
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - by)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_temporary_files_no_live_writer_holds_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let day_ago = SystemTime::now() - Duration::from_secs(25 * 3600);
-        let old_temp = dir.path().join(".a.parquet.1-x.tmp");
-        let fresh_temp = dir.path().join(".b.parquet.2-y.tmp");
-        let old_data = dir.path().join("c.parquet");
-        for path in [&old_temp, &fresh_temp, &old_data] {
+        // A live writer (this process) in the shared directory, its file
+        // made to look old: the lock, not the age, keeps it.
+        let live = ParquetDirWriter::create(
+            dir.path().join("live.parquet"),
+            Arc::new(arrow::datatypes::Schema::empty()),
+            Vec::new(),
+            DEFAULT_ROW_GROUP_BYTES,
+        )
+        .unwrap();
+        age(&live.temp_path, Duration::from_secs(25 * 3600));
+        // Left by a killed worker: nobody holds a lock on it.
+        let dead = dir.path().join(".a.parquet.x1y2.tmp");
+        let just_created = dir.path().join(".b.parquet.z3w4.tmp");
+        let committed = dir.path().join("c.parquet");
+        for path in [&dead, &just_created, &committed] {
             std::fs::write(path, b"x").unwrap();
         }
-        for path in [&old_temp, &old_data] {
-            File::options()
-                .write(true)
-                .open(path)
-                .unwrap()
-                .set_modified(day_ago)
-                .unwrap();
+        for path in [&dead, &committed] {
+            age(path, Duration::from_secs(120));
         }
-        assert_eq!(sweep_stale_temp_files(dir.path(), STALE_TEMP_AGE), 1);
-        assert!(!old_temp.exists());
-        assert!(fresh_temp.exists(), "a live writer's file is kept");
-        assert!(old_data.exists(), "committed files are never touched");
+        let removed = sweep_abandoned_temp_files(dir.path(), UNLOCKED_TEMP_MIN_AGE, STALE_TEMP_AGE);
+        assert_eq!(removed, 1);
+        assert!(!dead.exists());
+        assert!(live.temp_path.exists(), "a live writer's file is kept");
+        assert!(
+            just_created.exists(),
+            "a file too young to be locked yet is kept"
+        );
+        assert!(committed.exists(), "committed files are never touched");
+    }
+
+    #[tokio::test]
+    async fn a_write_dropped_mid_way_leaves_no_temporary_file() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetDirSink::new("lake", dir.path().to_owned());
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let lineage = Lineage {
+            bucket: "b".into(),
+            key: "k.csv".into(),
+            version_id: None,
+            etag: Some("e".into()),
+            size: 1,
+            event_time: None,
+            route: "r".into(),
+        };
+        let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(0..2_000_000))],
+        )
+        .unwrap();
+        // Start the write (its blocking task takes the Arrow writer), then
+        // give it up, as a lost lease or a failing sibling sink does.
+        {
+            let write = writer.write(batch);
+            tokio::pin!(write);
+            let polled = futures::poll!(write.as_mut());
+            assert!(polled.is_pending(), "the write finished at its first poll");
+        }
+        drop(writer);
+        let temp_files = || {
+            std::fs::read_dir(dir.path().join("b"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while temp_files() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the temporary file outlived its writer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -493,6 +493,14 @@ impl Target {
         let table = self.table.sql();
         let mut columns = Vec::new();
         for field in schema.fields() {
+            // The driver refuses a statement holding a NUL before the
+            // server sees it; that is the file's column name, not an outage.
+            if field.name().contains('\0') {
+                return Err(SinkError::permanent(format!(
+                    "column `{}`: a PostgreSQL identifier cannot hold a NUL byte, so table {table} cannot be created",
+                    field.name().escape_debug()
+                )));
+            }
             let pg_type = encode::create_table_type(field.data_type()).ok_or_else(|| {
                 SinkError::permanent(format!(
                     "column `{}`: Arrow type {} has no PostgreSQL mapping, so table {table} cannot be created",

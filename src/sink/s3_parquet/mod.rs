@@ -202,6 +202,7 @@ impl Sink for S3ParquetSink {
         }
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_dictionary_enabled(crate::sink::parquet_dir::dictionary_pays(&schema))
             .set_key_value_metadata(Some(lineage_metadata(lineage)))
             .build();
         let mut outputs = PartitionOutputs {

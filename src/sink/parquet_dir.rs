@@ -53,14 +53,27 @@ const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 
 pub const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Above this many columns, Parquet outputs are written without
-/// dictionary encoding: each column's dictionary interner costs about
-/// 20 KiB before the first row is out (a 9,999-column file: 190 MiB for
-/// 10 rows), while without it a column costs about 1.5 KiB.
-pub const DICTIONARY_MAX_COLUMNS: usize = 1000;
+/// dictionary encoding and with LZ4 instead of zstd: each column writer
+/// keeps a dictionary interner (about 20 KiB) and a zstd context (about
+/// 16 KiB) from its first row on, which for a 9,999-column file was 376 MiB
+/// of writer state for 10 rows. Without both a column costs under 1 KiB.
+pub const WIDE_SCHEMA_COLUMNS: usize = 1000;
 
-/// Whether dictionary encoding is worth its per-column memory for `schema`.
-pub(crate) fn dictionary_pays(schema: &SchemaRef) -> bool {
-    schema.fields().len() <= DICTIONARY_MAX_COLUMNS
+/// The codec and dictionary setting for `schema`'s width (see
+/// `WIDE_SCHEMA_COLUMNS`); every Parquet-writing sink applies it.
+pub(crate) fn for_width(
+    builder: parquet::file::properties::WriterPropertiesBuilder,
+    schema: &SchemaRef,
+) -> parquet::file::properties::WriterPropertiesBuilder {
+    if schema.fields().len() <= WIDE_SCHEMA_COLUMNS {
+        builder
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_dictionary_enabled(true)
+    } else {
+        builder
+            .set_compression(Compression::LZ4_RAW)
+            .set_dictionary_enabled(false)
+    }
 }
 
 /// Encoded bytes per output row group unless the sink's `row_group_bytes`
@@ -276,13 +289,11 @@ impl ParquetDirWriter {
         if let Err(err) = file.as_file().lock() {
             tracing::debug!(path = %temp_path.display(), error = %err, "cannot lock the temporary file");
         }
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        let properties = for_width(WriterProperties::builder(), &schema)
             // The writer holds a whole row group in memory before writing
             // it; the default (1M rows) can be ~100 MiB for wide rows. Rows
             // bound narrow data; `write` flushes by bytes for wide rows.
             .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
-            .set_dictionary_enabled(dictionary_pays(&schema))
             .set_key_value_metadata(Some(metadata))
             .build();
         let writer = ArrowWriter::try_new(file, schema, Some(properties))
@@ -451,6 +462,28 @@ mod tests {
                 .unwrap();
         assert_eq!(reader.metadata().file_metadata().num_rows(), 80_000);
         assert_eq!(reader.metadata().num_row_groups(), 8);
+    }
+
+    #[test]
+    fn wide_schemas_drop_dictionaries_and_zstd() {
+        let schema = |columns: usize| {
+            Arc::new(Schema::new(
+                (0..columns)
+                    .map(|c| Field::new(format!("c{c}"), DataType::Int64, true))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let narrow = for_width(WriterProperties::builder(), &schema(WIDE_SCHEMA_COLUMNS)).build();
+        let wide = for_width(
+            WriterProperties::builder(),
+            &schema(WIDE_SCHEMA_COLUMNS + 1),
+        )
+        .build();
+        let column = parquet::schema::types::ColumnPath::from("c0");
+        assert!(narrow.dictionary_enabled(&column));
+        assert!(matches!(narrow.compression(&column), Compression::ZSTD(_)));
+        assert!(!wide.dictionary_enabled(&column));
+        assert_eq!(wide.compression(&column), Compression::LZ4_RAW);
     }
 
     #[tokio::test]

@@ -32,7 +32,6 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -200,9 +199,7 @@ impl Sink for S3ParquetSink {
                 )));
             }
         }
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_dictionary_enabled(crate::sink::parquet_dir::dictionary_pays(&schema))
+        let properties = crate::sink::parquet_dir::for_width(WriterProperties::builder(), &schema)
             .set_key_value_metadata(Some(lineage_metadata(lineage)))
             .build();
         let mut outputs = PartitionOutputs {

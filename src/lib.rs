@@ -19,6 +19,7 @@ pub mod schema;
 pub mod sink;
 pub mod status;
 pub mod telemetry;
+pub mod text;
 pub mod worker;
 
 use std::sync::Arc;

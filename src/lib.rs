@@ -14,6 +14,7 @@ pub mod notification;
 pub mod object;
 pub mod queue;
 pub mod receive_ahead;
+pub mod redact;
 pub mod route;
 pub mod schema;
 pub mod sink;

@@ -243,7 +243,7 @@ async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
         &fixture,
         &format!(
             "url = \"{}\"\nformat = \"ndjson\"",
-            server.url("/insert?query=x")
+            server.url("/insert?query=x&password=hunter2")
         ),
     );
     let worker = fixture.start_worker(config);
@@ -260,8 +260,12 @@ async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
     );
     assert!(reason.contains("/insert"), "{reason}");
     assert!(
-        !reason.contains("query=x"),
-        "the query string stays out: {reason}"
+        reason.contains("/insert?query=***&password=***"),
+        "query values are redacted: {reason}"
+    );
+    assert!(
+        !reason.contains("query=x") && !reason.contains("hunter2"),
+        "query values stay out: {reason}"
     );
     wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
     assert_eq!(server.requests().len(), 1, "a 400 is not retried");

@@ -35,13 +35,21 @@
 //! changes the tokens: a replay after such a change may duplicate rows, but
 //! one token never names two different contents (which would lose rows).
 //!
+//! # What is shown
+//!
+//! The URL appears in logs, errors and commit receipts with its query
+//! values redacted (`?query=***`); a user or password in it is refused at
+//! start-up. Header values from the environment, and static ones whose
+//! names suggest a secret (`redact::is_sensitive_name`), never appear in
+//! logs or `Debug` output.
+//!
 //! # Errors
 //!
 //! 429, 408, 5xx, timeouts and connection errors are retried with
 //! exponential backoff (honouring a `Retry-After` in seconds), at most
 //! `max_retries` times; then the object goes back to the queue (transient).
 //! Any other status is permanent: the object is dead-lettered with the
-//! status and the first KiB of the response body.
+//! status and the first KiB of the response body (`text::excerpt_of`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -62,6 +70,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use super::{CommitReceipt, Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use crate::{redact, text};
 
 /// Bodies are cut below this by default: under the usual 10 MiB limits of
 /// event APIs, large enough for few requests per object.
@@ -123,14 +132,17 @@ pub struct EnvHeader {
     pub prefix: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// Where parts are POSTed; its query string is kept (ClickHouse puts
-    /// the INSERT statement there).
+    /// the INSERT statement there). A user or password in it is refused:
+    /// credentials go in `headers_from_env`. Wherever the URL is shown,
+    /// its query values are redacted.
     pub url: String,
     pub format: HttpFormat,
-    /// Static headers. Credentials belong in `headers_from_env`.
+    /// Static headers. Credentials belong in `headers_from_env`; values of
+    /// headers whose names suggest a secret are never shown either way.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Header name → environment variable (and optional prefix).
@@ -161,6 +173,53 @@ pub struct HttpSinkConfig {
     pub idempotency_query_param: Option<String>,
 }
 
+/// Hides the URL's user info and query values and the values of sensitive
+/// headers: a config is printed with `{:?}` in panics and logs.
+impl std::fmt::Debug for HttpSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field has to be added here too.
+        let HttpSinkConfig {
+            url,
+            format,
+            headers,
+            headers_from_env,
+            max_request_bytes,
+            compression,
+            max_retries,
+            initial_backoff_ms,
+            max_backoff_ms,
+            timeout_secs,
+            idempotency_header,
+            idempotency_query_param,
+        } = self;
+        let headers: BTreeMap<&str, &str> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), redact::header_value(name, value)))
+            .collect();
+        let headers_from_env: BTreeMap<&str, (&str, &str)> = headers_from_env
+            .iter()
+            .map(|(name, source)| {
+                let prefix = redact::env_header_prefix(name, &source.prefix);
+                (name.as_str(), (source.env.as_str(), prefix))
+            })
+            .collect();
+        f.debug_struct("HttpSinkConfig")
+            .field("url", &redact::url(url))
+            .field("format", format)
+            .field("headers", &headers)
+            .field("headers_from_env", &headers_from_env)
+            .field("max_request_bytes", max_request_bytes)
+            .field("compression", compression)
+            .field("max_retries", max_retries)
+            .field("initial_backoff_ms", initial_backoff_ms)
+            .field("max_backoff_ms", max_backoff_ms)
+            .field("timeout_secs", timeout_secs)
+            .field("idempotency_header", idempotency_header)
+            .field("idempotency_query_param", idempotency_query_param)
+            .finish()
+    }
+}
+
 fn default_max_request_bytes() -> usize {
     DEFAULT_MAX_REQUEST_BYTES
 }
@@ -180,10 +239,13 @@ fn default_idempotency_header() -> String {
     "Idempotency-Key".into()
 }
 
-/// Headers that carry credentials: never accepted in plain text.
-const CREDENTIAL_HEADERS: [&str; 4] = [
+/// Headers that carry credentials: never accepted in plain text. Other
+/// headers whose names suggest a secret (`redact::is_sensitive_name`) are
+/// accepted but never shown.
+const CREDENTIAL_HEADERS: [&str; 5] = [
     "authorization",
     "proxy-authorization",
+    "cookie",
     "x-api-key",
     "x-clickhouse-key",
 ];
@@ -193,6 +255,18 @@ impl HttpSinkConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |field: &str, message: String| Err((field.to_owned(), message));
         match reqwest::Url::parse(&self.url) {
+            // The message never echoes the URL: it holds the secret.
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                return err(
+                    "url",
+                    "must not contain a user or password: send credentials in a header read \
+                     from the environment, e.g. headers_from_env = { Authorization = { env = \
+                     \"CH_BASIC_AUTH\", prefix = \"Basic \" } } with the variable holding \
+                     base64(user:password), or for ClickHouse headers = { X-ClickHouse-User = \
+                     \"NAME\" } and headers_from_env = { X-ClickHouse-Key = { env = \"CH_PASSWORD\" } }"
+                        .into(),
+                );
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             Ok(url) => {
                 return err(
@@ -307,16 +381,21 @@ impl HttpSink {
     }
 }
 
-/// Static headers plus those read from the environment (`lookup`), whose
-/// values are marked sensitive so they never show in debug output.
+/// Static headers plus those read from the environment (`lookup`). Values
+/// read from the environment, and static ones whose names suggest a secret,
+/// are marked sensitive so they never show in debug output.
 fn resolve_headers(
     config: &HttpSinkConfig,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in &config.headers {
+        let sensitive = redact::is_sensitive_name(name);
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|err| err.to_string())?;
-        let value = HeaderValue::from_str(value).map_err(|err| err.to_string())?;
+        // The error names the header, never its value.
+        let mut value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header {name} is not a valid header value"))?;
+        value.set_sensitive(sensitive);
         headers.insert(name, value);
     }
     for (name, source) in &config.headers_from_env {
@@ -544,12 +623,10 @@ enum Attempt {
 }
 
 impl PartSender {
-    /// The URL without its query string: the query may hold settings or
-    /// credentials and is no use in an error message.
+    /// The URL as logs, errors and receipts show it: user info and query
+    /// values redacted (the query may hold credentials).
     fn display_url(&self) -> String {
-        let mut url = self.url.clone();
-        url.set_query(None);
-        url.to_string()
+        redact::url(self.url.as_str())
     }
 
     async fn send(&self, part_number: u64, body: Vec<u8>, rows: usize) -> Result<(), SinkError> {
@@ -625,15 +702,18 @@ impl PartSender {
         }
         let response = match request.send().await {
             Ok(response) => response,
+            // reqwest's message would print the whole URL, query values
+            // (credentials, the token) included: the label shows it redacted.
             Err(err) if err.is_builder() => {
-                return Attempt::Rejected(format!("could not be built: {err}"));
+                let err = err.without_url();
+                return Attempt::Rejected(format!("could not be built: {}", error_chain(&err)));
             }
             // Timeouts, refused or reset connections, TLS hiccups: all may
             // clear. A bad certificate also lands here and is retried until
             // the message goes back; it shows in the logs every time.
             Err(err) => {
                 return Attempt::Retry {
-                    reason: format!("failed: {}", error_chain(&err)),
+                    reason: format!("failed: {}", error_chain(&err.without_url())),
                     retry_after: None,
                 };
             }
@@ -647,8 +727,9 @@ impl PartSender {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_retry_after);
+        let total = response.content_length();
         let body = body_start(response).await;
-        let reason = format!("returned {status}: {}", excerpt(&body));
+        let reason = format!("returned {status}: {}", excerpt(&body, total));
         if is_retryable_status(status.as_u16()) {
             Attempt::Retry {
                 reason,
@@ -675,7 +756,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 /// can be large.
 async fn body_start(mut response: reqwest::Response) -> Vec<u8> {
     let mut start = Vec::new();
-    while start.len() <= RESPONSE_BODY_EXCERPT_BYTES {
+    while start.len() <= RESPONSE_BODY_EXCERPT_BYTES + 4 {
         match response.chunk().await {
             Ok(Some(chunk)) => start.extend_from_slice(&chunk),
             // The status already says what matters; a body cut short by a
@@ -686,19 +767,19 @@ async fn body_start(mut response: reqwest::Response) -> Vec<u8> {
     start
 }
 
-/// The start of a response body on one line, for a dead-letter reason.
-fn excerpt(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(RESPONSE_BODY_EXCERPT_BYTES)];
-    let mut text: String = String::from_utf8_lossy(cut)
+/// The start of a response body (`total` bytes long when the response
+/// said so) on one line, bounded, for a dead-letter reason.
+fn excerpt(start: &[u8], total: Option<u64>) -> String {
+    // Lossy decoding may turn the last, cut character into U+FFFD; the
+    // marker says how much is missing either way.
+    let text: String = String::from_utf8_lossy(start)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    text = text.trim().to_owned();
-    if body.len() > RESPONSE_BODY_EXCERPT_BYTES {
-        text.push_str(" [truncated]");
-    }
-    if text.is_empty() {
-        text.push_str("(empty body)");
+    let body_bytes = total.map_or(start.len(), |total| total as usize);
+    let text = text::excerpt_of(text.trim(), body_bytes, RESPONSE_BODY_EXCERPT_BYTES);
+    if text.trim().is_empty() {
+        return "(empty body)".into();
     }
     text
 }
@@ -923,6 +1004,94 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_the_url_are_refused_without_echoing_them() {
+        for url in [
+            "http://ingest:s3cr3t@127.0.0.1:8123/?query=INSERT",
+            "http://ingest@127.0.0.1:8123/",
+        ] {
+            let (field, message) = config(&format!("url = \"{url}\"\nformat = \"ndjson\""))
+                .validate()
+                .unwrap_err();
+            assert_eq!(field, "url");
+            assert!(message.contains("headers_from_env"), "{message}");
+            assert!(
+                !message.contains("s3cr3t") && !message.contains("ingest"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_output_and_the_shown_url_hide_secrets() {
+        let config = config(
+            "url = \"http://127.0.0.1:8123/?query=INSERT&password=qpw\"\nformat = \"ndjson\"\n\
+             headers = { X-Team = \"data\", X-Api-Token = \"inline-secret\" }\n\
+             headers_from_env = { Authorization = { env = \"TB_TOKEN\", prefix = \"Bearer \" } }",
+        );
+        let debug = format!("{config:?}");
+        for secret in ["qpw", "inline-secret", "INSERT"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        for shown in ["data", "TB_TOKEN", "Bearer ", "password=***"] {
+            assert!(debug.contains(shown), "{shown} missing from {debug}");
+        }
+        let headers = resolve_headers(&config, |_| Some("env-secret".into())).unwrap();
+        assert!(headers["x-api-token"].is_sensitive());
+        assert!(!headers["x-team"].is_sensitive());
+        let debug = format!("{headers:?}");
+        assert!(
+            !debug.contains("inline-secret") && !debug.contains("env-secret"),
+            "{debug}"
+        );
+    }
+
+    fn context() -> SinkContext {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .build(),
+        );
+        SinkContext {
+            s3,
+            expected_bucket_owner: None,
+        }
+    }
+
+    /// reqwest's error message carries the whole URL; the receipt used
+    /// the URL too. Neither may show a query value.
+    #[tokio::test]
+    async fn errors_and_receipts_show_no_query_values() {
+        // A port nobody listens on: the connection is refused.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = config(&format!(
+            "url = \"http://{addr}/insert?password=hunter2\"\nformat = \"ndjson\"\n\
+             max_retries = 0\nidempotency_query_param = \"insert_deduplication_token\""
+        ));
+        let sink = HttpSink::new("ch", &config, &context()).unwrap();
+        let writer = sink.open(&lineage(None), batch(0).schema()).await.unwrap();
+        let receipt = writer.commit().await.unwrap();
+        assert_eq!(
+            receipt.location,
+            format!("http://{addr}/insert?password=*** (0 part(s))")
+        );
+
+        let mut writer = sink.open(&lineage(None), batch(0).schema()).await.unwrap();
+        writer.write(batch(3)).await.unwrap();
+        let err = writer.commit().await.err().unwrap();
+        assert!(err.retryable, "{}", err.detail);
+        assert!(err.detail.contains("password=***"), "{}", err.detail);
+        assert!(
+            !err.detail.contains("hunter2") && !err.detail.contains("insert_deduplication_token"),
+            "{}",
+            err.detail
+        );
+    }
+
+    #[test]
     fn a_large_batch_is_split_into_pieces_within_budget_in_row_order() {
         for format in [HttpFormat::Ndjson, HttpFormat::ArrowStream] {
             let big = batch(5000);
@@ -1014,9 +1183,13 @@ mod tests {
         }
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(excerpt(b"bad\nrow\r\n"), "bad row");
-        assert_eq!(excerpt(b""), "(empty body)");
-        let long = excerpt(&vec![b'x'; 5000]);
-        assert!(long.ends_with("[truncated]") && long.len() < 1100);
+        assert_eq!(excerpt(b"bad\nrow\r\n", None), "bad row");
+        assert_eq!(excerpt(b"", Some(0)), "(empty body)");
+        let long = excerpt(&vec![b'x'; 5000], None);
+        assert!(long.ends_with("…[3976 more bytes]"), "{long}");
+        assert!(long.len() < 1100);
+        // Read in part: the marker counts what was never read.
+        let long = excerpt(&vec![b'x'; 2000], Some(1_000_000));
+        assert!(long.ends_with("…[998976 more bytes]"), "{long}");
     }
 }

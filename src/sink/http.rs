@@ -16,11 +16,13 @@
 //!
 //! # Delivery guarantee: at-least-once with idempotency tokens
 //!
-//! Every part carries a token derived from (sink name, bucket, key, version
-//! id or ETag, format, `max_request_bytes`, part number): the same on every
-//! redelivery. It is sent in a header (`idempotency_header`) and, when
-//! configured, in a query parameter (`idempotency_query_param`, e.g.
-//! ClickHouse's `insert_deduplication_token`).
+//! Every part carries a token: a hash of its lineage (sink name, bucket,
+//! key, version id or ETag), its part number and a hash of its exact
+//! content (the body before compression). A redelivery that cuts the same
+//! parts sends the same tokens. It is sent in a header
+//! (`idempotency_header`) and, when configured, in a query parameter
+//! (`idempotency_query_param`, e.g. ClickHouse's
+//! `insert_deduplication_token`).
 //!
 //! An object that fits in one part is sent only at `commit`: all or nothing.
 //! A larger object sends its parts while it is still being read, so if it
@@ -31,9 +33,14 @@
 //! dead-lettered part-way (a 400 on its third part, a bad row further down
 //! the file) leaves its earlier parts at the receiver.
 //!
-//! Changing `format` or `max_request_bytes` moves the cut points and so
-//! changes the tokens: a replay after such a change may duplicate rows, but
-//! one token never names two different contents (which would lose rows).
+//! The cut points depend on the route too (`batch_rows`, the schema, CSV
+//! options) and on `format` and `max_request_bytes`. After any such change
+//! a replay cuts other parts, and because the content is in the token,
+//! they get other tokens: the replay may duplicate rows the first attempt
+//! delivered, but one token never names two different contents, so the
+//! receiver never drops a part it has not seen (which would lose rows).
+//! Content alone is not enough: the lineage and the part number keep two
+//! objects, or two parts of one object, with equal rows apart.
 //!
 //! # What is shown
 //!
@@ -79,6 +86,9 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 const MIN_MAX_REQUEST_BYTES: usize = 1024;
 /// How much of an error response ends up in the dead-letter reason.
 const RESPONSE_BODY_EXCERPT_BYTES: usize = 1024;
+/// Bodies up to this size are hashed on the async runtime (tens of
+/// microseconds); larger ones on a blocking thread.
+const INLINE_HASH_BYTES: usize = 64 * 1024;
 /// A `Retry-After` longer than this is capped: the lease keeps the message,
 /// but a worker should not sit on one object for minutes.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -420,28 +430,28 @@ fn resolve_headers(
     Ok(headers)
 }
 
-/// The token of one part: stable across redeliveries of the same object
-/// version with the same config, different for every other part.
-pub fn idempotency_token(
-    sink_name: &str,
-    lineage: &Lineage,
-    format: HttpFormat,
-    max_request_bytes: usize,
-    part: u64,
-) -> String {
+/// The token of one part: a hash of the part's lineage (sink, bucket, key,
+/// version id or ETag), its number, and a hash of its exact content (the
+/// request body before compression). A redelivery that cuts the same parts
+/// sends the same tokens; a part whose rows differ in any way (another
+/// route config, another encoding) gets another token, so one token never
+/// names two contents and the receiver never drops rows it has not seen.
+/// The lineage keeps two objects (or two parts of one object) with equal
+/// content apart.
+pub fn idempotency_token(sink_name: &str, lineage: &Lineage, part: u64, content: &[u8]) -> String {
+    let content_hash = Sha256::digest(content);
     let mut hasher = Sha256::new();
     for field in [
-        sink_name,
-        lineage.bucket.as_str(),
-        lineage.key.as_str(),
-        lineage.version_identity(),
-        format.name(),
-        &max_request_bytes.to_string(),
-        &part.to_string(),
+        sink_name.as_bytes(),
+        lineage.bucket.as_bytes(),
+        lineage.key.as_bytes(),
+        lineage.version_identity().as_bytes(),
+        &part.to_be_bytes(),
+        &content_hash[..],
     ] {
-        hasher.update(field.as_bytes());
-        // A separator no field contains keeps ("a","bc") apart from ("ab","c").
-        hasher.update([0u8]);
+        // Length-prefixed, so ("a", "bc") and ("ab", "c") differ.
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field);
     }
     hex::encode(&hasher.finalize()[..16])
 }
@@ -629,22 +639,33 @@ impl PartSender {
         redact::url(self.url.as_str())
     }
 
-    async fn send(&self, part_number: u64, body: Vec<u8>, rows: usize) -> Result<(), SinkError> {
-        let token = idempotency_token(
-            &self.sink_name,
-            &self.lineage,
-            self.config.format,
-            self.config.max_request_bytes,
-            part_number,
-        );
-        let uncompressed = body.len();
-        let body: Bytes = match self.config.compression {
-            HttpCompression::None => body.into(),
-            HttpCompression::Gzip => tokio::task::spawn_blocking(move || gzip(&body))
-                .await
-                .map_err(|err| SinkError::transient(format!("gzip task failed: {err}")))??
-                .into(),
+    /// The part's token (from its content) and the body to send (gzipped
+    /// if configured); hashing and gzip run off the async runtime unless
+    /// the body is small.
+    async fn prepare(&self, part_number: u64, body: Vec<u8>) -> Result<(String, Bytes), SinkError> {
+        let sink_name = self.sink_name.clone();
+        let lineage = self.lineage.clone();
+        let compression = self.config.compression;
+        let inline = compression == HttpCompression::None && body.len() <= INLINE_HASH_BYTES;
+        let work = move || -> Result<(String, Bytes), SinkError> {
+            let token = idempotency_token(&sink_name, &lineage, part_number, &body);
+            let body = match compression {
+                HttpCompression::None => body.into(),
+                HttpCompression::Gzip => gzip(&body)?.into(),
+            };
+            Ok((token, body))
         };
+        if inline {
+            return work();
+        }
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|err| SinkError::transient(format!("encoder task failed: {err}")))?
+    }
+
+    async fn send(&self, part_number: u64, body: Vec<u8>, rows: usize) -> Result<(), SinkError> {
+        let uncompressed = body.len();
+        let (token, body) = self.prepare(part_number, body).await?;
         let mut url = self.url.clone();
         if let Some(param) = &self.config.idempotency_query_param {
             url.query_pairs_mut().append_pair(param, &token);
@@ -965,42 +986,38 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_stable_per_part_and_version() {
-        let token = |lineage: &Lineage, part| {
-            idempotency_token(
-                "tb",
-                lineage,
-                HttpFormat::Ndjson,
-                DEFAULT_MAX_REQUEST_BYTES,
-                part,
-            )
+    fn tokens_follow_lineage_part_number_and_content() {
+        let rows_a = b"{\"id\":1}\n{\"id\":2}\n";
+        let rows_b = b"{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n";
+        let token = |lineage: &Lineage, part, content: &[u8]| {
+            idempotency_token("tb", lineage, part, content)
         };
         let v1 = lineage(Some("v1"));
-        assert_eq!(token(&v1, 0), token(&v1.clone(), 0));
-        assert_ne!(token(&v1, 0), token(&v1, 1));
-        assert_ne!(token(&v1, 0), token(&lineage(Some("v2")), 0));
-        assert_ne!(token(&v1, 0), token(&lineage(None), 0));
+        // The same part of the same version with the same rows: a replay.
+        assert_eq!(token(&v1, 0, rows_a), token(&v1.clone(), 0, rows_a));
+        // Same part number, other rows (a route change moved the cut):
+        // another token, so the receiver does not drop them.
+        assert_ne!(token(&v1, 0, rows_a), token(&v1, 0, rows_b));
+        // Same rows elsewhere: another part, version, object or sink.
+        assert_ne!(token(&v1, 0, rows_a), token(&v1, 1, rows_a));
         assert_ne!(
-            token(&v1, 0),
-            idempotency_token(
-                "tb",
-                &v1,
-                HttpFormat::ArrowStream,
-                DEFAULT_MAX_REQUEST_BYTES,
-                0
-            )
+            token(&v1, 0, rows_a),
+            token(&lineage(Some("v2")), 0, rows_a)
         );
+        assert_ne!(token(&v1, 0, rows_a), token(&lineage(None), 0, rows_a));
+        let mut other_key = v1.clone();
+        other_key.key = "in/b.csv".into();
+        assert_ne!(token(&v1, 0, rows_a), token(&other_key, 0, rows_a));
         assert_ne!(
-            token(&v1, 0),
-            idempotency_token(
-                "other",
-                &v1,
-                HttpFormat::Ndjson,
-                DEFAULT_MAX_REQUEST_BYTES,
-                0
-            )
+            token(&v1, 0, rows_a),
+            idempotency_token("other", &v1, 0, rows_a)
         );
-        assert_eq!(token(&v1, 0).len(), 32);
+        // Fields cannot bleed into each other.
+        let mut shifted = v1.clone();
+        shifted.bucket = "vendori".into();
+        shifted.key = "n/a.csv".into();
+        assert_ne!(token(&v1, 0, rows_a), token(&shifted, 0, rows_a));
+        assert_eq!(token(&v1, 0, rows_a).len(), 32);
     }
 
     #[test]

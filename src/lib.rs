@@ -14,11 +14,13 @@ pub mod notification;
 pub mod object;
 pub mod queue;
 pub mod receive_ahead;
+pub mod redact;
 pub mod route;
 pub mod schema;
 pub mod sink;
 pub mod status;
 pub mod telemetry;
+pub mod text;
 pub mod worker;
 
 use std::sync::Arc;

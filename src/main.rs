@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// Run the worker until SIGTERM or SIGINT (the default).
     Run,
-    /// Validate the config and print it resolved, with its routes.
+    /// Validate the config and print it resolved (secrets redacted), with
+    /// its routes.
     CheckConfig,
     /// Exit 0 if the running worker's /healthz answers 200 (for container
     /// health checks; no curl needed).
@@ -68,10 +69,12 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, s3_ingest::config::Conf
 }
 
 async fn check_config(config: &Config) -> ExitCode {
-    println!("# resolved configuration\n");
+    // Environment overrides are resolved in: secrets are redacted.
+    println!("# resolved configuration (secrets shown as ***)\n");
     println!(
         "{}",
-        toml::to_string_pretty(config).unwrap_or_else(|err| format!("<cannot render: {err}>"))
+        toml::to_string_pretty(&s3_ingest::redact::config(config))
+            .unwrap_or_else(|err| format!("<cannot render: {err}>"))
     );
     println!("# routes, first match wins");
     for (index, route) in config.routes.iter().enumerate() {

@@ -41,6 +41,7 @@ use crate::receive_ahead::{HeldMessage, ReceiveAhead};
 use crate::route::Router;
 use crate::status::Liveness;
 use crate::telemetry;
+use crate::text::{LOG_ERROR_BYTES, excerpt};
 
 /// While every object slot is busy, the receive loop still goes round this
 /// often, so `/healthz` can tell "busy" from "stuck".
@@ -618,7 +619,8 @@ impl Worker {
             }
             Err(err) if err.is_retryable() => {
                 telemetry::object_retried(&route.name, err.kind());
-                warn!(bucket, key, route = %route.name, error_kind = err.kind(), error = %err, "object failed; will retry");
+                warn!(bucket, key, route = %route.name, error_kind = err.kind(),
+                    error = %excerpt(&err.to_string(), LOG_ERROR_BYTES), "object failed; will retry");
                 ObjectOutcome::Retry
             }
             Err(err) => {
@@ -686,17 +688,20 @@ impl Worker {
         let key = envelope.key.as_deref().unwrap_or("");
         let route = envelope.route.as_deref().unwrap_or("");
         if !self.queue.has_dead_letter_queue() {
-            error!(bucket, key, route, error_kind = %envelope.error_kind, error = %envelope.error,
+            error!(bucket, key, route, error_kind = %envelope.error_kind,
+                error = %excerpt(&envelope.error, LOG_ERROR_BYTES),
                 "poison, but no dlq_url is configured; leaving the message to the queue's redrive policy");
             return false;
         }
         match self.queue.dead_letter(&envelope.to_json()).await {
             Ok(()) => {
-                error!(bucket, key, route, error_kind = %envelope.error_kind, error = %envelope.error, "dead-lettered");
+                error!(bucket, key, route, error_kind = %envelope.error_kind,
+                    error = %excerpt(&envelope.error, LOG_ERROR_BYTES), "dead-lettered");
                 true
             }
             Err(err) => {
-                error!(bucket, key, route, error_kind = %envelope.error_kind, dlq_error = %err,
+                error!(bucket, key, route, error_kind = %envelope.error_kind,
+                    dlq_error = %excerpt(&err.to_string(), LOG_ERROR_BYTES),
                     "dead-letter send failed; the message stays on the queue");
                 false
             }

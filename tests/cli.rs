@@ -78,6 +78,70 @@ fn check_config_builds_the_sinks_and_names_a_missing_secret_variable() {
 }
 
 #[test]
+fn check_config_redacts_secrets_set_by_environment_overrides() {
+    let config = write_config(VALID);
+    let output = binary()
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .env(
+            "S3_INGEST__AWS__ENDPOINT_URL",
+            "http://admin:hunter2-aws@127.0.0.1:4566",
+        )
+        .env("S3_INGEST__SINKS__CH__TYPE", "http")
+        .env(
+            "S3_INGEST__SINKS__CH__URL",
+            "http://127.0.0.1:9/?query=INSERT%20INTO%20t&password=hunter2-query",
+        )
+        .env("S3_INGEST__SINKS__CH__FORMAT", "ndjson")
+        .env(
+            "S3_INGEST__SINKS__CH__HEADERS__X_API_TOKEN",
+            "hunter2-header",
+        )
+        .env("S3_INGEST__SINKS__CH__HEADERS__X_TEAM", "data")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "{stdout}\n{stderr}"
+    );
+    for shown in [
+        "endpoint_url = \"http://***@127.0.0.1:4566\"",
+        "url = \"http://127.0.0.1:9/?query=***&password=***\"",
+        "x_api_token = \"***\"",
+        "x_team = \"data\"",
+        "format = \"ndjson\"",
+        "url = \"http://127.0.0.1:4566/queue/us-east-1/000000000000/q\"",
+        "orders: bucket vendor, key orders/**/*.csv",
+    ] {
+        assert!(stdout.contains(shown), "{shown} missing from:\n{stdout}");
+    }
+
+    // A password in a PostgreSQL url is refused, and not echoed.
+    let output = binary()
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .env("S3_INGEST__SINKS__PG__TYPE", "postgres")
+        .env("S3_INGEST__SINKS__PG__TABLE", "orders")
+        .env(
+            "S3_INGEST__SINKS__PG__URL",
+            "postgres://ingest:hunter2-pg@db/w",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("sinks.pg.url"), "{stderr}");
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
 fn invalid_config_exits_2_naming_the_key() {
     let config = write_config(&VALID.replace("[queue]", "[queue]\nmax_messages = 50"));
     let output = binary()

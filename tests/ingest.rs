@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
+use s3_ingest::text;
 use util::*;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -651,4 +652,85 @@ async fn a_bucket_no_route_allows_is_dead_lettered_without_fetching() {
     .await;
     assert!(fixture.sink_files().is_empty());
     worker.stop().await;
+}
+
+/// A 300 KB value in a CSV row that does not fit the schema: arrow-csv
+/// quotes the value and the whole row in its error (600 KB of backslashes,
+/// twice that escaped as JSON). The envelope used to exceed SQS's limit, so
+/// the send failed and the object was downloaded and retried forever. Now
+/// it arrives bounded on a DLQ with SQS's classic 256 KiB limit, the
+/// message is deleted, and the worker's log lines stay short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_kb_bad_row_is_dead_lettered_with_a_bounded_envelope() {
+    const SQS_LIMIT: usize = 256 * 1024;
+    let fixture = Fixture::new("huge-row").await;
+    // AWS and LocalStack now default to 1 MiB; queues made with the
+    // classic limit (or a lower one) keep it.
+    fixture
+        .clients
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&fixture.dlq_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            SQS_LIMIT.to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let routes = r#"
+        [[routes]]
+        name = "typed"
+        key_glob = "**"
+        sink = "lake"
+        schema = [{ name = "id", type = "int64" }, { name = "note", type = "utf8" }]
+    "#;
+    let config = fixture.config(Some(routes));
+    let log = fixture.output_dir().join("worker.log");
+    let mut worker = fixture.spawn_worker_process(&config, &log);
+    let value = "\\".repeat(300 * 1024);
+    fixture
+        .put("in/huge.csv", format!("id,note\n1,fine\n{value},bad\n"))
+        .await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let body = loop {
+        if let Some(body) = fixture.take_dead_letter_bodies().await.pop() {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no envelope on the DLQ; worker log:\n{}",
+            text::excerpt(&std::fs::read_to_string(&log).unwrap_or_default(), 20_000)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(body.len() < SQS_LIMIT, "{} bytes", body.len());
+    let letter: s3_ingest::dead_letter::DeadLetter = serde_json::from_str(&body).unwrap();
+    assert_eq!(letter.error_kind, "csv_error");
+    assert_eq!(letter.key.as_deref(), Some("in/huge.csv"));
+    assert!(
+        letter.error.contains("Error while parsing value"),
+        "{}",
+        &letter.error[..200]
+    );
+    assert!(letter.error.ends_with(" more bytes]"), "the cut is marked");
+    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+
+    // The log line is written after the DLQ accepted the envelope.
+    wait_until("the dead-lettered log line", WAIT, || async {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("dead-lettered"))
+    })
+    .await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines() {
+        assert!(
+            line.len() < 4 * 1024,
+            "a log line of {} bytes: {}",
+            line.len(),
+            text::excerpt(line, 300)
+        );
+    }
 }

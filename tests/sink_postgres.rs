@@ -57,6 +57,50 @@ fn with_param(url: &str, param: &str) -> String {
     format!("{url}{separator}{param}")
 }
 
+/// A server message may quote a value whole (here a trigger's RAISE, with
+/// the value in message and detail): a 100 KB value must not make a
+/// 100 KB reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_quoting_a_huge_value_is_dead_lettered_with_a_bounded_reason() {
+    let fixture = Fixture::new("pg-huge").await;
+    let client = connect().await;
+    let table = unique_table("huge");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint, name text, price float8);
+             CREATE FUNCTION {table}_reject() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 RAISE EXCEPTION 'name rejected: %', NEW.name USING DETAIL = 'value ' || NEW.name;
+             END $$;
+             CREATE TRIGGER {table}_reject BEFORE INSERT ON {table}
+                 FOR EACH ROW EXECUTE FUNCTION {table}_reject();"
+        ))
+        .await
+        .unwrap();
+    let worker = fixture.start_worker(config(&fixture, &table, None, ""));
+    let name = "y".repeat(100 * 1024);
+    fixture
+        .put("in/huge.csv", format!("id,name,price\n1,{name},2.5\n"))
+        .await;
+
+    let letters = fixture.wait_for_dead_letters(1).await;
+    let reason = &letters[0].error;
+    assert!(
+        reason.contains("P0001") && reason.contains("name rejected: yyy"),
+        "{}",
+        &reason[..300.min(reason.len())]
+    );
+    assert!(reason.contains(" more bytes]"), "the cut is marked");
+    assert!(
+        reason.len() < 3 * 1024,
+        "a reason of {} bytes",
+        reason.len()
+    );
+    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    assert_eq!(count(&client, &table).await, 0);
+    worker.stop().await;
+}
+
 /// A client for assertions; fails loudly with a hint when the server is
 /// not there (tests never skip).
 async fn connect() -> tokio_postgres::Client {

@@ -16,11 +16,13 @@
 //!
 //! # Delivery guarantee: at-least-once with idempotency tokens
 //!
-//! Every part carries a token derived from (sink name, bucket, key, version
-//! id or ETag, format, `max_request_bytes`, part number): the same on every
-//! redelivery. It is sent in a header (`idempotency_header`) and, when
-//! configured, in a query parameter (`idempotency_query_param`, e.g.
-//! ClickHouse's `insert_deduplication_token`).
+//! Every part carries a token: a hash of its lineage (sink name, bucket,
+//! key, version id or ETag), its part number and a hash of its exact
+//! content (the body before compression). A redelivery that cuts the same
+//! parts sends the same tokens. It is sent in a header
+//! (`idempotency_header`) and, when configured, in a query parameter
+//! (`idempotency_query_param`, e.g. ClickHouse's
+//! `insert_deduplication_token`).
 //!
 //! An object that fits in one part is sent only at `commit`: all or nothing.
 //! A larger object sends its parts while it is still being read, so if it
@@ -31,9 +33,22 @@
 //! dead-lettered part-way (a 400 on its third part, a bad row further down
 //! the file) leaves its earlier parts at the receiver.
 //!
-//! Changing `format` or `max_request_bytes` moves the cut points and so
-//! changes the tokens: a replay after such a change may duplicate rows, but
-//! one token never names two different contents (which would lose rows).
+//! The cut points depend on the route too (`batch_rows`, the schema, CSV
+//! options) and on `format` and `max_request_bytes`. After any such change
+//! a replay cuts other parts, and because the content is in the token,
+//! they get other tokens: the replay may duplicate rows the first attempt
+//! delivered, but one token never names two different contents, so the
+//! receiver never drops a part it has not seen (which would lose rows).
+//! Content alone is not enough: the lineage and the part number keep two
+//! objects, or two parts of one object, with equal rows apart.
+//!
+//! # What is shown
+//!
+//! The URL appears in logs, errors and commit receipts with its query
+//! values redacted (`?query=***`); a user or password in it is refused at
+//! start-up. Header values from the environment, and static ones whose
+//! names suggest a secret (`redact::is_sensitive_name`), never appear in
+//! logs or `Debug` output.
 //!
 //! # Errors
 //!
@@ -41,7 +56,7 @@
 //! exponential backoff (honouring a `Retry-After` in seconds), at most
 //! `max_retries` times; then the object goes back to the queue (transient).
 //! Any other status is permanent: the object is dead-lettered with the
-//! status and the first KiB of the response body.
+//! status and the first KiB of the response body (`text::excerpt_of`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -62,6 +77,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use super::{CommitReceipt, Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use crate::{redact, text};
 
 /// Bodies are cut below this by default: under the usual 10 MiB limits of
 /// event APIs, large enough for few requests per object.
@@ -70,6 +86,9 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 const MIN_MAX_REQUEST_BYTES: usize = 1024;
 /// How much of an error response ends up in the dead-letter reason.
 const RESPONSE_BODY_EXCERPT_BYTES: usize = 1024;
+/// Bodies up to this size are hashed on the async runtime (tens of
+/// microseconds); larger ones on a blocking thread.
+const INLINE_HASH_BYTES: usize = 64 * 1024;
 /// A `Retry-After` longer than this is capped: the lease keeps the message,
 /// but a worker should not sit on one object for minutes.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -123,14 +142,17 @@ pub struct EnvHeader {
     pub prefix: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// Where parts are POSTed; its query string is kept (ClickHouse puts
-    /// the INSERT statement there).
+    /// the INSERT statement there). A user or password in it is refused:
+    /// credentials go in `headers_from_env`. Wherever the URL is shown,
+    /// its query values are redacted.
     pub url: String,
     pub format: HttpFormat,
-    /// Static headers. Credentials belong in `headers_from_env`.
+    /// Static headers. Credentials belong in `headers_from_env`; values of
+    /// headers whose names suggest a secret are never shown either way.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Header name → environment variable (and optional prefix).
@@ -161,6 +183,53 @@ pub struct HttpSinkConfig {
     pub idempotency_query_param: Option<String>,
 }
 
+/// Hides the URL's user info and query values and the values of sensitive
+/// headers: a config is printed with `{:?}` in panics and logs.
+impl std::fmt::Debug for HttpSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field has to be added here too.
+        let HttpSinkConfig {
+            url,
+            format,
+            headers,
+            headers_from_env,
+            max_request_bytes,
+            compression,
+            max_retries,
+            initial_backoff_ms,
+            max_backoff_ms,
+            timeout_secs,
+            idempotency_header,
+            idempotency_query_param,
+        } = self;
+        let headers: BTreeMap<&str, &str> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), redact::header_value(name, value)))
+            .collect();
+        let headers_from_env: BTreeMap<&str, (&str, &str)> = headers_from_env
+            .iter()
+            .map(|(name, source)| {
+                let prefix = redact::env_header_prefix(name, &source.prefix);
+                (name.as_str(), (source.env.as_str(), prefix))
+            })
+            .collect();
+        f.debug_struct("HttpSinkConfig")
+            .field("url", &redact::url(url))
+            .field("format", format)
+            .field("headers", &headers)
+            .field("headers_from_env", &headers_from_env)
+            .field("max_request_bytes", max_request_bytes)
+            .field("compression", compression)
+            .field("max_retries", max_retries)
+            .field("initial_backoff_ms", initial_backoff_ms)
+            .field("max_backoff_ms", max_backoff_ms)
+            .field("timeout_secs", timeout_secs)
+            .field("idempotency_header", idempotency_header)
+            .field("idempotency_query_param", idempotency_query_param)
+            .finish()
+    }
+}
+
 fn default_max_request_bytes() -> usize {
     DEFAULT_MAX_REQUEST_BYTES
 }
@@ -180,10 +249,13 @@ fn default_idempotency_header() -> String {
     "Idempotency-Key".into()
 }
 
-/// Headers that carry credentials: never accepted in plain text.
-const CREDENTIAL_HEADERS: [&str; 4] = [
+/// Headers that carry credentials: never accepted in plain text. Other
+/// headers whose names suggest a secret (`redact::is_sensitive_name`) are
+/// accepted but never shown.
+const CREDENTIAL_HEADERS: [&str; 5] = [
     "authorization",
     "proxy-authorization",
+    "cookie",
     "x-api-key",
     "x-clickhouse-key",
 ];
@@ -193,6 +265,18 @@ impl HttpSinkConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |field: &str, message: String| Err((field.to_owned(), message));
         match reqwest::Url::parse(&self.url) {
+            // The message never echoes the URL: it holds the secret.
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                return err(
+                    "url",
+                    "must not contain a user or password: send credentials in a header read \
+                     from the environment, e.g. headers_from_env = { Authorization = { env = \
+                     \"CH_BASIC_AUTH\", prefix = \"Basic \" } } with the variable holding \
+                     base64(user:password), or for ClickHouse headers = { X-ClickHouse-User = \
+                     \"NAME\" } and headers_from_env = { X-ClickHouse-Key = { env = \"CH_PASSWORD\" } }"
+                        .into(),
+                );
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             Ok(url) => {
                 return err(
@@ -307,16 +391,21 @@ impl HttpSink {
     }
 }
 
-/// Static headers plus those read from the environment (`lookup`), whose
-/// values are marked sensitive so they never show in debug output.
+/// Static headers plus those read from the environment (`lookup`). Values
+/// read from the environment, and static ones whose names suggest a secret,
+/// are marked sensitive so they never show in debug output.
 fn resolve_headers(
     config: &HttpSinkConfig,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in &config.headers {
+        let sensitive = redact::is_sensitive_name(name);
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|err| err.to_string())?;
-        let value = HeaderValue::from_str(value).map_err(|err| err.to_string())?;
+        // The error names the header, never its value.
+        let mut value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header {name} is not a valid header value"))?;
+        value.set_sensitive(sensitive);
         headers.insert(name, value);
     }
     for (name, source) in &config.headers_from_env {
@@ -341,28 +430,28 @@ fn resolve_headers(
     Ok(headers)
 }
 
-/// The token of one part: stable across redeliveries of the same object
-/// version with the same config, different for every other part.
-pub fn idempotency_token(
-    sink_name: &str,
-    lineage: &Lineage,
-    format: HttpFormat,
-    max_request_bytes: usize,
-    part: u64,
-) -> String {
+/// The token of one part: a hash of the part's lineage (sink, bucket, key,
+/// version id or ETag), its number, and a hash of its exact content (the
+/// request body before compression). A redelivery that cuts the same parts
+/// sends the same tokens; a part whose rows differ in any way (another
+/// route config, another encoding) gets another token, so one token never
+/// names two contents and the receiver never drops rows it has not seen.
+/// The lineage keeps two objects (or two parts of one object) with equal
+/// content apart.
+pub fn idempotency_token(sink_name: &str, lineage: &Lineage, part: u64, content: &[u8]) -> String {
+    let content_hash = Sha256::digest(content);
     let mut hasher = Sha256::new();
     for field in [
-        sink_name,
-        lineage.bucket.as_str(),
-        lineage.key.as_str(),
-        lineage.version_identity(),
-        format.name(),
-        &max_request_bytes.to_string(),
-        &part.to_string(),
+        sink_name.as_bytes(),
+        lineage.bucket.as_bytes(),
+        lineage.key.as_bytes(),
+        lineage.version_identity().as_bytes(),
+        &part.to_be_bytes(),
+        &content_hash[..],
     ] {
-        hasher.update(field.as_bytes());
-        // A separator no field contains keeps ("a","bc") apart from ("ab","c").
-        hasher.update([0u8]);
+        // Length-prefixed, so ("a", "bc") and ("ab", "c") differ.
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field);
     }
     hex::encode(&hasher.finalize()[..16])
 }
@@ -544,30 +633,39 @@ enum Attempt {
 }
 
 impl PartSender {
-    /// The URL without its query string: the query may hold settings or
-    /// credentials and is no use in an error message.
+    /// The URL as logs, errors and receipts show it: user info and query
+    /// values redacted (the query may hold credentials).
     fn display_url(&self) -> String {
-        let mut url = self.url.clone();
-        url.set_query(None);
-        url.to_string()
+        redact::url(self.url.as_str())
+    }
+
+    /// The part's token (from its content) and the body to send (gzipped
+    /// if configured); hashing and gzip run off the async runtime unless
+    /// the body is small.
+    async fn prepare(&self, part_number: u64, body: Vec<u8>) -> Result<(String, Bytes), SinkError> {
+        let sink_name = self.sink_name.clone();
+        let lineage = self.lineage.clone();
+        let compression = self.config.compression;
+        let inline = compression == HttpCompression::None && body.len() <= INLINE_HASH_BYTES;
+        let work = move || -> Result<(String, Bytes), SinkError> {
+            let token = idempotency_token(&sink_name, &lineage, part_number, &body);
+            let body = match compression {
+                HttpCompression::None => body.into(),
+                HttpCompression::Gzip => gzip(&body)?.into(),
+            };
+            Ok((token, body))
+        };
+        if inline {
+            return work();
+        }
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|err| SinkError::transient(format!("encoder task failed: {err}")))?
     }
 
     async fn send(&self, part_number: u64, body: Vec<u8>, rows: usize) -> Result<(), SinkError> {
-        let token = idempotency_token(
-            &self.sink_name,
-            &self.lineage,
-            self.config.format,
-            self.config.max_request_bytes,
-            part_number,
-        );
         let uncompressed = body.len();
-        let body: Bytes = match self.config.compression {
-            HttpCompression::None => body.into(),
-            HttpCompression::Gzip => tokio::task::spawn_blocking(move || gzip(&body))
-                .await
-                .map_err(|err| SinkError::transient(format!("gzip task failed: {err}")))??
-                .into(),
-        };
+        let (token, body) = self.prepare(part_number, body).await?;
         let mut url = self.url.clone();
         if let Some(param) = &self.config.idempotency_query_param {
             url.query_pairs_mut().append_pair(param, &token);
@@ -625,15 +723,18 @@ impl PartSender {
         }
         let response = match request.send().await {
             Ok(response) => response,
+            // reqwest's message would print the whole URL, query values
+            // (credentials, the token) included: the label shows it redacted.
             Err(err) if err.is_builder() => {
-                return Attempt::Rejected(format!("could not be built: {err}"));
+                let err = err.without_url();
+                return Attempt::Rejected(format!("could not be built: {}", error_chain(&err)));
             }
             // Timeouts, refused or reset connections, TLS hiccups: all may
             // clear. A bad certificate also lands here and is retried until
             // the message goes back; it shows in the logs every time.
             Err(err) => {
                 return Attempt::Retry {
-                    reason: format!("failed: {}", error_chain(&err)),
+                    reason: format!("failed: {}", error_chain(&err.without_url())),
                     retry_after: None,
                 };
             }
@@ -647,8 +748,9 @@ impl PartSender {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_retry_after);
+        let total = response.content_length();
         let body = body_start(response).await;
-        let reason = format!("returned {status}: {}", excerpt(&body));
+        let reason = format!("returned {status}: {}", excerpt(&body, total));
         if is_retryable_status(status.as_u16()) {
             Attempt::Retry {
                 reason,
@@ -675,7 +777,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 /// can be large.
 async fn body_start(mut response: reqwest::Response) -> Vec<u8> {
     let mut start = Vec::new();
-    while start.len() <= RESPONSE_BODY_EXCERPT_BYTES {
+    while start.len() <= RESPONSE_BODY_EXCERPT_BYTES + 4 {
         match response.chunk().await {
             Ok(Some(chunk)) => start.extend_from_slice(&chunk),
             // The status already says what matters; a body cut short by a
@@ -686,19 +788,19 @@ async fn body_start(mut response: reqwest::Response) -> Vec<u8> {
     start
 }
 
-/// The start of a response body on one line, for a dead-letter reason.
-fn excerpt(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(RESPONSE_BODY_EXCERPT_BYTES)];
-    let mut text: String = String::from_utf8_lossy(cut)
+/// The start of a response body (`total` bytes long when the response
+/// said so) on one line, bounded, for a dead-letter reason.
+fn excerpt(start: &[u8], total: Option<u64>) -> String {
+    // Lossy decoding may turn the last, cut character into U+FFFD; the
+    // marker says how much is missing either way.
+    let text: String = String::from_utf8_lossy(start)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    text = text.trim().to_owned();
-    if body.len() > RESPONSE_BODY_EXCERPT_BYTES {
-        text.push_str(" [truncated]");
-    }
-    if text.is_empty() {
-        text.push_str("(empty body)");
+    let body_bytes = total.map_or(start.len(), |total| total as usize);
+    let text = text::excerpt_of(text.trim(), body_bytes, RESPONSE_BODY_EXCERPT_BYTES);
+    if text.trim().is_empty() {
+        return "(empty body)".into();
     }
     text
 }
@@ -884,42 +986,126 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_stable_per_part_and_version() {
-        let token = |lineage: &Lineage, part| {
-            idempotency_token(
-                "tb",
-                lineage,
-                HttpFormat::Ndjson,
-                DEFAULT_MAX_REQUEST_BYTES,
-                part,
-            )
+    fn tokens_follow_lineage_part_number_and_content() {
+        let rows_a = b"{\"id\":1}\n{\"id\":2}\n";
+        let rows_b = b"{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n";
+        let token = |lineage: &Lineage, part, content: &[u8]| {
+            idempotency_token("tb", lineage, part, content)
         };
         let v1 = lineage(Some("v1"));
-        assert_eq!(token(&v1, 0), token(&v1.clone(), 0));
-        assert_ne!(token(&v1, 0), token(&v1, 1));
-        assert_ne!(token(&v1, 0), token(&lineage(Some("v2")), 0));
-        assert_ne!(token(&v1, 0), token(&lineage(None), 0));
+        // The same part of the same version with the same rows: a replay.
+        assert_eq!(token(&v1, 0, rows_a), token(&v1.clone(), 0, rows_a));
+        // Same part number, other rows (a route change moved the cut):
+        // another token, so the receiver does not drop them.
+        assert_ne!(token(&v1, 0, rows_a), token(&v1, 0, rows_b));
+        // Same rows elsewhere: another part, version, object or sink.
+        assert_ne!(token(&v1, 0, rows_a), token(&v1, 1, rows_a));
         assert_ne!(
-            token(&v1, 0),
-            idempotency_token(
-                "tb",
-                &v1,
-                HttpFormat::ArrowStream,
-                DEFAULT_MAX_REQUEST_BYTES,
-                0
-            )
+            token(&v1, 0, rows_a),
+            token(&lineage(Some("v2")), 0, rows_a)
         );
+        assert_ne!(token(&v1, 0, rows_a), token(&lineage(None), 0, rows_a));
+        let mut other_key = v1.clone();
+        other_key.key = "in/b.csv".into();
+        assert_ne!(token(&v1, 0, rows_a), token(&other_key, 0, rows_a));
         assert_ne!(
-            token(&v1, 0),
-            idempotency_token(
-                "other",
-                &v1,
-                HttpFormat::Ndjson,
-                DEFAULT_MAX_REQUEST_BYTES,
-                0
-            )
+            token(&v1, 0, rows_a),
+            idempotency_token("other", &v1, 0, rows_a)
         );
-        assert_eq!(token(&v1, 0).len(), 32);
+        // Fields cannot bleed into each other.
+        let mut shifted = v1.clone();
+        shifted.bucket = "vendori".into();
+        shifted.key = "n/a.csv".into();
+        assert_ne!(token(&v1, 0, rows_a), token(&shifted, 0, rows_a));
+        assert_eq!(token(&v1, 0, rows_a).len(), 32);
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_echoing_them() {
+        for url in [
+            "http://ingest:s3cr3t@127.0.0.1:8123/?query=INSERT",
+            "http://ingest@127.0.0.1:8123/",
+        ] {
+            let (field, message) = config(&format!("url = \"{url}\"\nformat = \"ndjson\""))
+                .validate()
+                .unwrap_err();
+            assert_eq!(field, "url");
+            assert!(message.contains("headers_from_env"), "{message}");
+            assert!(
+                !message.contains("s3cr3t") && !message.contains("ingest"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_output_and_the_shown_url_hide_secrets() {
+        let config = config(
+            "url = \"http://127.0.0.1:8123/?query=INSERT&password=qpw\"\nformat = \"ndjson\"\n\
+             headers = { X-Team = \"data\", X-Api-Token = \"inline-secret\" }\n\
+             headers_from_env = { Authorization = { env = \"TB_TOKEN\", prefix = \"Bearer \" } }",
+        );
+        let debug = format!("{config:?}");
+        for secret in ["qpw", "inline-secret", "INSERT"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        for shown in ["data", "TB_TOKEN", "Bearer ", "password=***"] {
+            assert!(debug.contains(shown), "{shown} missing from {debug}");
+        }
+        let headers = resolve_headers(&config, |_| Some("env-secret".into())).unwrap();
+        assert!(headers["x-api-token"].is_sensitive());
+        assert!(!headers["x-team"].is_sensitive());
+        let debug = format!("{headers:?}");
+        assert!(
+            !debug.contains("inline-secret") && !debug.contains("env-secret"),
+            "{debug}"
+        );
+    }
+
+    fn context() -> SinkContext {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .build(),
+        );
+        SinkContext {
+            s3,
+            expected_bucket_owner: None,
+        }
+    }
+
+    /// reqwest's error message carries the whole URL; the receipt used
+    /// the URL too. Neither may show a query value.
+    #[tokio::test]
+    async fn errors_and_receipts_show_no_query_values() {
+        // A port nobody listens on: the connection is refused.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = config(&format!(
+            "url = \"http://{addr}/insert?password=hunter2\"\nformat = \"ndjson\"\n\
+             max_retries = 0\nidempotency_query_param = \"insert_deduplication_token\""
+        ));
+        let sink = HttpSink::new("ch", &config, &context()).unwrap();
+        let writer = sink.open(&lineage(None), batch(0).schema()).await.unwrap();
+        let receipt = writer.commit().await.unwrap();
+        assert_eq!(
+            receipt.location,
+            format!("http://{addr}/insert?password=*** (0 part(s))")
+        );
+
+        let mut writer = sink.open(&lineage(None), batch(0).schema()).await.unwrap();
+        writer.write(batch(3)).await.unwrap();
+        let err = writer.commit().await.err().unwrap();
+        assert!(err.retryable, "{}", err.detail);
+        assert!(err.detail.contains("password=***"), "{}", err.detail);
+        assert!(
+            !err.detail.contains("hunter2") && !err.detail.contains("insert_deduplication_token"),
+            "{}",
+            err.detail
+        );
     }
 
     #[test]
@@ -1014,9 +1200,13 @@ mod tests {
         }
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(excerpt(b"bad\nrow\r\n"), "bad row");
-        assert_eq!(excerpt(b""), "(empty body)");
-        let long = excerpt(&vec![b'x'; 5000]);
-        assert!(long.ends_with("[truncated]") && long.len() < 1100);
+        assert_eq!(excerpt(b"bad\nrow\r\n", None), "bad row");
+        assert_eq!(excerpt(b"", Some(0)), "(empty body)");
+        let long = excerpt(&vec![b'x'; 5000], None);
+        assert!(long.ends_with("…[3976 more bytes]"), "{long}");
+        assert!(long.len() < 1100);
+        // Read in part: the marker counts what was never read.
+        let long = excerpt(&vec![b'x'; 2000], Some(1_000_000));
+        assert!(long.ends_with("…[998976 more bytes]"), "{long}");
     }
 }

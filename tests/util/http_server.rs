@@ -48,8 +48,9 @@ struct Inner {
     requests: Vec<ReceivedRequest>,
     rows: Vec<Map<String, Value>>,
     accepted_tokens: HashSet<String>,
-    /// Answers for the next requests, in order, before anything else.
-    next_replies: VecDeque<Reply>,
+    /// Answers for the next requests, in order, before anything else
+    /// (`None`: handle that request normally).
+    next_replies: VecDeque<Option<Reply>>,
     /// The answer to every request once `next_replies` is used up.
     always: Option<Reply>,
 }
@@ -90,11 +91,20 @@ impl HttpTestServer {
     pub fn fail_next(&self, times: usize, status: u16, retry_after_secs: Option<u64>) {
         let mut inner = self.inner.lock().unwrap();
         for _ in 0..times {
-            inner.next_replies.push_back(Reply {
+            inner.next_replies.push_back(Some(Reply {
                 status,
                 retry_after_secs,
                 body: format!("scripted failure {status}"),
-            });
+            }));
+        }
+    }
+
+    /// The next `times` requests are handled normally, before what
+    /// `fail_next` scripts after this call.
+    pub fn pass_next(&self, times: usize) {
+        let mut inner = self.inner.lock().unwrap();
+        for _ in 0..times {
+            inner.next_replies.push_back(None);
         }
     }
 
@@ -136,10 +146,10 @@ async fn receive(
     let token = token_of(&uri, &headers);
     let decoded = decode_body(&headers, &body);
     let mut inner = inner.lock().unwrap();
-    let scripted = inner
-        .next_replies
-        .pop_front()
-        .or_else(|| inner.always.clone());
+    let scripted = match inner.next_replies.pop_front() {
+        Some(next) => next,
+        None => inner.always.clone(),
+    };
     let mut request = ReceivedRequest {
         uri: uri.to_string(),
         headers: headers.clone(),

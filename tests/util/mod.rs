@@ -287,7 +287,19 @@ impl Fixture {
 
     /// Receives every envelope now on the DLQ, removing them.
     pub async fn take_dead_letters(&self) -> Vec<DeadLetter> {
-        let mut letters = Vec::new();
+        self.take_dead_letter_bodies()
+            .await
+            .into_iter()
+            .map(|body| {
+                serde_json::from_str(&body)
+                    .unwrap_or_else(|err| panic!("DLQ message is not an envelope ({err}): {body}"))
+            })
+            .collect()
+    }
+
+    /// Receives every message body now on the DLQ, as sent, removing them.
+    pub async fn take_dead_letter_bodies(&self) -> Vec<String> {
+        let mut bodies = Vec::new();
         loop {
             let output = self
                 .clients
@@ -301,13 +313,10 @@ impl Fixture {
                 .unwrap();
             let messages = output.messages.unwrap_or_default();
             if messages.is_empty() {
-                return letters;
+                return bodies;
             }
             for message in messages {
-                let body = message.body.unwrap_or_default();
-                letters.push(serde_json::from_str(&body).unwrap_or_else(|err| {
-                    panic!("DLQ message is not an envelope ({err}): {body}")
-                }));
+                bodies.push(message.body.unwrap_or_default());
                 self.clients
                     .sqs
                     .delete_message()

@@ -130,6 +130,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Type;
 
 use super::{CommitReceipt, Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use crate::text::{ERROR_EXCERPT_BYTES, excerpt};
 use encode::PgType;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,12 +348,15 @@ fn classify(action: &str, err: &tokio_postgres::Error) -> SinkError {
         return SinkError::transient(format!("{action}: {}", with_causes(err)));
     };
     let code = db.code().code();
-    let mut detail = format!("{action}: {} (SQLSTATE {code})", db.message());
+    // The server's texts quote the offending value (a key in a constraint
+    // violation, the COPY row in the context): bounded.
+    let bounded = |text: &str| excerpt(text, ERROR_EXCERPT_BYTES);
+    let mut detail = format!("{action}: {} (SQLSTATE {code})", bounded(db.message()));
     if let Some(extra) = db.detail() {
-        detail.push_str(&format!("; {extra}"));
+        detail.push_str(&format!("; {}", bounded(extra)));
     }
     if let Some(context) = db.where_() {
-        detail.push_str(&format!("; at {}", context.replace('\n', " / ")));
+        detail.push_str(&format!("; at {}", bounded(&context.replace('\n', " / "))));
     }
     if is_transient_sqlstate(code) {
         SinkError::transient(detail)

@@ -19,6 +19,7 @@ use super::quotes::QuoteTracker;
 use super::{DecodeSummary, send_batch};
 use crate::config::{CsvOptions, RouteLimits};
 use crate::error::IngestError;
+use crate::text::{ERROR_EXCERPT_BYTES, excerpt};
 
 /// Read buffer handed to the decoder.
 const READ_BUFFER_BYTES: usize = 1 << 20;
@@ -140,7 +141,7 @@ pub fn decode_csv(
         uri: job.uri.clone(),
         first_row: summary.rows + 1,
         last_row: summary.rows + buffered.max(1) as u64,
-        detail,
+        detail: bounded_detail(&detail),
     };
     loop {
         let buf = input
@@ -375,7 +376,7 @@ fn infer_schema(
                 uri: uri.to_owned(),
                 first_row,
                 last_row,
-                detail: format!("while inferring the schema: {detail}"),
+                detail: bounded_detail(&format!("while inferring the schema: {detail}")),
             }
         })?;
     // Two columns with one name land as a table no engine can address
@@ -405,6 +406,42 @@ fn infer_schema(
         })
         .collect();
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// arrow-csv's errors quote the bad value and then the whole row
+/// (`… value 'X' as type 'Int64' for column 0 at line 7. Row data: '[…]'`),
+/// and a vendor's value or row can be megabytes. Every quoted span is cut
+/// to a few hundred bytes, so the words after it (type, column, line)
+/// survive, and then the whole text is capped: errors go into logs and DLQ
+/// envelopes.
+fn bounded_detail(detail: &str) -> String {
+    const QUOTED_BYTES: usize = 200;
+    let mut out = String::with_capacity(detail.len().min(2 * ERROR_EXCERPT_BYTES));
+    let mut rest = detail;
+    while let Some(open) = rest.find('\'') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        // The quoted span ends at the last quote before the next `' ` or
+        // `'.` (values may hold quotes themselves), else at the end.
+        let close = after
+            .match_indices('\'')
+            .map(|(index, _)| index)
+            .find(|&index| {
+                matches!(
+                    after.as_bytes().get(index + 1),
+                    None | Some(b' ' | b'.' | b',')
+                )
+            })
+            .unwrap_or(after.len());
+        out.push_str(&excerpt(&after[..close], QUOTED_BYTES));
+        rest = &after[close..];
+        if let Some(stripped) = rest.strip_prefix('\'') {
+            out.push('\'');
+            rest = stripped;
+        }
+    }
+    out.push_str(rest);
+    excerpt(&out, ERROR_EXCERPT_BYTES)
 }
 
 /// The data row an inference error names: arrow-csv reports "at line N"
@@ -807,6 +844,24 @@ mod tests {
         let err = result.unwrap_err();
         assert_eq!(err.kind(), "decompression_error");
         assert!(err.to_string().contains("decompression bomb"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_bad_value_is_cut_but_its_type_and_column_are_kept() {
+        let value = "9".repeat(300_000) + "x";
+        let data = format!("id,name\n1,a\n{value},b\n");
+        let (result, _) = run(data.into_bytes(), job(Some(id_schema())));
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), "csv_error");
+        let text = err.to_string();
+        assert!(text.len() < 1024, "{} bytes: {text}", text.len());
+        assert!(text.contains("more bytes]"), "{text}");
+        assert!(text.contains("Int64"), "{text}");
+        assert!(bounded_detail("plain text").eq("plain text"));
+        assert_eq!(
+            bounded_detail("value 'it''s' as type 'Int64'"),
+            "value 'it''s' as type 'Int64'"
+        );
     }
 
     #[test]

@@ -20,6 +20,13 @@
 //!
 //! The objects are generated while they are uploaded (multipart, one part
 //! in memory at a time), so the test process does not hold them either.
+//!
+//! A second test feeds one such worker hostile files one after another,
+//! with every route limit at its default (a 100,000-column header, a
+//! 9,999-column file that must land, a 256 MiB line without a line end, a
+//! 128 MiB quoted field never closed, a 2 GiB gzip bomb of a few MiB): each
+//! poison file must end as one dead letter of its kind, and peak RSS stays
+//! under the same bound.
 
 mod util;
 

@@ -600,6 +600,9 @@ fn gzip_bomb_parts(members: usize) -> impl FnMut() -> Option<Vec<u8>> {
     }
 }
 
+/// An object's parts, generated as they are uploaded.
+type Parts = Box<dyn FnMut() -> Option<Vec<u8>>>;
+
 /// What a hostile file must come to.
 enum Outcome {
     /// One dead letter of this kind, whose error holds the phrase.
@@ -626,7 +629,7 @@ async fn hostile_files_cost_one_dead_letter_each_within_the_memory_bound() {
     })
     .await;
 
-    let cases: Vec<(&str, Box<dyn FnMut() -> Option<Vec<u8>>>, Outcome)> = vec![
+    let cases: Vec<(&str, Parts, Outcome)> = vec![
         (
             "in/wide-header.csv",
             Box::new(once(wide_csv(100_000, 3))),

@@ -9,7 +9,7 @@
 //! is a string.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -217,6 +217,11 @@ pub struct RouteConfig {
     /// Rows per Arrow record batch.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: NonZeroUsize,
+    /// Parquet: the most compressed bytes of a row group read whole (one
+    /// without an offset index that none can be made for), and the most a
+    /// page may declare uncompressed. Larger is dead-lettered.
+    #[serde(default = "default_max_row_group_bytes")]
+    pub max_row_group_bytes: NonZeroU64,
 }
 
 impl RouteConfig {
@@ -231,6 +236,9 @@ fn default_format() -> FileFormat {
 }
 fn default_batch_rows() -> NonZeroUsize {
     NonZeroUsize::new(8192).expect("non-zero")
+}
+pub fn default_max_row_group_bytes() -> NonZeroU64 {
+    NonZeroU64::new(crate::decode::parquet::DEFAULT_MAX_ROW_GROUP_BYTES).expect("non-zero")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -27,7 +27,7 @@ use crate::config::FileFormat;
 use crate::decode::DecodeSummary;
 use crate::decode::compression::Codec;
 use crate::decode::csv::{CsvJob, decode_csv};
-use crate::decode::parquet::decode_parquet;
+use crate::decode::parquet::{ParquetLimits, decode_parquet};
 use crate::error::IngestError;
 use crate::notification::ObjectRef;
 use crate::object::{ObjectTail, PARQUET_TAIL_BYTES, PinnedObject, S3Objects, S3ParquetReader};
@@ -154,6 +154,18 @@ impl Ingestor {
             (Err(produce_err), Err(write_err)) => return Err(first_cause(produce_err, write_err)),
             (Err(err), Ok(_)) | (Ok(_), Err(err)) => return Err(err),
         };
+        // The decoder checks this itself; nothing commits without it.
+        if let Some(expected) = summary.expected_rows
+            && summary.rows != expected
+        {
+            return Err(IngestError::Parquet {
+                uri: uri.clone(),
+                detail: format!(
+                    "decoded {} rows, the file declares {expected}",
+                    summary.rows
+                ),
+            });
+        }
         let writers = match writers {
             Some(writers) => writers,
             // No batch at all (header-only or empty file): still commit, so
@@ -230,6 +242,10 @@ impl Ingestor {
         let reader = S3ParquetReader::new(self.objects.clone(), pinned.clone(), tail);
         let schema = route.schema.clone();
         let batch_rows = route.batch_rows;
+        let limits = ParquetLimits {
+            file_size: pinned.size,
+            max_row_group_bytes: route.max_row_group_bytes,
+        };
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             runtime.block_on(decode_parquet(
@@ -237,6 +253,7 @@ impl Ingestor {
                 &pinned.uri(),
                 schema,
                 batch_rows,
+                limits,
                 &batches,
             ))
         })

@@ -22,6 +22,8 @@ pub struct Route {
     /// The explicit schema, if the route has one.
     pub schema: Option<SchemaRef>,
     pub batch_rows: usize,
+    /// Parquet: the most bytes of a row group read whole, and of a page.
+    pub max_row_group_bytes: u64,
 }
 
 impl Route {
@@ -48,6 +50,7 @@ impl Route {
             csv: config.csv.clone(),
             schema,
             batch_rows: config.batch_rows.get(),
+            max_row_group_bytes: config.max_row_group_bytes.get(),
         })
     }
 
@@ -154,6 +157,7 @@ mod tests {
             csv: CsvOptions::default(),
             schema: None,
             batch_rows: std::num::NonZeroUsize::new(10).unwrap(),
+            max_row_group_bytes: crate::config::default_max_row_group_bytes(),
         }
     }
 

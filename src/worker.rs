@@ -760,6 +760,7 @@ mod tests {
             csv: CsvOptions::default(),
             schema: None,
             batch_rows: std::num::NonZeroUsize::new(100).unwrap(),
+            max_row_group_bytes: crate::config::default_max_row_group_bytes(),
         }])
         .unwrap();
         Arc::new(Worker::new(

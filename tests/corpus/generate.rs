@@ -160,20 +160,30 @@ pub fn generate(name: &str) -> Vec<u8> {
                     .set_data_page_offset(-100)
             })
         }),
-        // A chunk that starts 10 bytes before the end and runs past it.
+        // A chunk that starts 10 bytes before the old footer (inside the
+        // rewritten file) and runs far past the end: S3 answers the range
+        // with the bytes it has, a short read.
         "parquet_column_past_the_end" => {
             let file = parquet_id_name(3);
-            let len = file.len() as i64;
+            let (footer_start, _) = footer_metadata_range(&file);
             rewrite_footer(&file, |groups| {
                 edit_column(&mut groups[0].columns_mut()[0], |c| {
                     c.set_dictionary_page_offset(None)
-                        .set_data_page_offset(len - 10)
+                        .set_data_page_offset(footer_start as i64 - 10)
+                        .set_total_compressed_size(10_000)
                 })
             })
         }
         // A chunk at byte 0 of length 0 (the range 0..0, whose end is 0), in
-        // a file bigger than the 64 KiB tail read at open.
+        // a file bigger than the 64 KiB tail read at open, without an offset
+        // index, so that the reader asks for exactly that range.
         "parquet_column_range_end_zero" => rewrite_footer(&parquet_id_name(20_000), |groups| {
+            for column in groups[0].columns_mut() {
+                edit_column(column, |c| {
+                    c.set_offset_index_offset(None)
+                        .set_offset_index_length(None)
+                });
+            }
             edit_column(&mut groups[0].columns_mut()[0], |c| {
                 c.set_dictionary_page_offset(None)
                     .set_data_page_offset(0)

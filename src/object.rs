@@ -104,6 +104,11 @@ fn range_header(start: u64, end: Option<u64>) -> Option<String> {
     }
 }
 
+/// The HTTP status of a failed GET, when there was a response.
+fn status_of(err: &SdkError<GetObjectError, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|raw| raw.status().as_u16())
+}
+
 /// The total size from a `Content-Range: bytes 0-9/10` header.
 fn total_from_content_range(content_range: &str) -> Option<u64> {
     content_range.rsplit_once('/')?.1.trim().parse().ok()
@@ -147,7 +152,7 @@ impl S3Objects {
         {
             Ok(output) => output,
             // A suffix range of an empty object cannot be satisfied.
-            Err(err) if err.raw_response().map(|raw| raw.status().as_u16()) == Some(416) => {
+            Err(err) if status_of(&err) == Some(416) => {
                 return Err(IngestError::Parquet {
                     uri,
                     detail: "the object is empty (0 bytes)".into(),
@@ -211,6 +216,18 @@ impl S3Objects {
         pinned: &PinnedObject,
         range: Option<String>,
     ) -> Result<ByteStream, IngestError> {
+        self.get_pinned_raw(pinned, range)
+            .await
+            .map_err(|err| s3_error(&pinned.uri(), "GetObject", &err))
+    }
+
+    /// [`Self::get_pinned`] with the SDK's error, for callers that look at
+    /// its status.
+    async fn get_pinned_raw(
+        &self,
+        pinned: &PinnedObject,
+        range: Option<String>,
+    ) -> Result<ByteStream, SdkError<GetObjectError, HttpResponse>> {
         let mut request = self
             .client
             .get_object()
@@ -226,11 +243,7 @@ impl S3Objects {
         if let Some(range) = range {
             request = request.range(range);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(|err| s3_error(&pinned.uri(), "GetObject", &err))?;
-        Ok(output.body)
+        Ok(request.send().await?.body)
     }
 
     /// Streams the whole object into `chunks`, starting with `body` (from
@@ -259,7 +272,16 @@ impl S3Objects {
             let started_at = offset;
             let mut body = match next_body.take() {
                 Some(body) => body,
-                None => self.get_pinned(pinned, range_header(offset, size)).await?,
+                None => match self
+                    .get_pinned_raw(pinned, range_header(offset, size))
+                    .await
+                {
+                    Ok(body) => body,
+                    // Of unknown size, and it broke after its last byte:
+                    // there is nothing from here on.
+                    Err(err) if size.is_none() && status_of(&err) == Some(416) => break,
+                    Err(err) => return Err(s3_error(&pinned.uri(), "GetObject", &err)),
+                },
             };
             let failure = loop {
                 match body.next().await {
@@ -520,10 +542,11 @@ mod tests {
 
     /// A stand-in for S3 that answers every GET with `DATA`, chunked and
     /// without Content-Length (as a proxy or an S3-compatible server may),
-    /// from the start of its `Range` header; the first answer breaks off
-    /// after its first chunk when `break_first`. Records each `Range`.
+    /// from the start of its `Range` header (416 past the end); the first
+    /// answer breaks off after `break_first_after` chunks of 100 bytes, if
+    /// given. Records each `Range`.
     async fn server_without_content_length(
-        break_first: bool,
+        break_first_after: Option<usize>,
     ) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
         use axum::body::Body;
         use axum::http::{HeaderMap, Response};
@@ -545,13 +568,19 @@ mod tests {
                     .as_deref()
                     .and_then(|r| r.strip_prefix("bytes=")?.split('-').next()?.parse().ok())
                     .unwrap_or(0);
+                if start >= DATA.len() {
+                    return Response::builder()
+                        .status(416)
+                        .body(Body::from("<Error><Code>InvalidRange</Code></Error>"))
+                        .unwrap();
+                }
                 let rest = Bytes::from_static(DATA).slice(start..);
                 let mut chunks: Vec<Result<Bytes, std::io::Error>> = rest
                     .chunks(100)
                     .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
                     .collect();
-                if first && break_first {
-                    chunks.truncate(1);
+                if let Some(after) = break_first_after.filter(|_| first) {
+                    chunks.truncate(after);
                     chunks.push(Err(std::io::Error::other("connection reset")));
                 }
                 // The break comes a moment after the first chunk, so that
@@ -619,7 +648,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_content_length_the_whole_body_is_read() {
-        let (endpoint, _) = server_without_content_length(false).await;
+        let (endpoint, _) = server_without_content_length(None).await;
         let objects = objects_at(&endpoint);
         for size in [Some(DATA.len() as u64), None] {
             let (bytes, pinned) = read_all(&objects, &notified(size)).await;
@@ -631,7 +660,7 @@ mod tests {
     #[tokio::test]
     async fn without_content_length_a_broken_download_resumes_where_it_broke() {
         for size in [Some(DATA.len() as u64), None] {
-            let (endpoint, ranges) = server_without_content_length(true).await;
+            let (endpoint, ranges) = server_without_content_length(Some(1)).await;
             let objects = objects_at(&endpoint);
             let (bytes, _) = read_all(&objects, &notified(size)).await;
             assert_eq!(bytes, DATA, "notified size {size:?}");
@@ -643,6 +672,23 @@ mod tests {
             match size {
                 Some(size) => assert!(resumed.ends_with(&format!("-{}", size - 1)), "{resumed}"),
                 None => assert!(resumed.ends_with('-'), "{resumed}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn without_content_length_a_break_after_the_last_byte_is_the_end() {
+        for size in [Some(DATA.len() as u64), None] {
+            let (endpoint, ranges) = server_without_content_length(Some(10)).await;
+            let objects = objects_at(&endpoint);
+            let (bytes, _) = read_all(&objects, &notified(size)).await;
+            assert_eq!(bytes, DATA, "notified size {size:?}");
+            let ranges = ranges.lock().unwrap().clone();
+            match size {
+                // Known: every byte is in, nothing more to ask for.
+                Some(_) => assert_eq!(ranges, [None]),
+                // Unknown: asked for more, and was told there is none.
+                None => assert_eq!(ranges, [None, Some("bytes=1000-".to_owned())]),
             }
         }
     }

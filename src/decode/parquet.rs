@@ -487,7 +487,10 @@ fn check_page(
     uri: &str,
     max_bytes: u64,
 ) -> Result<(), IngestError> {
-    if i64::from(header.uncompressed_size) <= max_bytes as i64 {
+    // A negative size is for parquet-rs to refuse.
+    if u64::try_from(header.uncompressed_size).is_ok_and(|size| size <= max_bytes)
+        || header.uncompressed_size < 0
+    {
         return Ok(());
     }
     Err(IngestError::Parquet {

@@ -29,7 +29,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use s3_ingest::config::CsvOptions;
 use s3_ingest::decode::compression::Codec;
 use s3_ingest::decode::csv::{CsvJob, decode_csv};
-use s3_ingest::decode::parquet::decode_parquet;
+use s3_ingest::decode::parquet::{DEFAULT_MAX_ROW_GROUP_BYTES, ParquetLimits, decode_parquet};
 use tokio::sync::mpsc;
 
 const GROUP: &str = "decode";
@@ -246,12 +246,17 @@ fn bare_parquet(file: Bytes) -> u64 {
 fn pipeline_parquet(runtime: &tokio::runtime::Runtime, file: Bytes) -> u64 {
     runtime.block_on(async move {
         let (sender, mut receiver) = mpsc::channel(2);
+        let limits = ParquetLimits {
+            file_size: file.len() as u64,
+            max_row_group_bytes: DEFAULT_MAX_ROW_GROUP_BYTES,
+        };
         let decoder = tokio::spawn(async move {
             decode_parquet(
                 Cursor::new(file),
                 "s3://bench/prices.parquet",
                 Some(data::schema()),
                 data::BATCH_ROWS,
+                limits,
                 &sender,
             )
             .await

@@ -9,7 +9,7 @@
 //! is a string.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -237,6 +237,9 @@ fn default_format() -> FileFormat {
 fn default_batch_rows() -> NonZeroUsize {
     NonZeroUsize::new(8192).expect("non-zero")
 }
+fn default_max_row_group_bytes() -> NonZeroU64 {
+    NonZeroU64::new(crate::decode::parquet::DEFAULT_MAX_ROW_GROUP_BYTES).expect("non-zero")
+}
 
 /// Per-route bounds on hostile or broken files. Memory per object is
 /// bounded by these in bytes, whatever the file claims or holds.
@@ -261,6 +264,11 @@ pub struct RouteLimits {
     /// under 64 MiB are never stopped by the ratio).
     #[serde(default = "default_max_decompression_ratio")]
     pub max_decompression_ratio: u64,
+    /// Parquet: the most compressed bytes of a row group read whole (one
+    /// without an offset index that none can be made for), and the most a
+    /// page may declare uncompressed. Larger is dead-lettered.
+    #[serde(default = "default_max_row_group_bytes")]
+    pub max_row_group_bytes: NonZeroU64,
 }
 
 fn default_max_columns() -> NonZeroUsize {
@@ -287,6 +295,7 @@ impl Default for RouteLimits {
             max_batch_bytes: default_max_batch_bytes(),
             max_decompressed_bytes: default_max_decompressed_bytes(),
             max_decompression_ratio: default_max_decompression_ratio(),
+            max_row_group_bytes: default_max_row_group_bytes(),
         }
     }
 }

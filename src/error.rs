@@ -35,7 +35,8 @@ pub enum IngestError {
     /// repeats a name, or a Parquet file does not match the route's schema.
     #[error("{uri}: unusable schema: {detail}")]
     Schema { uri: String, detail: String },
-    #[error("{uri}: CSV data rows {first_row}..={last_row}: {detail}")]
+    /// `first_row` 0: the rows are not known (the decoder panicked).
+    #[error("{uri}: CSV {}: {detail}", csv_rows(*first_row, *last_row))]
     Csv {
         uri: String,
         first_row: u64,
@@ -55,6 +56,14 @@ pub enum IngestError {
     /// pipeline failed and reports its own error); its message comes back.
     #[error("{uri}: abandoned before commit")]
     Abandoned { uri: String },
+}
+
+fn csv_rows(first_row: u64, last_row: u64) -> String {
+    if first_row == 0 {
+        "data".to_owned()
+    } else {
+        format!("data rows {first_row}..={last_row}")
+    }
 }
 
 impl IngestError {

@@ -27,7 +27,7 @@ use crate::config::FileFormat;
 use crate::decode::DecodeSummary;
 use crate::decode::compression::Codec;
 use crate::decode::csv::{CsvJob, decode_csv};
-use crate::decode::parquet::decode_parquet;
+use crate::decode::parquet::{ParquetLimits, decode_parquet};
 use crate::error::IngestError;
 use crate::notification::ObjectRef;
 use crate::object::{ObjectTail, PARQUET_TAIL_BYTES, PinnedObject, S3Objects, S3ParquetReader};
@@ -146,19 +146,26 @@ impl Ingestor {
         let written = write_batches(&sinks, &lineage, &uri, batch_rx).await;
         // The producer's error explains a sink-side stop better than the
         // closed channel the sink saw, and vice versa; see `first_cause`.
-        let produced = producer.await.unwrap_or_else(|err| {
-            Err(IngestError::S3 {
-                uri: uri.clone(),
-                operation: "decode",
-                detail: format!("decoder task failed: {err}"),
-                retryable: true,
-            })
-        });
+        let produced = producer
+            .await
+            .unwrap_or_else(|err| Err(decoder_failed(&uri, format, err)));
         let (writers, summary) = match (produced, written) {
             (Ok(summary), Ok(writers)) => (writers, summary),
             (Err(produce_err), Err(write_err)) => return Err(first_cause(produce_err, write_err)),
             (Err(err), Ok(_)) | (Ok(_), Err(err)) => return Err(err),
         };
+        // The decoder checks this itself; nothing commits without it.
+        if let Some(expected) = summary.expected_rows
+            && summary.rows != expected
+        {
+            return Err(IngestError::Parquet {
+                uri: uri.clone(),
+                detail: format!(
+                    "decoded {} rows, the file declares {expected}",
+                    summary.rows
+                ),
+            });
+        }
         let writers = match writers {
             Some(writers) => writers,
             // No batch at all (header-only or empty file): still commit, so
@@ -229,12 +236,7 @@ impl Ingestor {
             match (downloaded, decoded) {
                 (Ok(Err(download_err)), _) => Err(download_err),
                 (_, Ok(result)) => result,
-                (_, Err(join_err)) => Err(IngestError::S3 {
-                    uri: pinned.uri(),
-                    operation: "decode",
-                    detail: format!("decoder task failed: {join_err}"),
-                    retryable: true,
-                }),
+                (_, Err(join_err)) => Err(decoder_failed(&pinned.uri(), FileFormat::Csv, join_err)),
             }
         })
     }
@@ -252,6 +254,10 @@ impl Ingestor {
         let reader = S3ParquetReader::new(self.objects.clone(), pinned.clone(), tail);
         let schema = route.schema.clone();
         let batch_rows = route.batch_rows;
+        let limits = ParquetLimits {
+            file_size: pinned.size,
+            max_row_group_bytes: route.limits.max_row_group_bytes.get(),
+        };
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             runtime.block_on(decode_parquet(
@@ -259,6 +265,7 @@ impl Ingestor {
                 &pinned.uri(),
                 schema,
                 batch_rows,
+                limits,
                 &batches,
             ))
         })
@@ -321,6 +328,54 @@ fn sink_error(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError
     }
 }
 
+/// The most of a panic message kept in an error (and so in a dead letter).
+const PANIC_MESSAGE_BYTES: usize = 300;
+
+/// A decode task that did not return. A panic is the decoder meeting input
+/// it cannot handle: the same bytes panic on every delivery, so it is that
+/// format's permanent error, never a retry. A cancelled task (the runtime
+/// shutting down) is retried.
+fn decoder_failed(uri: &str, format: FileFormat, err: tokio::task::JoinError) -> IngestError {
+    if !err.is_panic() {
+        return IngestError::Abandoned {
+            uri: uri.to_owned(),
+        };
+    }
+    let detail = format!("the decoder panicked: {}", panic_message(err.into_panic()));
+    match format {
+        FileFormat::Csv => IngestError::Csv {
+            uri: uri.to_owned(),
+            first_row: 0,
+            last_row: 0,
+            detail,
+        },
+        _ => IngestError::Parquet {
+            uri: uri.to_owned(),
+            detail,
+        },
+    }
+}
+
+/// A panic's message (`panic!` payloads are `&str` or `String`), capped at
+/// [`PANIC_MESSAGE_BYTES`] on a character boundary.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "(no message)".to_owned(),
+        },
+    };
+    if message.len() <= PANIC_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = PANIC_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
 /// When both ends failed, one failure caused the other: a stage that saw
 /// its neighbour vanish reports `Abandoned`, so prefer the other error.
 fn first_cause(producer: IngestError, sink: IngestError) -> IngestError {
@@ -359,5 +414,52 @@ impl Read for ChunkReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `JoinError` of a blocking task that panicked with `message`.
+    async fn panicked(message: String) -> tokio::task::JoinError {
+        tokio::task::spawn_blocking(move || std::panic::panic_any(message))
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_decoder_panic_is_the_formats_permanent_error() {
+        let err = decoder_failed(
+            "s3://b/k.parquet",
+            FileFormat::Parquet,
+            panicked("column start and length should not be negative".into()).await,
+        );
+        assert_eq!(err.kind(), "parquet_error");
+        assert!(!err.is_retryable());
+        assert!(
+            err.to_string()
+                .contains("panicked: column start and length should not be negative"),
+            "{err}"
+        );
+
+        let err = decoder_failed(
+            "s3://b/k.csv",
+            FileFormat::Csv,
+            panicked("é".repeat(5000)).await,
+        );
+        assert_eq!(err.kind(), "csv_error");
+        assert!(!err.is_retryable());
+        let message = err.to_string();
+        assert!(message.len() < PANIC_MESSAGE_BYTES + 100, "{message}");
+        assert!(message.starts_with("s3://b/k.csv: CSV data: the decoder panicked: éé"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_decoder_is_retried() {
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let err = decoder_failed("s3://b/k.csv", FileFormat::Csv, task.await.unwrap_err());
+        assert!(err.is_retryable());
     }
 }

@@ -49,7 +49,11 @@ pub struct PinnedObject {
     pub version_id: Option<String>,
     /// Without quotes.
     pub etag: Option<String>,
+    /// The object's size: its Content-Length, else the size its
+    /// notification announced (see [`object_size`]); 0 when neither is known.
     pub size: u64,
+    /// Whether `size` is known. When it is not, the body is read to its end.
+    pub size_known: bool,
     pub content_encoding: Option<String>,
 }
 
@@ -78,6 +82,33 @@ fn unquote(etag: &str) -> String {
     etag.trim_matches('"').to_owned()
 }
 
+/// The size of an object read with a GET of the whole of it: the
+/// response's Content-Length when it has one (S3 always sends it; a proxy
+/// or an S3-compatible server may not), else the size the notification
+/// announced, else unknown (`None`: read the body to its end). A missing
+/// header is never read as 0 bytes: that would commit an empty object.
+pub fn object_size(content_length: Option<i64>, notified: Option<u64>) -> Option<u64> {
+    content_length
+        .and_then(|length| u64::try_from(length).ok())
+        .or(notified)
+}
+
+/// The `Range` header for `start..end`, or from `start` to the object's
+/// end when `end` is `None`. `None` for an empty range, which has no
+/// header (`bytes=0--1` is what `end - 1` made of `0..0`).
+fn range_header(start: u64, end: Option<u64>) -> Option<String> {
+    match end {
+        None => Some(format!("bytes={start}-")),
+        Some(end) if end > start => Some(format!("bytes={start}-{}", end - 1)),
+        Some(_) => None,
+    }
+}
+
+/// The HTTP status of a failed GET, when there was a response.
+fn status_of(err: &SdkError<GetObjectError, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|raw| raw.status().as_u16())
+}
+
 /// The total size from a `Content-Range: bytes 0-9/10` header.
 fn total_from_content_range(content_range: &str) -> Option<u64> {
     content_range.rsplit_once('/')?.1.trim().parse().ok()
@@ -101,7 +132,7 @@ impl S3Objects {
             .get_notified(object, None)
             .await
             .map_err(|err| s3_error(&object.s3_uri(), "GetObject", &err))?;
-        let size = output.content_length().unwrap_or(0).max(0) as u64;
+        let size = object_size(output.content_length(), object.size);
         let pinned = pinned_from(object, &output, size)?;
         Ok((pinned, output.body))
     }
@@ -115,13 +146,13 @@ impl S3Objects {
         tail_bytes: u64,
     ) -> Result<(PinnedObject, ObjectTail), IngestError> {
         let uri = object.s3_uri();
-        let output = match self
+        let mut output = match self
             .get_notified(object, Some(format!("bytes=-{tail_bytes}")))
             .await
         {
             Ok(output) => output,
             // A suffix range of an empty object cannot be satisfied.
-            Err(err) if err.raw_response().map(|raw| raw.status().as_u16()) == Some(416) => {
+            Err(err) if status_of(&err) == Some(416) => {
                 return Err(IngestError::Parquet {
                     uri,
                     detail: "the object is empty (0 bytes)".into(),
@@ -129,20 +160,32 @@ impl S3Objects {
             }
             Err(err) => return Err(s3_error(&uri, "GetObject", &err)),
         };
-        let length = output.content_length().unwrap_or(0).max(0) as u64;
+        let length = output
+            .content_length()
+            .and_then(|length| u64::try_from(length).ok());
         // A 206 names the total in Content-Range; a 200 (the whole object,
         // as some servers answer for an empty one) has none.
-        let size = output
-            .content_range()
-            .and_then(total_from_content_range)
-            .unwrap_or(length);
-        let pinned = pinned_from(object, &output, size)?;
-        let bytes = collect(&pinned, output.body, length, "the tail").await?;
-        let tail = ObjectTail {
-            offset: size - bytes.len() as u64,
-            bytes,
+        let total = output.content_range().and_then(total_from_content_range);
+        let body = std::mem::take(&mut output.body);
+        let bytes = match length {
+            Some(length) => collect(&uri, body, length, "the tail").await?,
+            // No Content-Length: the body's own end says how long it is.
+            None => collect_to_end(&uri, body, tail_bytes, "the tail").await?,
         };
-        Ok((pinned, tail))
+        let size = total.or(object.size).unwrap_or(bytes.len() as u64);
+        let pinned = pinned_from(object, &output, Some(size))?;
+        let offset = size
+            .checked_sub(bytes.len() as u64)
+            .ok_or_else(|| IngestError::S3 {
+                uri: uri.clone(),
+                operation: "GetObject",
+                detail: format!(
+                    "the response holds {} bytes of an object it says is {size} bytes",
+                    bytes.len()
+                ),
+                retryable: false,
+            })?;
+        Ok((pinned, ObjectTail { offset, bytes }))
     }
 
     /// A GET of the version the notification named, optionally a range.
@@ -166,12 +209,25 @@ impl S3Objects {
         request.send().await
     }
 
-    /// A GET of `pinned` (the version it names), optionally a byte range.
+    /// A GET of `pinned` (the version it names), optionally a byte range
+    /// (a `Range` header from [`range_header`]).
     async fn get_pinned(
         &self,
         pinned: &PinnedObject,
-        range: Option<Range<u64>>,
+        range: Option<String>,
     ) -> Result<ByteStream, IngestError> {
+        self.get_pinned_raw(pinned, range)
+            .await
+            .map_err(|err| s3_error(&pinned.uri(), "GetObject", &err))
+    }
+
+    /// [`Self::get_pinned`] with the SDK's error, for callers that look at
+    /// its status.
+    async fn get_pinned_raw(
+        &self,
+        pinned: &PinnedObject,
+        range: Option<String>,
+    ) -> Result<ByteStream, SdkError<GetObjectError, HttpResponse>> {
         let mut request = self
             .client
             .get_object()
@@ -185,22 +241,19 @@ impl S3Objects {
             request = request.if_match(format!("\"{etag}\""));
         }
         if let Some(range) = range {
-            request = request.range(format!("bytes={}-{}", range.start, range.end - 1));
+            request = request.range(range);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(|err| s3_error(&pinned.uri(), "GetObject", &err))?;
-        Ok(output.body)
+        Ok(request.send().await?.body)
     }
 
     /// Streams the whole object into `chunks`, starting with `body` (from
     /// [`Self::open`]) and resuming a broken download with a ranged GET
     /// from the last byte received (never from zero, so nothing downstream
     /// sees a byte twice or misses one). Gives up after `MAX_RESUMES`
-    /// breaks in a row without progress. Returns the byte count; stops
-    /// quietly if the receiver goes away, because then a later stage has
-    /// failed and reports why.
+    /// breaks in a row without progress. Each body is read to its end;
+    /// when the size is known, the bytes read must match it. Returns the
+    /// byte count; stops quietly if the receiver goes away, because then a
+    /// later stage has failed and reports why.
     pub async fn stream_into(
         &self,
         pinned: &PinnedObject,
@@ -211,11 +264,24 @@ impl S3Objects {
         let mut breaks_without_progress = 0u32;
         let mut resumes = 0u64;
         let mut next_body = Some(body);
-        while offset < pinned.size {
+        let size = pinned.size_known.then_some(pinned.size);
+        loop {
+            if size.is_some_and(|size| offset >= size) {
+                break;
+            }
             let started_at = offset;
             let mut body = match next_body.take() {
                 Some(body) => body,
-                None => self.get_pinned(pinned, Some(offset..pinned.size)).await?,
+                None => match self
+                    .get_pinned_raw(pinned, range_header(offset, size))
+                    .await
+                {
+                    Ok(body) => body,
+                    // Of unknown size, and it broke after its last byte:
+                    // there is nothing from here on.
+                    Err(err) if size.is_none() && status_of(&err) == Some(416) => break,
+                    Err(err) => return Err(s3_error(&pinned.uri(), "GetObject", &err)),
+                },
             };
             let failure = loop {
                 match body.next().await {
@@ -225,14 +291,19 @@ impl S3Objects {
                             return Ok(offset);
                         }
                     }
-                    Some(Err(err)) => break err.to_string(),
-                    None if offset < pinned.size => {
-                        break format!("body ended at byte {offset} of {}", pinned.size);
-                    }
-                    None => break String::new(),
+                    Some(Err(err)) => break Some(err.to_string()),
+                    None => match size {
+                        Some(size) if offset < size => {
+                            break Some(format!("body ended at byte {offset} of {size}"));
+                        }
+                        _ => break None,
+                    },
                 }
             };
-            if offset >= pinned.size {
+            let Some(failure) = failure else {
+                break;
+            };
+            if size.is_some_and(|size| offset >= size) {
                 break;
             }
             breaks_without_progress = if offset > started_at {
@@ -253,26 +324,43 @@ impl S3Objects {
             resumes += 1;
             warn!(uri = %pinned.uri(), offset, resumes, error = %failure, "object download broke; resuming from the last byte");
         }
-        if offset != pinned.size {
+        if let Some(size) = size
+            && offset != size
+        {
             return Err(IngestError::S3 {
                 uri: pinned.uri(),
                 operation: "GetObject",
-                detail: format!("read {offset} bytes, expected {}", pinned.size),
+                detail: format!("read {offset} bytes, expected {size}"),
                 retryable: true,
             });
         }
         Ok(offset)
     }
 
-    /// Reads one byte range of `pinned` fully.
+    /// Reads one byte range of `pinned` fully. The ranges come from the
+    /// Parquet footer, so one that is reversed or reaches past the object
+    /// is the file's fault (`parquet_error`), not a short read to retry;
+    /// an empty one needs no request.
     async fn read_range(
         &self,
         pinned: &PinnedObject,
         range: Range<u64>,
     ) -> Result<Bytes, IngestError> {
-        let body = self.get_pinned(pinned, Some(range.clone())).await?;
         let what = format!("range {}..{}", range.start, range.end);
-        collect(pinned, body, range.end - range.start, &what).await
+        if range.end < range.start || (pinned.size_known && range.end > pinned.size) {
+            return Err(IngestError::Parquet {
+                uri: pinned.uri(),
+                detail: format!(
+                    "the footer points at bytes {what}, outside the object's {} bytes",
+                    pinned.size
+                ),
+            });
+        }
+        let Some(header) = range_header(range.start, Some(range.end)) else {
+            return Ok(Bytes::new());
+        };
+        let body = self.get_pinned(pinned, Some(header)).await?;
+        collect(&pinned.uri(), body, range.end - range.start, &what).await
     }
 }
 
@@ -282,7 +370,7 @@ impl S3Objects {
 fn pinned_from(
     object: &ObjectRef,
     output: &GetObjectOutput,
-    size: u64,
+    size: Option<u64>,
 ) -> Result<PinnedObject, IngestError> {
     let etag = output.e_tag().map(unquote);
     if let (Some(expected), Some(actual)) = (&object.etag, &etag)
@@ -304,25 +392,26 @@ fn pinned_from(
                 .map(str::to_owned)
         }),
         etag,
-        size,
+        size: size.unwrap_or(0),
+        size_known: size.is_some(),
         content_encoding: output.content_encoding().map(str::to_owned),
     })
 }
 
 /// Reads a body of `expected` bytes fully into one buffer sized up front:
 /// collecting the chunks and then joining them would hold a column chunk
-/// twice. The size is capped at the object's, so a corrupt footer cannot
-/// ask for a huge allocation.
+/// twice. Callers check `expected` against the object's size first, so a
+/// corrupt footer cannot ask for a huge allocation.
 async fn collect(
-    pinned: &PinnedObject,
+    uri: &str,
     mut body: ByteStream,
     expected: u64,
     what: &str,
 ) -> Result<Bytes, IngestError> {
-    let mut buffer = bytes::BytesMut::with_capacity(expected.min(pinned.size) as usize);
+    let mut buffer = bytes::BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|err| IngestError::S3 {
-            uri: pinned.uri(),
+            uri: uri.to_owned(),
             operation: "GetObject",
             detail: format!("{what}: {err}"),
             retryable: true,
@@ -331,7 +420,7 @@ async fn collect(
     }
     if buffer.len() as u64 != expected {
         return Err(IngestError::S3 {
-            uri: pinned.uri(),
+            uri: uri.to_owned(),
             operation: "GetObject",
             detail: format!(
                 "{what} returned {} bytes, expected {expected}",
@@ -339,6 +428,35 @@ async fn collect(
             ),
             retryable: true,
         });
+    }
+    Ok(buffer.freeze())
+}
+
+/// Reads a body of unknown length to its end, refusing more than `limit`
+/// bytes (a response without Content-Length to a ranged GET).
+async fn collect_to_end(
+    uri: &str,
+    mut body: ByteStream,
+    limit: u64,
+    what: &str,
+) -> Result<Bytes, IngestError> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|err| IngestError::S3 {
+            uri: uri.to_owned(),
+            operation: "GetObject",
+            detail: format!("{what}: {err}"),
+            retryable: true,
+        })?;
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() as u64 > limit {
+            return Err(IngestError::S3 {
+                uri: uri.to_owned(),
+                operation: "GetObject",
+                detail: format!("{what}: more than the {limit} bytes asked for"),
+                retryable: false,
+            });
+        }
     }
     Ok(buffer.freeze())
 }
@@ -367,7 +485,8 @@ impl AsyncFileReader for S3ParquetReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
             let tail_end = self.tail.offset + self.tail.bytes.len() as u64;
-            if range.start >= self.tail.offset && range.end <= tail_end {
+            if range.start <= range.end && range.start >= self.tail.offset && range.end <= tail_end
+            {
                 let start = (range.start - self.tail.offset) as usize;
                 let end = (range.end - self.tail.offset) as usize;
                 return Ok(self.tail.bytes.slice(start..end));
@@ -402,6 +521,177 @@ impl AsyncFileReader for S3ParquetReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_content_length_falls_back_to_the_notified_size() {
+        assert_eq!(object_size(Some(10), Some(99)), Some(10));
+        assert_eq!(object_size(Some(0), Some(99)), Some(0), "an empty object");
+        assert_eq!(object_size(None, Some(99)), Some(99));
+        assert_eq!(object_size(Some(-1), Some(99)), Some(99));
+        // Neither: unknown, read to the end of the body; never 0.
+        assert_eq!(object_size(None, None), None);
+    }
+
+    #[test]
+    fn range_headers_never_underflow() {
+        assert_eq!(range_header(0, Some(10)).as_deref(), Some("bytes=0-9"));
+        assert_eq!(range_header(5, None).as_deref(), Some("bytes=5-"));
+        assert_eq!(range_header(0, Some(0)), None);
+        assert_eq!(range_header(7, Some(3)), None);
+    }
+
+    /// A stand-in for S3 that answers every GET with `DATA`, chunked and
+    /// without Content-Length (as a proxy or an S3-compatible server may),
+    /// from the start of its `Range` header (416 past the end); the first
+    /// answer breaks off after `break_first_after` chunks of 100 bytes, if
+    /// given. Records each `Range`.
+    async fn server_without_content_length(
+        break_first_after: Option<usize>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+        use axum::body::Body;
+        use axum::http::{HeaderMap, Response};
+
+        let ranges: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = ranges.clone();
+        let handler = move |headers: HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let range = headers
+                    .get("range")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(range.clone());
+                    seen.len() == 1
+                };
+                let start: usize = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes=")?.split('-').next()?.parse().ok())
+                    .unwrap_or(0);
+                if start >= DATA.len() {
+                    return Response::builder()
+                        .status(416)
+                        .body(Body::from("<Error><Code>InvalidRange</Code></Error>"))
+                        .unwrap();
+                }
+                let rest = Bytes::from_static(DATA).slice(start..);
+                let mut chunks: Vec<Result<Bytes, std::io::Error>> = rest
+                    .chunks(100)
+                    .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
+                    .collect();
+                if let Some(after) = break_first_after.filter(|_| first) {
+                    chunks.truncate(after);
+                    chunks.push(Err(std::io::Error::other("connection reset")));
+                }
+                // The break comes a moment after the first chunk, so that
+                // the response has started when it does.
+                let body = futures::StreamExt::then(futures::stream::iter(chunks), |chunk| async {
+                    if chunk.is_err() {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    chunk
+                });
+                Response::builder()
+                    .status(if start > 0 { 206 } else { 200 })
+                    .header("etag", "\"abc\"")
+                    .body(Body::from_stream(body))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (endpoint, ranges)
+    }
+
+    const DATA: &[u8] = &[b'x'; 1000];
+
+    fn objects_at(endpoint: &str) -> S3Objects {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .build();
+        S3Objects::new(Client::from_conf(config), None)
+    }
+
+    fn notified(size: Option<u64>) -> ObjectRef {
+        ObjectRef {
+            bucket: "b".into(),
+            key: "k.csv".into(),
+            version_id: None,
+            etag: Some("abc".into()),
+            size,
+            sequencer: None,
+            event_time: None,
+            event_name: "ObjectCreated:Put".into(),
+        }
+    }
+
+    /// Opens and streams the object; the bytes and the pinned object.
+    async fn read_all(objects: &S3Objects, object: &ObjectRef) -> (Vec<u8>, PinnedObject) {
+        let (pinned, body) = objects.open(object).await.unwrap();
+        let (sender, mut receiver) = mpsc::channel(1000);
+        let read = objects.stream_into(&pinned, body, sender).await.unwrap();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = receiver.recv().await {
+            bytes.extend_from_slice(&chunk);
+        }
+        assert_eq!(read, bytes.len() as u64);
+        (bytes, pinned)
+    }
+
+    #[tokio::test]
+    async fn without_content_length_the_whole_body_is_read() {
+        let (endpoint, _) = server_without_content_length(None).await;
+        let objects = objects_at(&endpoint);
+        for size in [Some(DATA.len() as u64), None] {
+            let (bytes, pinned) = read_all(&objects, &notified(size)).await;
+            assert_eq!(bytes, DATA, "notified size {size:?}");
+            assert_eq!(pinned.size_known, size.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn without_content_length_a_broken_download_resumes_where_it_broke() {
+        for size in [Some(DATA.len() as u64), None] {
+            let (endpoint, ranges) = server_without_content_length(Some(1)).await;
+            let objects = objects_at(&endpoint);
+            let (bytes, _) = read_all(&objects, &notified(size)).await;
+            assert_eq!(bytes, DATA, "notified size {size:?}");
+            let ranges = ranges.lock().unwrap().clone();
+            assert_eq!(ranges.len(), 2, "{ranges:?}");
+            assert_eq!(ranges[0], None);
+            let resumed = ranges[1].as_deref().expect("a ranged GET resumed it");
+            assert!(resumed.starts_with("bytes=100-"), "{resumed}");
+            match size {
+                Some(size) => assert!(resumed.ends_with(&format!("-{}", size - 1)), "{resumed}"),
+                None => assert!(resumed.ends_with('-'), "{resumed}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn without_content_length_a_break_after_the_last_byte_is_the_end() {
+        for size in [Some(DATA.len() as u64), None] {
+            let (endpoint, ranges) = server_without_content_length(Some(10)).await;
+            let objects = objects_at(&endpoint);
+            let (bytes, _) = read_all(&objects, &notified(size)).await;
+            assert_eq!(bytes, DATA, "notified size {size:?}");
+            let ranges = ranges.lock().unwrap().clone();
+            match size {
+                // Known: every byte is in, nothing more to ask for.
+                Some(_) => assert_eq!(ranges, [None]),
+                // Unknown: asked for more, and was told there is none.
+                None => assert_eq!(ranges, [None, Some("bytes=1000-".to_owned())]),
+            }
+        }
+    }
 
     #[test]
     fn content_range_names_the_total_size() {

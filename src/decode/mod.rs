@@ -2,6 +2,7 @@
 
 pub mod compression;
 pub mod csv;
+mod page_header;
 pub mod parquet;
 mod quotes;
 
@@ -19,6 +20,9 @@ pub struct DecodeSummary {
     pub batches: u64,
     /// Bytes after decompression (CSV only; zero for Parquet).
     pub decoded_bytes: u64,
+    /// The rows the file declares it holds (a Parquet footer's `num_rows`),
+    /// which `rows` must equal before anything commits; `None` for CSV.
+    pub expected_rows: Option<u64>,
 }
 
 impl DecodeSummary {
@@ -28,6 +32,7 @@ impl DecodeSummary {
             rows: 0,
             batches: 0,
             decoded_bytes: 0,
+            expected_rows: None,
         }
     }
 }

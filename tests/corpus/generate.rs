@@ -134,6 +134,63 @@ pub fn generate(name: &str) -> Vec<u8> {
         "parquet_invalid_utf8_string" => parquet_invalid_utf8_string(),
         "parquet_exotic_types" => parquet_exotic_types(),
         "parquet_corrupt_arrow_schema" => parquet_corrupt_arrow_schema(),
+        "parquet_bare_repeated" => parquet_bare_repeated(),
+        // What old parquet-mr and Impala wrote: `dictionary_page_offset` 0,
+        // with `data_page_offset` at the chunk's start (where the dictionary
+        // page is) for `name`, and for `id`, which has no dictionary.
+        "parquet_dictionary_offset_zero" => {
+            rewrite_footer(&parquet_id_name_dictionary(1000), |groups| {
+                for column in groups[0].columns_mut() {
+                    let start = column.byte_range().0 as i64;
+                    edit_column(column, |c| {
+                        c.set_dictionary_page_offset(Some(0))
+                            .set_data_page_offset(start)
+                    });
+                }
+            })
+        }
+        // The footer says 5 rows, the pages hold 3.
+        "parquet_rows_short_of_footer" => rewrite_footer(&parquet_id_name(3), |groups| {
+            let group = groups.remove(0);
+            groups.push(group.into_builder().set_num_rows(5).build().unwrap());
+        }),
+        "parquet_negative_column_offset" => rewrite_footer(&parquet_id_name(3), |groups| {
+            edit_column(&mut groups[0].columns_mut()[0], |c| {
+                c.set_dictionary_page_offset(None)
+                    .set_data_page_offset(-100)
+            })
+        }),
+        // A chunk that starts 10 bytes before the old footer (inside the
+        // rewritten file) and runs far past the end: S3 answers the range
+        // with the bytes it has, a short read.
+        "parquet_column_past_the_end" => {
+            let file = parquet_id_name(3);
+            let (footer_start, _) = footer_metadata_range(&file);
+            rewrite_footer(&file, |groups| {
+                edit_column(&mut groups[0].columns_mut()[0], |c| {
+                    c.set_dictionary_page_offset(None)
+                        .set_data_page_offset(footer_start as i64 - 10)
+                        .set_total_compressed_size(10_000)
+                })
+            })
+        }
+        // A chunk at byte 0 of length 0 (the range 0..0, whose end is 0), in
+        // a file bigger than the 64 KiB tail read at open, without an offset
+        // index, so that the reader asks for exactly that range.
+        "parquet_column_range_end_zero" => rewrite_footer(&parquet_id_name(20_000), |groups| {
+            for column in groups[0].columns_mut() {
+                edit_column(column, |c| {
+                    c.set_offset_index_offset(None)
+                        .set_offset_index_length(None)
+                });
+            }
+            edit_column(&mut groups[0].columns_mut()[0], |c| {
+                c.set_dictionary_page_offset(None)
+                    .set_data_page_offset(0)
+                    .set_total_compressed_size(0)
+            })
+        }),
+        "parquet_page_claims_2gib" => parquet_page_claiming(i32::MAX),
 
         // --- message bodies ---------------------------------------------------
         // Far past serde_json's recursion limit of 128.
@@ -188,6 +245,195 @@ fn parquet_id_name(rows: i64) -> Vec<u8> {
         )
         .unwrap(),
     )
+}
+
+/// `rows` ids and names, `name` dictionary-encoded, `id` not.
+fn parquet_id_name_dictionary(rows: i64) -> Vec<u8> {
+    use parquet::file::properties::WriterProperties;
+    use parquet::schema::types::ColumnPath;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let names: Vec<String> = (0..rows).map(|i| format!("name {}", i % 7)).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from((0..rows).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(names)),
+        ],
+    )
+    .unwrap();
+    let properties = WriterProperties::builder()
+        .set_column_dictionary_enabled(ColumnPath::from("id"), false)
+        .build();
+    let mut buffer = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut buffer, schema, Some(properties)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    buffer
+}
+
+/// `file` with its footer rewritten after `edit` changed its row groups;
+/// the data (and any page index) stays where it is.
+fn rewrite_footer(
+    file: &[u8],
+    edit: impl FnOnce(&mut Vec<parquet::file::metadata::RowGroupMetaData>),
+) -> Vec<u8> {
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+
+    let metadata = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::copy_from_slice(file))
+        .unwrap();
+    let (start, _) = footer_metadata_range(file);
+    let mut builder = metadata.into_builder();
+    let mut groups = builder.take_row_groups();
+    edit(&mut groups);
+    let metadata = builder.set_row_groups(groups).build();
+    let mut out = file[..start].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &metadata)
+        .finish()
+        .unwrap();
+    out
+}
+
+fn edit_column(
+    column: &mut parquet::file::metadata::ColumnChunkMetaData,
+    edit: impl FnOnce(
+        parquet::file::metadata::ColumnChunkMetaDataBuilder,
+    ) -> parquet::file::metadata::ColumnChunkMetaDataBuilder,
+) {
+    *column = edit(column.clone().into_builder()).build().unwrap();
+}
+
+/// `repeated int32 x` without a LIST annotation (the legacy two-level
+/// list), beside `required int32 id`: six rows, two of them empty lists.
+fn parquet_bare_repeated() -> Vec<u8> {
+    use parquet::data_type::Int32Type as PqInt32;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    let schema = Arc::new(
+        parse_message_type("message legacy { required int32 id; repeated int32 x; }").unwrap(),
+    );
+    let mut buffer = Vec::new();
+    let mut writer =
+        SerializedFileWriter::new(&mut buffer, schema, Arc::new(WriterProperties::default()))
+            .unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let mut id = group.next_column().unwrap().unwrap();
+    id.typed::<PqInt32>()
+        .write_batch(&[1, 2, 3, 4, 5, 6], None, None)
+        .unwrap();
+    id.close().unwrap();
+    // [1, 2], [], [3], [4, 5, 6], [], [7]
+    let mut x = group.next_column().unwrap().unwrap();
+    x.typed::<PqInt32>()
+        .write_batch(
+            &[1, 2, 3, 4, 5, 6, 7],
+            Some(&[1, 1, 0, 1, 1, 1, 1, 0, 1]),
+            Some(&[0, 1, 0, 0, 0, 1, 1, 0, 0]),
+        )
+        .unwrap();
+    x.close().unwrap();
+    group.close().unwrap();
+    writer.close().unwrap();
+    buffer
+}
+
+/// One Snappy page of 1000 int64 ids whose header says it decompresses
+/// to `uncompressed` bytes: the file is rebuilt around a re-encoded page
+/// header (Thrift compact protocol), with a footer to match.
+fn parquet_page_claiming(uncompressed: i32) -> Vec<u8> {
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from((0..1000).collect::<Vec<i64>>()))],
+    )
+    .unwrap();
+    let properties = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .build();
+    let mut file = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut file, schema, Some(properties)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let metadata = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(file.clone()))
+        .unwrap();
+    let (start, len) = metadata.row_group(0).column(0).byte_range();
+    let chunk = &file[start as usize..(start + len) as usize];
+    // The old header: fields 1-3 (type, sizes) and 5 (DataPageHeader), in
+    // that order; what follows its end is the compressed data.
+    let data = &chunk[chunk.len() - compressed_size_of_first_page(chunk)..];
+    let mut out = b"PAR1".to_vec();
+    let field = |out: &mut Vec<u8>, value: i32| {
+        out.push(0x15); // next field id, i32
+        let mut zigzag = ((value << 1) ^ (value >> 31)) as u32;
+        while zigzag >= 0x80 {
+            out.push((zigzag as u8) | 0x80);
+            zigzag >>= 7;
+        }
+        out.push(zigzag as u8);
+    };
+    field(&mut out, 0); // DATA_PAGE
+    field(&mut out, uncompressed);
+    field(&mut out, data.len() as i32);
+    out.push(0x2c); // field 5: DataPageHeader
+    for value in [1000, 0, 3, 3] {
+        // num_values, PLAIN, RLE, RLE
+        field(&mut out, value);
+    }
+    out.extend([0, 0]);
+    out.extend_from_slice(data);
+    let chunk_len = out.len() as i64 - 4;
+    let mut builder = metadata.into_builder();
+    let mut groups = builder.take_row_groups();
+    edit_column(&mut groups[0].columns_mut()[0], |c| {
+        c.set_data_page_offset(4)
+            .set_total_compressed_size(chunk_len)
+            .set_offset_index_offset(None)
+            .set_offset_index_length(None)
+            .set_column_index_offset(None)
+            .set_column_index_length(None)
+    });
+    let metadata = builder.set_row_groups(groups).build();
+    ParquetMetaDataWriter::new(&mut out, &metadata)
+        .finish()
+        .unwrap();
+    out
+}
+
+/// The compressed size in a one-page chunk's header: field 3, the third
+/// zigzag varint after the first three field headers.
+fn compressed_size_of_first_page(chunk: &[u8]) -> usize {
+    let mut pos = 0;
+    let mut values = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(chunk[pos] & 0x0f, 5, "an i32 field");
+        pos += 1;
+        let (mut value, mut shift) = (0u64, 0);
+        loop {
+            let byte = chunk[pos];
+            pos += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        values.push(((value >> 1) as i64) ^ -((value & 1) as i64));
+    }
+    values[2] as usize
 }
 
 /// Where the thrift-encoded FileMetaData sits: just before the 4-byte

@@ -301,12 +301,7 @@ async fn open_writers(
 }
 
 fn sink_error(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError {
-    IngestError::Sink {
-        uri: uri.to_owned(),
-        sink: sink.to_owned(),
-        detail: err.detail,
-        retryable: err.retryable,
-    }
+    IngestError::from_sink(uri, sink, err)
 }
 
 /// When both ends failed, one failure caused the other: a stage that saw

@@ -129,14 +129,16 @@ impl IngestError {
     /// its bucket is readable, which `AccessDenied` on another object of
     /// the same bucket is judged against (see `deployment.rs`).
     pub fn object_was_read(&self) -> bool {
-        matches!(
-            self,
+        match self {
             IngestError::Decompress { .. }
-                | IngestError::Schema { .. }
-                | IngestError::Csv { .. }
-                | IngestError::Parquet { .. }
-                | IngestError::Sink { .. }
-        )
+            | IngestError::Schema { .. }
+            | IngestError::Csv { .. }
+            | IngestError::Parquet { .. }
+            | IngestError::Sink { .. } => true,
+            // A sink refused it: the object itself was opened first.
+            IngestError::Deployment { component, .. } => component.starts_with("sink:"),
+            _ => false,
+        }
     }
 }
 

@@ -56,6 +56,20 @@ pub enum IngestError {
     /// pipeline failed and reports its own error); its message comes back.
     #[error("{uri}: abandoned before commit")]
     Abandoned { uri: String },
+    /// A problem of the deployment, not of the file: credentials expired or
+    /// invalid, a sink refusing our identity or privileges. Nothing about
+    /// the file is wrong, so it is neither dead-lettered nor counted as a
+    /// failed attempt; the worker backs off until the deployment is fixed.
+    #[error("{uri}: {component} refuses the deployment ({code}): {detail}")]
+    Deployment {
+        uri: String,
+        /// `s3`, `sqs` or `sink:NAME`.
+        component: String,
+        /// The AWS error code, HTTP status or SQLSTATE.
+        code: String,
+        /// What happened and what to fix.
+        detail: String,
+    },
 }
 
 fn csv_rows(first_row: u64, last_row: u64) -> String {
@@ -72,7 +86,7 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         match self {
             IngestError::S3 { retryable, .. } | IngestError::Sink { retryable, .. } => *retryable,
-            IngestError::Abandoned { .. } => true,
+            IngestError::Abandoned { .. } | IngestError::Deployment { .. } => true,
             IngestError::ObjectMissing { .. }
             | IngestError::ObjectChanged { .. }
             | IngestError::AccessDenied { .. }
@@ -98,8 +112,93 @@ impl IngestError {
             IngestError::Parquet { .. } => "parquet_error",
             IngestError::Sink { .. } => "sink_error",
             IngestError::Abandoned { .. } => "abandoned",
+            IngestError::Deployment { .. } => "deployment_error",
         }
     }
+
+    /// A sink's failure for `uri`, in the sink's own class.
+    pub fn from_sink(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError {
+        match err.deployment {
+            Some(code) => IngestError::Deployment {
+                uri: uri.to_owned(),
+                component: format!("sink:{sink}"),
+                code,
+                detail: err.detail,
+            },
+            None => IngestError::Sink {
+                uri: uri.to_owned(),
+                sink: sink.to_owned(),
+                detail: err.detail,
+                retryable: err.retryable,
+            },
+        }
+    }
+
+    /// Whether the object's bytes were read before it failed: a sign that
+    /// its bucket is readable, which `AccessDenied` on another object of
+    /// the same bucket is judged against (see `deployment.rs`).
+    pub fn object_was_read(&self) -> bool {
+        match self {
+            IngestError::Decompress { .. }
+            | IngestError::Schema { .. }
+            | IngestError::Csv { .. }
+            | IngestError::Parquet { .. }
+            | IngestError::Sink { .. } => true,
+            // A sink refused it: the object itself was opened first.
+            IngestError::Deployment { component, .. } => component.starts_with("sink:"),
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Deployment problems: the one place that says which failures are the
+// deployment's (credentials, grants, secrets) rather than the file's.
+// ---------------------------------------------------------------------------
+
+/// AWS error codes (S3, SQS, STS) meaning the credentials themselves are
+/// expired, unknown or badly signed: every request fails alike until the
+/// deployment is fixed.
+pub fn is_credential_error_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidToken"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "InvalidClientTokenId"
+            | "UnrecognizedClientException"
+            | "MissingAuthenticationToken"
+            | "InvalidSecurity"
+    )
+}
+
+/// HTTP statuses from an `http` sink's endpoint that refuse our identity:
+/// the Authorization header or its secret (401), or what that identity
+/// may do (403), or a proxy's credentials (407).
+pub fn is_deployment_http_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 407)
+}
+
+/// PostgreSQL SQLSTATEs that refuse the sink's role rather than the data:
+/// a wrong password (28P01), a role that may not log in (28000), a missing
+/// grant (42501), and a table that does not exist when the sink is not
+/// the one that creates it (42P01).
+pub fn is_deployment_sqlstate(code: &str, sink_creates_tables: bool) -> bool {
+    match code {
+        "28P01" | "28000" | "42501" => true,
+        "42P01" => !sink_creates_tables,
+        _ => false,
+    }
+}
+
+/// What an operator should fix for a credential error of `component`.
+pub fn credential_hint(component: &str, code: &str) -> String {
+    format!(
+        "{component} answers {code}: the worker's AWS credentials are expired or invalid; \
+         check the task role (or AWS_* variables / profile) and the clock"
+    )
 }
 
 /// What an AWS SDK failure means for us, decided from its kind, HTTP
@@ -111,6 +210,8 @@ pub enum AwsFailure {
     NotFound,
     AccessDenied,
     PreconditionFailed,
+    /// The credentials are expired or invalid: a deployment problem.
+    Credentials,
     /// A request the service will refuse however often it is sent.
     Permanent,
 }
@@ -152,6 +253,9 @@ where
 
 /// Decides from an HTTP status and AWS error code.
 pub fn classify_service(status: u16, code: Option<&str>) -> AwsFailure {
+    if code.is_some_and(is_credential_error_code) {
+        return AwsFailure::Credentials;
+    }
     match code {
         Some("NoSuchKey" | "NoSuchVersion" | "NoSuchBucket" | "NotFound") => {
             return AwsFailure::NotFound;
@@ -195,6 +299,15 @@ where
     let (class, detail) = classify_aws(err);
     let uri = uri.to_owned();
     match class {
+        AwsFailure::Credentials => {
+            let code = aws_error_code(err).unwrap_or_else(|| "credentials".into());
+            IngestError::Deployment {
+                uri,
+                detail: format!("{}; S3 {operation}: {detail}", credential_hint("S3", &code)),
+                component: "s3".into(),
+                code,
+            }
+        }
         AwsFailure::NotFound => IngestError::ObjectMissing { uri, detail },
         AwsFailure::AccessDenied => IngestError::AccessDenied { uri, detail },
         AwsFailure::PreconditionFailed => IngestError::ObjectChanged { uri, detail },
@@ -244,6 +357,72 @@ mod tests {
             classify_service(400, Some("InvalidArgument")),
             AwsFailure::Permanent
         );
+    }
+
+    #[test]
+    fn credential_codes_are_deployment_problems_whatever_the_status() {
+        for (status, code) in [
+            (400, "ExpiredToken"),
+            (400, "ExpiredTokenException"),
+            (400, "InvalidToken"),
+            (403, "InvalidAccessKeyId"),
+            (403, "SignatureDoesNotMatch"),
+            (403, "InvalidClientTokenId"),
+            (400, "UnrecognizedClientException"),
+        ] {
+            assert_eq!(
+                classify_service(status, Some(code)),
+                AwsFailure::Credentials,
+                "{code}"
+            );
+        }
+        // A plain AccessDenied is about what the identity may read, which
+        // can be one object's own; the worker judges it (deployment.rs).
+        assert_eq!(
+            classify_service(403, Some("AccessDenied")),
+            AwsFailure::AccessDenied
+        );
+    }
+
+    #[test]
+    fn http_statuses_and_sqlstates_of_the_deployment() {
+        for status in [401, 403, 407] {
+            assert!(is_deployment_http_status(status), "{status}");
+        }
+        for status in [400, 404, 409, 413, 422, 429, 500, 503] {
+            assert!(!is_deployment_http_status(status), "{status}");
+        }
+        for code in ["28P01", "28000", "42501"] {
+            assert!(is_deployment_sqlstate(code, false), "{code}");
+            assert!(is_deployment_sqlstate(code, true), "{code}");
+        }
+        assert!(is_deployment_sqlstate("42P01", false));
+        assert!(!is_deployment_sqlstate("42P01", true));
+        for code in ["23505", "22P02", "42703", "40001", "08006"] {
+            assert!(!is_deployment_sqlstate(code, false), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_deployment_error_is_retried_under_its_own_kind() {
+        let deployment = IngestError::from_sink(
+            "s3://b/k",
+            "events",
+            crate::sink::SinkError::deployment("401", "answers 401"),
+        );
+        assert!(deployment.is_retryable());
+        assert_eq!(deployment.kind(), "deployment_error");
+        assert!(
+            matches!(&deployment, IngestError::Deployment { component, code, .. } if component == "sink:events" && code == "401"),
+            "{deployment:?}"
+        );
+        let ordinary = IngestError::from_sink(
+            "s3://b/k",
+            "events",
+            crate::sink::SinkError::permanent("answers 400"),
+        );
+        assert_eq!(ordinary.kind(), "sink_error");
+        assert!(!ordinary.is_retryable());
     }
 
     #[test]

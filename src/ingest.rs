@@ -320,12 +320,7 @@ async fn open_writers(
 }
 
 fn sink_error(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError {
-    IngestError::Sink {
-        uri: uri.to_owned(),
-        sink: sink.to_owned(),
-        detail: err.detail,
-        retryable: err.retryable,
-    }
+    IngestError::from_sink(uri, sink, err)
 }
 
 /// The most of a panic message kept in an error (and so in a dead letter).

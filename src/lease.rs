@@ -281,6 +281,14 @@ mod tests {
         ) -> Result<Vec<crate::queue::BatchEntryFailure>, crate::queue::QueueError> {
             self.0.set_visibility_batch(handles, timeout_secs).await
         }
+        async fn requeue(
+            &self,
+            message: &crate::queue::ReceivedMessage,
+            attempts: u64,
+            delay_secs: u64,
+        ) -> Result<(), crate::queue::QueueError> {
+            self.0.requeue(message, attempts, delay_secs).await
+        }
         async fn check_reachable(&self) -> Result<(), crate::queue::QueueError> {
             self.0.check_reachable().await
         }

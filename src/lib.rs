@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod deployment;
 pub mod error;
 pub mod ingest;
 pub mod lease;
@@ -107,6 +108,7 @@ pub async fn run_with_clients(
             &config.status.listen_addr,
             worker.liveness(),
             worker.queue(),
+            worker.deployment(),
             stop_serving.clone(),
         )
         .await

@@ -14,16 +14,28 @@
 //! Receives come in batches: once the buffer is in use, the worker waits
 //! until a whole receive's worth (`max_messages`) has room, because each
 //! request costs the same whether it returns one message or ten.
+//!
+//! The mean is a guess from past objects: after many small files, a run
+//! of hour-long ones would hold the buffer hidden behind them. So a
+//! message waits for a slot at most [`MAX_UNSTARTED_WAIT`] (a few seconds
+//! beyond the buffer's [`TARGET_WAIT`]); then the worker hands it back to
+//! the queue for other workers, and takes the wait as evidence that
+//! objects are slow now, which stops receiving ahead until quick objects
+//! bring the mean down again.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use crate::telemetry;
 
 /// A received message should wait about this long, at most, for a slot.
 const TARGET_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest a received message waits for a slot before it is handed
+/// back: the buffer's target plus a margin for the estimate being rough.
+pub const MAX_UNSTARTED_WAIT: Duration = Duration::from_secs(TARGET_WAIT.as_secs() + 5);
 
 /// Weight of the newest object time in the running mean.
 const MEAN_WEIGHT: f64 = 0.2;
@@ -97,6 +109,27 @@ impl ReceiveAhead {
                 receive_ahead: self.clone(),
             })
             .collect()
+    }
+
+    /// Waits for one of `slots`, at most [`MAX_UNSTARTED_WAIT`]; `None`
+    /// when that passed (the message should go back to the queue).
+    pub async fn slot<'a>(&self, slots: &'a Semaphore) -> Option<SemaphorePermit<'a>> {
+        match tokio::time::timeout(MAX_UNSTARTED_WAIT, slots.acquire()).await {
+            Ok(permit) => Some(permit.expect("the semaphore is never closed")),
+            Err(_) => {
+                self.waited_too_long(MAX_UNSTARTED_WAIT);
+                None
+            }
+        }
+    }
+
+    /// No slot freed within `waited`: objects take at least that long now,
+    /// whatever the mean says; receive ahead no more than that allows.
+    fn waited_too_long(&self, waited: Duration) {
+        let seconds = waited.as_secs_f64();
+        self.update(|state| {
+            state.mean_object_secs = Some(state.mean_object_secs.unwrap_or(0.0).max(seconds));
+        });
     }
 
     /// Records how long one object spent in a slot.
@@ -210,6 +243,42 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), 10);
         held.clear();
         assert_eq!(receive_ahead.state.lock().unwrap().held, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_waits_for_a_slot_a_bounded_time_then_receiving_ahead_stops() {
+        let receive_ahead = ReceiveAhead::new(1, 10, 20);
+        // Many small files: twenty messages may wait ahead of one slot.
+        for _ in 0..20 {
+            receive_ahead.object_finished(Duration::from_millis(10));
+        }
+        assert_eq!(receive_ahead.current_prefetch(), 20);
+        let slots = Semaphore::new(1);
+        // An hour-long object takes the slot.
+        let busy = receive_ahead.slot(&slots).await.expect("a free slot");
+        let started = tokio::time::Instant::now();
+        assert!(receive_ahead.slot(&slots).await.is_none());
+        let waited = started.elapsed();
+        assert!(
+            waited >= MAX_UNSTARTED_WAIT && waited < MAX_UNSTARTED_WAIT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        // The wait says objects are slow now: nothing more is received ahead.
+        assert_eq!(receive_ahead.current_prefetch(), 0);
+        // A slot that frees within the bound is taken.
+        let waiting = {
+            let receive_ahead = Arc::new(ReceiveAhead::new(1, 10, 20));
+            let slots = Arc::new(Semaphore::new(0));
+            let task = {
+                let slots = slots.clone();
+                tokio::spawn(async move { receive_ahead.slot(&slots).await.is_some() })
+            };
+            tokio::time::sleep(MAX_UNSTARTED_WAIT - Duration::from_secs(1)).await;
+            slots.add_permits(1);
+            task
+        };
+        assert!(waiting.await.unwrap());
+        drop(busy);
     }
 
     #[test]

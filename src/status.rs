@@ -1,6 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz`
 //! (the process is alive and its receive loop is not stuck) and `/readyz`
-//! (the configured queue is reachable).
+//! (the configured queue is reachable and no component refuses the
+//! deployment: see `deployment.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::deployment::DeploymentHealth;
 use crate::queue::Queue;
 use crate::telemetry;
 
@@ -61,6 +63,7 @@ impl Liveness {
 struct StatusState {
     liveness: Arc<Liveness>,
     queue: Arc<dyn Queue>,
+    deployment: Arc<DeploymentHealth>,
 }
 
 /// Binds `addr` and serves until `shutdown`; returns the bound address
@@ -69,6 +72,7 @@ pub async fn serve(
     addr: &str,
     liveness: Arc<Liveness>,
     queue: Arc<dyn Queue>,
+    deployment: Arc<DeploymentHealth>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -78,7 +82,11 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(StatusState { liveness, queue });
+        .with_state(StatusState {
+            liveness,
+            queue,
+            deployment,
+        });
     info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -103,6 +111,9 @@ async fn healthz(State(state): State<StatusState>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(state): State<StatusState>) -> (StatusCode, String) {
+    if let Err(reason) = state.deployment.readiness() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
+    }
     match tokio::time::timeout(Duration::from_secs(5), state.queue.check_reachable()).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
         Ok(Err(err)) => (
@@ -168,6 +179,7 @@ mod tests {
             "127.0.0.1:0",
             liveness.clone(),
             Arc::new(MemoryQueue::new(false)),
+            Arc::default(),
             shutdown.clone(),
         )
         .await
@@ -193,6 +205,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deployment_problem_fails_readiness_with_its_reason() {
+        let deployment = Arc::new(DeploymentHealth::new());
+        let shutdown = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0",
+            Arc::new(Liveness::new(Duration::from_secs(60))),
+            Arc::new(MemoryQueue::new(false)),
+            deployment.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        deployment.report("sink:events", "401", "check its Authorization header");
+        let err = probe(&format!("http://{addr}/readyz")).await.unwrap_err();
+        assert!(
+            err.contains("503") && err.contains("sink:events answers 401"),
+            "{err}"
+        );
+        probe(&format!("http://{addr}/healthz")).await.unwrap();
+        deployment.succeeded(["sink:events"]);
+        probe(&format!("http://{addr}/readyz")).await.unwrap();
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
     async fn a_stuck_receive_loop_fails_the_health_check() {
         let liveness = Arc::new(Liveness::new(Duration::from_millis(1)));
         std::thread::sleep(Duration::from_millis(20));
@@ -201,6 +238,7 @@ mod tests {
             "127.0.0.1:0",
             liveness,
             Arc::new(MemoryQueue::new(false)),
+            Arc::default(),
             shutdown.clone(),
         )
         .await

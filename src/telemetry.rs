@@ -29,6 +29,10 @@ const OBJECTS_IN_FLIGHT: &str = "s3_ingest_objects_in_flight";
 const RECEIVE_ERRORS: &str = "s3_ingest_receive_errors_total";
 const MESSAGES_HELD: &str = "s3_ingest_messages_held";
 const PREFETCH_LIMIT: &str = "s3_ingest_prefetch_limit";
+const DEPLOYMENT_ERRORS: &str = "s3_ingest_deployment_errors_total";
+const DEPLOYMENT_PROBLEMS: &str = "s3_ingest_deployment_problems";
+const RECEIVE_PAUSED: &str = "s3_ingest_receive_paused";
+const MESSAGES_HANDED_BACK: &str = "s3_ingest_messages_handed_back_total";
 
 /// Seconds: from a 10 KiB file's tens of milliseconds to a large file's
 /// half hour.
@@ -120,6 +124,22 @@ fn describe() {
         MESSAGES_HELD,
         "messages received and not yet finished: being worked on or waiting for a slot"
     );
+    describe_counter!(
+        DEPLOYMENT_ERRORS,
+        "failures caused by the deployment (credentials, grants, secrets), not the file, by component and code"
+    );
+    describe_gauge!(
+        DEPLOYMENT_PROBLEMS,
+        "components refusing the deployment now (cleared by their next success); /readyz fails while > 0"
+    );
+    describe_gauge!(
+        RECEIVE_PAUSED,
+        "1 while receiving is paused because of a deployment problem"
+    );
+    describe_counter!(
+        MESSAGES_HANDED_BACK,
+        "messages handed back uncounted as a fresh copy (SendMessage, then delete), by reason"
+    );
     describe_gauge!(
         PREFETCH_LIMIT,
         "messages the worker may hold beyond its object slots now (from recent object times)"
@@ -205,6 +225,27 @@ pub fn objects_in_flight(delta: f64) {
 pub fn messages_held(held: usize, prefetch_limit: usize) {
     gauge!(MESSAGES_HELD).set(held as f64);
     gauge!(PREFETCH_LIMIT).set(prefetch_limit as f64);
+}
+
+pub fn deployment_error(component: &str, code: &str) {
+    counter!(
+        DEPLOYMENT_ERRORS,
+        "component" => component.to_owned(),
+        "code" => code.to_owned()
+    )
+    .increment(1);
+}
+
+pub fn deployment_problems(count: usize) {
+    gauge!(DEPLOYMENT_PROBLEMS).set(count as f64);
+}
+
+pub fn receive_paused(paused: bool) {
+    gauge!(RECEIVE_PAUSED).set(if paused { 1.0 } else { 0.0 });
+}
+
+pub fn message_handed_back(reason: &'static str) {
+    counter!(MESSAGES_HANDED_BACK, "reason" => reason).increment(1);
 }
 
 pub fn receive_error(class: &'static str) {

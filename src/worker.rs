@@ -2,22 +2,33 @@
 //!
 //! ```text
 //! received ──parse──► Discard (test event, not ObjectCreated) ─────────► delete
-//!    │──parse error / receive_count > max ──► dead-letter ── sent? ──► delete
-//!    ▼                                                    └─ failed ──► leave
+//!    │──parse error / attempt > max ──► dead-letter ── sent? ──► delete
+//!    ▼                                                └─ failed ──► leave
 //! objects ── each, concurrently (bounded by worker.concurrency; a message
 //!            may wait for a slot, see `receive_ahead.rs`):
 //!    shutdown before a slot   → NotStarted
+//!    waited too long for one  → NotStarted
 //!    no route matches     → Unmatched (logged, counted)
 //!    ingest + commit ok   → Committed
+//!    deployment problem   → Deployment (receiving pauses, see deployment.rs)
 //!    permanent error      → dead-letter; sent → DeadLettered, failed → Retry
 //!    transient error      → Retry
 //! all Committed / DeadLettered / Unmatched → delete the message
 //! any Retry                                → leave it; SQS redelivers
-//! any NotStarted (and no Retry)            → release it (visibility 0)
-//! shutdown past the grace period           → release it (visibility 0)
+//! any Deployment (and no Retry)            → hand it back, delayed by the pause
+//! any NotStarted (and no Retry)            → hand it back at once
+//! shutdown past the grace period           → hand it back at once
 //! ```
+//! "Hand back" sends a copy of the message carrying the attempts counted
+//! so far (`queue::ATTEMPTS_ATTRIBUTE`), then deletes the original: the
+//! receive does not count towards `max_receive_count`, while a receive
+//! that ends any other way (a failure, a crash, a lost lease) does. If the
+//! copy cannot be sent, the message is released (visibility 0) as before,
+//! and that receive counts.
+//!
 //! Invariant: a message is deleted only after everything it named is
-//! durable in the sink or accepted by the dead-letter queue.
+//! durable in the sink, accepted by the dead-letter queue, or handed back
+//! as a copy that SQS accepted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,11 +43,13 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
 use crate::dead_letter::DeadLetter;
+use crate::deployment::DeploymentHealth;
+use crate::error::IngestError;
 use crate::ingest::Ingestor;
 use crate::lease::{Lease, LeaseEnd, LeaseTiming};
 use crate::notification::{self, Notification, ObjectRef};
 use crate::queue::batcher::{BatchOperation, Batcher};
-use crate::queue::{Queue, QueueError, ReceivedMessage};
+use crate::queue::{MAX_DELAY_SECS, Queue, QueueError, ReceivedMessage};
 use crate::receive_ahead::{HeldMessage, ReceiveAhead};
 use crate::route::Router;
 use crate::status::Liveness;
@@ -100,8 +113,13 @@ enum ObjectOutcome {
     DeadLettered,
     Unmatched,
     Retry,
+    /// The deployment refused it (credentials, grants): not the file's
+    /// failure, and not counted as an attempt.
+    Deployment,
     /// Shutdown began while it waited for a slot.
     NotStarted,
+    /// It waited for a slot longer than receive-ahead allows.
+    Unstarted,
 }
 
 /// What happens to the message.
@@ -113,6 +131,10 @@ enum MessageOutcome {
     Retry,
     /// Shutdown came first: hand it back at once for another worker.
     Release,
+    /// Waited too long for a slot: hand it back at once.
+    Unstarted,
+    /// The deployment refused it: hand it back, hidden for the pause.
+    Deployment,
 }
 
 /// Outcome counters, for logs and tests.
@@ -216,6 +238,7 @@ pub struct Worker {
     settings: WorkerSettings,
     objects_in_flight: Arc<Semaphore>,
     receive_ahead: Arc<ReceiveAhead>,
+    deployment: Arc<DeploymentHealth>,
     stats: Arc<Stats>,
 }
 
@@ -241,8 +264,14 @@ impl Worker {
                 settings.max_prefetch,
             )),
             settings,
+            deployment: Arc::default(),
             stats: Arc::default(),
         }
+    }
+
+    /// Deployment problems seen now: for `/readyz` and tests.
+    pub fn deployment(&self) -> Arc<DeploymentHealth> {
+        self.deployment.clone()
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -280,6 +309,15 @@ impl Worker {
             // Receive when there is room for what a receive should bring:
             // free slots, plus a few messages ahead when objects are quick.
             self.liveness.tick();
+            // A deployment problem (credentials, a sink refusing us) pauses
+            // receiving: whatever arrived now would fail alike.
+            if let Some(pause) = self.deployment.pause_remaining() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pause.min(LIVENESS_TICK)) => continue,
+                }
+            }
+            telemetry::receive_paused(false);
             let max_messages = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 count = self.receive_ahead.wait_for_room() => count as u64,
@@ -316,6 +354,7 @@ impl Worker {
             match received {
                 Ok(messages) => {
                     backoff = backoff_builder.build();
+                    self.deployment.succeeded(["sqs"]);
                     let places = self.receive_ahead.hold(messages.len());
                     for (message, place) in messages.into_iter().zip(places) {
                         self.stats.received();
@@ -332,6 +371,16 @@ impl Worker {
                             .instrument(span),
                         );
                     }
+                }
+                Err(err) if !err.is_retryable() => {
+                    // Credentials, permissions, a queue gone: the
+                    // deployment's problem. Pause, and say what to fix.
+                    self.stats.receive_error("permanent");
+                    let code = err.code.as_deref().unwrap_or("refused");
+                    let pause =
+                        self.deployment
+                            .report("sqs", code, &format!("{err} ({})", err.hint()));
+                    error!(error = %err, hint = err.hint(), pause_ms = pause.as_millis() as u64, "receive refused; receiving paused");
                 }
                 Err(err) => {
                     self.stats.receive_error(if err.is_retryable() {
@@ -396,12 +445,9 @@ impl Worker {
         let releases = messages.iter().map(|message| async move {
             self.stats.received();
             self.stats.released();
-            // A failure is logged by the batcher, with its SQS code.
-            if acknowledgements
-                .releases
-                .submit(&message.message_id, &message.receipt_handle)
+            if self
+                .hand_back(message, Duration::ZERO, "shutdown", acknowledgements)
                 .await
-                .is_ok()
             {
                 info!(message_id = %message.message_id, "message received during shutdown released")
             }
@@ -439,15 +485,13 @@ impl Worker {
                 return;
             }
             _ = signals.abandon.cancelled() => {
-                // Release now so another worker picks it up at once; never
-                // delete unfinished work.
+                // Hand back now so another worker picks it up at once;
+                // never delete unfinished work without a copy queued.
                 self.stats.extended(&lease);
                 drop(lease);
                 self.stats.released();
-                match acknowledgements.releases.submit(&message.message_id, &message.receipt_handle).await {
-                    Ok(()) => info!("message released"),
-                    // The batcher logged the SQS code and message.
-                    Err(_) => warn!("could not release message; it returns after its visibility timeout"),
+                if self.hand_back(&message, Duration::ZERO, "shutdown", acknowledgements).await {
+                    info!("message released");
                 }
                 return;
             }
@@ -478,14 +522,94 @@ impl Worker {
             MessageOutcome::Release => {
                 signals.receiving_done.cancelled().await;
                 self.stats.released();
-                match acknowledgements
-                    .releases
-                    .submit(&message.message_id, &message.receipt_handle)
+                if self
+                    .hand_back(&message, Duration::ZERO, "shutdown", acknowledgements)
                     .await
                 {
-                    Ok(()) => info!("message waiting for a slot at shutdown released"),
+                    info!("message waiting for a slot at shutdown released");
+                }
+            }
+            MessageOutcome::Unstarted => {
+                self.stats.released();
+                if self
+                    .hand_back(
+                        &message,
+                        Duration::ZERO,
+                        "waited_for_slot",
+                        acknowledgements,
+                    )
+                    .await
+                {
+                    info!("message that waited too long for a slot released for other workers");
+                }
+            }
+            MessageOutcome::Deployment => {
+                self.stats.left_for_retry();
+                let pause = self.deployment.pause_remaining().unwrap_or_default();
+                if self
+                    .hand_back(&message, pause, "deployment", acknowledgements)
+                    .await
+                {
+                    info!(
+                        delay_secs = pause.as_secs(),
+                        "message handed back uncounted until the deployment is fixed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Hands `message` back without counting this receive: sends a copy
+    /// carrying the attempts before it, hidden for `delay`, then deletes
+    /// the original. If the copy cannot be sent, the original is released
+    /// (made visible after `delay`) instead, and this receive counts.
+    /// Returns whether the message is queued for another receive soon
+    /// (failures are logged here or by the batcher).
+    async fn hand_back(
+        &self,
+        message: &ReceivedMessage,
+        delay: Duration,
+        reason: &'static str,
+        acknowledgements: &Acknowledgements,
+    ) -> bool {
+        let delay_secs =
+            (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).min(MAX_DELAY_SECS);
+        let attempts = message.attempts_before();
+        match self.queue.requeue(message, attempts, delay_secs).await {
+            Ok(()) => {
+                telemetry::message_handed_back(reason);
+                if acknowledgements
+                    .deletes
+                    .submit(&message.message_id, &message.receipt_handle)
+                    .await
+                    .is_err()
+                {
+                    // The batcher logged the SQS code and message.
+                    warn!(
+                        reason,
+                        "message handed back as a copy, but the original could not be deleted; both will be received (the sinks absorb the duplicate)"
+                    );
+                }
+                true
+            }
+            Err(err) => {
+                warn!(reason, error = %err, hint = err.hint(),
+                    "could not hand the message back as a copy (does the role have sqs:SendMessage on the queue?); releasing it instead, and this receive counts as an attempt");
+                let released = if delay_secs == 0 {
+                    acknowledgements
+                        .releases
+                        .submit(&message.message_id, &message.receipt_handle)
+                        .await
+                } else {
+                    self.queue
+                        .set_visibility(&message.receipt_handle, delay_secs)
+                        .await
+                };
+                match released {
+                    Ok(()) => true,
                     Err(_) => {
-                        warn!("could not release message; it returns after its visibility timeout")
+                        warn!("could not release message; it returns after its visibility timeout");
+                        false
                     }
                 }
             }
@@ -498,10 +622,13 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> MessageOutcome {
         let parsed = notification::parse(&message.body);
-        if message.receive_count > self.settings.max_receive_count {
+        // Attempts, not receives: hand-backs (shutdown, receive-ahead,
+        // deployment problems) do not count; failures and crashes do.
+        if message.attempt() > self.settings.max_receive_count {
             let error = format!(
-                "received {} times, more than max_receive_count {}",
-                message.receive_count, self.settings.max_receive_count
+                "attempted {} times, more than max_receive_count {}",
+                message.attempt(),
+                self.settings.max_receive_count
             );
             return match parsed {
                 Ok(Notification::Objects(objects)) => {
@@ -577,15 +704,38 @@ impl Worker {
         };
         // Once shutdown has begun nothing new starts: a message still
         // waiting here goes back to the queue for another worker.
+        // A message received ahead waits a bounded time (receive_ahead.rs):
+        // past it, it goes back to the queue instead of hiding there.
         let _slot = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return ObjectOutcome::NotStarted,
-            slot = self.objects_in_flight.acquire() => slot.expect("the semaphore is never closed"),
+            slot = self.receive_ahead.slot(&self.objects_in_flight) => match slot {
+                Some(slot) => slot,
+                None => {
+                    info!(bucket, key, "waited too long for a slot; handing the message back");
+                    return ObjectOutcome::Unstarted;
+                }
+            },
         };
         let _in_flight = InFlightGauge::new();
         let started = Instant::now();
         let ingested = self.ingestor.ingest(object, &route).await;
         self.receive_ahead.object_finished(started.elapsed());
+        match &ingested {
+            Ok(_) => {
+                self.deployment.object_read(bucket);
+                let components: Vec<String> = std::iter::once("s3".to_owned())
+                    .chain(route.sinks.iter().map(|sink| format!("sink:{sink}")))
+                    .collect();
+                self.deployment
+                    .succeeded(components.iter().map(String::as_str));
+            }
+            Err(err) if err.object_was_read() => {
+                self.deployment.object_read(bucket);
+                self.deployment.succeeded(["s3"]);
+            }
+            Err(_) => {}
+        }
         match ingested {
             Ok(committed) => {
                 bump(&self.stats.objects_committed);
@@ -617,6 +767,22 @@ impl Worker {
                 );
                 ObjectOutcome::Committed
             }
+            Err(IngestError::Deployment {
+                component,
+                code,
+                detail,
+                ..
+            }) => self.deployment_problem(bucket, key, &route.name, &component, &code, &detail),
+            Err(IngestError::AccessDenied { detail, .. })
+                if self.deployment.access_denied_is_deployment(bucket) =>
+            {
+                // Judged in deployment.rs: nothing of this bucket was read
+                // since it began refusing, so the role is the suspect.
+                let detail = format!(
+                    "{detail}; check the worker role's s3:GetObject (and kms:Decrypt) on bucket `{bucket}`; if other objects of the bucket read fine, this object is dead-lettered as access_denied on its next attempt"
+                );
+                self.deployment_problem(bucket, key, &route.name, "s3", "AccessDenied", &detail)
+            }
             Err(err) if err.is_retryable() => {
                 telemetry::object_retried(&route.name, err.kind());
                 warn!(bucket, key, route = %route.name, error_kind = err.kind(),
@@ -636,6 +802,32 @@ impl Worker {
         }
     }
 
+    /// Records a deployment problem for an object: logged as an error that
+    /// says what to fix, counted, and the worker pauses receiving.
+    fn deployment_problem(
+        &self,
+        bucket: &str,
+        key: &str,
+        route: &str,
+        component: &str,
+        code: &str,
+        detail: &str,
+    ) -> ObjectOutcome {
+        let pause = self.deployment.report(component, code, detail);
+        telemetry::object_retried(route, "deployment_error");
+        error!(
+            bucket,
+            key,
+            route,
+            component,
+            code,
+            error = %detail,
+            pause_ms = pause.as_millis() as u64,
+            "deployment problem, not the file's: the message stays queued uncounted and receiving pauses"
+        );
+        ObjectOutcome::Deployment
+    }
+
     async fn dead_letter_object(
         &self,
         message: &ReceivedMessage,
@@ -650,7 +842,7 @@ impl Worker {
             error_kind,
             error,
             &message.message_id,
-            message.receive_count,
+            message.attempt(),
             &message.body,
         );
         if self.send_dead_letter(&envelope).await {
@@ -672,7 +864,7 @@ impl Worker {
             error_kind,
             error,
             &message.message_id,
-            message.receive_count,
+            message.attempt(),
             &message.body,
         );
         if self.send_dead_letter(&envelope).await {
@@ -726,12 +918,18 @@ impl Drop for InFlightGauge {
 }
 
 /// A transient failure waits for SQS to redeliver (a back-off of one
-/// visibility timeout); an object shutdown kept from starting is released.
+/// visibility timeout, and the receive counts); a deployment problem hands
+/// the message back uncounted, delayed by the pause; an object that never
+/// started is handed back at once.
 fn combine(outcomes: Vec<ObjectOutcome>) -> MessageOutcome {
     if outcomes.contains(&ObjectOutcome::Retry) {
         MessageOutcome::Retry
+    } else if outcomes.contains(&ObjectOutcome::Deployment) {
+        MessageOutcome::Deployment
     } else if outcomes.contains(&ObjectOutcome::NotStarted) {
         MessageOutcome::Release
+    } else if outcomes.contains(&ObjectOutcome::Unstarted) {
+        MessageOutcome::Unstarted
     } else {
         MessageOutcome::Done
     }
@@ -749,6 +947,15 @@ mod tests {
     use std::collections::HashMap;
 
     fn worker(queue: Arc<MemoryQueue>, max_receive_count: u64) -> Arc<Worker> {
+        worker_with(queue, max_receive_count, "in/*.csv", 2)
+    }
+
+    fn worker_with(
+        queue: Arc<MemoryQueue>,
+        max_receive_count: u64,
+        key_glob: &str,
+        concurrency: usize,
+    ) -> Arc<Worker> {
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::Config::builder()
                 .behavior_version_latest()
@@ -758,7 +965,7 @@ mod tests {
         let router = Router::new(&[RouteConfig {
             name: "csv".into(),
             bucket: None,
-            key_glob: "in/*.csv".into(),
+            key_glob: key_glob.into(),
             format: FileFormat::Auto,
             sink: Some("lake".into()),
             sinks: Vec::new(),
@@ -777,7 +984,7 @@ mod tests {
                 max_messages: 10,
                 visibility_timeout_secs: 30,
                 max_receive_count,
-                concurrency: 2,
+                concurrency,
                 shutdown_grace: Duration::from_secs(5),
                 max_lease: Duration::from_secs(3600),
                 max_prefetch: 20,
@@ -791,7 +998,8 @@ mod tests {
     async fn run_until(worker: Arc<Worker>, done: impl Fn() -> bool) {
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(worker.run(shutdown.clone()));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Paused time: a long virtual deadline costs nothing.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while !done() {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -896,5 +1104,131 @@ mod tests {
         assert_eq!(letter.error_kind, "max_receive_count_exceeded");
         assert_eq!(letter.receive_count, 3);
         assert_eq!(letter.key.as_deref(), Some("other/x.json"));
+    }
+
+    const MATCHED: &str = r#"{"Records":[{"eventName":"ObjectCreated:Put","eventTime":"2026-11-27T12:00:00.000Z",
+        "s3":{"bucket":{"name":"b"},"object":{"key":"in/a.csv","size":1,"eTag":"e"}}}]}"#;
+
+    /// Runs a worker whose only object slot the test holds, so the matched
+    /// message waits for a slot and is handed back each time its wait runs
+    /// out, until it has been handed back `times` times.
+    async fn hand_back_repeatedly(queue: &Arc<MemoryQueue>, times: u64) {
+        let worker = worker_with(queue.clone(), 2, "in/*.csv", 1);
+        let stats = worker.stats();
+        let slot = worker.objects_in_flight.clone().acquire_owned().await;
+        run_until(worker, move || {
+            stats.messages_released.load(Ordering::Relaxed) >= times
+        })
+        .await;
+        drop(slot);
+        assert!(
+            queue.dead_letters().is_empty(),
+            "{:?}",
+            queue.dead_letters()
+        );
+        assert_eq!(queue.len(), 1, "one copy of the message is queued");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_handed_back_six_times_is_not_dead_lettered_for_it() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        queue.send(MATCHED);
+        hand_back_repeatedly(&queue, 6).await;
+        assert!(
+            queue
+                .batch_calls()
+                .iter()
+                .all(|(op, _)| *op == "DeleteMessageBatch"),
+            "handed back as copies, never by visibility: {:?}",
+            queue.batch_calls()
+        );
+        // A worker whose routes leave the key unmatched finishes it: seven
+        // receives, but no failed attempt, so with max_receive_count 2 it
+        // is deleted, not dead-lettered.
+        let finisher = worker_with(queue.clone(), 2, "elsewhere/*.csv", 1);
+        let stats = finisher.stats();
+        let q = queue.clone();
+        run_until(finisher, move || q.is_empty()).await;
+        assert_eq!(stats.objects_unmatched.load(Ordering::Relaxed), 1);
+        assert!(
+            queue.dead_letters().is_empty(),
+            "{:?}",
+            queue.dead_letters()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_whose_worker_dies_each_time_still_reaches_the_dlq() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        queue.send(MATCHED);
+        hand_back_repeatedly(&queue, 3).await;
+        // Two workers die holding it (SIGKILL, OOM): nothing is recorded,
+        // so both receives count.
+        for _ in 0..2 {
+            let received = queue.receive(10, 0, 1).await.unwrap();
+            assert_eq!(received.len(), 1);
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        let q = queue.clone();
+        run_until(
+            worker_with(queue.clone(), 2, "elsewhere/*.csv", 1),
+            move || q.is_empty(),
+        )
+        .await;
+        let letters = queue.dead_letters();
+        assert_eq!(letters.len(), 1);
+        let letter: DeadLetter = serde_json::from_str(&letters[0]).unwrap();
+        assert_eq!(letter.error_kind, "max_receive_count_exceeded");
+        assert_eq!(letter.receive_count, 3, "the third attempt");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_send_permission_a_hand_back_falls_back_to_a_counted_release() {
+        let queue = Arc::new(MemoryQueue::new(true));
+        queue.fail_requeues(true);
+        queue.send(MATCHED);
+        let worker = worker_with(queue.clone(), 5, "in/*.csv", 1);
+        let stats = worker.stats();
+        let slot = worker.objects_in_flight.clone().acquire_owned().await;
+        run_until(worker, move || {
+            stats.messages_released.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        drop(slot);
+        assert!(
+            queue
+                .batch_calls()
+                .contains(&("ChangeMessageVisibilityBatch", 1)),
+            "{:?}",
+            queue.batch_calls()
+        );
+        let again = queue.receive(1, 0, 30).await.unwrap();
+        assert_eq!(again[0].earlier_attempts, 0);
+        assert!(again[0].attempt() >= 2, "the release counted");
+    }
+
+    #[test]
+    fn a_failure_outranks_a_deployment_problem_which_outranks_a_hand_back() {
+        use ObjectOutcome::*;
+        assert_eq!(
+            combine(vec![Committed, Deployment, Retry]),
+            MessageOutcome::Retry
+        );
+        assert_eq!(
+            combine(vec![Committed, Deployment, NotStarted]),
+            MessageOutcome::Deployment
+        );
+        assert_eq!(
+            combine(vec![Unstarted, NotStarted]),
+            MessageOutcome::Release
+        );
+        assert_eq!(
+            combine(vec![Committed, Unstarted]),
+            MessageOutcome::Unstarted
+        );
+        assert_eq!(
+            combine(vec![Committed, DeadLettered, Unmatched]),
+            MessageOutcome::Done
+        );
     }
 }

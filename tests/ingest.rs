@@ -734,3 +734,120 @@ async fn a_300_kb_bad_row_is_dead_lettered_with_a_bounded_envelope() {
         );
     }
 }
+
+/// A fixture whose queue holds only what the test sends (no S3 test event).
+async fn quiet_fixture(name: &str) -> Fixture {
+    Fixture::with_options(
+        name,
+        FixtureOptions {
+            notifications: false,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Puts a small CSV at `key` and sends its ObjectCreated event.
+async fn notify(fixture: &Fixture, key: &str) {
+    let etag = fixture.put(key, csv_rows(3)).await;
+    let body = s3_event(&fixture.bucket, &[(key, &etag, 0)]);
+    fixture.send_raw(&body.to_string()).await;
+}
+
+/// Hands the one message on the fixture's queue back `times` times the
+/// way the worker does (a copy carrying the attempts so far, then delete
+/// the original), through SQS itself; returns the last copy's attempts.
+async fn hand_back_on_sqs(fixture: &Fixture, times: usize) -> u64 {
+    use s3_ingest::queue::Queue;
+    let queue = s3_ingest::queue::sqs::SqsQueue::new(
+        fixture.clients.sqs.clone(),
+        fixture.queue_url.clone(),
+        None,
+    );
+    let mut attempts = 0;
+    for round in 0..times {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let received = loop {
+            let received = queue.receive(1, 1, 30).await.unwrap();
+            if !received.is_empty() {
+                break received;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the message (or its copy) never arrived"
+            );
+        };
+        let message = &received[0];
+        if round > 0 {
+            assert_eq!(message.receive_count, 1, "every copy starts afresh");
+        }
+        assert_eq!(message.earlier_attempts, attempts, "the count travels");
+        queue
+            .requeue(message, message.attempts_before(), 0)
+            .await
+            .unwrap();
+        let failures = queue
+            .delete_batch(std::slice::from_ref(&message.receipt_handle))
+            .await
+            .unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        attempts = message.attempts_before();
+    }
+    attempts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_handed_back_six_times_on_sqs_still_commits() {
+    let fixture = quiet_fixture("handback").await;
+    let mut config = fixture.config(None);
+    config.queue.max_receive_count = 1;
+    notify(&fixture, "in/moved.csv").await;
+    // Six shutdowns, receive-ahead waits or deployment pauses: seven
+    // receives in all, and none of them a failure.
+    assert_eq!(hand_back_on_sqs(&fixture, 6).await, 0);
+
+    let (worker, stats) = fixture.start_worker_with_stats(config).await;
+    fixture.wait_for_files_and_empty_queue(1).await;
+    assert_eq!(sink_file_for(&fixture.sink_files(), "in/moved.csv").rows, 3);
+    assert_eq!(
+        stats
+            .objects_dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_carried_by_a_copy_still_counts_on_sqs() {
+    let fixture = quiet_fixture("handback-count").await;
+    let mut config = fixture.config(None);
+    config.queue.max_receive_count = 1;
+    notify(&fixture, "in/crashed.csv").await;
+    // A worker died holding the message (its receive counts), then the
+    // next one handed it back: the copy carries that attempt.
+    wait_until("the message received and left", WAIT, || async {
+        !fixture
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&fixture.queue_url)
+            .visibility_timeout(1)
+            .send()
+            .await
+            .unwrap()
+            .messages()
+            .is_empty()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(hand_back_on_sqs(&fixture, 1).await, 1);
+
+    let worker = fixture.start_worker(config);
+    let letters = fixture.wait_for_dead_letters(1).await;
+    assert_eq!(letters[0].error_kind, "max_receive_count_exceeded");
+    assert_eq!(letters[0].key.as_deref(), Some("in/crashed.csv"));
+    assert_eq!(letters[0].receive_count, 2, "the second attempt");
+    worker.stop().await;
+}

@@ -273,6 +273,46 @@ async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credential_keeps_the_file_queued_and_fails_readiness_until_fixed() {
+    let fixture = Fixture::new("http-401").await;
+    let server = HttpTestServer::start().await;
+    // The token was rotated: refused twice, then the new secret is in place.
+    server.fail_next(2, 401, None);
+    let config = http_config(
+        &fixture,
+        &format!("url = \"{}\"\nformat = \"ndjson\"", server.url("/insert")),
+    );
+    let (running, worker, addr) = fixture.start_worker_with_status(config).await;
+    let stats = worker.stats();
+    fixture.put("in/orders.csv", csv_rows(10)).await;
+
+    wait_until("/readyz reporting the refusal", WAIT, || async {
+        let (status, body) = http_get(&addr, "/readyz").await;
+        status == 503 && body.contains("sink:events answers 401")
+    })
+    .await;
+    let (_, reason) = http_get(&addr, "/readyz").await;
+    assert!(
+        reason.contains("check its Authorization header"),
+        "{reason}"
+    );
+    wait_for_rows_and_empty_queue(&fixture, &server, 10).await;
+    let statuses: Vec<u16> = server.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [401, 401, 200]);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.objects_committed.load(Ordering::Relaxed), 1);
+    assert_eq!(http_get(&addr, "/readyz").await.0, 200, "ready again");
+    let (_, metrics) = http_get(&addr, "/metrics").await;
+    assert!(
+        metrics
+            .contains("s3_ingest_deployment_errors_total{component=\"sink:events\",code=\"401\"}"),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_endpoint_is_retried_and_never_dead_lettered() {
     let fixture = Fixture::new("http-down").await;
     // A free port with nothing listening yet: connections are refused.

@@ -687,6 +687,66 @@ async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_keeps_the_file_queued_until_it_is_restored() {
+    let fixture = Fixture::new("pg-grant").await;
+    let client = connect().await;
+    let table = unique_table("grant");
+    // The sink logs in as its own role, which may create its ledger and
+    // read and insert into the table, until its INSERT is revoked.
+    let role = format!("{table}_role");
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE, CREATE ON SCHEMA public TO {role};
+             CREATE TABLE {table} (id bigint, name text, price float8);
+             GRANT SELECT, INSERT ON {table} TO {role};
+             REVOKE INSERT ON {table} FROM {role};"
+        ))
+        .await
+        .unwrap();
+    let mut url = reqwest::Url::parse(&postgres_url()).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(None).unwrap();
+    let config = fixture.config_with_sinks(
+        Some(&routes(None)),
+        "",
+        &sink_toml(url.as_str(), &table, ""),
+    );
+    let (running, worker, addr) = fixture.start_worker_with_status(config).await;
+    let stats = worker.stats();
+    fixture.put("in/orders.csv", csv_rows(10)).await;
+
+    wait_until("the refusal seen as a deployment problem", WAIT, || async {
+        worker
+            .deployment()
+            .problems()
+            .iter()
+            .any(|p| p.component == "sink:pg" && p.code == "42501")
+    })
+    .await;
+    let (status, reason) = http_get(&addr, "/readyz").await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("GRANT"), "says what to fix: {reason}");
+    assert!(fixture.take_dead_letters().await.is_empty());
+
+    client
+        .batch_execute(&format!("GRANT INSERT ON {table} TO {role};"))
+        .await
+        .unwrap();
+    wait_until(
+        "the file committed once the grant is back",
+        WAIT,
+        || async { ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await },
+    )
+    .await;
+    assert_eq!(count(&client, &table).await, 10);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(http_get(&addr, "/readyz").await.0, 200, "ready again");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_again_commits_its_rows_once() {
     let fixture = Fixture::new("pg-dup").await;
     let client = connect().await;

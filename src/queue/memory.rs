@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{BatchEntryFailure, MAX_BATCH_ENTRIES, Queue, QueueError, ReceivedMessage};
+use super::{
+    BatchEntryFailure, MAX_BATCH_ENTRIES, MAX_DELAY_SECS, Queue, QueueError, ReceivedMessage,
+};
 use crate::error::AwsFailure;
 
 #[derive(Debug)]
@@ -17,6 +19,8 @@ struct StoredMessage {
     message_id: String,
     body: String,
     receive_count: u64,
+    /// The [`ATTEMPTS_ATTRIBUTE`] it was sent with, if any.
+    attempts_attribute: Option<u64>,
     visible_at: Instant,
     receipt_handle: Option<String>,
 }
@@ -30,6 +34,7 @@ struct State {
     /// Every batch request made, as (operation, entries), in order.
     batch_calls: Vec<(&'static str, usize)>,
     fail_batches: bool,
+    fail_requeue: bool,
 }
 
 #[derive(Debug, Default)]
@@ -57,17 +62,30 @@ impl MemoryQueue {
     }
 
     pub fn send(&self, body: impl Into<String>) -> String {
+        self.send_with(body.into(), None, 0)
+    }
+
+    /// SendMessage with an optional [`ATTEMPTS_ATTRIBUTE`] and a delay, as
+    /// SQS: a new message id, receive count 0, hidden for `delay_secs`.
+    fn send_with(&self, body: String, attempts: Option<u64>, delay_secs: u64) -> String {
         let mut state = self.state.lock().unwrap();
         state.next_id += 1;
         let message_id = format!("msg-{}", state.next_id);
         state.messages.push(StoredMessage {
             message_id: message_id.clone(),
-            body: body.into(),
+            body,
             receive_count: 0,
-            visible_at: Instant::now(),
+            attempts_attribute: attempts,
+            visible_at: Instant::now() + Duration::from_secs(delay_secs),
             receipt_handle: None,
         });
         message_id
+    }
+
+    /// Makes every SendMessage to the queue itself (a hand-back) fail, as
+    /// a role without `sqs:SendMessage` on it would.
+    pub fn fail_requeues(&self, fail: bool) {
+        self.state.lock().unwrap().fail_requeue = fail;
     }
 
     /// Messages not yet deleted, visible or in flight.
@@ -175,6 +193,7 @@ impl MemoryQueue {
                 receipt_handle: receipt,
                 body: message.body.clone(),
                 receive_count: message.receive_count,
+                earlier_attempts: message.attempts_attribute.unwrap_or(0),
             });
         }
         received
@@ -258,6 +277,34 @@ impl Queue for MemoryQueue {
                 None => false,
             },
         )
+    }
+
+    async fn requeue(
+        &self,
+        message: &ReceivedMessage,
+        attempts: u64,
+        delay_secs: u64,
+    ) -> Result<(), QueueError> {
+        if self.state.lock().unwrap().fail_requeue {
+            return Err(QueueError {
+                operation: "SendMessage",
+                queue: "memory".into(),
+                class: AwsFailure::AccessDenied,
+                code: Some("AccessDenied".into()),
+                detail: "not authorized to perform sqs:SendMessage".into(),
+            });
+        }
+        if delay_secs > MAX_DELAY_SECS {
+            return Err(QueueError {
+                operation: "SendMessage",
+                queue: "memory".into(),
+                class: AwsFailure::Permanent,
+                code: Some("InvalidParameterValue".into()),
+                detail: format!("DelaySeconds {delay_secs} is above {MAX_DELAY_SECS}"),
+            });
+        }
+        self.send_with(message.body.clone(), Some(attempts), delay_secs);
+        Ok(())
     }
 
     async fn check_reachable(&self) -> Result<(), QueueError> {
@@ -346,6 +393,28 @@ mod tests {
         );
         let eleven = vec!["x".to_string(); 11];
         assert!(queue.delete_batch(&eleven).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requeued_copy_is_a_new_message_with_its_attempts_and_delay() {
+        let queue = MemoryQueue::new(false);
+        queue.send("x");
+        let first = queue.receive(1, 0, 300).await.unwrap().remove(0);
+        assert_eq!((first.receive_count, first.earlier_attempts), (1, 0));
+        queue.requeue(&first, 3, 5).await.unwrap();
+        queue.delete(&first.receipt_handle).await.unwrap();
+        assert_eq!(queue.len(), 1);
+        assert!(
+            queue.receive(1, 0, 300).await.unwrap().is_empty(),
+            "delayed"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let copy = queue.receive(1, 0, 300).await.unwrap().remove(0);
+        assert_ne!(copy.message_id, first.message_id);
+        assert_eq!(copy.body, "x");
+        assert_eq!((copy.receive_count, copy.earlier_attempts), (1, 3));
+        assert_eq!(copy.attempt(), 4);
+        assert!(queue.requeue(&copy, 0, 901).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

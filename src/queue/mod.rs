@@ -19,8 +19,36 @@ pub struct ReceivedMessage {
     pub message_id: String,
     pub receipt_handle: String,
     pub body: String,
-    /// SQS's `ApproximateReceiveCount`: 1 on first delivery.
+    /// SQS's `ApproximateReceiveCount` of this copy: 1 on first delivery.
     pub receive_count: u64,
+    /// Failed attempts recorded on earlier copies of the message (the
+    /// [`ATTEMPTS_ATTRIBUTE`] the worker set when it handed one back);
+    /// 0 for a message as S3 sent it.
+    pub earlier_attempts: u64,
+}
+
+/// The message attribute a handed-back copy carries: how many attempts
+/// of the message have counted so far.
+pub const ATTEMPTS_ATTRIBUTE: &str = "s3_ingest.attempts";
+
+/// SQS's largest `DelaySeconds`.
+pub const MAX_DELAY_SECS: u64 = 900;
+
+impl ReceivedMessage {
+    /// Which attempt this receive is: the attempts counted on earlier
+    /// copies plus every receive of this copy. A receive that ended in a
+    /// hand-back never counts (the copy starts again at 1); one that ended
+    /// any other way (a failure left to the visibility timeout, a crash,
+    /// a lost lease) does, because nothing else can be recorded for it.
+    pub fn attempt(&self) -> u64 {
+        self.earlier_attempts + self.receive_count
+    }
+
+    /// What a copy handed back now carries: every attempt before this
+    /// receive, which itself does not count.
+    pub fn attempts_before(&self) -> u64 {
+        self.attempt().saturating_sub(1)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -126,6 +154,19 @@ pub trait Queue: Send + Sync + 'static {
         receipt_handles: &[String],
         timeout_secs: u64,
     ) -> Result<Vec<BatchEntryFailure>, QueueError>;
+
+    /// Sends a copy of `message` to the queue it came from, carrying
+    /// `attempts` in [`ATTEMPTS_ATTRIBUTE`] and hidden for `delay_secs`
+    /// (at most [`MAX_DELAY_SECS`]). The original is not touched: the
+    /// caller deletes it once this succeeded. This is how a message is
+    /// handed back without its receive counting: SQS cannot reset a
+    /// message's `ApproximateReceiveCount`, but a copy starts at 0.
+    async fn requeue(
+        &self,
+        message: &ReceivedMessage,
+        attempts: u64,
+        delay_secs: u64,
+    ) -> Result<(), QueueError>;
 
     /// Checks that the queue (and DLQ) exist and may be used: at start-up
     /// and for the readiness probe.

@@ -4,10 +4,10 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
 };
 
-use super::{BatchEntryFailure, Queue, QueueError, ReceivedMessage};
+use super::{ATTEMPTS_ATTRIBUTE, BatchEntryFailure, Queue, QueueError, ReceivedMessage};
 use crate::error::{aws_error_code, classify_aws};
 
 pub struct SqsQueue {
@@ -112,6 +112,7 @@ impl Queue for SqsQueue {
             .wait_time_seconds(wait_time_secs as i32)
             .visibility_timeout(visibility_timeout_secs as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(ATTEMPTS_ATTRIBUTE)
             .send()
             .await
             .map_err(|err| queue_error("ReceiveMessage", &self.url, &err))?;
@@ -127,11 +128,19 @@ impl Queue for SqsQueue {
                     })
                     .and_then(|count| count.parse().ok())
                     .unwrap_or(1);
+                // Ours, so well-formed; anything else counts as none.
+                let earlier_attempts = message
+                    .message_attributes()
+                    .and_then(|attrs| attrs.get(ATTEMPTS_ATTRIBUTE))
+                    .and_then(|value| value.string_value())
+                    .and_then(|count| count.parse().ok())
+                    .unwrap_or(0);
                 Some(ReceivedMessage {
                     message_id: message.message_id?,
                     receipt_handle: message.receipt_handle?,
                     body: message.body.unwrap_or_default(),
                     receive_count,
+                    earlier_attempts,
                 })
             })
             .collect();
@@ -208,6 +217,30 @@ impl Queue for SqsQueue {
             .await
             .map_err(|err| queue_error(OPERATION, &self.url, &err))?;
         Ok(entry_failures(output.failed()))
+    }
+
+    async fn requeue(
+        &self,
+        message: &ReceivedMessage,
+        attempts: u64,
+        delay_secs: u64,
+    ) -> Result<(), QueueError> {
+        const OPERATION: &str = "SendMessage";
+        let attribute = MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(attempts.to_string())
+            .build()
+            .map_err(|err| entry_build_error(OPERATION, &self.url, err))?;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(&message.body)
+            .delay_seconds(delay_secs.min(super::MAX_DELAY_SECS) as i32)
+            .message_attributes(ATTEMPTS_ATTRIBUTE, attribute)
+            .send()
+            .await
+            .map_err(|err| queue_error(OPERATION, &self.url, &err))?;
+        Ok(())
     }
 
     fn has_dead_letter_queue(&self) -> bool {

@@ -55,8 +55,10 @@
 //! 429, 408, 5xx, timeouts and connection errors are retried with
 //! exponential backoff (honouring a `Retry-After` in seconds), at most
 //! `max_retries` times; then the object goes back to the queue (transient).
-//! Any other status is permanent: the object is dead-lettered with the
-//! status and the first KiB of the response body (`text::excerpt_of`).
+//! 401, 403 and 407 refuse the sink's credentials: a deployment problem,
+//! so the object stays queued uncounted and the worker backs off. Any
+//! other status is permanent: the object is dead-lettered with the status
+//! and the first KiB of the response body (`text::excerpt_of`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -630,6 +632,12 @@ enum Attempt {
         retry_after: Option<Duration>,
     },
     Rejected(String),
+    /// The endpoint refuses our identity (401, 403, 407): the deployment's
+    /// problem, not the file's; see `error::is_deployment_http_status`.
+    Refused {
+        status: u16,
+        reason: String,
+    },
 }
 
 impl PartSender {
@@ -689,6 +697,15 @@ impl PartSender {
                 }
                 Attempt::Rejected(reason) => {
                     return Err(SinkError::permanent(format!("{request_label} {reason}")));
+                }
+                Attempt::Refused { status, reason } => {
+                    return Err(SinkError::deployment(
+                        status.to_string(),
+                        format!(
+                            "{request_label} {reason}; {}",
+                            refusal_hint(&self.sink_name, status, &self.config)
+                        ),
+                    ));
                 }
                 Attempt::Retry {
                     reason,
@@ -751,7 +768,12 @@ impl PartSender {
         let total = response.content_length();
         let body = body_start(response).await;
         let reason = format!("returned {status}: {}", excerpt(&body, total));
-        if is_retryable_status(status.as_u16()) {
+        if crate::error::is_deployment_http_status(status.as_u16()) {
+            Attempt::Refused {
+                status: status.as_u16(),
+                reason,
+            }
+        } else if is_retryable_status(status.as_u16()) {
             Attempt::Retry {
                 reason,
                 retry_after,
@@ -760,6 +782,27 @@ impl PartSender {
             Attempt::Rejected(reason)
         }
     }
+}
+
+/// What to fix when the endpoint refuses the sink's identity, naming the
+/// variables the credentials come from (never their values).
+fn refusal_hint(sink: &str, status: u16, config: &HttpSinkConfig) -> String {
+    let sources: Vec<String> = config
+        .headers_from_env
+        .iter()
+        .map(|(header, source)| format!("{header} from ${}", source.env))
+        .collect();
+    let credentials = if sources.is_empty() {
+        "no credential headers are configured (headers_from_env)".to_owned()
+    } else {
+        format!("credentials sent: {}", sources.join(", "))
+    };
+    let what = match status {
+        401 => "check its Authorization header / secret",
+        403 => "check what its credentials may do (grants, token scope)",
+        _ => "check the proxy's credentials",
+    };
+    format!("the http sink `{sink}` answers {status}: {what}; {credentials}")
 }
 
 /// Throttling, request timeout and server errors may clear on their own.

@@ -46,6 +46,10 @@ pub struct SinkError {
     pub detail: String,
     /// Transient (disk full, permission, unreachable): keep the message.
     pub retryable: bool,
+    /// Set when the sink refuses the deployment rather than the data (a
+    /// rejected secret, a missing grant): the code (HTTP status, SQLSTATE,
+    /// AWS error code). Decided by `error::is_deployment_*`.
+    pub deployment: Option<String>,
 }
 
 impl SinkError {
@@ -53,6 +57,16 @@ impl SinkError {
         SinkError {
             detail: detail.into(),
             retryable: true,
+            deployment: None,
+        }
+    }
+
+    /// The deployment's problem, not the file's: see [`SinkError::deployment`].
+    pub fn deployment(code: impl Into<String>, detail: impl Into<String>) -> SinkError {
+        SinkError {
+            detail: detail.into(),
+            retryable: true,
+            deployment: Some(code.into()),
         }
     }
 
@@ -60,6 +74,7 @@ impl SinkError {
         SinkError {
             detail: detail.into(),
             retryable: false,
+            deployment: None,
         }
     }
 }

@@ -382,6 +382,37 @@ impl Fixture {
         (RunningWorker { shutdown, handle }, stats)
     }
 
+    /// Starts the worker in-process with its status endpoints on a free
+    /// loopback port: the running worker, the worker itself (stats,
+    /// deployment problems) and the endpoints' address.
+    pub async fn start_worker_with_status(
+        &self,
+        config: Config,
+    ) -> (RunningWorker, Arc<s3_ingest::worker::Worker>, String) {
+        let worker = Arc::new(
+            build_worker(&config, Self::worker_clients(&config))
+                .await
+                .expect("worker starts"),
+        );
+        let shutdown = CancellationToken::new();
+        let addr = s3_ingest::status::serve(
+            "127.0.0.1:0",
+            worker.liveness(),
+            worker.queue(),
+            worker.deployment(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("status endpoints bind");
+        let running = worker.clone();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            running.run(token).await;
+            Ok(())
+        });
+        (RunningWorker { shutdown, handle }, worker, addr.to_string())
+    }
+
     /// Starts the `s3-ingest` binary with `config`, logging to `log`.
     pub fn spawn_worker_process(&self, config: &Config, log: &Path) -> std::process::Child {
         let config_path = log.with_extension("toml");

@@ -289,8 +289,11 @@ resource "aws_sqs_queue" "this" {
   receive_wait_time_seconds = 20
 
   # The worker dead-letters a poison message itself, with a reason envelope,
-  # after its own queue.max_receive_count; this redrive is the backstop for a
-  # message the worker cannot even handle (e.g. one that crashes it).
+  # after its own queue.max_receive_count attempts; this redrive is the
+  # backstop for a message the worker cannot even handle (e.g. one that
+  # crashes it). The worker hands messages back as fresh copies carrying
+  # their attempt count (s3_ingest.attempts), so SQS's per-copy receive
+  # count never runs ahead of the worker's count.
   redrive_policy = jsonencode({
     deadLetterTargetArn = aws_sqs_queue.dlq.arn
     maxReceiveCount     = var.max_receive_count

@@ -187,7 +187,7 @@ variable "dlq_message_retention_seconds" {
 }
 
 variable "max_receive_count" {
-  description = "SQS redrive: receives after which SQS itself moves a message to the DLQ. Keep it ABOVE the worker's queue.max_receive_count (default 5), so the worker dead-letters first with a reason envelope and this redrive is only the backstop (e.g. for a worker that crashes on a message)."
+  description = "SQS redrive: receives (of one copy: the worker hands messages back as copies carrying their attempt count) after which SQS itself moves a message to the DLQ. Keep it ABOVE the worker's queue.max_receive_count (default 5), so the worker dead-letters first with a reason envelope and this redrive is only the backstop (e.g. for a worker that crashes on a message)."
   type        = number
   default     = 10
 

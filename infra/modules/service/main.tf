@@ -46,6 +46,15 @@ locals {
     ]
   ]))
 
+  # s3:ListBucket on each source bucket, limited to the same prefixes
+  # (a bucket with the prefix "" may be listed whole).
+  source_bucket_listing = {
+    for source in var.source_buckets : source.bucket => distinct(source.prefixes)...
+  }
+  source_list_grants = {
+    for bucket, prefix_lists in local.source_bucket_listing : bucket => distinct(flatten(prefix_lists))
+  }
+
   efs_volumes = [for volume in var.volumes : volume if volume.efs != null]
 
   environment = merge(var.environment, {
@@ -233,15 +242,40 @@ data "aws_iam_policy_document" "execution" {
 
 data "aws_iam_policy_document" "task" {
   # HeadObject and GetObject (ranged too) pinned to the notification's
-  # version: GetObjectVersion for versioned buckets. No ListBucket, so a
-  # deleted object is reported as access_denied rather than object_missing;
-  # both are dead-lettered with the key.
+  # version: GetObjectVersion for versioned buckets.
   statement {
     sid       = "ReadSourceObjects"
     actions   = ["s3:GetObject", "s3:GetObjectVersion"]
     resources = local.source_object_arns
   }
 
+  # ListBucket on the same prefixes: without it S3 answers 403 for a key
+  # that does not exist, so a deleted object would look like a permission
+  # problem. With it, a deleted object is 404 (object_missing), and a 403
+  # means the role really may not read (a deployment problem the worker
+  # waits out) or the object is unreadable on its own (its KMS key).
+  dynamic "statement" {
+    for_each = local.source_list_grants
+    content {
+      sid       = "ListSource${replace(title(replace(statement.key, "/[^A-Za-z0-9]+/", " ")), " ", "")}"
+      actions   = ["s3:ListBucket"]
+      resources = ["arn:${local.partition}:s3:::${statement.key}"]
+      dynamic "condition" {
+        for_each = contains(statement.value, "") ? [] : [1]
+        content {
+          test     = "StringLike"
+          variable = "s3:prefix"
+          values   = [for prefix in statement.value : "${prefix}*"]
+        }
+      }
+    }
+  }
+
+  # SendMessage on the queue itself: a message handed back (shutdown,
+  # receive-ahead, a deployment problem) is re-sent as a copy carrying its
+  # attempt count, then the original is deleted, so handing back does not
+  # count towards max_receive_count. Without it the worker falls back to
+  # releasing (visibility 0), and those receives count.
   statement {
     sid = "ConsumeIngestQueue"
     actions = [
@@ -249,6 +283,7 @@ data "aws_iam_policy_document" "task" {
       "sqs:DeleteMessage",
       "sqs:ChangeMessageVisibility",
       "sqs:GetQueueAttributes",
+      "sqs:SendMessage",
     ]
     resources = [var.queue_arn]
   }

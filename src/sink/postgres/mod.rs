@@ -358,10 +358,27 @@ fn classify(action: &str, err: &tokio_postgres::Error) -> SinkError {
     if let Some(context) = db.where_() {
         detail.push_str(&format!("; at {}", bounded(&context.replace('\n', " / "))));
     }
-    if is_transient_sqlstate(code) {
+    if crate::error::is_deployment_sqlstate(code, false) {
+        let hint = deployment_hint(code);
+        SinkError::deployment(code, format!("{detail}; {hint}"))
+    } else if is_transient_sqlstate(code) {
         SinkError::transient(detail)
     } else {
         SinkError::permanent(detail)
+    }
+}
+
+/// What to fix for a SQLSTATE that refuses the sink's role.
+fn deployment_hint(code: &str) -> &'static str {
+    match code {
+        "28P01" => "the password is wrong: check the secret in the sink's url_env / password_env",
+        "28000" => {
+            "the role may not connect: check pg_hba.conf and the role (LOGIN, CONNECT on the database)"
+        }
+        "42501" => {
+            "the role lacks a privilege: GRANT it INSERT on the table, USAGE on its schema and SELECT, INSERT on the ledger table"
+        }
+        _ => "the table does not exist: create it, or set create_table = true",
     }
 }
 
@@ -545,9 +562,16 @@ impl Target {
             .await
             .map_err(|err| classify(&format!("look up table {table}"), &err))?;
         let Some(found) = found else {
-            return Err(SinkError::permanent(format!(
-                "table {table} does not exist (create it, or set create_table = true)"
-            )));
+            let detail =
+                format!("table {table} does not exist (create it, or set create_table = true)");
+            // Not the file's fault when the sink does not create tables.
+            return Err(
+                if crate::error::is_deployment_sqlstate("42P01", self.create_table) {
+                    SinkError::deployment("42P01", detail)
+                } else {
+                    SinkError::permanent(detail)
+                },
+            );
         };
         let (table_oid, canonical): (u32, String) = (found.get(0), found.get(1));
         let rows = client

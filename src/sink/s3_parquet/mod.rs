@@ -296,6 +296,7 @@ fn parquet_sink_error(uri: &str, err: ParquetError) -> SinkError {
             return SinkError {
                 detail: sink_error.detail.clone(),
                 retryable: sink_error.retryable,
+                deployment: sink_error.deployment.clone(),
             };
         }
         cause = current.source();

@@ -290,12 +290,13 @@ impl Drop for ObjectUpload {
 
 /// Classifies a failed call on the destination bucket.
 ///
-/// Throttling, 5xx and timeouts are transient. So are AccessDenied and
-/// NoSuchBucket (and NoSuchUpload): on the destination they are operator
-/// errors (a policy or a bucket not set up yet) that say nothing about the
-/// source file, so the file stays queued and lands once they are fixed;
-/// `max_receive_count` still ends the loop if nobody fixes them. Other 4xx
-/// errors are refusals that repeat for this output, so they dead-letter.
+/// Throttling, 5xx and timeouts are transient, and so are NoSuchBucket
+/// and NoSuchUpload. AccessDenied and expired or invalid credentials are
+/// deployment problems (`error::IngestError::Deployment`): they say
+/// nothing about the source file, so the file stays queued without being
+/// counted as a failed attempt, and the worker backs off until they are
+/// fixed. Other 4xx errors are refusals that repeat for this output, so
+/// they dead-letter.
 pub fn s3_sink_error<E>(
     operation: &str,
     uri: &str,
@@ -307,10 +308,17 @@ where
     let (class, detail) = classify_aws(err);
     let message = format!("S3 {operation} on {uri} failed: {detail}");
     match class {
-        AwsFailure::Transient
-        | AwsFailure::NotFound
-        | AwsFailure::AccessDenied
-        | AwsFailure::PreconditionFailed => SinkError::transient(message),
+        // Expired or invalid credentials, or a destination the role may
+        // not write: the deployment's problem, not the file's.
+        AwsFailure::Credentials | AwsFailure::AccessDenied => SinkError::deployment(
+            crate::error::aws_error_code(err).unwrap_or_else(|| "AccessDenied".into()),
+            format!(
+                "{message}; check the worker's credentials and its grants on the destination bucket"
+            ),
+        ),
+        AwsFailure::Transient | AwsFailure::NotFound | AwsFailure::PreconditionFailed => {
+            SinkError::transient(message)
+        }
         AwsFailure::Permanent => SinkError::permanent(message),
     }
 }

@@ -84,6 +84,18 @@ run "least_privilege" {
     error_message = "DLQ: send, plus the start-up reachability check"
   }
   assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ListSourceAcmeVendorDrops"]) == toset(["arn:aws:s3:::acme-vendor-drops"])
+    error_message = "ListBucket on the source bucket, so a deleted object reads as 404 (object_missing), not 403"
+  }
+  assert {
+    condition     = flatten([for c in one([for s in data.aws_iam_policy_document.task.statement : s.condition if s.sid == "ListSourceAcmeVendorDrops"]) : [for v in c.values : "${c.variable} ${v}"]]) == ["s3:prefix incoming/*"]
+    error_message = "listing is limited to the configured prefixes"
+  }
+  assert {
+    condition     = contains(one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "ConsumeIngestQueue"]), "sqs:SendMessage")
+    error_message = "SendMessage on the queue: a handed-back message is re-sent as a copy with its attempt count"
+  }
+  assert {
     condition     = length([for s in data.aws_iam_policy_document.task.statement : s if startswith(s.sid, "QueueEncryption")]) == 0
     error_message = "no KMS permissions without a queue key"
   }

@@ -18,6 +18,13 @@ const MIB: usize = 1 << 20;
 
 /// The bytes of the generated input `name`; panics on an unknown name so
 /// that a typo in the manifest fails loudly.
+/// A header of `columns` names and two rows of ones.
+fn wide_csv(columns: usize) -> Vec<u8> {
+    let names: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
+    let row = vec!["1"; columns].join(",");
+    format!("{}\n{row}\n{row}\n", names.join(",")).into_bytes()
+}
+
 pub fn generate(name: &str) -> Vec<u8> {
     match name {
         // --- compression -------------------------------------------------
@@ -69,6 +76,17 @@ pub fn generate(name: &str) -> Vec<u8> {
         }
         // 10 MiB and not a single line end.
         "single_line_10mib" => vec![b'x'; 10 * MIB],
+        "columns_50" => wide_csv(50),
+        "columns_51" => wide_csv(51),
+        "line_without_end_128kib" => [&b"id,name\n1,"[..], &vec![b'x'; 128 * 1024]].concat(),
+        "open_quote_128kib" => [&b"id,name\n1,\""[..], &b"inside quotes\n".repeat(10_000)].concat(),
+        "field_60kib" => [&b"id,name\n1,"[..], &vec![b'x'; 60 * 1024], b"\n"].concat(),
+        "gzip_2mib_of_rows" => gzip(&[&b"id,name\n"[..], &b"1,a\n".repeat(512 * 1024)].concat()),
+        "blank_head_5mib" => {
+            let mut data = b"\n".repeat(5 * MIB);
+            data.extend_from_slice(&csv_rows(1000));
+            data
+        }
         // A header, then one 10 MiB field, then a short row: the first data
         // row does not fit in the 4 MiB inference sample.
         "long_field_10mib" => {

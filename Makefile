@@ -61,7 +61,7 @@ fuzz:
 ## LocalStack, and both counted in instructions under callgrind (the CPU
 ## target without the machine's noise). Sizes by env, e.g.
 ## `BENCH_SIZES=10KiB,1MiB BENCH_INSTRUCTIONS=1MiB make bench`.
-## Last, the memory bound at the issue's size (`make bench-memory`).
+## Last, the memory bound at 2 GiB objects (`make bench-memory`).
 bench:
 	$(NEED_VALGRIND)
 	cargo bench --bench decode

@@ -1,4 +1,4 @@
-//! Memory stays bounded whatever the file size (issue 6).
+//! Memory stays bounded whatever the file size.
 //!
 //! One worker process (the real binary, `concurrency = 4`) ingests, one
 //! after another: a small CSV, a CSV eight times larger, and then that
@@ -10,7 +10,7 @@
 //! `S3I_MEMORY_LARGE` sets the large CSV's size and, in rows of 36 bytes,
 //! the Parquet object's (default 1GiB: a 1 GiB CSV and a 254 MiB Parquet
 //! object, to keep `make test` reasonable). `make bench-memory` runs it at
-//! 2GiB, the issue's size: a 2 GiB CSV and a 2 GiB Parquet object at once.
+//! 2GiB, the size the bound is stated for: a 2 GiB CSV and a 2 GiB Parquet object at once.
 //!
 //! Why one worker for all three: it is the production shape (a long-lived
 //! worker sees file after file), and memory kept by the allocator after the
@@ -60,7 +60,7 @@ const DEFAULT_PARQUET_ROWS: usize = 7_400_000;
 /// their length), for sizing it from `S3I_MEMORY_LARGE`.
 const PARQUET_ROW_BYTES: u64 = 36;
 /// About 128 MiB of incompressible column data per row group (36 bytes a
-/// row), the issue's size. The Parquet reader fetches a whole row group's
+/// row), the size large producers write. The Parquet reader fetches a whole row group's
 /// column chunks (one buffer per range, see `object::read_range`), and the
 /// `parquet_dir` sink buffers output row groups of at most 128 Ki rows.
 /// Before both were bounded this peaked at 316 MiB.
@@ -68,7 +68,7 @@ const PARQUET_ROWS_PER_GROUP: usize = 3_700_000;
 /// S3 multipart parts (≥ 5 MiB except the last): what the test holds.
 const PART_BYTES: usize = 16 * MIB as usize;
 
-/// The issue's bound (for 2 GiB objects at concurrency 4).
+/// The memory bound (for 2 GiB objects at concurrency 4).
 const PEAK_BOUND_KIB: u64 = 256 * 1024;
 /// How far the large CSV's peak may sit above the small one's: a file
 /// eight times larger that leaked even a tenth of its size would exceed

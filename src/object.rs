@@ -168,9 +168,9 @@ impl S3Objects {
         let total = output.content_range().and_then(total_from_content_range);
         let body = std::mem::take(&mut output.body);
         let bytes = match length {
-            Some(length) => collect(&uri, body, length, "the tail").await?,
+            Some(length) => collect(&uri, body, BodyLength::Exactly(length), "the tail").await?,
             // No Content-Length: the body's own end says how long it is.
-            None => collect_to_end(&uri, body, tail_bytes, "the tail").await?,
+            None => collect(&uri, body, BodyLength::AtMost(tail_bytes), "the tail").await?,
         };
         let size = total.or(object.size).unwrap_or(bytes.len() as u64);
         let pinned = pinned_from(object, &output, Some(size))?;
@@ -360,7 +360,13 @@ impl S3Objects {
             return Ok(Bytes::new());
         };
         let body = self.get_pinned(pinned, Some(header)).await?;
-        collect(&pinned.uri(), body, range.end - range.start, &what).await
+        collect(
+            &pinned.uri(),
+            body,
+            BodyLength::Exactly(range.end - range.start),
+            &what,
+        )
+        .await
     }
 }
 
@@ -398,49 +404,29 @@ fn pinned_from(
     })
 }
 
-/// Reads a body of `expected` bytes fully into one buffer sized up front:
-/// collecting the chunks and then joining them would hold a column chunk
-/// twice. Callers check `expected` against the object's size first, so a
-/// corrupt footer cannot ask for a huge allocation.
+/// How long a body is: its Content-Length, or, without one, only a bound
+/// (the bytes asked for), its own end saying the rest.
+#[derive(Debug, Clone, Copy)]
+enum BodyLength {
+    Exactly(u64),
+    AtMost(u64),
+}
+
+/// Reads a body fully into one buffer, sized up front when its length is
+/// known: collecting the chunks and then joining them would hold a column
+/// chunk twice. Callers check the length against the object's size first,
+/// so a corrupt footer cannot ask for a huge allocation.
 async fn collect(
     uri: &str,
     mut body: ByteStream,
-    expected: u64,
+    length: BodyLength,
     what: &str,
 ) -> Result<Bytes, IngestError> {
-    let mut buffer = bytes::BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|err| IngestError::S3 {
-            uri: uri.to_owned(),
-            operation: "GetObject",
-            detail: format!("{what}: {err}"),
-            retryable: true,
-        })?;
-        buffer.extend_from_slice(&chunk);
-    }
-    if buffer.len() as u64 != expected {
-        return Err(IngestError::S3 {
-            uri: uri.to_owned(),
-            operation: "GetObject",
-            detail: format!(
-                "{what} returned {} bytes, expected {expected}",
-                buffer.len()
-            ),
-            retryable: true,
-        });
-    }
-    Ok(buffer.freeze())
-}
-
-/// Reads a body of unknown length to its end, refusing more than `limit`
-/// bytes (a response without Content-Length to a ranged GET).
-async fn collect_to_end(
-    uri: &str,
-    mut body: ByteStream,
-    limit: u64,
-    what: &str,
-) -> Result<Bytes, IngestError> {
-    let mut buffer = bytes::BytesMut::new();
+    let (capacity, limit) = match length {
+        BodyLength::Exactly(expected) => (expected, expected),
+        BodyLength::AtMost(limit) => (0, limit),
+    };
+    let mut buffer = bytes::BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|err| IngestError::S3 {
             uri: uri.to_owned(),
@@ -450,15 +436,26 @@ async fn collect_to_end(
         })?;
         buffer.extend_from_slice(&chunk);
         if buffer.len() as u64 > limit {
-            return Err(IngestError::S3 {
-                uri: uri.to_owned(),
-                operation: "GetObject",
-                detail: format!("{what}: more than the {limit} bytes asked for"),
-                retryable: false,
-            });
+            break;
         }
     }
-    Ok(buffer.freeze())
+    let received = buffer.len() as u64;
+    match length {
+        // A short or long body for a stated length: a broken response.
+        BodyLength::Exactly(expected) if received != expected => Err(IngestError::S3 {
+            uri: uri.to_owned(),
+            operation: "GetObject",
+            detail: format!("{what} returned {received} bytes, expected {expected}"),
+            retryable: true,
+        }),
+        BodyLength::AtMost(limit) if received > limit => Err(IngestError::S3 {
+            uri: uri.to_owned(),
+            operation: "GetObject",
+            detail: format!("{what}: more than the {limit} bytes asked for"),
+            retryable: false,
+        }),
+        _ => Ok(buffer.freeze()),
+    }
 }
 
 /// Parquet's view of an S3 object: ranged GETs, so only the footer and

@@ -78,13 +78,6 @@ pub struct OutputLimit {
 pub const RATIO_FLOOR_BYTES: u64 = 64 << 20;
 
 impl OutputLimit {
-    /// No limit (tests and benches that are not about limits).
-    pub const NONE: OutputLimit = OutputLimit {
-        max_bytes: u64::MAX,
-        max_ratio: u64::MAX,
-        stored_bytes: u64::MAX,
-    };
-
     /// The most bytes the object may decompress to.
     pub fn bytes(&self) -> u64 {
         let by_ratio = self

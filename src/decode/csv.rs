@@ -264,7 +264,8 @@ fn read_head(
 /// how many bytes were skipped and a reader that starts at the first
 /// line holding anything else, with that line's leading whitespace kept.
 /// Whitespace after the last line end is held until something else comes;
-/// more than `max_pending` of it is one record too long.
+/// past `max_pending` of it, skipping stops and the decoder's record limit
+/// takes over.
 fn skip_blank_lines(
     mut reader: Box<dyn Read + Send>,
     max_pending: u64,
@@ -302,15 +303,9 @@ fn skip_blank_lines(
             return Ok((skipped, Box::new(Cursor::new(pending).chain(reader))));
         }
         if pending.len() as u64 > max_pending {
-            return Err((
-                skipped,
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "the file starts with more than {max_pending} bytes of whitespace without a line end (limits.max_record_bytes)"
-                    ),
-                ),
-            ));
+            // Whitespace with no line end for longer than a record may be:
+            // the decoder reports it as the record too long it is.
+            return Ok((skipped, Box::new(Cursor::new(pending).chain(reader))));
         }
     }
 }
@@ -806,6 +801,16 @@ mod tests {
             served < (4 << 20) + 3 * READ_BUFFER_BYTES as u64,
             "{served}"
         );
+    }
+
+    #[test]
+    fn whitespace_without_a_line_end_is_a_record_too_long() {
+        let mut job = job(Some(id_schema()));
+        job.limits.max_record_bytes = std::num::NonZeroUsize::new(1 << 20).unwrap();
+        let (err, served) = endless(b"\n\n", b' ', job);
+        assert_eq!(err.kind(), "csv_error", "{err}");
+        assert!(err.to_string().contains("starting at byte 2"), "{err}");
+        assert!(served < (1 << 20) + 4 * READ_BUFFER_BYTES as u64, "{served}");
     }
 
     #[test]

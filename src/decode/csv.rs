@@ -810,7 +810,10 @@ mod tests {
         let (err, served) = endless(b"\n\n", b' ', job);
         assert_eq!(err.kind(), "csv_error", "{err}");
         assert!(err.to_string().contains("starting at byte 2"), "{err}");
-        assert!(served < (1 << 20) + 4 * READ_BUFFER_BYTES as u64, "{served}");
+        assert!(
+            served < (1 << 20) + 4 * READ_BUFFER_BYTES as u64,
+            "{served}"
+        );
     }
 
     #[test]

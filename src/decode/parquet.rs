@@ -200,6 +200,11 @@ fn into_ingest_error(uri: &str, err: ParquetError) -> IngestError {
 ///   for "none", with `data_page_offset` at the chunk's start (where the
 ///   dictionary page, if any, is); Arrow C++ and parquet-mr read it so,
 ///   while parquet-rs would read the column from the file's first byte;
+/// - parquet-mr before 1.2.9 left its dictionary page's header out of the
+///   column chunk's length (PARQUET-816), so the chunk ends before its
+///   last page does; for files it wrote, the header's length is added
+///   back (exactly: Arrow C++ pads up to 100 bytes, but parquet-rs would
+///   read the padding as pages);
 /// - every column chunk must lie inside the object (parquet-rs panics on
 ///   a negative offset and asks for ranges past the end);
 /// - an offset index whose pages are not inside their column chunks is
@@ -234,9 +239,18 @@ async fn prepare<R: AsyncFileReader + Clone + Send>(
 
     let mut changed = false;
     let mut row_groups = footer.row_groups().to_vec();
+    let uncounted_dictionary_headers =
+        writes_uncounted_dictionary_headers(footer.file_metadata().created_by());
     for (index, group) in row_groups.iter_mut().enumerate() {
         for column in group.columns_mut() {
             if let Some(repaired) = without_bogus_dictionary_offset(column) {
+                *column = repaired;
+                changed = true;
+            }
+            if uncounted_dictionary_headers
+                && let Some(repaired) =
+                    with_dictionary_header_counted(reader, column, limits.file_size, uri).await?
+            {
                 *column = repaired;
                 changed = true;
             }
@@ -293,6 +307,68 @@ fn without_bogus_dictionary_offset(column: &ColumnChunkMetaData) -> Option<Colum
         .set_dictionary_page_offset(None)
         .build()
         .ok()
+}
+
+/// Whether `created_by` names parquet-mr before 1.2.9, which left the
+/// dictionary page's header out of a column chunk's length (PARQUET-816).
+/// As in Arrow C++, a parquet-mr without a readable version counts as
+/// old; any other writer never needs the repair.
+fn writes_uncounted_dictionary_headers(created_by: Option<&str>) -> bool {
+    let Some(created_by) = created_by else {
+        return false;
+    };
+    let (application, rest) = created_by
+        .split_once(" version")
+        .unwrap_or((created_by, ""));
+    if application.trim() != "parquet-mr" {
+        return false;
+    }
+    // "1.2.8", "1.2.8-SNAPSHOT", "1.2.8-cdh5 (build abc)": the leading
+    // numbers count, a missing one is 0.
+    let version = rest.split_whitespace().next().unwrap_or("");
+    let mut numbers = version.split('.').map(|part| {
+        part.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u64>()
+            .unwrap_or(0)
+    });
+    let mut next = || numbers.next().unwrap_or(0);
+    (next(), next(), next()) < (1, 2, 9)
+}
+
+/// `column` with its dictionary page's header counted in its length, when
+/// its chunk starts with a dictionary page (see [`prepare`]); `None` when
+/// there is none.
+async fn with_dictionary_header_counted<R: AsyncFileReader>(
+    reader: &mut R,
+    column: &ColumnChunkMetaData,
+    file_size: u64,
+    uri: &str,
+) -> Result<Option<ColumnChunkMetaData>, IngestError> {
+    let Some(start) = column
+        .dictionary_page_offset()
+        .and_then(|offset| u64::try_from(offset).ok())
+    else {
+        return Ok(None);
+    };
+    if start >= file_size {
+        return Ok(None); // check_column_range says what is wrong
+    }
+    let Some(header) = read_page_header(reader, start..file_size, uri).await? else {
+        return Ok(None);
+    };
+    if header.page_type != page_header::DICTIONARY_PAGE {
+        return Ok(None);
+    }
+    let header_len = header.header_len as i64;
+    Ok(column
+        .clone()
+        .into_builder()
+        .set_total_compressed_size(column.compressed_size().saturating_add(header_len))
+        .set_total_uncompressed_size(column.uncompressed_size().saturating_add(header_len))
+        .build()
+        .ok())
 }
 
 /// The column chunk's bytes must be inside the object.
@@ -908,6 +984,99 @@ mod tests {
         let (result, batches, _) = try_decode(rewritten.clone(), limits_for(&rewritten)).await;
         assert_eq!(result.unwrap().rows, 100);
         assert_eq!(names(&batches), expected);
+    }
+
+    /// `small_file(100, true)` as parquet-mr before 1.2.9 wrote it: the
+    /// dictionary page's header left out of the column chunk's length
+    /// (PARQUET-816, as in parquet-testing's nation.dict-malformed.parquet).
+    fn dictionary_header_uncounted(created_by: &str) -> Bytes {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..100)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..100).map(|i| format!("name {}", i % 3)),
+                )),
+            ],
+        )
+        .unwrap();
+        let properties = WriterProperties::builder()
+            .set_created_by(created_by.to_owned())
+            // Old parquet-mr wrote no page index.
+            .set_offset_index_disabled(true)
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
+            .build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        let good = Bytes::from(writer.into_inner().unwrap());
+        let mut shortened = 0;
+        let bad = rewrite_footer(&good, |groups| {
+            for column in groups[0].columns_mut() {
+                let Some(dictionary) = column.dictionary_page_offset() else {
+                    continue;
+                };
+                let Parsed::Header(header) = page_header::parse(&good[dictionary as usize..])
+                else {
+                    panic!("no page header at the dictionary offset");
+                };
+                assert_eq!(header.page_type, page_header::DICTIONARY_PAGE);
+                let (compressed, uncompressed) =
+                    (column.compressed_size(), column.uncompressed_size());
+                let header_len = header.header_len as i64;
+                edit_column(column, |c| {
+                    c.set_total_compressed_size(compressed - header_len)
+                        .set_total_uncompressed_size(uncompressed - header_len)
+                });
+                shortened += 1;
+            }
+        });
+        assert!(
+            shortened > 0,
+            "no dictionary page, or this test proves little"
+        );
+        bad
+    }
+
+    #[tokio::test]
+    async fn old_parquet_mr_chunks_that_leave_out_the_dictionary_header_are_read() {
+        let expected: Vec<String> = (0..100).map(|i| format!("name {}", i % 3)).collect();
+        let old = dictionary_header_uncounted("parquet-mr version 1.2.8 (build 12345)");
+        let (result, batches, _) = try_decode(old.clone(), limits_for(&old)).await;
+        assert_eq!(result.unwrap().rows, 100);
+        assert_eq!(names(&batches), expected);
+
+        // A writer after the fix gets no repair: the same bytes are a
+        // parquet_error (pyarrow refuses them too).
+        let fixed = dictionary_header_uncounted("parquet-mr version 1.2.9 (build 12345)");
+        parquet_error(try_decode(fixed.clone(), limits_for(&fixed)).await.0);
+    }
+
+    #[test]
+    fn parquet_mr_before_1_2_9_is_recognised_by_created_by() {
+        for old in [
+            "parquet-mr version 1.2.8 (build 7c8d2f5)",
+            "parquet-mr version 1.2.8-SNAPSHOT",
+            "parquet-mr version 1.1.0",
+            "parquet-mr version 1.2",
+            "parquet-mr",
+        ] {
+            assert!(writes_uncounted_dictionary_headers(Some(old)), "{old}");
+        }
+        for new in [
+            "parquet-mr version 1.2.9 (build abc)",
+            "parquet-mr version 1.10.0",
+            "parquet-mr version 2.0.0",
+            "parquet-cpp-arrow version 15.0.0",
+            "impala version 1.2.8",
+            "parquet-rs version 60.1.0",
+        ] {
+            assert!(!writes_uncounted_dictionary_headers(Some(new)), "{new}");
+        }
+        assert!(!writes_uncounted_dictionary_headers(None));
     }
 
     #[tokio::test]

@@ -16,13 +16,25 @@
 //!
 //! Which failures are the deployment's is decided in `error.rs`
 //! (`is_credential_error_code`, `is_deployment_http_status`,
-//! `is_deployment_sqlstate`). One case needs history, and is judged here:
-//! S3 `AccessDenied` on one object. It is the deployment's (a role that
-//! lost `s3:GetObject`, a bucket policy) unless another object of the same
-//! bucket has been read since this bucket started refusing; then it is
-//! that object's own (its KMS key, an ACL) and it is dead-lettered as
-//! `access_denied`. A deleted object reads as 404 (`object_missing`)
-//! because the role holds `s3:ListBucket` (see infra/).
+//! `is_deployment_sqlstate`). Two cases need history, and are judged here
+//! by one rule: a failure is the deployment's unless the same thing has
+//! worked for another object since it began failing.
+//!
+//! - S3 `AccessDenied` on one object is the deployment's (a role that lost
+//!   `s3:GetObject`, a bucket policy) unless another object of the same
+//!   bucket has been read since this bucket started refusing; then it is
+//!   that object's own (its KMS key, an ACL) and it is dead-lettered as
+//!   `access_denied`. A deleted object reads as 404 (`object_missing`)
+//!   because the role holds `s3:ListBucket` (see infra/).
+//! - A sink that is unavailable (`IngestError::Unavailable`: refused
+//!   connections, timeouts, 502/503/504/429, a database restarting or
+//!   full, a directory that cannot be written) is an outage, handed back
+//!   uncounted however long it lasts, unless another object has committed
+//!   to that sink since it began failing; then the failure is this
+//!   object's own (a payload the receiver chokes on) and counts as a
+//!   failed attempt, so a file that always times out still reaches the
+//!   DLQ. On a quiet queue such a file keeps the pause going (up to
+//!   `MAX_PAUSE` between tries) until another object shows the sink works.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -59,18 +71,58 @@ struct State {
     problems: BTreeMap<String, Problem>,
     backoff: ExponentialBackoff,
     paused_until: Option<Instant>,
-    /// Orders reads and denials per bucket (time would do, but paused
-    /// test clocks make equal instants common).
+    /// Orders successes and failures (time would do, but paused test
+    /// clocks make equal instants common).
     sequence: u64,
-    buckets: HashMap<String, BucketAccess>,
+    /// Per bucket (`s3://NAME`) and per sink (`sink:NAME`).
+    history: HashMap<String, History>,
 }
 
+/// What a bucket or sink did lately, for judging its next failure.
 #[derive(Debug, Default)]
-struct BucketAccess {
-    /// Sequence number of the last object of the bucket that was read.
-    last_read: u64,
-    /// Sequence number of the first `AccessDenied` not yet explained.
-    denied_since: Option<u64>,
+struct History {
+    /// Sequence number of the last time it worked for an object.
+    last_worked: u64,
+    /// Sequence number of the first failure not yet explained.
+    failing_since: Option<u64>,
+}
+
+impl State {
+    fn worked(&mut self, subject: &str) {
+        self.sequence += 1;
+        let sequence = self.sequence;
+        self.history
+            .entry(subject.to_owned())
+            .or_default()
+            .last_worked = sequence;
+    }
+
+    /// `true` when `subject`'s failure is the deployment's: it has not
+    /// worked for any object since it began failing. `false` when it has;
+    /// the failure is then the object's own.
+    fn failure_is_deployment(&mut self, subject: &str) -> bool {
+        self.sequence += 1;
+        let sequence = self.sequence;
+        let history = self.history.entry(subject.to_owned()).or_default();
+        match history.failing_since {
+            // It worked for another object since: this failure is the
+            // object's own. Judging starts again from here, so the next
+            // failure is the object's own too if it works again meanwhile.
+            Some(since) if history.last_worked > since => {
+                history.failing_since = Some(sequence);
+                false
+            }
+            Some(_) => true,
+            None => {
+                history.failing_since = Some(sequence);
+                true
+            }
+        }
+    }
+}
+
+fn bucket_subject(bucket: &str) -> String {
+    format!("s3://{bucket}")
 }
 
 fn backoff() -> ExponentialBackoff {
@@ -96,7 +148,7 @@ impl DeploymentHealth {
                 backoff: backoff(),
                 paused_until: None,
                 sequence: 0,
-                buckets: HashMap::new(),
+                history: HashMap::new(),
             }),
         }
     }
@@ -134,17 +186,16 @@ impl DeploymentHealth {
         remaining
     }
 
-    /// `components` worked: their problems are over. When none is left,
-    /// the pause ends and the next problem starts from the shortest pause.
+    /// `components` worked for an object: their problems are over. When
+    /// none is left, the pause ends and the next problem starts from the
+    /// shortest pause.
     pub fn succeeded<'a>(&self, components: impl IntoIterator<Item = &'a str>) {
         let mut state = self.state.lock().unwrap();
-        if state.problems.is_empty() && state.paused_until.is_none() {
-            return;
-        }
         for component in components {
+            state.worked(component);
             state.problems.remove(component);
         }
-        if state.problems.is_empty() {
+        if state.problems.is_empty() && state.paused_until.is_some() {
             state.backoff = backoff();
             state.paused_until = None;
             telemetry::receive_paused(false);
@@ -190,14 +241,7 @@ impl DeploymentHealth {
 
     /// An object of `bucket` was read (committed, or failed on its content).
     pub fn object_read(&self, bucket: &str) {
-        let mut state = self.state.lock().unwrap();
-        state.sequence += 1;
-        let sequence = state.sequence;
-        state
-            .buckets
-            .entry(bucket.to_owned())
-            .or_default()
-            .last_read = sequence;
+        self.state.lock().unwrap().worked(&bucket_subject(bucket));
     }
 
     /// Judges an S3 `AccessDenied` on an object of `bucket`: `true` for the
@@ -205,21 +249,17 @@ impl DeploymentHealth {
     /// refusing), `false` for the object's own (another object was read
     /// since; the refusal is then explained and the next one starts anew).
     pub fn access_denied_is_deployment(&self, bucket: &str) -> bool {
-        let mut state = self.state.lock().unwrap();
-        state.sequence += 1;
-        let sequence = state.sequence;
-        let access = state.buckets.entry(bucket.to_owned()).or_default();
-        match access.denied_since {
-            Some(since) if access.last_read > since => {
-                access.denied_since = None;
-                false
-            }
-            Some(_) => true,
-            None => {
-                access.denied_since = Some(sequence);
-                true
-            }
-        }
+        self.state
+            .lock()
+            .unwrap()
+            .failure_is_deployment(&bucket_subject(bucket))
+    }
+
+    /// Judges a sink's unavailability (`component` is `sink:NAME`) for
+    /// one object: `true` for an outage (nothing committed to the sink
+    /// since it began failing), `false` for the object's own failure.
+    pub fn unavailable_is_outage(&self, component: &str) -> bool {
+        self.state.lock().unwrap().failure_is_deployment(component)
     }
 }
 
@@ -268,5 +308,29 @@ mod tests {
         // Buckets are judged apart.
         health.object_read("other");
         assert!(health.access_denied_is_deployment("b"));
+    }
+
+    #[test]
+    fn an_unavailable_sink_is_an_outage_until_it_works_for_another_object() {
+        let health = DeploymentHealth::new();
+        // The sink is down: every object fails, however often.
+        for _ in 0..10 {
+            assert!(health.unavailable_is_outage("sink:events"));
+        }
+        // It works again for another object: the next failure is the
+        // object's own (it counts), and the one after starts anew.
+        health.succeeded(["s3", "sink:events"]);
+        assert!(!health.unavailable_is_outage("sink:events"));
+        // While others keep landing, each failure is the object's own.
+        health.succeeded(["s3", "sink:events"]);
+        assert!(!health.unavailable_is_outage("sink:events"));
+        // Nothing landed since the last failure: an outage again.
+        assert!(health.unavailable_is_outage("sink:events"));
+        // A success of another sink says nothing about this one.
+        health.succeeded(["sink:lake"]);
+        assert!(health.unavailable_is_outage("sink:events"));
+        // Nor does a read of a bucket of the same name.
+        health.object_read("sink:events");
+        assert!(health.unavailable_is_outage("sink:events"));
     }
 }

@@ -70,6 +70,21 @@ pub enum IngestError {
         /// What happened and what to fix.
         detail: String,
     },
+    /// A component the object needs is out: a sink unreachable, timing
+    /// out, overloaded or failing its storage. Counted against the file
+    /// only when the component works for other objects meanwhile (see
+    /// `deployment.rs`); otherwise it is the outage's, and the worker
+    /// backs off as for a deployment problem.
+    #[error("{uri}: {component} is unavailable ({code}): {detail}")]
+    Unavailable {
+        uri: String,
+        /// `sink:NAME`.
+        component: String,
+        /// How it failed: `connect`, `timeout`, an HTTP status, SQLSTATE,
+        /// AWS error code or I/O error kind.
+        code: String,
+        detail: String,
+    },
 }
 
 fn csv_rows(first_row: u64, last_row: u64) -> String {
@@ -86,7 +101,9 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         match self {
             IngestError::S3 { retryable, .. } | IngestError::Sink { retryable, .. } => *retryable,
-            IngestError::Abandoned { .. } | IngestError::Deployment { .. } => true,
+            IngestError::Abandoned { .. }
+            | IngestError::Deployment { .. }
+            | IngestError::Unavailable { .. } => true,
             IngestError::ObjectMissing { .. }
             | IngestError::ObjectChanged { .. }
             | IngestError::AccessDenied { .. }
@@ -113,23 +130,33 @@ impl IngestError {
             IngestError::Sink { .. } => "sink_error",
             IngestError::Abandoned { .. } => "abandoned",
             IngestError::Deployment { .. } => "deployment_error",
+            IngestError::Unavailable { .. } => "unavailable",
         }
     }
 
     /// A sink's failure for `uri`, in the sink's own class.
     pub fn from_sink(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError {
-        match err.deployment {
-            Some(code) => IngestError::Deployment {
-                uri: uri.to_owned(),
+        use crate::sink::SinkFailure;
+        let uri = uri.to_owned();
+        let detail = err.detail;
+        match err.class {
+            SinkFailure::Deployment(code) => IngestError::Deployment {
+                uri,
                 component: format!("sink:{sink}"),
                 code,
-                detail: err.detail,
+                detail,
             },
-            None => IngestError::Sink {
-                uri: uri.to_owned(),
+            SinkFailure::Unavailable(code) => IngestError::Unavailable {
+                uri,
+                component: format!("sink:{sink}"),
+                code,
+                detail,
+            },
+            SinkFailure::Transient | SinkFailure::Permanent => IngestError::Sink {
+                uri,
                 sink: sink.to_owned(),
-                detail: err.detail,
-                retryable: err.retryable,
+                detail,
+                retryable: err.class == SinkFailure::Transient,
             },
         }
     }
@@ -145,7 +172,8 @@ impl IngestError {
             | IngestError::Parquet { .. }
             | IngestError::Sink { .. } => true,
             // A sink refused it: the object itself was opened first.
-            IngestError::Deployment { component, .. } => component.starts_with("sink:"),
+            IngestError::Deployment { component, .. }
+            | IngestError::Unavailable { component, .. } => component.starts_with("sink:"),
             _ => false,
         }
     }
@@ -196,7 +224,7 @@ pub fn is_deployment_sqlstate(code: &str, sink_creates_tables: bool) -> bool {
 /// What an operator should fix for a credential error of `component`.
 pub fn credential_hint(component: &str, code: &str) -> String {
     format!(
-        "{component} answers {code}: the worker's AWS credentials are expired or invalid; \
+        "{component} answers {code}: the worker's AWS credentials are missing, expired or invalid; \
          check the task role (or AWS_* variables / profile) and the clock"
     )
 }
@@ -223,13 +251,15 @@ where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
 {
     let detail = DisplayErrorContext(err).to_string();
+    if no_credentials(err) {
+        return (AwsFailure::Credentials, detail);
+    }
     let class = match err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             AwsFailure::Transient
         }
-        // Building the request failed locally (e.g. no credentials could be
-        // loaded); treating it as transient keeps the file, and the receive
-        // count eventually makes it poison if it never clears.
+        // Building the request failed locally: transient keeps the file,
+        // and the attempt count makes it poison if it never clears.
         SdkError::ConstructionFailure(_) => AwsFailure::Transient,
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -240,13 +270,34 @@ where
     (class, detail)
 }
 
-/// The AWS error code of a service error (`NoSuchKey`, `QueueDoesNotExist`, ...).
+/// Whether the request never left because no credentials could be had:
+/// none configured, a provider misconfigured, or the task role's
+/// credential endpoint failing. Every request fails alike until that is
+/// fixed, so it is the deployment's problem, as an expired token is.
+fn no_credentials<E: StdError + 'static>(err: &SdkError<E, HttpResponse>) -> bool {
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        if current
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// The code that names the failure for metrics and `/readyz`: the AWS
+/// error code of a service error (`NoSuchKey`, `QueueDoesNotExist`, ...),
+/// or `NoCredentials` when none could be loaded.
 pub fn aws_error_code<E>(err: &SdkError<E, HttpResponse>) -> Option<String>
 where
-    E: ProvideErrorMetadata,
+    E: ProvideErrorMetadata + StdError + 'static,
 {
     match err {
         SdkError::ServiceError(service) => service.err().code().map(str::to_owned),
+        _ if no_credentials(err) => Some("NoCredentials".to_owned()),
         _ => None,
     }
 }
@@ -381,6 +432,53 @@ mod tests {
         assert_eq!(
             classify_service(403, Some("AccessDenied")),
             AwsFailure::AccessDenied
+        );
+    }
+
+    /// What aws-config's default chain answers when it finds nothing.
+    #[derive(Debug)]
+    struct NoCredentialsFound;
+
+    impl aws_credential_types::provider::ProvideCredentials for NoCredentialsFound {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                aws_credential_types::provider::error::CredentialsError::not_loaded(
+                    "no providers in chain provided credentials",
+                ),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_that_cannot_be_loaded_are_a_deployment_problem() {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                // Never reached: the request fails before it is sent.
+                .endpoint_url("http://127.0.0.1:1")
+                .credentials_provider(NoCredentialsFound)
+                .build(),
+        );
+        let err = s3
+            .get_object()
+            .bucket("b")
+            .key("k")
+            .send()
+            .await
+            .unwrap_err();
+        let (class, detail) = classify_aws(&err);
+        assert_eq!(class, AwsFailure::Credentials, "{detail}");
+        assert_eq!(aws_error_code(&err).as_deref(), Some("NoCredentials"));
+        let ingest = s3_error("s3://b/k", "GetObject", &err);
+        assert!(
+            matches!(&ingest, IngestError::Deployment { component, code, .. } if component == "s3" && code == "NoCredentials"),
+            "{ingest:?}"
         );
     }
 

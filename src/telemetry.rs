@@ -126,7 +126,7 @@ fn describe() {
     );
     describe_counter!(
         DEPLOYMENT_ERRORS,
-        "failures caused by the deployment (credentials, grants, secrets), not the file, by component and code"
+        "failures caused by the deployment (credentials, grants, secrets) or a sink outage, not the file, by component and code"
     );
     describe_gauge!(
         DEPLOYMENT_PROBLEMS,

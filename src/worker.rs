@@ -11,6 +11,7 @@
 //!    no route matches     → Unmatched (logged, counted)
 //!    ingest + commit ok   → Committed
 //!    deployment problem   → Deployment (receiving pauses, see deployment.rs)
+//!    sink outage          → Deployment (the same; judged in deployment.rs)
 //!    permanent error      → dead-letter; sent → DeadLettered, failed → Retry
 //!    transient error      → Retry
 //! all Committed / DeadLettered / Unmatched → delete the message
@@ -772,7 +773,34 @@ impl Worker {
                 code,
                 detail,
                 ..
-            }) => self.deployment_problem(bucket, key, &route.name, &component, &code, &detail),
+            }) => self.deployment_problem(
+                object,
+                &route.name,
+                "deployment_error",
+                &component,
+                &code,
+                &detail,
+            ),
+            Err(IngestError::Unavailable {
+                component,
+                code,
+                detail,
+                ..
+            }) if self.deployment.unavailable_is_outage(&component) => {
+                // Judged in deployment.rs: nothing committed to the sink
+                // since it began failing, so it is an outage, not the file.
+                let detail = format!(
+                    "{detail}; {component} is unavailable: the message is handed back uncounted until it works again"
+                );
+                self.deployment_problem(
+                    object,
+                    &route.name,
+                    "unavailable",
+                    &component,
+                    &code,
+                    &detail,
+                )
+            }
             Err(IngestError::AccessDenied { detail, .. })
                 if self.deployment.access_denied_is_deployment(bucket) =>
             {
@@ -781,7 +809,21 @@ impl Worker {
                 let detail = format!(
                     "{detail}; check the worker role's s3:GetObject (and kms:Decrypt) on bucket `{bucket}`; if other objects of the bucket read fine, this object is dead-lettered as access_denied on its next attempt"
                 );
-                self.deployment_problem(bucket, key, &route.name, "s3", "AccessDenied", &detail)
+                self.deployment_problem(
+                    object,
+                    &route.name,
+                    "deployment_error",
+                    "s3",
+                    "AccessDenied",
+                    &detail,
+                )
+            }
+            Err(err @ IngestError::Unavailable { .. }) => {
+                telemetry::object_retried(&route.name, err.kind());
+                warn!(bucket, key, route = %route.name, error_kind = err.kind(),
+                    error = %excerpt(&err.to_string(), LOG_ERROR_BYTES),
+                    "object failed on a sink that works for other objects; this attempt counts against the file");
+                ObjectOutcome::Retry
             }
             Err(err) if err.is_retryable() => {
                 telemetry::object_retried(&route.name, err.kind());
@@ -802,28 +844,30 @@ impl Worker {
         }
     }
 
-    /// Records a deployment problem for an object: logged as an error that
-    /// says what to fix, counted, and the worker pauses receiving.
+    /// Records a problem of the deployment or an outage for an object
+    /// (`kind`: `deployment_error` or `unavailable`): logged as an error
+    /// that says what to fix, counted, and the worker pauses receiving.
     fn deployment_problem(
         &self,
-        bucket: &str,
-        key: &str,
+        object: &ObjectRef,
         route: &str,
+        kind: &'static str,
         component: &str,
         code: &str,
         detail: &str,
     ) -> ObjectOutcome {
         let pause = self.deployment.report(component, code, detail);
-        telemetry::object_retried(route, "deployment_error");
+        telemetry::object_retried(route, kind);
         error!(
-            bucket,
-            key,
+            bucket = %object.bucket,
+            key = %object.key,
             route,
+            error_kind = kind,
             component,
             code,
             error = %detail,
             pause_ms = pause.as_millis() as u64,
-            "deployment problem, not the file's: the message stays queued uncounted and receiving pauses"
+            "the deployment or a sink is failing, not the file: the message stays queued uncounted and receiving pauses"
         );
         ObjectOutcome::Deployment
     }

@@ -313,31 +313,103 @@ async fn a_refused_credential_keeps_the_file_queued_and_fails_readiness_until_fi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_endpoint_is_retried_and_never_dead_lettered() {
+async fn an_outage_longer_than_max_receive_count_dead_letters_nothing() {
     let fixture = Fixture::new("http-down").await;
     // A free port with nothing listening yet: connections are refused.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let config = http_config(
+    let mut config = http_config(
         &fixture,
         &format!("url = \"http://{addr}/insert\"\nformat = \"ndjson\"\nmax_retries = 1"),
     );
-    let (worker, stats) = fixture.start_worker_with_stats(config).await;
+    config.queue.max_receive_count = 2;
+    let (running, worker, status_addr) = fixture.start_worker_with_status(config).await;
+    let stats = worker.stats();
     fixture.put("in/orders.csv", csv_rows(5)).await;
 
-    wait_until("the message left for a retry", WAIT, || async {
-        stats.messages_left_for_retry.load(Ordering::Relaxed) >= 1
+    // More tries than max_receive_count: an outage is not the file's.
+    wait_until("the message handed back four times", WAIT, || async {
+        stats.messages_left_for_retry.load(Ordering::Relaxed) >= 4
     })
     .await;
+    let (status, reason) = http_get(&status_addr, "/readyz").await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("sink:events answers connect"), "{reason}");
     assert!(fixture.take_dead_letters().await.is_empty());
 
-    // The endpoint comes up: the redelivered message lands.
+    // The endpoint comes up: the handed-back message lands.
     let server = HttpTestServer::start_on(addr).await;
     wait_for_rows_and_empty_queue(&fixture, &server, 5).await;
     assert!(fixture.take_dead_letters().await.is_empty());
     assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        http_get(&status_addr, "/readyz").await.0,
+        200,
+        "ready again"
+    );
+    let (_, metrics) = http_get(&status_addr, "/metrics").await;
+    assert!(
+        metrics.contains(
+            "s3_ingest_deployment_errors_total{component=\"sink:events\",code=\"connect\"}"
+        ),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_endpoint_chokes_on_while_others_land_is_dead_lettered() {
+    let fixture = Fixture::new("http-choke").await;
+    let server = HttpTestServer::start().await;
+    // A proxy answers 503 for this one payload only: the endpoint works
+    // for every other file, so the failures are the file's own.
+    server.choke_on("choke me", 503);
+    let mut config = http_config(
+        &fixture,
+        &format!(
+            "url = \"{}\"\nformat = \"ndjson\"\nmax_retries = 0",
+            server.url("/insert")
+        ),
+    );
+    config.queue.max_receive_count = 2;
+    config.queue.visibility_timeout_secs = 2;
+    let (worker, stats) = fixture.start_worker_with_stats(config).await;
+    fixture
+        .put(
+            "in/poison.csv",
+            "id,name,price\n1,choke me,1.5\n".to_owned(),
+        )
+        .await;
+
+    // Other files keep landing while the poison file is retried: one
+    // more whenever the last has landed.
+    let others = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let letters = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    wait_until("the poison file dead-lettered", WAIT, || {
+        let (others, letters, fixture, server) =
+            (others.clone(), letters.clone(), &fixture, &server);
+        async move {
+            if server.row_count() >= 2 * others.load(Ordering::Relaxed) {
+                let n = others.fetch_add(1, Ordering::Relaxed) + 1;
+                fixture.put(&format!("in/other-{n}.csv"), csv_rows(2)).await;
+            }
+            let mut taken = fixture.take_dead_letters().await;
+            let mut letters = letters.lock().unwrap();
+            letters.append(&mut taken);
+            !letters.is_empty()
+        }
+    })
+    .await;
+    let letters = letters.lock().unwrap().clone();
+    let others = others.load(Ordering::Relaxed);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].key.as_deref(), Some("in/poison.csv"));
+    assert_eq!(letters[0].error_kind, "max_receive_count_exceeded");
+    // Every other file landed.
+    wait_for_rows_and_empty_queue(&fixture, &server, 2 * others).await;
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 1);
     worker.stop().await;
 }
 

@@ -627,9 +627,12 @@ struct PartSender {
 enum Attempt {
     Accepted,
     /// Worth another try; `retry_after` is the server's own hint.
+    /// `unavailable` names how the endpoint is out (`connect`, `timeout`,
+    /// `502`, `503`, `504`, `429`) when it says nothing about this part.
     Retry {
         reason: String,
         retry_after: Option<Duration>,
+        unavailable: Option<String>,
     },
     Rejected(String),
     /// The endpoint refuses our identity (401, 403, 407): the deployment's
@@ -690,7 +693,7 @@ impl PartSender {
         loop {
             attempts += 1;
             let attempt = self.attempt(url.clone(), &token, body.clone()).await;
-            let (reason, retry_after) = match attempt {
+            let (reason, retry_after, unavailable) = match attempt {
                 Attempt::Accepted => {
                     debug!(%token, rows, uncompressed, sent = body.len(), "{request_label} accepted");
                     return Ok(());
@@ -710,12 +713,16 @@ impl PartSender {
                 Attempt::Retry {
                     reason,
                     retry_after,
-                } => (reason, retry_after),
+                    unavailable,
+                } => (reason, retry_after, unavailable),
             };
             let Some(backoff) = delays.next() else {
-                return Err(SinkError::transient(format!(
-                    "{request_label} failed after {attempts} attempt(s); last: {reason}"
-                )));
+                let detail =
+                    format!("{request_label} failed after {attempts} attempt(s); last: {reason}");
+                return Err(match unavailable {
+                    Some(code) => SinkError::unavailable(code, detail),
+                    None => SinkError::transient(detail),
+                });
             };
             let delay = retry_after.map_or(backoff, |hint| hint.min(MAX_RETRY_AFTER));
             warn!(
@@ -750,9 +757,20 @@ impl PartSender {
             // clear. A bad certificate also lands here and is retried until
             // the message goes back; it shows in the logs every time.
             Err(err) => {
+                // A connection that never opens or an answer that never
+                // comes says the endpoint is out; a reset mid-body may be
+                // about this part, and counts against it.
+                let unavailable = if err.is_connect() {
+                    Some("connect".to_owned())
+                } else if err.is_timeout() {
+                    Some("timeout".to_owned())
+                } else {
+                    None
+                };
                 return Attempt::Retry {
                     reason: format!("failed: {}", error_chain(&err.without_url())),
                     retry_after: None,
+                    unavailable,
                 };
             }
         };
@@ -777,6 +795,8 @@ impl PartSender {
             Attempt::Retry {
                 reason,
                 retry_after,
+                unavailable: is_unavailable_status(status.as_u16())
+                    .then(|| status.as_u16().to_string()),
             }
         } else {
             Attempt::Rejected(reason)
@@ -808,6 +828,13 @@ fn refusal_hint(sink: &str, status: u16, config: &HttpSinkConfig) -> String {
 /// Throttling, request timeout and server errors may clear on their own.
 fn is_retryable_status(status: u16) -> bool {
     status == 408 || status == 429 || (500..=599).contains(&status)
+}
+
+/// Statuses that say the endpoint (or the proxy before it) is out or
+/// overloaded, whatever was sent: a sink outage, not the file's failure.
+/// A plain 500 may be this payload's doing, and counts against it.
+fn is_unavailable_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
 }
 
 /// `Retry-After` in seconds; the HTTP-date form is rare in APIs and falls
@@ -1142,7 +1169,13 @@ mod tests {
         let mut writer = sink.open(&lineage(None), batch(0).schema()).await.unwrap();
         writer.write(batch(3)).await.unwrap();
         let err = writer.commit().await.err().unwrap();
-        assert!(err.retryable, "{}", err.detail);
+        // Refused connections: the endpoint is out, not the file.
+        assert_eq!(
+            err.class,
+            crate::sink::SinkFailure::Unavailable("connect".into()),
+            "{}",
+            err.detail
+        );
         assert!(err.detail.contains("password=***"), "{}", err.detail);
         assert!(
             !err.detail.contains("hunter2") && !err.detail.contains("insert_deduplication_token"),
@@ -1228,7 +1261,7 @@ mod tests {
     fn a_row_larger_than_the_bound_is_a_permanent_error() {
         let encoder = PartEncoder::new(HttpFormat::Ndjson, batch(0).schema()).unwrap();
         let err = encoder.pieces(&batch(3), 5).err().unwrap();
-        assert!(!err.retryable);
+        assert!(!err.is_retryable());
         assert!(err.detail.contains("one row encodes to"), "{}", err.detail);
     }
 
@@ -1240,6 +1273,14 @@ mod tests {
         // A redirect is not followed (a 302 would turn the POST into a GET).
         for status in [302, 307, 400, 401, 403, 404, 413, 422] {
             assert!(!is_retryable_status(status), "{status}");
+        }
+        // Out or overloaded whatever was sent; a 500 or 408 may be the
+        // payload's doing.
+        for status in [429, 502, 503, 504] {
+            assert!(is_unavailable_status(status), "{status}");
+        }
+        for status in [408, 500, 501] {
+            assert!(!is_unavailable_status(status), "{status}");
         }
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);

@@ -44,38 +44,63 @@ impl Lineage {
 #[error("{detail}")]
 pub struct SinkError {
     pub detail: String,
-    /// Transient (disk full, permission, unreachable): keep the message.
-    pub retryable: bool,
-    /// Set when the sink refuses the deployment rather than the data (a
-    /// rejected secret, a missing grant): the code (HTTP status, SQLSTATE,
-    /// AWS error code). Decided by `error::is_deployment_*`.
-    pub deployment: Option<String>,
+    pub class: SinkFailure,
+}
+
+/// What will fix a sink's failure, which decides what happens to the
+/// object's message (see `error.rs` and `deployment.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkFailure {
+    /// Something about this data: the object is dead-lettered.
+    Permanent,
+    /// May clear on another try; the try counts as a failed attempt.
+    Transient,
+    /// The sink is out: unreachable, timing out, overloaded, its storage
+    /// failing. The code says how (`connect`, `timeout`, `503`, an
+    /// SQLSTATE, an AWS error code, an I/O error kind). While no other
+    /// object commits to the sink, the failure is the outage's and is not
+    /// counted against the file.
+    Unavailable(String),
+    /// The sink refuses the deployment rather than the data (a rejected
+    /// secret, a missing grant): the code (HTTP status, SQLSTATE, AWS
+    /// error code). Decided by `error::is_deployment_*`.
+    Deployment(String),
 }
 
 impl SinkError {
     pub fn transient(detail: impl Into<String>) -> SinkError {
         SinkError {
             detail: detail.into(),
-            retryable: true,
-            deployment: None,
+            class: SinkFailure::Transient,
         }
     }
 
-    /// The deployment's problem, not the file's: see [`SinkError::deployment`].
+    /// The sink is out: see [`SinkFailure::Unavailable`].
+    pub fn unavailable(code: impl Into<String>, detail: impl Into<String>) -> SinkError {
+        SinkError {
+            detail: detail.into(),
+            class: SinkFailure::Unavailable(code.into()),
+        }
+    }
+
+    /// The deployment's problem, not the file's: see [`SinkFailure::Deployment`].
     pub fn deployment(code: impl Into<String>, detail: impl Into<String>) -> SinkError {
         SinkError {
             detail: detail.into(),
-            retryable: true,
-            deployment: Some(code.into()),
+            class: SinkFailure::Deployment(code.into()),
         }
     }
 
     pub fn permanent(detail: impl Into<String>) -> SinkError {
         SinkError {
             detail: detail.into(),
-            retryable: false,
-            deployment: None,
+            class: SinkFailure::Permanent,
         }
+    }
+
+    /// Whether another try may succeed (everything but `Permanent`).
+    pub fn is_retryable(&self) -> bool {
+        self.class != SinkFailure::Permanent
     }
 }
 

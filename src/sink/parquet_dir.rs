@@ -183,8 +183,13 @@ pub fn output_path(root: &Path, lineage: &Lineage) -> PathBuf {
 }
 
 fn io_error(action: &str, path: &Path, err: std::io::Error) -> SinkError {
-    // Disk full, permissions, a missing mount: all may clear, so retry.
-    SinkError::transient(format!("{action} {}: {err}", path.display()))
+    // Disk full, permissions, a missing mount: the directory is out, not
+    // the file (one that fails while others land still counts; see
+    // deployment.rs). The code is the I/O error's kind.
+    SinkError::unavailable(
+        format!("{:?}", err.kind()),
+        format!("{action} {}: {err}", path.display()),
+    )
 }
 
 /// The lineage as Parquet key-value metadata; every Parquet-writing sink
@@ -330,8 +335,12 @@ impl ParquetDirWriter {
 
 fn parquet_error(path: &Path, err: parquet::errors::ParquetError) -> SinkError {
     match err {
+        // Our file's write failed: the directory's trouble, as above.
         parquet::errors::ParquetError::External(inner) => {
-            SinkError::transient(format!("write {}: {inner}", path.display()))
+            let kind = inner
+                .downcast_ref::<std::io::Error>()
+                .map_or_else(|| "io".to_owned(), |err| format!("{:?}", err.kind()));
+            SinkError::unavailable(kind, format!("write {}: {inner}", path.display()))
         }
         other => SinkError::permanent(format!("encode {}: {other}", path.display())),
     }

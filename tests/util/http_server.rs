@@ -53,6 +53,9 @@ struct Inner {
     next_replies: VecDeque<Option<Reply>>,
     /// The answer to every request once `next_replies` is used up.
     always: Option<Reply>,
+    /// The answer to any request whose rows hold this text, before the
+    /// rest: a payload the endpoint chokes on.
+    choke_on: Option<(String, Reply)>,
 }
 
 pub struct HttpTestServer {
@@ -117,6 +120,19 @@ impl HttpTestServer {
         });
     }
 
+    /// Every request whose rows hold `text` (as JSON) gets `status`, while
+    /// the others are handled as scripted.
+    pub fn choke_on(&self, text: &str, status: u16) {
+        self.inner.lock().unwrap().choke_on = Some((
+            text.to_owned(),
+            Reply {
+                status,
+                retry_after_secs: None,
+                body: format!("choked on the payload: {status}"),
+            },
+        ));
+    }
+
     pub fn requests(&self) -> Vec<ReceivedRequest> {
         self.inner.lock().unwrap().requests.clone()
     }
@@ -146,9 +162,20 @@ async fn receive(
     let token = token_of(&uri, &headers);
     let decoded = decode_body(&headers, &body);
     let mut inner = inner.lock().unwrap();
-    let scripted = match inner.next_replies.pop_front() {
-        Some(next) => next,
-        None => inner.always.clone(),
+    let choked = match (&inner.choke_on, &decoded) {
+        (Some((text, reply)), Ok((_, rows)))
+            if serde_json::to_string(rows).is_ok_and(|json| json.contains(text.as_str())) =>
+        {
+            Some(reply.clone())
+        }
+        _ => None,
+    };
+    let scripted = match choked {
+        Some(reply) => Some(reply),
+        None => match inner.next_replies.pop_front() {
+            Some(next) => next,
+            None => inner.always.clone(),
+        },
     };
     let mut request = ReceivedRequest {
         uri: uri.to_string(),

@@ -276,7 +276,8 @@ impl Fixture {
             .unwrap();
     }
 
-    /// (visible, in flight) message counts.
+    /// (visible, hidden) message counts; hidden = in flight or delayed (a
+    /// message handed back during a pause is delayed, not gone).
     pub async fn queue_counts(&self) -> (u64, u64) {
         queue_counts(&self.clients, &self.queue_url).await
     }
@@ -540,6 +541,7 @@ pub async fn queue_counts(clients: &AwsClients, url: &str) -> (u64, u64) {
         .queue_url(url)
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
         .send()
         .await
         .unwrap()
@@ -553,7 +555,8 @@ pub async fn queue_counts(clients: &AwsClients, url: &str) -> (u64, u64) {
     };
     (
         get(&QueueAttributeName::ApproximateNumberOfMessages),
-        get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            + get(&QueueAttributeName::ApproximateNumberOfMessagesDelayed),
     )
 }
 

@@ -344,8 +344,9 @@ fn classify(action: &str, err: &tokio_postgres::Error) -> SinkError {
     let Some(db) = err.as_db_error() else {
         // Refused, reset, closed, timed out, a TLS handshake that failed
         // (the certificate may be renewed, the CA bundle fixed): the
-        // server may come back.
-        return SinkError::transient(format!("{action}: {}", with_causes(err)));
+        // server is out, whatever the file holds. (The driver's other
+        // errors, encoding a parameter, cannot come from our statements.)
+        return SinkError::unavailable("connection", format!("{action}: {}", with_causes(err)));
     };
     let code = db.code().code();
     // The server's texts quote the offending value (a key in a constraint
@@ -361,6 +362,8 @@ fn classify(action: &str, err: &tokio_postgres::Error) -> SinkError {
     if crate::error::is_deployment_sqlstate(code, false) {
         let hint = deployment_hint(code);
         SinkError::deployment(code, format!("{detail}; {hint}"))
+    } else if is_unavailable_sqlstate(code) {
+        SinkError::unavailable(code, detail)
     } else if is_transient_sqlstate(code) {
         SinkError::transient(detail)
     } else {
@@ -400,22 +403,35 @@ fn with_causes(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The server is out whatever the file holds: a connection exception
+/// (08), an administrator or crash shutdown, a server starting up (57P0x),
+/// insufficient resources: disk full, out of memory, too many connections
+/// (53), a system or I/O error (58).
+fn is_unavailable_sqlstate(code: &str) -> bool {
+    matches!(code, "57P01" | "57P02" | "57P03")
+        || ["08", "53", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+}
+
+/// Worth another try, and the try counts: serialization failures,
+/// deadlocks, lock timeouts, a cancelled statement, a database that does
+/// not exist (yet).
 fn is_transient_sqlstate(code: &str) -> bool {
     matches!(
         code,
-        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "3D000"
+        "40001" | "40P01" | "55P03" | "57014" | "3D000"
             // In a failed transaction: the connection's state, not the
             // object's; the session is discarded and a retry starts clean.
             | "25P02"
-    ) || ["08", "53", "58", "28"]
-        .iter()
-        .any(|class| code.starts_with(class))
+    ) || code.starts_with("28")
 }
 
 fn pool_error(err: deadpool_postgres::PoolError) -> SinkError {
     match err {
         deadpool_postgres::PoolError::Backend(err) => classify("connect to PostgreSQL", &err),
-        other => SinkError::transient(format!("get a PostgreSQL connection: {other}")),
+        // Waiting for a connection timed out, or the pool is closing.
+        other => SinkError::unavailable("pool", format!("get a PostgreSQL connection: {other}")),
     }
 }
 
@@ -1139,7 +1155,7 @@ mod tests {
     fn a_missing_environment_variable_is_a_clear_start_up_error() {
         let config = config("url_env = \"S3I_TEST_SURELY_UNSET_PG_URL\"").unwrap();
         let err = config.connection_config("warehouse").unwrap_err();
-        assert!(!err.retryable);
+        assert!(!err.is_retryable());
         assert!(
             err.detail.contains("S3I_TEST_SURELY_UNSET_PG_URL") && err.detail.contains("warehouse"),
             "{}",
@@ -1197,16 +1213,25 @@ mod tests {
     }
 
     #[test]
-    fn sqlstates_split_into_retry_and_dead_letter() {
+    fn sqlstates_split_into_outage_retry_and_dead_letter() {
+        // The server is out: not counted against the file while it lasts.
         for code in [
-            "40001", "40P01", "53300", "57P01", "55P03", "08006", "28P01",
+            "08006", "08001", "57P01", "57P02", "57P03", "53100", "53300", "58030",
         ] {
-            assert!(is_transient_sqlstate(code), "{code}");
+            assert!(is_unavailable_sqlstate(code), "{code}");
+            assert!(!is_transient_sqlstate(code), "{code}");
         }
+        // Worth another try, which counts.
+        for code in ["40001", "40P01", "55P03", "57014", "25P02", "28P01"] {
+            assert!(is_transient_sqlstate(code), "{code}");
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+        // The data: dead-lettered.
         for code in [
             "23505", "23502", "22003", "42P01", "42703", "42501", "22P03",
         ] {
             assert!(!is_transient_sqlstate(code), "{code}");
+            assert!(!is_unavailable_sqlstate(code), "{code}");
         }
     }
 

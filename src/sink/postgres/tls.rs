@@ -134,7 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let err = connector("pg", Some(&missing), true).err().unwrap();
-        assert!(!err.retryable);
+        assert!(!err.is_retryable());
         assert!(
             err.detail.contains("missing.pem") && err.detail.contains("cannot be read"),
             "{}",

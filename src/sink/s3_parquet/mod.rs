@@ -295,8 +295,7 @@ fn parquet_sink_error(uri: &str, err: ParquetError) -> SinkError {
         if let Some(sink_error) = current.downcast_ref::<SinkError>() {
             return SinkError {
                 detail: sink_error.detail.clone(),
-                retryable: sink_error.retryable,
-                deployment: sink_error.deployment.clone(),
+                class: sink_error.class.clone(),
             };
         }
         cause = current.source();
@@ -452,17 +451,20 @@ mod tests {
         // AsyncArrowWriter wraps our writer's error once more on row-group
         // writes: External(External(SinkError)).
         let wrapped = ParquetError::External(Box::new(ParquetError::External(Box::new(
-            SinkError::transient("S3 UploadPart on s3://lake/k failed: SlowDown"),
+            SinkError::unavailable("SlowDown", "S3 UploadPart on s3://lake/k failed: SlowDown"),
         ))));
         let error = parquet_sink_error("s3://lake/k", wrapped);
-        assert!(error.retryable);
+        assert_eq!(
+            error.class,
+            crate::sink::SinkFailure::Unavailable("SlowDown".into())
+        );
         assert_eq!(
             error.detail,
             "S3 UploadPart on s3://lake/k failed: SlowDown"
         );
 
         let encoding = parquet_sink_error("s3://lake/k", ParquetError::General("bad".into()));
-        assert!(!encoding.retryable);
+        assert!(!encoding.is_retryable());
         assert!(
             encoding
                 .detail

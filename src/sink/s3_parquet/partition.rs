@@ -411,7 +411,7 @@ mod tests {
             .bind(&lineage())
             .split(batch)
             .unwrap_err();
-        assert!(!missing.retryable);
+        assert!(!missing.is_retryable());
         assert!(missing.detail.contains("`region`"), "{}", missing.detail);
     }
 }

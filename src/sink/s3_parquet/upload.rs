@@ -290,8 +290,9 @@ impl Drop for ObjectUpload {
 
 /// Classifies a failed call on the destination bucket.
 ///
-/// Throttling, 5xx and timeouts are transient, and so are NoSuchBucket
-/// and NoSuchUpload. AccessDenied and expired or invalid credentials are
+/// Throttling, 5xx and timeouts say the destination is unavailable (an
+/// outage, not counted against the file while it lasts); NoSuchBucket and
+/// NoSuchUpload are transient. AccessDenied and expired or invalid credentials are
 /// deployment problems (`error::IngestError::Deployment`): they say
 /// nothing about the source file, so the file stays queued without being
 /// counted as a failed attempt, and the worker backs off until they are
@@ -316,9 +317,18 @@ where
                 "{message}; check the worker's credentials and its grants on the destination bucket"
             ),
         ),
-        AwsFailure::Transient | AwsFailure::NotFound | AwsFailure::PreconditionFailed => {
-            SinkError::transient(message)
+        // Throttling, 5xx, timeouts, no connection: the destination is
+        // out or overloaded, whatever this object holds.
+        AwsFailure::Transient => {
+            let code = crate::error::aws_error_code(err).unwrap_or_else(|| match err {
+                aws_sdk_s3::error::SdkError::TimeoutError(_) => "timeout".into(),
+                _ => "unreachable".into(),
+            });
+            SinkError::unavailable(code, message)
         }
+        // A missing bucket or upload, a failed precondition: another try
+        // may do, and it counts.
+        AwsFailure::NotFound | AwsFailure::PreconditionFailed => SinkError::transient(message),
         AwsFailure::Permanent => SinkError::permanent(message),
     }
 }

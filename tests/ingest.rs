@@ -585,22 +585,22 @@ async fn poison_is_not_deleted_when_the_dlq_send_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_received_too_often_is_dead_lettered() {
     let fixture = Fixture::new("maxrecv").await;
-    let blocker = fixture.output_dir().join("blocked");
-    std::fs::write(&blocker, b"file").unwrap();
+    // An endpoint that answers 500 to everything: a failure that may be
+    // the payload's, so each try counts (an outage would not).
+    let server = util::http_server::HttpTestServer::start().await;
+    server.fail_always(500, "internal error");
     let routes = r#"
         [[routes]]
         name = "all"
         key_glob = "**"
         sink = "broken"
-
-        [sinks.broken]
-        type = "parquet_dir"
-        path = "BLOCKER/lake"
-    "#
-    .replace("BLOCKER", &blocker.display().to_string());
+    "#;
+    let sinks = format!(
+        "[sinks.broken]\ntype = \"http\"\nurl = \"{}\"\nformat = \"ndjson\"\nmax_retries = 0",
+        server.url("/insert")
+    );
     // A short visibility so the failing message comes back quickly.
-    let config = fixture.config_with(Some(&routes), "");
-    let mut config = config;
+    let mut config = fixture.config_with_sinks(Some(routes), "", &sinks);
     config.queue.visibility_timeout_secs = 2;
     config.queue.max_receive_count = 2;
     let worker = fixture.start_worker(config);

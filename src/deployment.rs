@@ -7,7 +7,7 @@
 //! into the DLQ on a rotated token. Instead the worker:
 //!
 //! - hands the message back uncounted (a fresh copy, delayed by the pause;
-//!   see `worker.rs`),
+//!   see `worker/message.rs`),
 //! - pauses receiving for an exponentially growing time (1 s doubling to
 //!   5 min, with jitter), reset when the component works again,
 //! - fails `/readyz` with the reason while any component is refusing,

@@ -78,6 +78,23 @@ impl Committed {
     }
 }
 
+/// The seam between the worker and the pipeline: the worker hands it one
+/// routed object and learns whether every sink committed it. `Ingestor`
+/// is the real pipeline; the worker's tests script outcomes through it.
+#[async_trait::async_trait]
+pub trait Ingest: Send + Sync {
+    /// Ingests one object through `route`; Ok means every sink of the
+    /// route committed it.
+    async fn ingest(&self, object: &ObjectRef, route: &Route) -> Result<Committed, IngestError>;
+}
+
+#[async_trait::async_trait]
+impl Ingest for Ingestor {
+    async fn ingest(&self, object: &ObjectRef, route: &Route) -> Result<Committed, IngestError> {
+        self.ingest_object(object, route).await
+    }
+}
+
 pub struct Ingestor {
     objects: S3Objects,
     sinks: SinksByName,
@@ -89,7 +106,7 @@ impl Ingestor {
     }
 
     /// Ingests one object through `route`; Ok means the sink committed it.
-    pub async fn ingest(
+    pub async fn ingest_object(
         &self,
         object: &ObjectRef,
         route: &Route,

@@ -14,7 +14,6 @@ pub mod lease;
 pub mod notification;
 pub mod object;
 pub mod queue;
-pub mod receive_ahead;
 pub mod redact;
 pub mod route;
 pub mod schema;
@@ -170,10 +169,10 @@ pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker
         let (name, err) = failures.swap_remove(0);
         RunError::Sink(name, err)
     })?;
-    let ingestor = Ingestor::new(
+    let ingestor = Arc::new(Ingestor::new(
         S3Objects::new(clients.s3, config.aws.expected_bucket_owner.clone()),
         sinks,
-    );
+    ));
     Ok(Worker::new(
         Arc::new(queue),
         router,

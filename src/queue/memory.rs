@@ -35,6 +35,7 @@ struct State {
     batch_calls: Vec<(&'static str, usize)>,
     fail_batches: bool,
     fail_requeue: bool,
+    fail_visibility_changes: bool,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +87,12 @@ impl MemoryQueue {
     /// a role without `sqs:SendMessage` on it would.
     pub fn fail_requeues(&self, fail: bool) {
         self.state.lock().unwrap().fail_requeue = fail;
+    }
+
+    /// Makes every single ChangeMessageVisibility fail as for a stale
+    /// receipt handle: a lease that can no longer be extended.
+    pub fn fail_visibility_changes(&self, fail: bool) {
+        self.state.lock().unwrap().fail_visibility_changes = fail;
     }
 
     /// Messages not yet deleted, visible or in flight.
@@ -234,6 +241,9 @@ impl Queue for MemoryQueue {
         timeout_secs: u64,
     ) -> Result<(), QueueError> {
         let mut state = self.state.lock().unwrap();
+        if state.fail_visibility_changes {
+            return Err(Self::invalid_receipt("ChangeMessageVisibility"));
+        }
         let message = state
             .messages
             .iter_mut()

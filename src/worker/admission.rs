@@ -1,5 +1,7 @@
-//! How many messages the worker receives, and when: its object slots plus
-//! a receive-ahead buffer, sized from how long objects take.
+//! Admission: how many messages the worker receives, and when an object
+//! may start. One unit owns both counts: the object slots (at most
+//! `worker.concurrency` objects at once) and the messages held (being
+//! worked on, or received ahead and waiting for a slot).
 //!
 //! Receiving only when a slot is free leaves every slot idle for a whole
 //! ReceiveMessage round trip after each object, which for small files is
@@ -40,7 +42,9 @@ pub const MAX_UNSTARTED_WAIT: Duration = Duration::from_secs(TARGET_WAIT.as_secs
 /// Weight of the newest object time in the running mean.
 const MEAN_WEIGHT: f64 = 0.2;
 
-pub struct ReceiveAhead {
+pub struct Admission {
+    /// One permit per object being worked on.
+    pub(super) slots: Semaphore,
     concurrency: usize,
     max_messages: usize,
     max_prefetch: usize,
@@ -58,18 +62,19 @@ struct State {
 
 /// One message's place in the worker; dropping it frees the place.
 pub struct HeldMessage {
-    receive_ahead: Arc<ReceiveAhead>,
+    admission: Arc<Admission>,
 }
 
 impl Drop for HeldMessage {
     fn drop(&mut self) {
-        self.receive_ahead.update(|state| state.held -= 1);
+        self.admission.update(|state| state.held -= 1);
     }
 }
 
-impl ReceiveAhead {
-    pub fn new(concurrency: usize, max_messages: usize, max_prefetch: usize) -> ReceiveAhead {
-        ReceiveAhead {
+impl Admission {
+    pub fn new(concurrency: usize, max_messages: usize, max_prefetch: usize) -> Admission {
+        Admission {
+            slots: Semaphore::new(concurrency),
             concurrency,
             max_messages: max_messages.max(1),
             max_prefetch,
@@ -106,15 +111,15 @@ impl ReceiveAhead {
         self.update(|state| state.held += count);
         (0..count)
             .map(|_| HeldMessage {
-                receive_ahead: self.clone(),
+                admission: self.clone(),
             })
             .collect()
     }
 
-    /// Waits for one of `slots`, at most [`MAX_UNSTARTED_WAIT`]; `None`
+    /// Waits for an object slot, at most [`MAX_UNSTARTED_WAIT`]; `None`
     /// when that passed (the message should go back to the queue).
-    pub async fn slot<'a>(&self, slots: &'a Semaphore) -> Option<SemaphorePermit<'a>> {
-        match tokio::time::timeout(MAX_UNSTARTED_WAIT, slots.acquire()).await {
+    pub async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        match tokio::time::timeout(MAX_UNSTARTED_WAIT, self.slots.acquire()).await {
             Ok(permit) => Some(permit.expect("the semaphore is never closed")),
             Err(_) => {
                 self.waited_too_long(MAX_UNSTARTED_WAIT);
@@ -228,53 +233,51 @@ mod tests {
 
     #[tokio::test]
     async fn places_come_back_when_messages_finish() {
-        let receive_ahead = Arc::new(ReceiveAhead::new(2, 10, 20));
-        assert_eq!(receive_ahead.wait_for_room().await, 2);
-        let mut held = receive_ahead.hold(2);
+        let admission = Arc::new(Admission::new(2, 10, 20));
+        assert_eq!(admission.wait_for_room().await, 2);
+        let mut held = admission.hold(2);
         let waiting = {
-            let receive_ahead = receive_ahead.clone();
-            tokio::spawn(async move { receive_ahead.wait_for_room().await })
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.wait_for_room().await })
         };
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "no place is free");
         // A fast object: from now on messages are received ahead.
-        receive_ahead.object_finished(Duration::from_millis(10));
-        assert_eq!(receive_ahead.current_prefetch(), 20);
+        admission.object_finished(Duration::from_millis(10));
+        assert_eq!(admission.current_prefetch(), 20);
         assert_eq!(waiting.await.unwrap(), 10);
         held.clear();
-        assert_eq!(receive_ahead.state.lock().unwrap().held, 0);
+        assert_eq!(admission.state.lock().unwrap().held, 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_message_waits_for_a_slot_a_bounded_time_then_receiving_ahead_stops() {
-        let receive_ahead = ReceiveAhead::new(1, 10, 20);
+        let admission = Admission::new(1, 10, 20);
         // Many small files: twenty messages may wait ahead of one slot.
         for _ in 0..20 {
-            receive_ahead.object_finished(Duration::from_millis(10));
+            admission.object_finished(Duration::from_millis(10));
         }
-        assert_eq!(receive_ahead.current_prefetch(), 20);
-        let slots = Semaphore::new(1);
+        assert_eq!(admission.current_prefetch(), 20);
         // An hour-long object takes the slot.
-        let busy = receive_ahead.slot(&slots).await.expect("a free slot");
+        let busy = admission.slot().await.expect("a free slot");
         let started = tokio::time::Instant::now();
-        assert!(receive_ahead.slot(&slots).await.is_none());
+        assert!(admission.slot().await.is_none());
         let waited = started.elapsed();
         assert!(
             waited >= MAX_UNSTARTED_WAIT && waited < MAX_UNSTARTED_WAIT + Duration::from_secs(1),
             "{waited:?}"
         );
         // The wait says objects are slow now: nothing more is received ahead.
-        assert_eq!(receive_ahead.current_prefetch(), 0);
+        assert_eq!(admission.current_prefetch(), 0);
         // A slot that frees within the bound is taken.
         let waiting = {
-            let receive_ahead = Arc::new(ReceiveAhead::new(1, 10, 20));
-            let slots = Arc::new(Semaphore::new(0));
+            let admission = Arc::new(Admission::new(0, 10, 20));
             let task = {
-                let slots = slots.clone();
-                tokio::spawn(async move { receive_ahead.slot(&slots).await.is_some() })
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.slot().await.is_some() })
             };
             tokio::time::sleep(MAX_UNSTARTED_WAIT - Duration::from_secs(1)).await;
-            slots.add_permits(1);
+            admission.slots.add_permits(1);
             task
         };
         assert!(waiting.await.unwrap());
@@ -283,12 +286,12 @@ mod tests {
 
     #[test]
     fn the_mean_object_time_moves_towards_recent_objects() {
-        let receive_ahead = ReceiveAhead::new(4, 10, 20);
-        receive_ahead.object_finished(Duration::from_secs(60));
-        assert_eq!(receive_ahead.current_prefetch(), 0);
+        let admission = Admission::new(4, 10, 20);
+        admission.object_finished(Duration::from_secs(60));
+        assert_eq!(admission.current_prefetch(), 0);
         for _ in 0..40 {
-            receive_ahead.object_finished(Duration::from_millis(20));
+            admission.object_finished(Duration::from_millis(20));
         }
-        assert_eq!(receive_ahead.current_prefetch(), 20);
+        assert_eq!(admission.current_prefetch(), 20);
     }
 }

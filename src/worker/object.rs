@@ -1,0 +1,271 @@
+//! One object of a message: the bucket check, its route, a slot, the
+//! ingest through the `Ingest` seam, and what its outcome means for the
+//! message (see `combine` in `message.rs`).
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{Worker, bump};
+use crate::dead_letter::DeadLetter;
+use crate::error::IngestError;
+use crate::notification::ObjectRef;
+use crate::queue::ReceivedMessage;
+use crate::telemetry;
+use crate::text::{LOG_ERROR_BYTES, excerpt};
+
+/// What happened to one object of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ObjectOutcome {
+    Committed,
+    DeadLettered,
+    Unmatched,
+    Retry,
+    /// The deployment refused it (credentials, grants): not the file's
+    /// failure, and not counted as an attempt.
+    Deployment,
+    /// Shutdown began while it waited for a slot.
+    NotStarted,
+    /// It waited for a slot longer than receive-ahead allows.
+    Unstarted,
+}
+
+impl Worker {
+    pub(super) async fn process_object(
+        &self,
+        message: &ReceivedMessage,
+        object: &ObjectRef,
+        shutdown: &CancellationToken,
+    ) -> ObjectOutcome {
+        let bucket = object.bucket.as_str();
+        let key = object.key.as_str();
+        if !self.router.bucket_allowed(bucket) {
+            // Never fetch from a bucket the config does not name: a forged or
+            // misrouted notification must not make us read someone's data.
+            return self
+                .dead_letter_object(
+                    message,
+                    object,
+                    None,
+                    "bucket_not_allowed",
+                    format!("{}: no route allows bucket `{bucket}`", object.s3_uri()),
+                )
+                .await;
+        }
+        let Some(route) = self.router.route(bucket, key) else {
+            self.stats.unmatched();
+            info!(bucket, key, "no route matches the key; object skipped");
+            return ObjectOutcome::Unmatched;
+        };
+        // Once shutdown has begun nothing new starts: a message still
+        // waiting here goes back to the queue for another worker.
+        // A message received ahead waits a bounded time (admission.rs):
+        // past it, it goes back to the queue instead of hiding there.
+        let _slot = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return ObjectOutcome::NotStarted,
+            slot = self.admission.slot() => match slot {
+                Some(slot) => slot,
+                None => {
+                    info!(bucket, key, "waited too long for a slot; handing the message back");
+                    return ObjectOutcome::Unstarted;
+                }
+            },
+        };
+        let _in_flight = InFlightGauge::new();
+        let started = Instant::now();
+        let ingested = self.ingestor.ingest(object, &route).await;
+        self.admission.object_finished(started.elapsed());
+        match &ingested {
+            Ok(_) => {
+                self.deployment.object_read(bucket);
+                let components: Vec<String> = std::iter::once("s3".to_owned())
+                    .chain(route.sinks.iter().map(|sink| format!("sink:{sink}")))
+                    .collect();
+                self.deployment
+                    .succeeded(components.iter().map(String::as_str));
+            }
+            Err(err) if err.object_was_read() => {
+                self.deployment.object_read(bucket);
+                self.deployment.succeeded(["s3"]);
+            }
+            Err(_) => {}
+        }
+        match ingested {
+            Ok(committed) => {
+                bump(&self.stats.objects_committed);
+                let duration = started.elapsed();
+                let lag = object
+                    .event_time
+                    .and_then(|t| (chrono::Utc::now() - t).to_std().ok());
+                telemetry::object_committed(telemetry::CommittedObject {
+                    route: &route.name,
+                    sinks: &route.sinks,
+                    bytes: committed.lineage.size,
+                    rows: committed.rows,
+                    batches: committed.batches,
+                    duration,
+                    lag,
+                });
+                info!(
+                    bucket,
+                    key,
+                    route = %route.name,
+                    sinks = %route.sinks.join(","),
+                    rows = committed.rows,
+                    bytes = committed.lineage.size,
+                    location = %committed.locations(),
+                    already_committed = committed.already_committed(),
+                    elapsed_ms = duration.as_millis() as u64,
+                    lag_ms = lag.map(|l| l.as_millis() as u64),
+                    "object committed"
+                );
+                ObjectOutcome::Committed
+            }
+            Err(IngestError::Deployment {
+                component,
+                code,
+                detail,
+                ..
+            }) => self.deployment_problem(
+                object,
+                &route.name,
+                "deployment_error",
+                &component,
+                &code,
+                &detail,
+            ),
+            Err(IngestError::Unavailable {
+                component,
+                code,
+                detail,
+                ..
+            }) if self.deployment.unavailable_is_outage(&component) => {
+                // Judged in deployment.rs: nothing committed to the sink
+                // since it began failing, so it is an outage, not the file.
+                let detail = format!(
+                    "{detail}; {component} is unavailable: the message is handed back uncounted until it works again"
+                );
+                self.deployment_problem(
+                    object,
+                    &route.name,
+                    "unavailable",
+                    &component,
+                    &code,
+                    &detail,
+                )
+            }
+            Err(IngestError::AccessDenied { detail, .. })
+                if self.deployment.access_denied_is_deployment(bucket) =>
+            {
+                // Judged in deployment.rs: nothing of this bucket was read
+                // since it began refusing, so the role is the suspect.
+                let detail = format!(
+                    "{detail}; check the worker role's s3:GetObject (and kms:Decrypt) on bucket `{bucket}`; if other objects of the bucket read fine, this object is dead-lettered as access_denied on its next attempt"
+                );
+                self.deployment_problem(
+                    object,
+                    &route.name,
+                    "deployment_error",
+                    "s3",
+                    "AccessDenied",
+                    &detail,
+                )
+            }
+            Err(err @ IngestError::Unavailable { .. }) => {
+                telemetry::object_retried(&route.name, err.kind());
+                warn!(bucket, key, route = %route.name, error_kind = err.kind(),
+                    error = %excerpt(&err.to_string(), LOG_ERROR_BYTES),
+                    "object failed on a sink that works for other objects; this attempt counts against the file");
+                ObjectOutcome::Retry
+            }
+            Err(err) if err.is_retryable() => {
+                telemetry::object_retried(&route.name, err.kind());
+                warn!(bucket, key, route = %route.name, error_kind = err.kind(),
+                    error = %excerpt(&err.to_string(), LOG_ERROR_BYTES), "object failed; will retry");
+                ObjectOutcome::Retry
+            }
+            Err(err) => {
+                self.dead_letter_object(
+                    message,
+                    object,
+                    Some(&route.name),
+                    err.kind(),
+                    err.to_string(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records a problem of the deployment or an outage for an object
+    /// (`kind`: `deployment_error` or `unavailable`): logged as an error
+    /// that says what to fix, counted, and the worker pauses receiving.
+    fn deployment_problem(
+        &self,
+        object: &ObjectRef,
+        route: &str,
+        kind: &'static str,
+        component: &str,
+        code: &str,
+        detail: &str,
+    ) -> ObjectOutcome {
+        let pause = self.deployment.report(component, code, detail);
+        telemetry::object_retried(route, kind);
+        error!(
+            bucket = %object.bucket,
+            key = %object.key,
+            route,
+            error_kind = kind,
+            component,
+            code,
+            error = %detail,
+            pause_ms = pause.as_millis() as u64,
+            "the deployment or a sink is failing, not the file: the message stays queued uncounted and receiving pauses"
+        );
+        ObjectOutcome::Deployment
+    }
+
+    pub(super) async fn dead_letter_object(
+        &self,
+        message: &ReceivedMessage,
+        object: &ObjectRef,
+        route: Option<&str>,
+        error_kind: &str,
+        error: String,
+    ) -> ObjectOutcome {
+        let envelope = DeadLetter::for_object(
+            object,
+            route,
+            error_kind,
+            error,
+            &message.message_id,
+            message.attempt(),
+            &message.body,
+        );
+        if self.send_dead_letter(&envelope).await {
+            bump(&self.stats.objects_dead_lettered);
+            telemetry::object_dead_lettered(route, error_kind);
+            ObjectOutcome::DeadLettered
+        } else {
+            ObjectOutcome::Retry
+        }
+    }
+}
+
+/// Counts an object in the in-flight gauge for as long as it lives.
+struct InFlightGauge;
+
+impl InFlightGauge {
+    fn new() -> InFlightGauge {
+        telemetry::objects_in_flight(1.0);
+        InFlightGauge
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        telemetry::objects_in_flight(-1.0);
+    }
+}

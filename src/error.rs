@@ -87,6 +87,26 @@ pub enum IngestError {
     },
 }
 
+/// An error and its causes, `a: b: c`: the one way errors with sources
+/// are shown. Drivers often print only their own layer ("error sending
+/// request", "error performing TLS handshake"); the reason (connection
+/// refused, `invalid peer certificate: UnknownIssuer`) is in the sources.
+/// A layer that repeats its source's text (an `io::Error` wrapping an
+/// error) is not printed twice.
+pub fn with_causes(err: &dyn StdError) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn csv_rows(first_row: u64, last_row: u64) -> String {
     if first_row == 0 {
         "data".to_owned()
@@ -432,6 +452,43 @@ mod tests {
         assert_eq!(
             classify_service(403, Some("AccessDenied")),
             AwsFailure::AccessDenied
+        );
+    }
+
+    #[test]
+    fn causes_are_shown_once_each() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Outer(#[source] std::io::Error);
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(
+            with_causes(&Outer(refused)),
+            "error sending request: connection refused"
+        );
+        // An io::Error wrapping an error shows its text, and is its source.
+        let wrapped = std::io::Error::other(Outer(std::io::Error::other("reset")));
+        assert_eq!(with_causes(&wrapped), "error sending request: reset");
+    }
+
+    #[test]
+    fn connection_errors_keep_their_causes() {
+        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        #[derive(Debug)]
+        struct Handshake(std::io::Error);
+        impl std::fmt::Display for Handshake {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error performing TLS handshake")
+            }
+        }
+        impl std::error::Error for Handshake {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            with_causes(&Handshake(io)),
+            "error performing TLS handshake: invalid peer certificate: UnknownIssuer"
         );
     }
 

@@ -71,7 +71,7 @@ use arrow::ipc::writer::{
 };
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use backon::BackoffBuilder;
+use backon::Retryable;
 use bytes::Bytes;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -683,54 +683,75 @@ impl PartSender {
         }
         // The worker prefixes errors with the object's s3:// URI already.
         let request_label = format!("POST {} (part {part_number})", self.display_url());
-        let mut delays = backon::ExponentialBuilder::default()
+        let backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.config.initial_backoff_ms))
             .with_max_delay(Duration::from_millis(self.config.max_backoff_ms))
             .with_max_times(self.config.max_retries)
-            .with_jitter()
-            .build();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let attempt = self.attempt(url.clone(), &token, body.clone()).await;
-            let (reason, retry_after, unavailable) = match attempt {
-                Attempt::Accepted => {
-                    debug!(%token, rows, uncompressed, sent = body.len(), "{request_label} accepted");
-                    return Ok(());
-                }
-                Attempt::Rejected(reason) => {
-                    return Err(SinkError::permanent(format!("{request_label} {reason}")));
-                }
-                Attempt::Refused { status, reason } => {
-                    return Err(SinkError::deployment(
-                        status.to_string(),
-                        format!(
-                            "{request_label} {reason}; {}",
-                            refusal_hint(&self.sink_name, status, &self.config)
-                        ),
-                    ));
-                }
+            .with_jitter();
+        // Counted for the messages; the closures share it, and the future must be Send.
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let sent = (|| async {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.attempt(url.clone(), &token, body.clone()).await {
+                Attempt::Accepted => Ok(()),
+                failed => Err(failed),
+            }
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|failed| matches!(failed, Attempt::Retry { .. }))
+        // The server's Retry-After (bounded) replaces our own delay, but
+        // never revives a back-off whose tries are used up (`None`).
+        .adjust(|failed, delay| match (failed, delay) {
+            (
                 Attempt::Retry {
-                    reason,
-                    retry_after,
-                    unavailable,
-                } => (reason, retry_after, unavailable),
-            };
-            let Some(backoff) = delays.next() else {
-                let detail =
-                    format!("{request_label} failed after {attempts} attempt(s); last: {reason}");
-                return Err(match unavailable {
+                    retry_after: Some(hint),
+                    ..
+                },
+                Some(_),
+            ) => Some((*hint).min(MAX_RETRY_AFTER)),
+            (_, delay) => delay,
+        })
+        .notify(|failed, delay| {
+            if let Attempt::Retry { reason, .. } = failed {
+                warn!(
+                    attempt = attempts.load(std::sync::atomic::Ordering::Relaxed),
+                    ?delay,
+                    "{request_label} {reason}; retrying"
+                );
+            }
+        })
+        .await;
+        match sent {
+            Ok(()) => {
+                debug!(%token, rows, uncompressed, sent = body.len(), "{request_label} accepted");
+                Ok(())
+            }
+            Err(Attempt::Accepted) => unreachable!("an accepted attempt is Ok"),
+            Err(Attempt::Rejected(reason)) => {
+                Err(SinkError::permanent(format!("{request_label} {reason}")))
+            }
+            Err(Attempt::Refused { status, reason }) => Err(SinkError::deployment(
+                status.to_string(),
+                format!(
+                    "{request_label} {reason}; {}",
+                    refusal_hint(&self.sink_name, status, &self.config)
+                ),
+            )),
+            Err(Attempt::Retry {
+                reason,
+                unavailable,
+                ..
+            }) => {
+                let detail = format!(
+                    "{request_label} failed after {} attempt(s); last: {reason}",
+                    attempts.load(std::sync::atomic::Ordering::Relaxed)
+                );
+                Err(match unavailable {
                     Some(code) => SinkError::unavailable(code, detail),
                     None => SinkError::transient(detail),
-                });
-            };
-            let delay = retry_after.map_or(backoff, |hint| hint.min(MAX_RETRY_AFTER));
-            warn!(
-                attempt = attempts,
-                ?delay,
-                "{request_label} {reason}; retrying"
-            );
-            tokio::time::sleep(delay).await;
+                })
+            }
         }
     }
 
@@ -751,7 +772,10 @@ impl PartSender {
             // (credentials, the token) included: the label shows it redacted.
             Err(err) if err.is_builder() => {
                 let err = err.without_url();
-                return Attempt::Rejected(format!("could not be built: {}", error_chain(&err)));
+                return Attempt::Rejected(format!(
+                    "could not be built: {}",
+                    crate::error::with_causes(&err)
+                ));
             }
             // Timeouts, refused or reset connections, TLS hiccups: all may
             // clear. A bad certificate also lands here and is retried until
@@ -768,7 +792,7 @@ impl PartSender {
                     None
                 };
                 return Attempt::Retry {
-                    reason: format!("failed: {}", error_chain(&err.without_url())),
+                    reason: format!("failed: {}", crate::error::with_causes(&err.without_url())),
                     retry_after: None,
                     unavailable,
                 };
@@ -871,19 +895,6 @@ fn excerpt(start: &[u8], total: Option<u64>) -> String {
     let text = text::excerpt_of(text.trim(), body_bytes, RESPONSE_BODY_EXCERPT_BYTES);
     if text.trim().is_empty() {
         return "(empty body)".into();
-    }
-    text
-}
-
-/// reqwest's top-level message is vague ("error sending request"); the
-/// sources say what happened (connection refused, timed out).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
     }
     text
 }

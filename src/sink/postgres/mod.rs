@@ -207,7 +207,10 @@ impl PostgresSinkConfig {
                 Err(parse_err) => {
                     return Err((
                         "url".into(),
-                        format!("not a connection string: {}", with_causes(&parse_err)),
+                        format!(
+                            "not a connection string: {}",
+                            crate::error::with_causes(&parse_err)
+                        ),
                     ));
                 }
                 Ok(parsed) if parsed.get_password().is_some() => {
@@ -260,14 +263,14 @@ impl PostgresSinkConfig {
                 tls::parse_connection_string(&url).map_err(|err| {
                     SinkError::permanent(format!(
                         "sink `{sink}`: environment variable {name} is not a connection string: {}",
-                        with_causes(&err)
+                        crate::error::with_causes(&err)
                     ))
                 })?
             }
             (None, Some(url)) => tls::parse_connection_string(url).map_err(|err| {
                 SinkError::permanent(format!(
                     "sink `{sink}`: url is not a connection string: {}",
-                    with_causes(&err)
+                    crate::error::with_causes(&err)
                 ))
             })?,
             (None, None) => {
@@ -346,7 +349,10 @@ fn classify(action: &str, err: &tokio_postgres::Error) -> SinkError {
         // (the certificate may be renewed, the CA bundle fixed): the
         // server is out, whatever the file holds. (The driver's other
         // errors, encoding a parameter, cannot come from our statements.)
-        return SinkError::unavailable("connection", format!("{action}: {}", with_causes(err)));
+        return SinkError::unavailable(
+            "connection",
+            format!("{action}: {}", crate::error::with_causes(err)),
+        );
     };
     let code = db.code().code();
     // The server's texts quote the offending value (a key in a constraint
@@ -383,24 +389,6 @@ fn deployment_hint(code: &str) -> &'static str {
         }
         _ => "the table does not exist: create it, or set create_table = true",
     }
-}
-
-/// The error and its causes, `a: b: c`: tokio-postgres prints only its own
-/// layer ("error performing TLS handshake"), the reason ("invalid peer
-/// certificate: UnknownIssuer") is in the source chain.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // An io::Error wrapping an error prints the same text as its source.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The server is out whatever the file holds: a connection exception
@@ -1178,27 +1166,6 @@ mod tests {
             config("url = \"postgres://h/db?sslrootcert=/etc/rds.pem\"")
                 .unwrap_err()
                 .contains("unknown option `sslrootcert`")
-        );
-    }
-
-    #[test]
-    fn connection_errors_keep_their_causes() {
-        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
-        #[derive(Debug)]
-        struct Handshake(std::io::Error);
-        impl std::fmt::Display for Handshake {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("error performing TLS handshake")
-            }
-        }
-        impl std::error::Error for Handshake {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        assert_eq!(
-            with_causes(&Handshake(io)),
-            "error performing TLS handshake: invalid peer certificate: UnknownIssuer"
         );
     }
 

@@ -100,7 +100,7 @@ case "$sink" in
     ;;
 esac
 if ((${#extra_env[@]})); then
-  extra_env+=('S3_INGEST__ROUTES__0__SINKS=["lake", "extra"]')
+  extra_env+=('S3_INGEST__ROUTES__ORDERS__SINKS=lake,extra')
   echo "==> order files also land in the $sink sink"
 fi
 

@@ -1,12 +1,14 @@
 //! Configuration: a TOML file, overridden key by key from the environment,
 //! deserialized into typed structs and validated in one place.
 //!
-//! Environment overrides: `S3_INGEST__<SECTION>__<KEY>` sets `section.key`;
-//! array elements take their index (`S3_INGEST__ROUTES__0__KEY_GLOB`) and
-//! map entries their name (`S3_INGEST__SINKS__LAKE__PATH`). Segments are
-//! matched case-insensitively. A value that parses as a TOML literal
-//! (`20`, `true`, `["a", "b"]`, `"quoted"`) takes that type, anything else
-//! is a string.
+//! Environment overrides: `S3_INGEST__<SECTION>__<KEY>` sets `section.key`.
+//! Routes and sinks are addressed by name (`S3_INGEST__ROUTES__ORDERS__KEY_GLOB`,
+//! `S3_INGEST__SINKS__LAKE__PATH`), a route name written lowercase or
+//! uppercase with `_` for `-`; `S3_INGEST__ROUTE_ORDER=orders,rest` gives
+//! the routes' match order. A value is read as its field's type: a number,
+//! `true`/`false`, a list (`a,b` or `["a", "b"]`), or the text as it is for
+//! a string (an account id `012345678901` stays that string). The layering
+//! is in `config/layers.rs`.
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU64, NonZeroUsize};
@@ -15,6 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::schema::ColumnSpec;
+
+mod layers;
 
 /// The prefix of every environment variable that overrides a config key.
 pub const ENV_PREFIX: &str = "S3_INGEST__";
@@ -30,13 +34,20 @@ pub enum ConfigError {
     Toml { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    /// `context` names the route and the variable behind the key, where
+    /// there are: ` (route `orders`, set by S3_INGEST__ROUTES__ORDERS__SINK)`.
+    #[error("config key `{key}`{context}: {message}")]
+    Invalid {
+        key: String,
+        context: String,
+        message: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
+        context: String::new(),
         message: message.into(),
     }
 }
@@ -354,8 +365,11 @@ impl Default for CsvOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// A sink's table: `type` picks the variant, the other keys are its fields.
+/// Deserialized by hand (below), serialized as serde's internally tagged
+/// enum.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
     /// Parquet files under `path`, one per source object version.
     ParquetDir {
@@ -377,6 +391,97 @@ pub enum SinkConfig {
 
 fn default_parquet_dir_row_group_bytes() -> usize {
     32 << 20
+}
+
+/// Not serde's internally tagged enum: that one buffers the table before
+/// it knows the variant, and the buffer no longer passes on the type each
+/// field asks for, which is how environment values are typed (`true` for
+/// `create_table` would stay a string). The config loader hands `type` over
+/// first, so the rest of the table is read straight into the variant; from
+/// any other deserializer the table is buffered as TOML values.
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(SinkVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SinkType {
+    ParquetDir,
+    Stdout,
+    Postgres,
+    S3Parquet,
+    Http,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParquetDirFields {
+    path: PathBuf,
+    #[serde(default = "default_parquet_dir_row_group_bytes")]
+    row_group_bytes: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StdoutFields {}
+
+impl SinkType {
+    /// Reads the sink's other keys (`type` already taken) as this variant.
+    fn read<'de, D: serde::Deserializer<'de>>(self, fields: D) -> Result<SinkConfig, D::Error> {
+        Ok(match self {
+            SinkType::ParquetDir => {
+                let ParquetDirFields {
+                    path,
+                    row_group_bytes,
+                } = ParquetDirFields::deserialize(fields)?;
+                SinkConfig::ParquetDir {
+                    path,
+                    row_group_bytes,
+                }
+            }
+            SinkType::Stdout => {
+                StdoutFields::deserialize(fields)?;
+                SinkConfig::Stdout {}
+            }
+            SinkType::Postgres => SinkConfig::Postgres(Deserialize::deserialize(fields)?),
+            SinkType::S3Parquet => SinkConfig::S3Parquet(Deserialize::deserialize(fields)?),
+            SinkType::Http => SinkConfig::Http(Deserialize::deserialize(fields)?),
+        })
+    }
+}
+
+struct SinkVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SinkVisitor {
+    type Value = SinkConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sink table with a `type`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SinkConfig, A::Error> {
+        use serde::de::Error;
+        let first: Option<String> = map.next_key()?;
+        if first.as_deref() == Some("type") {
+            let kind: SinkType = map.next_value()?;
+            return kind.read(serde::de::value::MapAccessDeserializer::new(map));
+        }
+        let mut table = toml::Table::new();
+        if let Some(key) = first {
+            table.insert(key, map.next_value()?);
+        }
+        while let Some((key, value)) = map.next_entry::<String, toml::Value>()? {
+            table.insert(key, value);
+        }
+        let kind = table
+            .remove("type")
+            .ok_or_else(|| A::Error::missing_field("type"))?;
+        let kind = SinkType::deserialize(kind).map_err(A::Error::custom)?;
+        kind.read(toml::Value::Table(table))
+            .map_err(A::Error::custom)
+    }
 }
 
 impl SinkConfig {
@@ -408,7 +513,7 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match path {
+        let table = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_owned(),
@@ -422,8 +527,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        apply_env_overrides(&mut table, env)?;
-        Config::from_table(table)
+        layers::load(path, table, env)
     }
 
     /// Parses and validates a config given as TOML text (no environment).
@@ -434,20 +538,7 @@ impl Config {
                 path: PathBuf::from("<string>"),
                 message: err.to_string(),
             })?;
-        Config::from_table(table)
-    }
-
-    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
-                let key = err.path().to_string();
-                invalid(
-                    if key == "." { "<root>".into() } else { key },
-                    err.into_inner().to_string(),
-                )
-            })?;
-        config.validate()?;
-        Ok(config)
+        layers::load(None, table, std::iter::empty())
     }
 
     /// Cross-field and range checks that serde cannot express.
@@ -645,104 +736,6 @@ impl Config {
     }
 }
 
-/// Applies every `S3_INGEST__A__B=value` variable as `a.b = value`.
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .collect();
-    // Sorted so that array elements are created in index order.
-    vars.sort();
-    for (var, raw) in vars {
-        let path: Vec<String> = var[ENV_PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if path.iter().any(String::is_empty) {
-            return Err(ConfigError::Env {
-                var,
-                message: "has an empty key segment".into(),
-            });
-        }
-        let value = parse_env_value(&raw);
-        set_path(table, &path, value).map_err(|message| ConfigError::Env {
-            var: var.clone(),
-            message,
-        })?;
-    }
-    Ok(())
-}
-
-/// Reads a TOML literal where there is one (`20`, `true`, `["a"]`,
-/// `"text"`); anything else is taken as a plain string.
-fn parse_env_value(raw: &str) -> toml::Value {
-    format!("value = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut table| table.remove("value"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let (first, rest) = path.split_first().expect("non-empty path");
-    // Map keys keep the file's spelling (sink names may have capitals).
-    let existing = table
-        .keys()
-        .find(|k| k.eq_ignore_ascii_case(first))
-        .cloned()
-        .unwrap_or_else(|| first.clone());
-    if rest.is_empty() {
-        table.insert(existing, value);
-        return Ok(());
-    }
-    let entry = table.entry(existing).or_insert_with(|| {
-        if rest[0].parse::<usize>().is_ok() {
-            toml::Value::Array(Vec::new())
-        } else {
-            toml::Value::Table(toml::Table::new())
-        }
-    });
-    set_value_path(entry, rest, value)
-}
-
-fn set_value_path(
-    target: &mut toml::Value,
-    path: &[String],
-    value: toml::Value,
-) -> Result<(), String> {
-    match target {
-        toml::Value::Table(table) => set_path(table, path, value),
-        toml::Value::Array(items) => {
-            let (first, rest) = path.split_first().expect("non-empty path");
-            let index: usize = first
-                .parse()
-                .map_err(|_| format!("`{first}` is not an array index"))?;
-            if index > items.len() {
-                return Err(format!(
-                    "array index {index} skips over index {}",
-                    items.len()
-                ));
-            }
-            if rest.is_empty() {
-                if index == items.len() {
-                    items.push(value);
-                } else {
-                    items[index] = value;
-                }
-                return Ok(());
-            }
-            if index == items.len() {
-                items.push(toml::Value::Table(toml::Table::new()));
-            }
-            set_value_path(&mut items[index], rest, value)
-        }
-        _ => Err(format!("`{}` is not a table or an array", path[0])),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,9 +762,15 @@ mod tests {
     }
 
     fn load_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().unwrap();
-        apply_env_overrides(&mut table, env(vars))?;
-        Config::from_table(table)
+        layers::load(None, text.parse().unwrap(), env(vars))
+    }
+
+    fn load_err(text: &str, vars: &[(&str, &str)]) -> String {
+        load_with(text, vars).unwrap_err().to_string()
+    }
+
+    fn route_names(config: &Config) -> Vec<&str> {
+        config.routes.iter().map(|r| r.name.as_str()).collect()
     }
 
     #[test]
@@ -906,8 +905,11 @@ mod tests {
                 ("S3_INGEST__QUEUE__WAIT_TIME_SECS", "5"),
                 ("S3_INGEST__QUEUE__DLQ_URL", "http://dlq"),
                 ("S3_INGEST__AWS__FORCE_PATH_STYLE", "true"),
-                ("S3_INGEST__ROUTES__0__KEY_GLOB", "in/*.csv"),
-                ("S3_INGEST__ROUTES__0__CSV__NULL_VALUES", r#"["NA", "-"]"#),
+                ("S3_INGEST__ROUTES__VENDORS__KEY_GLOB", "in/*.csv"),
+                (
+                    "S3_INGEST__ROUTES__VENDORS__CSV__NULL_VALUES",
+                    r#"["NA", "-"]"#,
+                ),
                 ("S3_INGEST__SINKS__LAKE__PATH", "/data/out"),
                 ("S3_INGEST__WORKER__CONCURRENCY", "8"),
                 ("UNRELATED", "1"),
@@ -932,9 +934,8 @@ mod tests {
             "",
             &[
                 ("S3_INGEST__QUEUE__URL", "http://q"),
-                ("S3_INGEST__ROUTES__0__NAME", "all"),
-                ("S3_INGEST__ROUTES__0__KEY_GLOB", "**"),
-                ("S3_INGEST__ROUTES__0__SINK", "out"),
+                ("S3_INGEST__ROUTES__ALL__KEY_GLOB", "**"),
+                ("S3_INGEST__ROUTES__ALL__SINK", "out"),
                 ("S3_INGEST__SINKS__OUT__TYPE", "stdout"),
             ],
         )
@@ -945,17 +946,378 @@ mod tests {
 
     #[test]
     fn environment_value_of_wrong_type_names_the_key() {
-        let err = load_with(MINIMAL, &[("S3_INGEST__QUEUE__MAX_MESSAGES", "many")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err(MINIMAL, &[("S3_INGEST__QUEUE__MAX_MESSAGES", "many")]);
         assert!(err.contains("queue.max_messages"), "{err}");
+        assert!(err.contains("S3_INGEST__QUEUE__MAX_MESSAGES"), "{err}");
     }
 
     #[test]
-    fn environment_array_index_may_not_skip() {
-        let err = load_with(MINIMAL, &[("S3_INGEST__ROUTES__3__NAME", "x")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("S3_INGEST__ROUTES__3__NAME"), "{err}");
+    fn environment_route_index_is_rejected_naming_the_variable() {
+        // Routes are addressed by name: an index would silently point at
+        // another route once the file's routes are reordered.
+        for var in [
+            "S3_INGEST__ROUTES__3__NAME",
+            "S3_INGEST__ROUTES__0__KEY_GLOB",
+        ] {
+            let err = load_err(MINIMAL, &[(var, "x")]);
+            assert!(err.contains(var), "{err}");
+            assert!(err.contains("addressed by name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn environment_account_id_stays_a_string() {
+        for id in ["123456789012", "012345678901"] {
+            let config = load_with(
+                MINIMAL,
+                &[
+                    ("S3_INGEST__AWS__EXPECTED_BUCKET_OWNER", id),
+                    ("S3_INGEST__ROUTES__VENDORS__BUCKET", "2024"),
+                ],
+            )
+            .unwrap();
+            assert_eq!(config.aws.expected_bucket_owner.as_deref(), Some(id));
+            assert_eq!(config.routes[0].bucket.as_deref(), Some("2024"));
+        }
+    }
+
+    #[test]
+    fn environment_values_take_their_field_types() {
+        let text = format!(
+            "{MINIMAL}\n[sinks.pg]\ntype = \"postgres\"\nurl_env = \"PG_URL\"\ntable = \"t\"\n"
+        );
+        let config = load_with(
+            &text.replace("sink = \"lake\"\n", ""),
+            &[
+                ("S3_INGEST__QUEUE__WAIT_TIME_SECS", "0"),
+                ("S3_INGEST__AWS__FORCE_PATH_STYLE", "true"),
+                ("S3_INGEST__ROUTES__VENDORS__CSV__HEADER", "false"),
+                ("S3_INGEST__ROUTES__VENDORS__CSV__DELIMITER", "|"),
+                ("S3_INGEST__ROUTES__VENDORS__CSV__NULL_VALUES", "NA, -"),
+                ("S3_INGEST__ROUTES__VENDORS__KEY_GLOB", "[ab]*.csv"),
+                ("S3_INGEST__ROUTES__VENDORS__SINKS", "lake,pg"),
+                ("S3_INGEST__ROUTES__VENDORS__LIMITS__MAX_COLUMNS", "12"),
+                // Inside a sink, whose fields depend on its `type`.
+                ("S3_INGEST__SINKS__PG__CREATE_TABLE", "true"),
+                ("S3_INGEST__SINKS__PG__POOL_SIZE", "3"),
+                ("S3_INGEST__SINKS__PG__TABLE", "2024"),
+                ("S3_INGEST__SINKS__LAKE__ROW_GROUP_BYTES", "65536"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.queue.wait_time_secs, 0);
+        assert!(config.aws.force_path_style);
+        let route = &config.routes[0];
+        assert!(!route.csv.header);
+        assert_eq!(route.csv.delimiter, Some('|'));
+        assert_eq!(route.csv.null_values, ["NA", "-"]);
+        assert_eq!(route.key_glob, "[ab]*.csv");
+        assert_eq!(route.sink_names(), ["lake", "pg"]);
+        assert_eq!(route.limits.max_columns.get(), 12);
+        match &config.sinks["pg"] {
+            SinkConfig::Postgres(pg) => {
+                assert!(pg.create_table);
+                assert_eq!(pg.pool_size.get(), 3);
+                assert_eq!(pg.table, "2024");
+            }
+            other => panic!("unexpected sink {other:?}"),
+        }
+        match &config.sinks["lake"] {
+            SinkConfig::ParquetDir {
+                row_group_bytes, ..
+            } => assert_eq!(*row_group_bytes, 65536),
+            other => panic!("unexpected sink {other:?}"),
+        }
+
+        // Arrays of tables, and tables, as TOML.
+        let config = load_with(
+            MINIMAL,
+            &[
+                (
+                    "S3_INGEST__ROUTES__VENDORS__SCHEMA",
+                    r#"[{ name = "id", type = "int64", nullable = false }]"#,
+                ),
+                ("S3_INGEST__SINKS__CH__TYPE", "http"),
+                ("S3_INGEST__SINKS__CH__URL", "http://127.0.0.1:9/"),
+                ("S3_INGEST__SINKS__CH__FORMAT", "ndjson"),
+                ("S3_INGEST__SINKS__CH__HEADERS", r#"{ "X-Team" = "data" }"#),
+                ("S3_INGEST__SINKS__CH__MAX_RETRIES", "2"),
+            ],
+        )
+        .unwrap();
+        let schema = config.routes[0].schema.as_ref().unwrap();
+        assert_eq!(schema[0].name, "id");
+        assert!(!schema[0].nullable);
+        match &config.sinks["ch"] {
+            SinkConfig::Http(http) => {
+                assert_eq!(http.headers["X-Team"], "data");
+                assert_eq!(http.max_retries, 2);
+            }
+            other => panic!("unexpected sink {other:?}"),
+        }
+    }
+
+    #[test]
+    fn environment_rejections_name_the_variable() {
+        let pg = format!(
+            "{MINIMAL}\n[sinks.pg]\ntype = \"postgres\"\nurl_env = \"PG_URL\"\ntable = \"t\"\n"
+        );
+        for (text, var, value, key) in [
+            (
+                MINIMAL,
+                "S3_INGEST__AWS__FORCE_PATH_STYLE",
+                "yes",
+                "aws.force_path_style",
+            ),
+            (
+                MINIMAL,
+                "S3_INGEST__QUEUE__WAIT_TIME_SECS",
+                "21",
+                "queue.wait_time_secs",
+            ),
+            (MINIMAL, "S3_INGEST__QUEUE__URLL", "x", "queue"),
+            (
+                MINIMAL,
+                "S3_INGEST__ROUTES__VENDORS__KEY_GLOB",
+                "a[",
+                "routes[0].key_glob",
+            ),
+            (
+                MINIMAL,
+                "S3_INGEST__ROUTES__VENDORS__SINK",
+                "nowhere",
+                "routes[0].sink",
+            ),
+            (
+                MINIMAL,
+                "S3_INGEST__ROUTES__VENDORS__CSV__NULL_VALUES",
+                "[\"NA\"",
+                "routes[0].csv.null_values",
+            ),
+            (
+                &pg,
+                "S3_INGEST__SINKS__PG__POOL_SIZE",
+                "many",
+                "sinks.pg.pool_size",
+            ),
+            (
+                &pg,
+                "S3_INGEST__SINKS__PG__CREATE_TABLE",
+                "1",
+                "sinks.pg.create_table",
+            ),
+            (
+                &pg,
+                "S3_INGEST__SINKS__PG__URL",
+                "postgres://u:pw@db/w",
+                "sinks.pg.url",
+            ),
+        ] {
+            let err = load_err(text, &[(var, value)]);
+            assert!(err.contains(var) && err.contains(key), "{var}: {err}");
+        }
+        // Route errors also name the route.
+        let err = load_err(MINIMAL, &[("S3_INGEST__ROUTES__VENDORS__KEY_GLOB", "a[")]);
+        assert!(err.contains("route `vendors`"), "{err}");
+
+        for (var, needle) in [
+            ("S3_INGEST__QUEUE____URL", "empty key segment"),
+            ("S3_INGEST__ROUTES__VENDORS", "one key of a route"),
+            ("S3_INGEST__ROUTES", "one key of a route"),
+            ("S3_INGEST__ROUTES__VENDORS__NAME", "not the route"),
+        ] {
+            let err = load_err(MINIMAL, &[(var, "other")]);
+            assert!(err.contains(var) && err.contains(needle), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_two_variables_for_one_key_are_rejected() {
+        let err = load_err(
+            MINIMAL,
+            &[
+                ("S3_INGEST__QUEUE__URL", "http://a"),
+                ("S3_INGEST__queue__url", "http://b"),
+            ],
+        );
+        assert!(
+            err.contains("S3_INGEST__QUEUE__URL") && err.contains("S3_INGEST__queue__url"),
+            "{err}"
+        );
+        let err = load_err(
+            MINIMAL,
+            &[
+                ("S3_INGEST__SINKS__LAKE", "x"),
+                ("S3_INGEST__SINKS__LAKE__PATH", "/data"),
+            ],
+        );
+        assert!(
+            err.contains("S3_INGEST__SINKS__LAKE__PATH") && err.contains("S3_INGEST__SINKS__LAKE"),
+            "{err}"
+        );
+    }
+
+    const THREE_ROUTES: &str = r#"
+        [queue]
+        url = "http://q"
+
+        [[routes]]
+        name = "orders"
+        key_glob = "orders/**"
+        sink = "Lake"
+
+        [[routes]]
+        name = "vendor-prices"
+        key_glob = "prices/**"
+        sink = "Lake"
+
+        [[routes]]
+        name = "rest"
+        key_glob = "**"
+        sink = "Lake"
+
+        [sinks.Lake]
+        type = "parquet_dir"
+        path = "/tmp/lake"
+    "#;
+
+    #[test]
+    fn environment_route_by_name_overrides_only_that_route() {
+        let file = Config::from_toml_str(THREE_ROUTES).unwrap();
+        let config = load_with(
+            THREE_ROUTES,
+            &[
+                // `-` is written `_`; case does not matter.
+                ("S3_INGEST__ROUTES__VENDOR_PRICES__KEY_GLOB", "p/*.csv"),
+                ("S3_INGEST__ROUTES__vendor_prices__FORMAT", "csv"),
+                // The sink keeps the file's spelling.
+                ("S3_INGEST__SINKS__LAKE__PATH", "/data"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(route_names(&config), ["orders", "vendor-prices", "rest"]);
+        assert_eq!(config.routes[1].key_glob, "p/*.csv");
+        assert_eq!(config.routes[1].format, FileFormat::Csv);
+        for index in [0, 2] {
+            assert_eq!(config.routes[index].key_glob, file.routes[index].key_glob);
+            assert_eq!(config.routes[index].format, FileFormat::Auto);
+        }
+        assert_eq!(config.sinks.keys().collect::<Vec<_>>(), ["Lake"]);
+        match &config.sinks["Lake"] {
+            SinkConfig::ParquetDir { path, .. } => assert_eq!(path, Path::new("/data")),
+            other => panic!("unexpected sink {other:?}"),
+        }
+    }
+
+    #[test]
+    fn environment_route_unknown_to_the_file_is_created_where_route_order_says() {
+        let vars = [
+            ("S3_INGEST__ROUTES__HOT_ORDERS__NAME", "hot-orders"),
+            ("S3_INGEST__ROUTES__HOT_ORDERS__KEY_GLOB", "orders/hot/**"),
+            ("S3_INGEST__ROUTES__HOT_ORDERS__SINK", "Lake"),
+        ];
+        // Without an order it could go anywhere: rejected, naming the key.
+        let err = load_err(THREE_ROUTES, &vars);
+        assert!(
+            err.contains("route_order")
+                && err.contains("S3_INGEST__ROUTE_ORDER")
+                && err.contains("hot_orders"),
+            "{err}"
+        );
+
+        let mut with_order = vars.to_vec();
+        with_order.push((
+            "S3_INGEST__ROUTE_ORDER",
+            "hot-orders, orders, vendor_prices, rest",
+        ));
+        let config = load_with(THREE_ROUTES, &with_order).unwrap();
+        assert_eq!(
+            route_names(&config),
+            ["hot-orders", "orders", "vendor-prices", "rest"]
+        );
+        assert_eq!(config.routes[0].key_glob, "orders/hot/**");
+        assert_eq!(config.routes[1].key_glob, "orders/**");
+    }
+
+    #[test]
+    fn environment_route_order_reorders_and_must_list_every_route_once() {
+        let config = load_with(
+            THREE_ROUTES,
+            &[("S3_INGEST__ROUTE_ORDER", "rest,vendor-prices,orders")],
+        )
+        .unwrap();
+        assert_eq!(route_names(&config), ["rest", "vendor-prices", "orders"]);
+        let config = load_with(
+            THREE_ROUTES,
+            &[(
+                "S3_INGEST__ROUTE_ORDER",
+                r#"["REST", "orders", "VENDOR_PRICES"]"#,
+            )],
+        )
+        .unwrap();
+        assert_eq!(route_names(&config), ["rest", "orders", "vendor-prices"]);
+
+        for (order, needle) in [
+            ("rest,orders", "does not list route `vendor_prices`"),
+            ("rest,orders,vendor-prices,orders", "lists `orders` twice"),
+            (
+                "rest,orders,vendor-prices,gone",
+                "`gone`, which is no route",
+            ),
+        ] {
+            let err = load_err(THREE_ROUTES, &[("S3_INGEST__ROUTE_ORDER", order)]);
+            assert!(
+                err.contains("config key `route_order`")
+                    && err.contains("S3_INGEST__ROUTE_ORDER")
+                    && err.contains(needle),
+                "{order}: {err}"
+            );
+        }
+        // In the file too.
+        let text = format!("route_order = [\"rest\"]\n{THREE_ROUTES}");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("route_order") && err.contains("does not list"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_sets_more_than_ten_routes_in_route_order() {
+        let mut vars: Vec<(String, String)> = vec![
+            ("S3_INGEST__QUEUE__URL".into(), "http://q".into()),
+            ("S3_INGEST__SINKS__OUT__TYPE".into(), "stdout".into()),
+        ];
+        let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+        for name in &names {
+            let upper = name.to_ascii_uppercase();
+            vars.push((
+                format!("S3_INGEST__ROUTES__{upper}__KEY_GLOB"),
+                format!("{name}/**"),
+            ));
+            vars.push((format!("S3_INGEST__ROUTES__{upper}__SINK"), "out".into()));
+        }
+        vars.push(("S3_INGEST__ROUTE_ORDER".into(), names.join(",")));
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let config = load_with("", &pairs).unwrap();
+        assert_eq!(route_names(&config), names);
+        assert_eq!(config.routes[10].key_glob, "r10/**");
+        assert_eq!(config.routes[2].key_glob, "r2/**");
+    }
+
+    #[test]
+    fn file_route_names_one_route_to_the_environment_are_rejected() {
+        let text = THREE_ROUTES.replace("name = \"rest\"", "name = \"Vendor_Prices\"");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[2].name") && err.contains("`vendor-prices`"),
+            "{err}"
+        );
+        let text = THREE_ROUTES.replace("name = \"rest\"", "name = \"orders\"");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[2].name") && err.contains("used twice"),
+            "{err}"
+        );
     }
 }

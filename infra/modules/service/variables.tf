@@ -151,13 +151,20 @@ variable "source_kms_key_arns" {
 # --- worker configuration ----------------------------------------------------
 
 variable "environment" {
-  description = "Extra environment for the worker: routes, sinks and tuning as S3_INGEST__<SECTION>__<KEY> (see the s3-ingest README, \"Environment overrides\"), e.g. S3_INGEST__ROUTES__0__NAME = \"orders\". The queue URLs, region, wait time and shutdown grace are set by this module and may not appear here."
+  description = "Extra environment for the worker: routes, sinks and tuning as S3_INGEST__<SECTION>__<KEY> (see the s3-ingest README, \"Environment overrides\"). Routes and sinks are addressed by name, e.g. S3_INGEST__ROUTES__ORDERS__KEY_GLOB = \"incoming/orders/**\" for the route named orders; with more than one route defined here, S3_INGEST__ROUTE_ORDER = \"orders,rest\" gives their match order. The queue URLs, region, wait time and shutdown grace are set by this module and may not appear here."
   type        = map(string)
   default     = {}
 
   validation {
     condition     = alltrue([for key in keys(var.environment) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", key))])
     error_message = "environment keys must be valid variable names ([A-Za-z_][A-Za-z0-9_]*)."
+  }
+
+  # The worker refuses these at start; here they fail the plan instead of
+  # a task that keeps restarting.
+  validation {
+    condition     = alltrue([for key in keys(var.environment) : !can(regex("^S3_INGEST__ROUTES__[0-9]+__", upper(key)))])
+    error_message = "environment addresses routes by name, not by index: S3_INGEST__ROUTES__<NAME>__<KEY> (e.g. S3_INGEST__ROUTES__ORDERS__KEY_GLOB), and S3_INGEST__ROUTE_ORDER for their match order."
   }
 
   validation {

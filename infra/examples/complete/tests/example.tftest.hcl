@@ -49,11 +49,10 @@ variables {
   ]
   image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/s3-ingest:0.1.0"
   worker_environment = {
-    S3_INGEST__ROUTES__0__NAME     = "orders"
-    S3_INGEST__ROUTES__0__KEY_GLOB = "incoming/orders/**"
-    S3_INGEST__ROUTES__0__SINK     = "lake"
-    S3_INGEST__SINKS__LAKE__TYPE   = "parquet_dir"
-    S3_INGEST__SINKS__LAKE__PATH   = "/data/lake"
+    S3_INGEST__ROUTES__ORDERS__KEY_GLOB = "incoming/orders/**"
+    S3_INGEST__ROUTES__ORDERS__SINK     = "lake"
+    S3_INGEST__SINKS__LAKE__TYPE        = "parquet_dir"
+    S3_INGEST__SINKS__LAKE__PATH        = "/data/lake"
   }
   vpc_id     = "vpc-0123456789abcdef0"
   subnet_ids = ["subnet-0123456789abcdef0"]

@@ -32,7 +32,7 @@ variables {
   subnet_ids     = ["subnet-0123456789abcdef0"]
   vpc_id         = "vpc-0123456789abcdef0"
   environment = {
-    S3_INGEST__ROUTES__0__NAME = "all"
+    S3_INGEST__ROUTES__ALL__KEY_GLOB = "**"
   }
 }
 
@@ -48,7 +48,7 @@ run "container_drains_inside_the_stop_timeout" {
     error_message = "grace is 5 s below the stop timeout, the long poll no longer"
   }
   assert {
-    condition     = output.worker_environment["S3_INGEST__QUEUE__URL"] == var.queue_url && output.worker_environment["S3_INGEST__QUEUE__DLQ_URL"] == var.dlq_url && output.worker_environment["S3_INGEST__ROUTES__0__NAME"] == "all"
+    condition     = output.worker_environment["S3_INGEST__QUEUE__URL"] == var.queue_url && output.worker_environment["S3_INGEST__QUEUE__DLQ_URL"] == var.dlq_url && output.worker_environment["S3_INGEST__ROUTES__ALL__KEY_GLOB"] == "**"
     error_message = "queue URLs and the extra environment reach the container"
   }
 }
@@ -151,6 +151,14 @@ run "rejects_settings_the_module_owns" {
   command = plan
   variables {
     environment = { S3_INGEST__QUEUE__URL = "https://elsewhere" }
+  }
+  expect_failures = [var.environment]
+}
+
+run "rejects_routes_by_index" {
+  command = plan
+  variables {
+    environment = { S3_INGEST__ROUTES__0__KEY_GLOB = "**" }
   }
   expect_failures = [var.environment]
 }

@@ -10,10 +10,21 @@
 //! measured as JSON-escaped text (a quote or a backslash takes two bytes,
 //! a control character up to six). A cut field ends in `…[N more bytes]`.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::notification::ObjectRef;
+use crate::queue::{QueueError, Reachable};
+
+/// Where envelopes go: `queue.dlq_url` (`queue::sqs::SqsDeadLetterQueue`),
+/// or the in-memory fake in tests. A worker without one leaves poison to
+/// the source queue's redrive policy.
+#[async_trait]
+pub trait DeadLetterQueue: Reachable {
+    /// Sends an envelope (JSON); Ok means the DLQ accepted it.
+    async fn send(&self, envelope_json: &str) -> Result<(), QueueError>;
+}
 
 /// SQS's limit for a message, body and attributes together.
 pub const SQS_MAX_MESSAGE_BYTES: usize = 256 * 1024;

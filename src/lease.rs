@@ -254,6 +254,13 @@ mod tests {
     struct UnansweredExtensions(MemoryQueue);
 
     #[async_trait::async_trait]
+    impl crate::queue::Reachable for UnansweredExtensions {
+        async fn check_reachable(&self) -> Result<(), crate::queue::QueueError> {
+            self.0.check_reachable().await
+        }
+    }
+
+    #[async_trait::async_trait]
     impl Queue for UnansweredExtensions {
         async fn receive(
             &self,
@@ -288,15 +295,6 @@ mod tests {
             delay_secs: u64,
         ) -> Result<(), crate::queue::QueueError> {
             self.0.requeue(message, attempts, delay_secs).await
-        }
-        async fn check_reachable(&self) -> Result<(), crate::queue::QueueError> {
-            self.0.check_reachable().await
-        }
-        fn has_dead_letter_queue(&self) -> bool {
-            self.0.has_dead_letter_queue()
-        }
-        async fn dead_letter(&self, envelope_json: &str) -> Result<(), crate::queue::QueueError> {
-            self.0.dead_letter(envelope_json).await
         }
     }
 

@@ -29,10 +29,11 @@ use aws_config::{BehaviorVersion, Region};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AwsConfig, Config};
+use crate::dead_letter::DeadLetterQueue;
 use crate::ingest::Ingestor;
 use crate::object::S3Objects;
-use crate::queue::sqs::SqsQueue;
-use crate::queue::{Queue, QueueError};
+use crate::queue::sqs::{SqsDeadLetterQueue, SqsQueue};
+use crate::queue::{QueueError, Reachable};
 use crate::route::Router;
 use crate::worker::{Worker, WorkerSettings};
 
@@ -106,7 +107,7 @@ pub async fn run_with_clients(
         status::serve(
             &config.status.listen_addr,
             worker.liveness(),
-            worker.queue(),
+            worker.queues(),
             worker.deployment(),
             stop_serving.clone(),
         )
@@ -156,14 +157,18 @@ fn build_sinks(
 
 /// Checks the queue and wires the worker's parts together.
 pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker, RunError> {
-    let queue = SqsQueue::new(
-        clients.sqs.clone(),
-        config.queue.url.clone(),
-        config.queue.dlq_url.clone(),
-    );
+    let queue = SqsQueue::new(clients.sqs.clone(), config.queue.url.clone());
+    let dead_letters = config
+        .queue
+        .dlq_url
+        .clone()
+        .map(|url| SqsDeadLetterQueue::new(clients.sqs.clone(), url));
     // A missing queue is a configuration error: say so and stop, rather
     // than retrying forever.
     queue.check_reachable().await?;
+    if let Some(dead_letters) = &dead_letters {
+        dead_letters.check_reachable().await?;
+    }
     let router = Router::new(&config.routes).map_err(RunError::Routes)?;
     let sinks = build_sinks(config, &clients.s3).map_err(|mut failures| {
         let (name, err) = failures.swap_remove(0);
@@ -175,6 +180,7 @@ pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker
     ));
     Ok(Worker::new(
         Arc::new(queue),
+        dead_letters.map(|dlq| Arc::new(dlq) as Arc<dyn DeadLetterQueue>),
         router,
         ingestor,
         WorkerSettings::from_config(config),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::deployment::DeploymentHealth;
-use crate::queue::Queue;
+use crate::queue::Reachable;
 use crate::telemetry;
 
 /// Liveness of the receive loop: it records a tick every time it goes
@@ -62,7 +62,7 @@ impl Liveness {
 #[derive(Clone)]
 struct StatusState {
     liveness: Arc<Liveness>,
-    queue: Arc<dyn Queue>,
+    queues: Vec<Arc<dyn Reachable>>,
     deployment: Arc<DeploymentHealth>,
 }
 
@@ -71,7 +71,7 @@ struct StatusState {
 pub async fn serve(
     addr: &str,
     liveness: Arc<Liveness>,
-    queue: Arc<dyn Queue>,
+    queues: Vec<Arc<dyn Reachable>>,
     deployment: Arc<DeploymentHealth>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
@@ -84,7 +84,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .with_state(StatusState {
             liveness,
-            queue,
+            queues,
             deployment,
         });
     info!(addr = %bound, "serving /metrics, /healthz and /readyz");
@@ -114,17 +114,24 @@ async fn readyz(State(state): State<StatusState>) -> (StatusCode, String) {
     if let Err(reason) = state.deployment.readiness() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
     }
-    match tokio::time::timeout(Duration::from_secs(5), state.queue.check_reachable()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
-        Ok(Err(err)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("queue not reachable: {err} ({})\n", err.hint()),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue not reachable: no answer within 5s\n".into(),
-        ),
+    for queue in &state.queues {
+        match tokio::time::timeout(Duration::from_secs(5), queue.check_reachable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("queue not reachable: {err} ({})\n", err.hint()),
+                );
+            }
+            Err(_) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue not reachable: no answer within 5s\n".into(),
+                );
+            }
+        }
     }
+    (StatusCode::OK, "ok\n".into())
 }
 
 /// The container health check: GETs `url` (plain HTTP on the loopback
@@ -178,7 +185,7 @@ mod tests {
         let addr = serve(
             "127.0.0.1:0",
             liveness.clone(),
-            Arc::new(MemoryQueue::new(false)),
+            vec![Arc::new(MemoryQueue::new(false))],
             Arc::default(),
             shutdown.clone(),
         )
@@ -211,7 +218,7 @@ mod tests {
         let addr = serve(
             "127.0.0.1:0",
             Arc::new(Liveness::new(Duration::from_secs(60))),
-            Arc::new(MemoryQueue::new(false)),
+            vec![Arc::new(MemoryQueue::new(false))],
             deployment.clone(),
             shutdown.clone(),
         )
@@ -237,7 +244,7 @@ mod tests {
         let addr = serve(
             "127.0.0.1:0",
             liveness,
-            Arc::new(MemoryQueue::new(false)),
+            vec![Arc::new(MemoryQueue::new(false))],
             Arc::default(),
             shutdown.clone(),
         )

@@ -762,7 +762,6 @@ async fn hand_back_on_sqs(fixture: &Fixture, times: usize) -> u64 {
     let queue = s3_ingest::queue::sqs::SqsQueue::new(
         fixture.clients.sqs.clone(),
         fixture.queue_url.clone(),
-        None,
     );
     let mut attempts = 0;
     for round in 0..times {

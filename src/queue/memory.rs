@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    BatchEntryFailure, MAX_BATCH_ENTRIES, MAX_DELAY_SECS, Queue, QueueError, ReceivedMessage,
+    BatchEntryFailure, MAX_BATCH_ENTRIES, MAX_DELAY_SECS, Queue, QueueError, Reachable,
+    ReceivedMessage,
 };
+use crate::dead_letter::DeadLetterQueue;
 use crate::error::AwsFailure;
 
 #[derive(Debug)]
@@ -109,6 +111,15 @@ impl MemoryQueue {
         let now = Instant::now();
         let state = self.state.lock().unwrap();
         state.messages.iter().filter(|m| m.visible_at > now).count()
+    }
+
+    /// This queue as the worker's dead-letter queue, when it was made with
+    /// one (`MemoryQueue::new(true)`).
+    pub fn dead_letter_queue(
+        self: &std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn DeadLetterQueue>> {
+        self.with_dead_letter_queue
+            .then(|| self.clone() as std::sync::Arc<dyn DeadLetterQueue>)
     }
 
     pub fn dead_letters(&self) -> Vec<String> {
@@ -316,16 +327,18 @@ impl Queue for MemoryQueue {
         self.send_with(message.body.clone(), Some(attempts), delay_secs);
         Ok(())
     }
+}
 
+#[async_trait]
+impl Reachable for MemoryQueue {
     async fn check_reachable(&self) -> Result<(), QueueError> {
         Ok(())
     }
+}
 
-    fn has_dead_letter_queue(&self) -> bool {
-        self.with_dead_letter_queue
-    }
-
-    async fn dead_letter(&self, envelope_json: &str) -> Result<(), QueueError> {
+#[async_trait]
+impl DeadLetterQueue for MemoryQueue {
+    async fn send(&self, envelope_json: &str) -> Result<(), QueueError> {
         let mut state = self.state.lock().unwrap();
         if !self.with_dead_letter_queue || state.fail_dead_letter {
             return Err(QueueError {

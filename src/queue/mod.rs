@@ -121,8 +121,19 @@ pub struct BatchEntryFailure {
     pub sender_fault: bool,
 }
 
+/// A queue the readiness probe checks.
 #[async_trait]
-pub trait Queue: Send + Sync + 'static {
+pub trait Reachable: Send + Sync {
+    /// Checks that the queue exists and may be used: at start-up and for
+    /// the readiness probe.
+    async fn check_reachable(&self) -> Result<(), QueueError>;
+}
+
+/// The queue the worker receives from: receive, delete, change visibility,
+/// and send a copy back (a hand-back). The dead-letter queue is apart
+/// (`dead_letter::DeadLetterQueue`).
+#[async_trait]
+pub trait Queue: Reachable + 'static {
     /// Long-polls for up to `max_messages`, hiding them for `visibility_timeout_secs`.
     async fn receive(
         &self,
@@ -167,16 +178,6 @@ pub trait Queue: Send + Sync + 'static {
         attempts: u64,
         delay_secs: u64,
     ) -> Result<(), QueueError>;
-
-    /// Checks that the queue (and DLQ) exist and may be used: at start-up
-    /// and for the readiness probe.
-    async fn check_reachable(&self) -> Result<(), QueueError>;
-
-    /// Whether a dead-letter queue is configured.
-    fn has_dead_letter_queue(&self) -> bool;
-
-    /// Sends a dead-letter envelope; Ok means the DLQ accepted it.
-    async fn dead_letter(&self, envelope_json: &str) -> Result<(), QueueError>;
 }
 
 #[cfg(test)]

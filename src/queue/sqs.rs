@@ -7,22 +7,71 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
 };
 
-use super::{ATTEMPTS_ATTRIBUTE, BatchEntryFailure, Queue, QueueError, ReceivedMessage};
+use super::{ATTEMPTS_ATTRIBUTE, BatchEntryFailure, Queue, QueueError, Reachable, ReceivedMessage};
+use crate::dead_letter::DeadLetterQueue;
 use crate::error::{aws_error_code, classify_aws};
 
 pub struct SqsQueue {
     client: Client,
     url: String,
-    dlq_url: Option<String>,
 }
 
 impl SqsQueue {
-    pub fn new(client: Client, url: String, dlq_url: Option<String>) -> SqsQueue {
-        SqsQueue {
-            client,
-            url,
-            dlq_url,
-        }
+    pub fn new(client: Client, url: String) -> SqsQueue {
+        SqsQueue { client, url }
+    }
+}
+
+/// The dead-letter queue at `queue.dlq_url`.
+pub struct SqsDeadLetterQueue {
+    client: Client,
+    url: String,
+}
+
+impl SqsDeadLetterQueue {
+    pub fn new(client: Client, url: String) -> SqsDeadLetterQueue {
+        SqsDeadLetterQueue { client, url }
+    }
+}
+
+/// Fails fast when the queue at `url` does not exist or cannot be
+/// reached, so a typo is a clear error at start-up and not a retry loop.
+async fn check_queue(client: &Client, url: &str) -> Result<(), QueueError> {
+    client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|err| queue_error("GetQueueAttributes", url, &err))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Reachable for SqsQueue {
+    async fn check_reachable(&self) -> Result<(), QueueError> {
+        check_queue(&self.client, &self.url).await
+    }
+}
+
+#[async_trait]
+impl Reachable for SqsDeadLetterQueue {
+    async fn check_reachable(&self) -> Result<(), QueueError> {
+        check_queue(&self.client, &self.url).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for SqsDeadLetterQueue {
+    async fn send(&self, envelope_json: &str) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(envelope_json)
+            .send()
+            .await
+            .map_err(|err| queue_error("SendMessage", &self.url, &err))?;
+        Ok(())
     }
 }
 
@@ -83,21 +132,6 @@ fn entry_build_error(
 
 #[async_trait]
 impl Queue for SqsQueue {
-    /// Fails fast at start-up when the queue (or DLQ) does not exist or
-    /// cannot be reached, so a typo is a clear error and not a retry loop.
-    async fn check_reachable(&self) -> Result<(), QueueError> {
-        for url in std::iter::once(&self.url).chain(self.dlq_url.as_ref()) {
-            self.client
-                .get_queue_attributes()
-                .queue_url(url)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .map_err(|err| queue_error("GetQueueAttributes", url, &err))?;
-        }
-        Ok(())
-    }
-
     async fn receive(
         &self,
         max_messages: u64,
@@ -240,30 +274,6 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|err| queue_error(OPERATION, &self.url, &err))?;
-        Ok(())
-    }
-
-    fn has_dead_letter_queue(&self) -> bool {
-        self.dlq_url.is_some()
-    }
-
-    async fn dead_letter(&self, envelope_json: &str) -> Result<(), QueueError> {
-        let Some(dlq_url) = &self.dlq_url else {
-            return Err(QueueError {
-                operation: "SendMessage",
-                queue: "<no dlq_url>".into(),
-                class: crate::error::AwsFailure::Permanent,
-                code: None,
-                detail: "no dead-letter queue is configured".into(),
-            });
-        };
-        self.client
-            .send_message()
-            .queue_url(dlq_url)
-            .message_body(envelope_json)
-            .send()
-            .await
-            .map_err(|err| queue_error("SendMessage", dlq_url, &err))?;
         Ok(())
     }
 }

@@ -283,13 +283,13 @@ impl Worker {
         let bucket = envelope.bucket.as_deref().unwrap_or("");
         let key = envelope.key.as_deref().unwrap_or("");
         let route = envelope.route.as_deref().unwrap_or("");
-        if !self.queue.has_dead_letter_queue() {
+        let Some(dead_letters) = &self.dead_letters else {
             error!(bucket, key, route, error_kind = %envelope.error_kind,
                 error = %excerpt(&envelope.error, LOG_ERROR_BYTES),
                 "poison, but no dlq_url is configured; leaving the message to the queue's redrive policy");
             return false;
-        }
-        match self.queue.dead_letter(&envelope.to_json()).await {
+        };
+        match dead_letters.send(&envelope.to_json()).await {
             Ok(()) => {
                 error!(bucket, key, route, error_kind = %envelope.error_kind,
                     error = %excerpt(&envelope.error, LOG_ERROR_BYTES), "dead-lettered");

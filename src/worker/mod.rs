@@ -51,10 +51,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::dead_letter::DeadLetterQueue;
 use crate::deployment::DeploymentHealth;
 use crate::ingest::Ingest;
 use crate::lease::{Lease, LeaseTiming};
-use crate::queue::Queue;
+use crate::queue::{Queue, Reachable};
 use crate::route::Router;
 use crate::status::Liveness;
 use crate::telemetry;
@@ -156,6 +157,8 @@ impl WorkerSettings {
 
 pub struct Worker {
     queue: Arc<dyn Queue>,
+    /// `None`: poison is left to the source queue's redrive policy.
+    dead_letters: Option<Arc<dyn DeadLetterQueue>>,
     liveness: Arc<Liveness>,
     router: Router,
     ingestor: Arc<dyn Ingest>,
@@ -168,6 +171,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         queue: Arc<dyn Queue>,
+        dead_letters: Option<Arc<dyn DeadLetterQueue>>,
         router: Router,
         ingestor: Arc<dyn Ingest>,
         settings: WorkerSettings,
@@ -177,6 +181,7 @@ impl Worker {
         let stuck_after = Duration::from_secs(settings.wait_time_secs + 180);
         Worker {
             queue,
+            dead_letters,
             liveness: Arc::new(Liveness::new(stuck_after)),
             router,
             ingestor,
@@ -206,5 +211,14 @@ impl Worker {
 
     pub fn queue(&self) -> Arc<dyn Queue> {
         self.queue.clone()
+    }
+
+    /// The queues `/readyz` checks: the source queue and the DLQ.
+    pub fn queues(&self) -> Vec<Arc<dyn Reachable>> {
+        let mut queues: Vec<Arc<dyn Reachable>> = vec![self.queue.clone()];
+        if let Some(dead_letters) = &self.dead_letters {
+            queues.push(dead_letters.clone());
+        }
+        queues
     }
 }

@@ -177,7 +177,8 @@ fn worker_with(
     concurrency: usize,
 ) -> Arc<Worker> {
     Arc::new(Worker::new(
-        queue,
+        queue.clone(),
+        queue.dead_letter_queue(),
         router(key_glob),
         Arc::new(ScriptedIngest::default()),
         settings(max_receive_count, concurrency),
@@ -192,6 +193,7 @@ fn scripted_worker(
 ) -> Arc<Worker> {
     Arc::new(Worker::new(
         queue.clone(),
+        queue.dead_letter_queue(),
         router("in/*.csv"),
         ingest.clone(),
         settings,

@@ -399,7 +399,7 @@ impl Fixture {
         let addr = s3_ingest::status::serve(
             "127.0.0.1:0",
             worker.liveness(),
-            worker.queue(),
+            worker.queues(),
             worker.deployment(),
             shutdown.clone(),
         )

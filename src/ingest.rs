@@ -23,7 +23,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
-use crate::config::FileFormat;
+use crate::config::{CsvOptions, FileFormat};
 use crate::decode::DecodeSummary;
 use crate::decode::compression::Codec;
 use crate::decode::csv::{CsvJob, decode_csv};
@@ -31,7 +31,7 @@ use crate::decode::parquet::{ParquetLimits, decode_parquet};
 use crate::error::IngestError;
 use crate::notification::ObjectRef;
 use crate::object::{ObjectTail, PARQUET_TAIL_BYTES, PinnedObject, S3Objects, S3ParquetReader};
-use crate::route::{Route, resolve_delimiter, resolve_format};
+use crate::route::{ObjectPlan, PlannedFormat};
 use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter, SinksByName};
 
 /// Downloaded chunks waiting for the decoder.
@@ -41,8 +41,8 @@ const BATCH_CHANNEL_BATCHES: usize = 2;
 
 /// What opening an object read, by format.
 enum Opened {
-    /// A CSV object's body, not yet read.
-    Stream(ByteStream),
+    /// A CSV object's body, not yet read, and how to parse it.
+    Stream(ByteStream, CsvOptions),
     /// A Parquet object's tail (its footer).
     Tail(ObjectTail),
 }
@@ -83,15 +83,20 @@ impl Committed {
 /// is the real pipeline; the worker's tests script outcomes through it.
 #[async_trait::async_trait]
 pub trait Ingest: Send + Sync {
-    /// Ingests one object through `route`; Ok means every sink of the
-    /// route committed it.
-    async fn ingest(&self, object: &ObjectRef, route: &Route) -> Result<Committed, IngestError>;
+    /// Ingests one object as `plan` says; Ok means every sink of the plan
+    /// committed it.
+    async fn ingest(&self, object: &ObjectRef, plan: &ObjectPlan)
+    -> Result<Committed, IngestError>;
 }
 
 #[async_trait::async_trait]
 impl Ingest for Ingestor {
-    async fn ingest(&self, object: &ObjectRef, route: &Route) -> Result<Committed, IngestError> {
-        self.ingest_object(object, route).await
+    async fn ingest(
+        &self,
+        object: &ObjectRef,
+        plan: &ObjectPlan,
+    ) -> Result<Committed, IngestError> {
+        self.ingest_object(object, plan).await
     }
 }
 
@@ -105,23 +110,15 @@ impl Ingestor {
         Ingestor { objects, sinks }
     }
 
-    /// Ingests one object through `route`; Ok means the sink committed it.
+    /// Ingests one object as `plan` says; Ok means every sink committed it.
     pub async fn ingest_object(
         &self,
         object: &ObjectRef,
-        route: &Route,
+        plan: &ObjectPlan,
     ) -> Result<Committed, IngestError> {
         let uri = object.s3_uri();
-        let format = resolve_format(route.format, &object.key).ok_or_else(|| {
-            IngestError::UnsupportedFormat {
-                uri: uri.clone(),
-                detail: format!(
-                    "route `{}` has format auto and the key's extension is not .csv, .tsv, .txt, .parquet or .pq (optionally .gz/.zst)",
-                    route.name
-                ),
-            }
-        })?;
-        let sinks: Vec<Arc<dyn Sink>> = route
+        let format = plan.format.file_format();
+        let sinks: Vec<Arc<dyn Sink>> = plan
             .sinks
             .iter()
             .map(|name| {
@@ -133,16 +130,15 @@ impl Ingestor {
             .collect();
         // One GET opens the object and pins its version: the whole object
         // for CSV, the tail with the footer for Parquet.
-        let (pinned, opened) = match format {
-            FileFormat::Csv => {
+        let (pinned, opened) = match &plan.format {
+            PlannedFormat::Csv(options) => {
                 let (pinned, body) = self.objects.open(object).await?;
-                (pinned, Opened::Stream(body))
+                (pinned, Opened::Stream(body, options.clone()))
             }
-            FileFormat::Parquet => {
+            PlannedFormat::Parquet => {
                 let (pinned, tail) = self.objects.open_tail(object, PARQUET_TAIL_BYTES).await?;
                 (pinned, Opened::Tail(tail))
             }
-            FileFormat::Auto => unreachable!("resolve_format never returns auto"),
         };
         let pinned = Arc::new(pinned);
         let lineage = Lineage {
@@ -152,13 +148,15 @@ impl Ingestor {
             etag: pinned.etag.clone(),
             size: pinned.size,
             event_time: object.event_time,
-            route: route.name.clone(),
+            route: plan.route.clone(),
         };
 
         let (batch_tx, batch_rx) = mpsc::channel(BATCH_CHANNEL_BATCHES);
         let producer = match opened {
-            Opened::Stream(body) => self.spawn_csv(pinned.clone(), body, route, batch_tx),
-            Opened::Tail(tail) => self.spawn_parquet(pinned.clone(), tail, route, batch_tx),
+            Opened::Stream(body, options) => {
+                self.spawn_csv(pinned.clone(), body, options, plan, batch_tx)
+            }
+            Opened::Tail(tail) => self.spawn_parquet(pinned.clone(), tail, plan, batch_tx),
         };
         let written = write_batches(&sinks, &lineage, &uri, batch_rx).await;
         // The producer's error explains a sink-side stop better than the
@@ -221,7 +219,8 @@ impl Ingestor {
         &self,
         pinned: Arc<PinnedObject>,
         body: ByteStream,
-        route: &Route,
+        options: CsvOptions,
+        plan: &ObjectPlan,
         batches: mpsc::Sender<RecordBatch>,
     ) -> tokio::task::JoinHandle<Result<DecodeSummary, IngestError>> {
         let (chunk_tx, chunk_rx) = mpsc::channel(BYTE_CHANNEL_CHUNKS);
@@ -231,16 +230,14 @@ impl Ingestor {
             tokio::spawn(
                 async move { objects.stream_into(&download_pinned, body, chunk_tx).await },
             );
-        let mut options = route.csv.clone();
-        options.delimiter = Some(resolve_delimiter(options.delimiter, &pinned.key));
         let job = CsvJob {
             uri: pinned.uri(),
             options,
-            schema: route.schema.clone(),
-            batch_rows: route.batch_rows,
+            schema: plan.schema.clone(),
+            batch_rows: plan.batch_rows,
             declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),
             object_bytes: pinned.size,
-            limits: route.limits.clone(),
+            limits: plan.limits.clone(),
         };
         let decode = tokio::task::spawn_blocking(move || {
             decode_csv(ChunkReader::new(chunk_rx), &job, &batches)
@@ -265,15 +262,15 @@ impl Ingestor {
         &self,
         pinned: Arc<PinnedObject>,
         tail: ObjectTail,
-        route: &Route,
+        plan: &ObjectPlan,
         batches: mpsc::Sender<RecordBatch>,
     ) -> tokio::task::JoinHandle<Result<DecodeSummary, IngestError>> {
         let reader = S3ParquetReader::new(self.objects.clone(), pinned.clone(), tail);
-        let schema = route.schema.clone();
-        let batch_rows = route.batch_rows;
+        let schema = plan.schema.clone();
+        let batch_rows = plan.batch_rows;
         let limits = ParquetLimits {
             file_size: pinned.size,
-            max_row_group_bytes: route.limits.max_row_group_bytes.get(),
+            max_row_group_bytes: plan.limits.max_row_group_bytes.get(),
         };
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {

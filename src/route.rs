@@ -1,5 +1,5 @@
 //! Routing: the first route whose bucket and key glob match an object
-//! decides how it is decoded and where it lands.
+//! decides how it is decoded and where it lands, as one [`ObjectPlan`].
 
 use std::sync::Arc;
 
@@ -7,6 +7,41 @@ use arrow::datatypes::SchemaRef;
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::config::{CsvOptions, FileFormat, RouteConfig, RouteLimits};
+
+/// What one object's pipeline does, decided once when it is routed and
+/// handed to the pipeline as one value. Only the compression is left to
+/// the pipeline: it is declared by the GET's `Content-Encoding` (else the
+/// key's suffix) and checked against the bytes' magic.
+#[derive(Debug, Clone)]
+pub struct ObjectPlan {
+    /// The route's name, for lineage, logs and metrics.
+    pub route: String,
+    pub format: PlannedFormat,
+    /// The route's explicit schema, if it has one.
+    pub schema: Option<SchemaRef>,
+    pub batch_rows: usize,
+    pub limits: RouteLimits,
+    /// Every sink the object lands in, committed in this order.
+    pub sinks: Vec<String>,
+}
+
+/// The object's format, with what decoding it needs.
+#[derive(Debug, Clone)]
+pub enum PlannedFormat {
+    /// CSV; the options carry the delimiter already decided (the route's,
+    /// else a tab for `.tsv` keys and a comma for the rest).
+    Csv(CsvOptions),
+    Parquet,
+}
+
+impl PlannedFormat {
+    pub fn file_format(&self) -> FileFormat {
+        match self {
+            PlannedFormat::Csv(_) => FileFormat::Csv,
+            PlannedFormat::Parquet => FileFormat::Parquet,
+        }
+    }
+}
 
 /// A compiled route.
 #[derive(Debug)]
@@ -26,6 +61,33 @@ pub struct Route {
 }
 
 impl Route {
+    /// The plan for an object at `key`; `Err` says why no format fits (the
+    /// object is then an `unsupported_format`).
+    pub fn plan(&self, key: &str) -> Result<ObjectPlan, String> {
+        let format = match resolve_format(self.format, key) {
+            Some(FileFormat::Csv) => {
+                let mut options = self.csv.clone();
+                options.delimiter = Some(resolve_delimiter(options.delimiter, key));
+                PlannedFormat::Csv(options)
+            }
+            Some(FileFormat::Parquet) => PlannedFormat::Parquet,
+            Some(FileFormat::Auto) | None => {
+                return Err(format!(
+                    "route `{}` has format auto and the key's extension is not .csv, .tsv, .txt, .parquet or .pq (optionally .gz/.zst)",
+                    self.name
+                ));
+            }
+        };
+        Ok(ObjectPlan {
+            route: self.name.clone(),
+            format,
+            schema: self.schema.clone(),
+            batch_rows: self.batch_rows,
+            limits: self.limits.clone(),
+            sinks: self.sinks.clone(),
+        })
+    }
+
     pub fn from_config(config: &RouteConfig) -> Result<Route, String> {
         // `literal_separator`: `*` must not cross `/`, as users expect from
         // shell globs; `**` still spans directories.
@@ -158,6 +220,28 @@ mod tests {
             batch_rows: std::num::NonZeroUsize::new(10).unwrap(),
             limits: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_plan_decides_format_delimiter_and_sinks_once() {
+        let router = Router::new(&[route("vendor", None, "**")]).unwrap();
+        let plan = |key: &str| router.route("b", key).unwrap().plan(key);
+        let tsv = plan("in/prices.tsv.gz").unwrap();
+        assert_eq!(tsv.route, "vendor");
+        assert_eq!(tsv.sinks, ["lake"]);
+        match &tsv.format {
+            PlannedFormat::Csv(options) => assert_eq!(options.delimiter, Some('\t')),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            plan("in/orders.parquet").unwrap().format,
+            PlannedFormat::Parquet
+        ));
+        let unknown = plan("in/orders.json").unwrap_err();
+        assert!(
+            unknown.contains("route `vendor` has format auto"),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -58,6 +58,24 @@ impl Worker {
             info!(bucket, key, "no route matches the key; object skipped");
             return ObjectOutcome::Unmatched;
         };
+        let plan = match route.plan(key) {
+            Ok(plan) => plan,
+            Err(detail) => {
+                let err = IngestError::UnsupportedFormat {
+                    uri: object.s3_uri(),
+                    detail,
+                };
+                return self
+                    .dead_letter_object(
+                        message,
+                        object,
+                        Some(&route.name),
+                        err.kind(),
+                        err.to_string(),
+                    )
+                    .await;
+            }
+        };
         // Once shutdown has begun nothing new starts: a message still
         // waiting here goes back to the queue for another worker.
         // A message received ahead waits a bounded time (admission.rs):
@@ -75,7 +93,7 @@ impl Worker {
         };
         let _in_flight = InFlightGauge::new();
         let started = Instant::now();
-        let ingested = self.ingestor.ingest(object, &route).await;
+        let ingested = self.ingestor.ingest(object, &plan).await;
         self.admission.object_finished(started.elapsed());
         match &ingested {
             Ok(_) => {

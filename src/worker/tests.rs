@@ -14,7 +14,7 @@ use crate::ingest::Committed;
 use crate::notification::ObjectRef;
 use crate::queue::ReceivedMessage;
 use crate::queue::memory::MemoryQueue;
-use crate::route::Route;
+use crate::route::ObjectPlan;
 use crate::sink::{CommitReceipt, Lineage};
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,11 @@ impl ScriptedIngest {
 
 #[async_trait::async_trait]
 impl Ingest for ScriptedIngest {
-    async fn ingest(&self, object: &ObjectRef, route: &Route) -> Result<Committed, IngestError> {
+    async fn ingest(
+        &self,
+        object: &ObjectRef,
+        plan: &ObjectPlan,
+    ) -> Result<Committed, IngestError> {
         self.calls.lock().unwrap().push(object.key.clone());
         let step = self
             .script
@@ -121,7 +125,7 @@ impl Ingest for ScriptedIngest {
                 etag: object.etag.clone(),
                 size: 1,
                 event_time: None,
-                route: route.name.clone(),
+                route: plan.route.clone(),
             },
             rows: 1,
             batches: 1,

@@ -135,42 +135,30 @@ async fn readyz(State(state): State<StatusState>) -> (StatusCode, String) {
 }
 
 /// The container health check: GETs `url` (plain HTTP on the loopback
-/// interface) and succeeds on a 200. Small enough to need no HTTP client.
+/// interface, never through a proxy the environment names) and succeeds
+/// on a 200.
 pub async fn probe(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are probed"))?;
-    let (host, path) = match rest.find('/') {
-        Some(slash) => (&rest[..slash], &rest[slash..]),
-        None => (rest, "/"),
-    };
-    let attempt = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(host)
-            .await
-            .map_err(|err| format!("connect {host}: {err}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|err| format!("send: {err}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|err| format!("read: {err}"))?;
-        let text = String::from_utf8_lossy(&response);
-        let status_line = text.lines().next().unwrap_or_default();
-        if status_line.split_whitespace().nth(1) == Some("200") {
-            Ok(())
+    if !url.starts_with("http://") {
+        return Err(format!("{url}: only http:// URLs are probed"));
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|err| format!("{url}: {}", crate::error::with_causes(&err)))?;
+    let response = client.get(url).send().await.map_err(|err| {
+        if err.is_timeout() {
+            format!("{url}: no answer within 5s")
         } else {
-            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
-            Err(format!("{url}: {status_line}: {body}"))
+            format!("{url}: {}", crate::error::with_causes(&err.without_url()))
         }
-    };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
-        .await
-        .map_err(|_| format!("{url}: no answer within 5s"))?
+    })?;
+    let status = response.status();
+    if status == reqwest::StatusCode::OK {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(format!("{url}: {status}: {}", body.trim()))
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
+use arrow::csv::reader::ReaderBuilder;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use arrow_csv::reader::ReaderBuilder;
 use flate2::Compression as GzLevel;
 use flate2::write::GzEncoder;
 use parquet::arrow::ArrowWriter;

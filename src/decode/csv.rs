@@ -8,9 +8,9 @@
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::sync::Arc;
 
+use arrow::csv::reader::{Format, ReaderBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use arrow_csv::reader::{Format, ReaderBuilder};
 use regex::Regex;
 use tokio::sync::mpsc;
 

@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use aws_sdk_s3::primitives::ByteStream;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::config::{CsvOptions, FileFormat};
 use crate::decode::DecodeSummary;
@@ -239,9 +240,8 @@ impl Ingestor {
             object_bytes: pinned.size,
             limits: plan.limits.clone(),
         };
-        let decode = tokio::task::spawn_blocking(move || {
-            decode_csv(ChunkReader::new(chunk_rx), &job, &batches)
-        });
+        let reader = chunk_reader(chunk_rx);
+        let decode = tokio::task::spawn_blocking(move || decode_csv(reader, &job, &batches));
         tokio::spawn(async move {
             let decoded = decode.await;
             let downloaded = download.await;
@@ -394,36 +394,16 @@ fn first_cause(producer: IngestError, sink: IngestError) -> IngestError {
     }
 }
 
-/// Adapts the channel of downloaded chunks to `std::io::Read` for the
-/// decoder's blocking thread. The end of the channel is the end of data;
-/// whether the download was complete is checked separately.
-struct ChunkReader {
-    chunks: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl ChunkReader {
-    fn new(chunks: mpsc::Receiver<Bytes>) -> ChunkReader {
-        ChunkReader {
-            chunks,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current.advance(n);
-        Ok(n)
-    }
+/// The channel of downloaded chunks as `std::io::Read` for the decoder's
+/// blocking thread. The end of the channel is the end of data; whether the
+/// download was complete is checked separately. Made on the runtime (the
+/// bridge keeps its handle), read on the blocking thread.
+fn chunk_reader(chunks: mpsc::Receiver<Bytes>) -> impl Read + Send {
+    let chunks = futures::stream::unfold(chunks, |mut chunks| async move {
+        let chunk = chunks.recv().await?;
+        Some((Ok::<_, std::io::Error>(chunk), chunks))
+    });
+    SyncIoBridge::new(StreamReader::new(Box::pin(chunks)))
 }
 
 #[cfg(test)]

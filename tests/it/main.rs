@@ -31,9 +31,10 @@
 //!
 //! Why not the `serial_test` crate (`#[serial]`, everything else
 //! `#[parallel]`): its `#[parallel]` on an async test requires the test's
-//! future to be `UnwindSafe`, which most of these (holding fixtures, SDK
-//! clients, `&mut` across awaits) are not; and its lock lets parallel
-//! tests keep overtaking a waiting `#[serial]` one. A new test must take
+//! future to be `UnwindSafe`, and a future holding a `util::Fixture` is
+//! not (the AWS SDK clients hold `Arc<dyn ...>` without that bound), so
+//! most tests here would not compile; and its lock lets parallel tests
+//! keep overtaking a waiting `#[serial]` one. A new test must take
 //! one of the guards below; without one it could run beside a test that
 //! runs alone.
 

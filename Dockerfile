@@ -36,7 +36,7 @@ HEALTHCHECK --interval=30s --timeout=6s --start-period=20s --retries=3 \
 STOPSIGNAL SIGTERM
 # glibc keeps up to 8 malloc arenas per core, each holding memory freed by
 # the decoder threads; two keep RSS about 20 MiB lower with no measurable
-# cost here (tests/memory.rs runs the worker the same way).
+# cost here (tests/it/memory.rs runs the worker the same way).
 ENV MALLOC_ARENA_MAX=2
 ENTRYPOINT ["/usr/local/bin/s3-ingest"]
 CMD ["run", "--log-format", "json"]

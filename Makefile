@@ -68,12 +68,12 @@ bench:
 	$(WITH_LOCALSTACK) cargo bench --bench e2e
 	$(MAKE) bench-memory
 
-## tests/memory.rs at 2 GiB, release build: a 2 GiB CSV alone, then with a
+## tests/it/memory.rs at 2 GiB, release build: a 2 GiB CSV alone, then with a
 ## 2 GiB Parquet object (128 MiB row groups) at once; peak RSS per phase.
 ## Takes about 15 minutes and 10 GB of disk under LocalStack.
 MEMORY_LARGE ?= 2GiB
 bench-memory:
-	S3I_MEMORY_LARGE=$(MEMORY_LARGE) $(WITH_LOCALSTACK) cargo test --release --test memory -- --nocapture
+	S3I_MEMORY_LARGE=$(MEMORY_LARGE) $(WITH_LOCALSTACK) cargo test --release --test it memory:: -- --nocapture
 
 ## End to end on LocalStack: worker + sample vendor files + what landed.
 demo:

@@ -9,7 +9,7 @@ mod callgrind;
 mod data;
 #[path = "support/e2e.rs"]
 mod e2e;
-#[path = "../tests/util/mod.rs"]
+#[path = "../tests/it/util/mod.rs"]
 mod util;
 
 fn main() {

@@ -8,6 +8,7 @@ mod callgrind;
 mod data;
 #[path = "../benches/support/e2e.rs"]
 mod e2e;
+#[path = "it/util/mod.rs"]
 mod util;
 
 /// `harness = false` (Cargo.toml): the instruction count runs this binary

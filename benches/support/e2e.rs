@@ -6,7 +6,7 @@
 //!
 //! Used by `benches/e2e.rs` (`make bench`) and, with tiny sizes, by
 //! `tests/bench_smoke.rs` so this code runs under `cargo test`.
-//! Needs `crate::util` (tests/util/mod.rs), `crate::data` and
+//! Needs `crate::util` (tests/it/util/mod.rs), `crate::data` and
 //! `crate::callgrind`.
 
 use std::collections::HashMap;

@@ -1,9 +1,8 @@
 //! Inputs of the bad-input corpus that are too big or too binary to commit:
 //! `manifest.toml` names them with `generate = "NAME"`, and the runner
-//! (`tests/corpus.rs`) includes this file with `#[path]` and calls
+//! (`tests/it/corpus.rs`) includes this file with `#[path]` and calls
 //! [`generate`]. Every generator is deterministic.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -14,17 +13,12 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use arrow::record_batch::RecordBatch;
 
+use crate::util::{gzip, wide_csv};
+
 const MIB: usize = 1 << 20;
 
 /// The bytes of the generated input `name`; panics on an unknown name so
 /// that a typo in the manifest fails loudly.
-/// A header of `columns` names and two rows of ones.
-fn wide_csv(columns: usize) -> Vec<u8> {
-    let names: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
-    let row = vec!["1"; columns].join(",");
-    format!("{}\n{row}\n{row}\n", names.join(",")).into_bytes()
-}
-
 pub fn generate(name: &str) -> Vec<u8> {
     match name {
         // --- compression -------------------------------------------------
@@ -76,8 +70,8 @@ pub fn generate(name: &str) -> Vec<u8> {
         }
         // 10 MiB and not a single line end.
         "single_line_10mib" => vec![b'x'; 10 * MIB],
-        "columns_50" => wide_csv(50),
-        "columns_51" => wide_csv(51),
+        "columns_50" => wide_csv(50, 2),
+        "columns_51" => wide_csv(51, 2),
         "line_without_end_128kib" => [&b"id,name\n1,"[..], &vec![b'x'; 128 * 1024]].concat(),
         "open_quote_128kib" => [&b"id,name\n1,\""[..], &b"inside quotes\n".repeat(10_000)].concat(),
         "field_60kib" => [&b"id,name\n1,"[..], &vec![b'x'; 60 * 1024], b"\n"].concat(),
@@ -218,12 +212,6 @@ pub fn generate(name: &str) -> Vec<u8> {
 
         other => panic!("corpus/generate.rs has no generator named {other:?}"),
     }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
 }
 
 /// `id,name` plus `rows` data rows.

@@ -6,7 +6,7 @@ terraform {
     aws = {
       source = "hashicorp/aws"
       # Checked (validate, checkov, LocalStack apply) against 5.100. Widen the
-      # upper bound only after running infra/check.sh and tests/terraform.rs
+      # upper bound only after running infra/check.sh and tests/it/terraform.rs
       # against a 6.x provider.
       version = ">= 5.0, < 6.0"
     }

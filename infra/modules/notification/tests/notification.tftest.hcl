@@ -1,6 +1,6 @@
 # Offline tests of the module's guard rails (`terraform test`, run by
 # infra/check.sh). The provider is mocked: nothing is created anywhere.
-# tests/terraform.rs applies the module to LocalStack for real.
+# tests/it/terraform.rs applies the module to LocalStack for real.
 
 mock_provider "aws" {
   # Policy documents are rendered by the provider; a mock needs valid JSON.

@@ -28,8 +28,6 @@
 //! poison file must end as one dead letter of its kind, and peak RSS stays
 //! under the same bound.
 
-mod util;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -41,7 +39,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
-use util::Fixture;
+
+use crate::util;
+use crate::util::Fixture;
 
 const MIB: u64 = 1024 * 1024;
 /// Brings the worker's allocator to its working size first (glibc thread
@@ -396,6 +396,7 @@ fn mib(kib: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_memory_does_not_grow_with_file_size() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("memory").await;
     let config = fixture.config(None);
     assert_eq!(config.worker.concurrency.get(), 4);
@@ -405,10 +406,7 @@ async fn worker_memory_does_not_grow_with_file_size() {
     let sampler = RssSampler::start(pid);
 
     // Idle, after start-up: the floor the phases are compared against.
-    util::wait_until("the worker to start", util::WAIT, || async {
-        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("worker started"))
-    })
-    .await;
+    util::wait_for_log(&log, "worker started").await;
     let idle_kib = proc_status_kib(pid, "VmRSS:").unwrap();
 
     let (large_csv_bytes, parquet_rows) = sizes();
@@ -555,31 +553,13 @@ fn repeated_parts(
     }
 }
 
-/// A CSV header of `columns` names and `rows` rows of ones.
-fn wide_csv(columns: usize, rows: usize) -> Vec<u8> {
-    let names: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
-    let mut csv = names.join(",").into_bytes();
-    csv.push(b'\n');
-    let row = vec!["1"; columns].join(",");
-    for _ in 0..rows {
-        csv.extend_from_slice(row.as_bytes());
-        csv.push(b'\n');
-    }
-    csv
-}
-
 /// A gzip object of a header member and `members` gzip members, each the
 /// same 64 MiB of valid CSV rows (multi-member gzip is one stream): a few
 /// MiB stored, `members` × 64 MiB decompressed.
 fn gzip_bomb_parts(members: usize) -> impl FnMut() -> Option<Vec<u8>> {
     use std::io::Write;
     let line = b"1234567890,a row that compresses about a thousand to one like any bomb\n";
-    let gzip = |data: &[u8]| {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(data).unwrap();
-        encoder.finish().unwrap()
-    };
-    let mut header = Some(gzip(b"id,note\n"));
+    let mut header = Some(util::gzip_with(b"id,note\n", flate2::Compression::best()));
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     for _ in 0..(64 * MIB as usize) / line.len() {
         encoder.write_all(line).unwrap();
@@ -617,6 +597,7 @@ enum Outcome {
 /// bound as for large files. Each file's own peak is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_files_cost_one_dead_letter_each_within_the_memory_bound() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("hostile").await;
     let config = fixture.config(None);
     let just_under = config.routes[0].limits.max_columns.get() - 1;
@@ -624,20 +605,17 @@ async fn hostile_files_cost_one_dead_letter_each_within_the_memory_bound() {
     let mut worker = fixture.spawn_worker_process(&config, &log);
     let pid = worker.id();
     let sampler = RssSampler::start(pid);
-    util::wait_until("the worker to start", util::WAIT, || async {
-        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("worker started"))
-    })
-    .await;
+    util::wait_for_log(&log, "worker started").await;
 
     let cases: Vec<(&str, Parts, Outcome)> = vec![
         (
             "in/wide-header.csv",
-            Box::new(once(wide_csv(100_000, 3))),
+            Box::new(once(util::wide_csv(100_000, 3))),
             Outcome::DeadLetter("schema_error", "more than limits.max_columns"),
         ),
         (
             "in/just-under.csv",
-            Box::new(once(wide_csv(just_under, 10))),
+            Box::new(once(util::wide_csv(just_under, 10))),
             Outcome::Rows(10),
         ),
         (

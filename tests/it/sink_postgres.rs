@@ -13,8 +13,6 @@
 //! below talks TLS to the server; the assertion client does not. Each test
 //! uses its own uniquely named table and ledger.
 
-mod util;
-
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,7 +24,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use s3_ingest::config::Config;
-use util::*;
+
+use crate::util::*;
 
 fn postgres_url() -> String {
     std::env::var("S3I_POSTGRES_URL")
@@ -62,6 +61,7 @@ fn with_param(url: &str, param: &str) -> String {
 /// 100 KB reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_error_quoting_a_huge_value_is_dead_lettered_with_a_bounded_reason() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-huge").await;
     let client = connect().await;
     let table = unique_table("huge");
@@ -96,7 +96,7 @@ async fn a_server_error_quoting_a_huge_value_is_dead_lettered_with_a_bounded_rea
         "a reason of {} bytes",
         reason.len()
     );
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     assert_eq!(count(&client, &table).await, 0);
     worker.stop().await;
 }
@@ -118,8 +118,7 @@ async fn connect() -> tokio_postgres::Client {
 }
 
 fn unique_table(prefix: &str) -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("s3i_{prefix}_{}", &id[..10])
+    format!("s3i_{prefix}_{}", unique_id())
 }
 
 /// One route for every key into sink `pg`, with an optional explicit schema.
@@ -283,6 +282,7 @@ async fn block_copy_at_id(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_rows_land_with_their_types_nulls_decimals_and_timestamps() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-csv").await;
     let client = connect().await;
     let table = unique_table("csv");
@@ -382,6 +382,7 @@ async fn csv_rows_land_with_their_types_nulls_decimals_and_timestamps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inferred_csv_columns_fit_narrower_integer_and_numeric_columns() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-infer").await;
     let client = connect().await;
     let table = unique_table("infer");
@@ -415,6 +416,7 @@ async fn inferred_csv_columns_fit_narrower_integer_and_numeric_columns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_only_csv_records_its_ledger_row_without_touching_the_table() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-empty").await;
     let client = connect().await;
     let table = unique_table("empty");
@@ -495,6 +497,7 @@ fn parquet_file() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_file_creates_the_table_when_create_table_is_set() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-parquet").await;
     let client = connect().await;
     let table = unique_table("parquet");
@@ -582,6 +585,7 @@ async fn parquet_file_creates_the_table_when_create_table_is_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_mismatches_are_dead_lettered_naming_the_column() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-mismatch").await;
     let client = connect().await;
     let table = unique_table("mismatch");
@@ -617,7 +621,7 @@ async fn schema_mismatches_are_dead_lettered_naming_the_column() {
         "{}",
         reasons[2]
     );
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     assert_eq!(count(&client, &table).await, 0);
     assert_eq!(ledger_count(&client, &table).await, 0);
     worker.stop().await;
@@ -625,6 +629,7 @@ async fn schema_mismatches_are_dead_lettered_naming_the_column() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nul_in_a_header_is_dead_lettered_when_the_table_is_created() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-nul-header").await;
     let table = unique_table("nul");
     let (worker, _) = fixture
@@ -638,12 +643,13 @@ async fn a_nul_in_a_header_is_dead_lettered_when_the_table_is_created() {
         "{}",
         letters[0].error
     );
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-pk").await;
     let client = connect().await;
     let table = unique_table("pk");
@@ -667,7 +673,7 @@ async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
         "{}",
         letters[0].error
     );
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     assert_eq!(
         count(&client, &table).await,
         1,
@@ -688,6 +694,7 @@ async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_keeps_the_file_queued_until_it_is_restored() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-grant").await;
     let client = connect().await;
     let table = unique_table("grant");
@@ -748,6 +755,7 @@ async fn a_revoked_grant_keeps_the_file_queued_until_it_is_restored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_again_commits_its_rows_once() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-dup").await;
     let client = connect().await;
     let table = unique_table("dup");
@@ -786,6 +794,7 @@ async fn the_same_event_delivered_again_commits_its_rows_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_racing_on_the_same_object_commit_it_once() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-race").await;
     let client = connect().await;
     let table = unique_table("race");
@@ -822,6 +831,7 @@ async fn two_workers_racing_on_the_same_object_commit_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_first_loads_of_different_files_create_the_table_once() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-create-race").await;
     let client = connect().await;
     let table = unique_table("createrace");
@@ -848,6 +858,7 @@ async fn racing_first_loads_of_different_files_create_the_table_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_between_copy_and_commit_loads_the_file_once_after_redelivery() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-crash").await;
     let client = connect().await;
     let table = unique_table("crash");
@@ -868,10 +879,7 @@ async fn a_worker_killed_between_copy_and_commit_loads_the_file_once_after_redel
     // Mid-COPY, before COMMIT: nothing is visible yet.
     assert_eq!(count(&client, &table).await, 0);
     child.kill().unwrap(); // SIGKILL
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_exit(child).await;
     // A backend waiting on a lock does not notice its client is gone; once
     // the lock is released it reads EOF and rolls back.
     blocker.batch_execute("ROLLBACK").await.unwrap();
@@ -906,11 +914,12 @@ async fn a_worker_killed_between_copy_and_commit_loads_the_file_once_after_redel
     );
     assert!(fixture.take_dead_letters().await.is_empty());
     child.kill().unwrap();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    wait_for_exit(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_terminated_mid_copy_is_retried_and_lands_once() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-terminate").await;
     let client = connect().await;
     let table = unique_table("terminate");
@@ -963,6 +972,7 @@ async fn a_backend_terminated_mid_copy_is_retried_and_lands_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_outlasting_max_receive_count_dead_letters_nothing() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-down").await;
     let client = connect().await;
     let table = unique_table("down");
@@ -1008,6 +1018,7 @@ async fn an_unreachable_database_outlasting_max_receive_count_dead_letters_nothi
 /// committed version is reported as already committed afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_twice() {
+    let _suite = crate::shared().await;
     use s3_ingest::sink::postgres::{PostgresSink, PostgresSinkConfig};
     use s3_ingest::sink::{Lineage, Sink, SinkContext};
 
@@ -1032,13 +1043,8 @@ async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_t
     };
     let sink = PostgresSink::new("pg", &config, &context).unwrap();
     let lineage = Lineage {
-        bucket: "vendor".into(),
-        key: "in/a.csv".into(),
-        version_id: None,
-        etag: Some("etag-1".into()),
         size: 10,
-        event_time: None,
-        route: "all".into(),
+        ..lineage("vendor", "in/a.csv", "etag-1", "all")
     };
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -1108,6 +1114,7 @@ async fn backends_on_tls(client: &tokio_postgres::Client, name: &str) -> (i64, i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_tls_with_the_test_ca_loads_over_a_verified_connection() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-tls").await;
     let client = connect().await;
     let table = unique_table("tls");
@@ -1144,6 +1151,7 @@ async fn required_tls_with_the_test_ca_loads_over_a_verified_connection() {
 /// same message lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_server_certificate_leaves_the_object_for_retry() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("pg-untrusted").await;
     let client = connect().await;
     let table = unique_table("untrusted");
@@ -1202,6 +1210,7 @@ async fn an_untrusted_server_certificate_leaves_the_object_for_retry() {
 /// refuses it (libpq's `sslmode=require` would not), as a retryable error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_another_host_name_is_refused_even_from_a_trusted_ca() {
+    let _suite = crate::shared().await;
     use s3_ingest::sink::postgres::{PostgresSink, PostgresSinkConfig};
     use s3_ingest::sink::{Lineage, Sink, SinkContext};
 
@@ -1228,13 +1237,8 @@ async fn a_certificate_for_another_host_name_is_refused_even_from_a_trusted_ca()
     };
     let sink = PostgresSink::new("pg", &config, &context).unwrap();
     let lineage = Lineage {
-        bucket: "vendor".into(),
-        key: "in/a.csv".into(),
-        version_id: None,
-        etag: Some("etag-1".into()),
         size: 10,
-        event_time: None,
-        route: "all".into(),
+        ..lineage("vendor", "in/a.csv", "etag-1", "all")
     };
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
     let err = sink.open(&lineage, schema).await.err().expect("refused");

@@ -1,13 +1,12 @@
 //! Fan-out: a route naming several sinks lands each object in all of them,
 //! and its message is deleted only after every sink committed.
 
-mod util;
-
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use util::*;
+use crate::util;
+use crate::util::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,6 +34,7 @@ fn rows_by_key(dir: &Path) -> std::collections::BTreeMap<String, Vec<usize>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sink_commits_before_the_delete_and_a_failed_sink_is_retried_safely() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("fanout").await;
     let mirror_root = tempfile::tempdir().unwrap();
     let mirror = mirror_root.path().join("mirror");
@@ -103,6 +103,7 @@ async fn every_sink_commits_before_the_delete_and_a_failed_sink_is_retried_safel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_that_rejects_the_object_dead_letters_it_naming_that_sink() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("fanout-reject").await;
     let server = util::http_server::HttpTestServer::start().await;
     server.fail_always(400, "table events does not exist");
@@ -131,7 +132,7 @@ async fn a_sink_that_rejects_the_object_dead_letters_it_naming_that_sink() {
     let reason = &letters[0].error;
     assert!(reason.contains("sink `events_api`"), "{reason}");
     assert!(reason.contains("table events does not exist"), "{reason}");
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     // The sink before it in the route's order committed; that copy stays,
     // and a replay after the fix would overwrite it, not add to it.
     assert_eq!(rows_by_key(fixture.output_dir())["in/c.csv"], vec![3]);

@@ -105,9 +105,15 @@ impl Default for FixtureOptions {
     }
 }
 
-fn unique(prefix: &str) -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("s3i-{prefix}-{}", &id[..10]).to_ascii_lowercase()
+/// Ten random hex digits: what makes a test's bucket, queue, table or
+/// Terraform root its own on a shared LocalStack or server.
+pub fn unique_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+/// `s3i-PREFIX-ID`, lower case (valid as a bucket and a queue name).
+pub fn unique(prefix: &str) -> String {
+    format!("s3i-{prefix}-{}", unique_id()).to_ascii_lowercase()
 }
 
 impl Fixture {
@@ -423,16 +429,10 @@ impl Fixture {
             .append(true)
             .open(log)
             .unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_s3-ingest"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("S3_INGEST") {
-                command.env_remove(name);
-            }
-        }
-        command
+        worker_command()
             .arg("--config")
             .arg(&config_path)
-            // As the image sets it (Dockerfile): what tests/memory.rs measures.
+            // As the image sets it (Dockerfile): what tests/it/memory.rs measures.
             .env("MALLOC_ARENA_MAX", "2")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -472,6 +472,11 @@ impl Fixture {
             *copies.entry(key).or_insert(0) += 1;
         }
         copies
+    }
+
+    /// Waits until the source queue holds nothing, visible or in flight.
+    pub async fn wait_for_empty_queue(&self) {
+        wait_until("an empty queue", WAIT, || self.queue_is_empty()).await;
     }
 
     /// Waits for `files` sink files and an empty source queue.
@@ -690,4 +695,100 @@ pub fn csv_rows(rows: usize) -> String {
         text.push_str(&format!("{i},item {i},{}.5\n", i * 2));
     }
     text
+}
+
+/// The `s3-ingest` binary, with the developer's `S3_INGEST*` variables
+/// kept out of its config.
+pub fn worker_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_s3-ingest"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("S3_INGEST") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Sends `signal` (as `kill` spells it: `-TERM`, `-KILL`) to a worker
+/// process, which must still be running.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {}", child.id());
+}
+
+/// Waits for a worker process to exit, off the runtime's threads.
+pub async fn wait_for_exit(mut child: std::process::Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Waits until the log file at `log` holds `needle` (a worker process
+/// logging "worker started", "dead-lettered", ...).
+pub async fn wait_for_log(log: &Path, needle: &str) {
+    wait_until(
+        &format!("{needle:?} in {}", log.display()),
+        WAIT,
+        || async { std::fs::read_to_string(log).is_ok_and(|text| text.contains(needle)) },
+    )
+    .await;
+}
+
+/// gzip at the default level.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    gzip_with(data, flate2::Compression::default())
+}
+
+/// gzip at `level` (`fast` where only the format matters and the input is
+/// large, `best` for a decompression bomb).
+pub fn gzip_with(data: &[u8], level: flate2::Compression) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A CSV header of `columns` names (`c0`, `c1`, ...) and `rows` rows of ones.
+pub fn wide_csv(columns: usize, rows: usize) -> Vec<u8> {
+    let names: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
+    let mut csv = names.join(",").into_bytes();
+    csv.push(b'\n');
+    let row = vec!["1"; columns].join(",");
+    for _ in 0..rows {
+        csv.extend_from_slice(row.as_bytes());
+        csv.push(b'\n');
+    }
+    csv
+}
+
+/// The values of an int64 column across a sink file's batches.
+pub fn int64_column(file: &SinkFile, column: usize) -> Vec<i64> {
+    file.batches
+        .iter()
+        .flat_map(|b| {
+            b.column(column)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+/// The lineage of one object version, for tests that drive a sink through
+/// its own API (no event time, no version id, size 0).
+pub fn lineage(bucket: &str, key: &str, etag: &str, route: &str) -> s3_ingest::sink::Lineage {
+    s3_ingest::sink::Lineage {
+        bucket: bucket.into(),
+        key: key.into(),
+        version_id: None,
+        etag: Some(etag.into()),
+        size: 0,
+        event_time: None,
+        route: route.into(),
+    }
 }

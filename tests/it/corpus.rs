@@ -6,9 +6,7 @@
 //! Cases marked `known_bug` are reported, not asserted. Run with
 //! `-- --nocapture` to see the whole outcome table when everything passes.
 
-mod util;
-
-#[path = "corpus/generate.rs"]
+#[path = "../corpus/generate.rs"]
 mod generate;
 
 use std::collections::BTreeMap;
@@ -20,7 +18,8 @@ use arrow::array::Array;
 use aws_sdk_s3::primitives::ByteStream;
 use s3_ingest::dead_letter::DeadLetter;
 use serde::Deserialize;
-use util::*;
+
+use crate::util::*;
 
 /// How long the worker may take over the whole corpus.
 const PROCESS_DEADLINE: Duration = Duration::from_secs(300);
@@ -428,6 +427,7 @@ fn carries_body(letter: &DeadLetter, body: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_corpus() {
+    let _suite = crate::shared().await;
     let manifest = load_manifest();
     // Object cases land in a bucket that notifies the queue; objects named
     // by hand-made messages live in a second bucket that notifies nobody, so

@@ -1,20 +1,9 @@
 //! The binary's command line: config validation and graceful shutdown.
 
-mod util;
-
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_s3-ingest"));
-    // Keep the developer's environment out of the config.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("S3_INGEST") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
+use crate::util;
 
 const VALID: &str = r#"
 [queue]
@@ -39,8 +28,9 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
 
 #[test]
 fn check_config_prints_the_resolved_config_and_routes() {
+    let _suite = crate::shared_blocking();
     let config = write_config(VALID);
-    let output = binary()
+    let output = util::worker_command()
         .args(["check-config", "--config"])
         .arg(config.path())
         .env("S3_INGEST__QUEUE__WAIT_TIME_SECS", "7")
@@ -61,11 +51,12 @@ fn check_config_prints_the_resolved_config_and_routes() {
 
 #[test]
 fn check_config_builds_the_sinks_and_names_a_missing_secret_variable() {
+    let _suite = crate::shared_blocking();
     let text = format!(
         "{VALID}\n[sinks.api]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/insert\"\nformat = \"ndjson\"\nheaders_from_env = {{ Authorization = {{ env = \"S3I_CLI_TEST_UNSET_TOKEN\" }} }}\n"
     );
     let config = write_config(&text);
-    let output = binary()
+    let output = util::worker_command()
         .args(["check-config", "--config"])
         .arg(config.path())
         .env_remove("S3I_CLI_TEST_UNSET_TOKEN")
@@ -79,8 +70,9 @@ fn check_config_builds_the_sinks_and_names_a_missing_secret_variable() {
 
 #[test]
 fn check_config_redacts_secrets_set_by_environment_overrides() {
+    let _suite = crate::shared_blocking();
     let config = write_config(VALID);
-    let output = binary()
+    let output = util::worker_command()
         .args(["check-config", "--config"])
         .arg(config.path())
         .env(
@@ -120,7 +112,7 @@ fn check_config_redacts_secrets_set_by_environment_overrides() {
     }
 
     // A password in a PostgreSQL url is refused, and not echoed.
-    let output = binary()
+    let output = util::worker_command()
         .args(["check-config", "--config"])
         .arg(config.path())
         .env("S3_INGEST__SINKS__PG__TYPE", "postgres")
@@ -143,8 +135,9 @@ fn check_config_redacts_secrets_set_by_environment_overrides() {
 
 #[test]
 fn invalid_config_exits_2_naming_the_key() {
+    let _suite = crate::shared_blocking();
     let config = write_config(&VALID.replace("[queue]", "[queue]\nmax_messages = 50"));
-    let output = binary()
+    let output = util::worker_command()
         .args(["check-config", "--config"])
         .arg(config.path())
         .output()
@@ -156,7 +149,8 @@ fn invalid_config_exits_2_naming_the_key() {
 
 #[test]
 fn missing_config_file_is_a_clear_error() {
-    let output = binary()
+    let _suite = crate::shared_blocking();
+    let output = util::worker_command()
         .args(["run", "--config", "/nonexistent/s3-ingest.toml"])
         .output()
         .unwrap();
@@ -166,12 +160,13 @@ fn missing_config_file_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_that_does_not_exist_stops_the_worker_at_start_up() {
+    let _suite = crate::shared().await;
     let config = write_config(&format!(
         "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nforce_path_style = true\n{}",
         util::endpoint(),
         VALID.replace("/q\"", "/s3i-no-such-queue\"")
     ));
-    let output = binary()
+    let output = util::worker_command()
         .args(["--config"])
         .arg(config.path())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -185,6 +180,7 @@ async fn queue_that_does_not_exist_stops_the_worker_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns() {
+    let _suite = crate::alone().await;
     let fixture = util::Fixture::new("sigterm").await;
     let mut config = fixture.config(None);
     // The full 20 s long poll, and a long visibility timeout: a message the
@@ -193,7 +189,7 @@ async fn sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns() 
     config.queue.visibility_timeout_secs = 60;
     let text = toml::to_string(&config).unwrap();
     let config_file = write_config(&text);
-    let mut child = binary()
+    let mut child = util::worker_command()
         .arg("--config")
         .arg(config_file.path())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -206,11 +202,7 @@ async fn sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns() 
     fixture.wait_for_files_and_empty_queue(1).await;
 
     let sent = std::time::Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    util::signal(&child, "-TERM");
     // Arrives while the last long poll is still open.
     fixture.put("in/late.csv", util::csv_rows(3)).await;
     let exit = tokio::task::spawn_blocking(move || {
@@ -242,12 +234,13 @@ async fn sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness_are_served_and_probed() {
+    let _suite = crate::shared().await;
     let fixture = util::Fixture::new("status").await;
     let mut config = fixture.config(None);
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     config.status.listen_addr = format!("127.0.0.1:{port}");
     let config_file = write_config(&toml::to_string(&config).unwrap());
-    let mut child = binary()
+    let child = util::worker_command()
         .arg("--config")
         .arg(config_file.path())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -277,7 +270,7 @@ async fn metrics_health_and_readiness_are_served_and_probed() {
     assert_eq!(util::http_get(&addr, "/readyz").await.0, 200);
 
     // The container health check: the binary's own subcommand.
-    let healthcheck = binary()
+    let healthcheck = util::worker_command()
         .args(["healthcheck", "--config"])
         .arg(config_file.path())
         .output()
@@ -304,14 +297,9 @@ async fn metrics_health_and_readiness_are_served_and_probed() {
     )
     .await;
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    let after = binary()
+    util::signal(&child, "-TERM");
+    util::wait_for_exit(child).await;
+    let after = util::worker_command()
         .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
         .output()
         .unwrap();
@@ -326,6 +314,7 @@ async fn metrics_health_and_readiness_are_served_and_probed() {
 /// the status endpoints, heartbeats and other sinks) keeps going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stdout_reader_does_not_stall_the_worker() {
+    let _suite = crate::alone().await;
     use std::io::BufRead;
     let fixture = util::Fixture::new("stdout-stall").await;
     let mut config = fixture.config_with_sinks(
@@ -347,7 +336,7 @@ async fn a_stalled_stdout_reader_does_not_stall_the_worker() {
     let addr = format!("127.0.0.1:{port}");
     config.status.listen_addr = addr.clone();
     let config_file = write_config(&toml::to_string(&config).unwrap());
-    let mut child = binary()
+    let mut child = util::worker_command()
         .arg("--config")
         .arg(config_file.path())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -391,13 +380,8 @@ async fn a_stalled_stdout_reader_does_not_stall_the_worker() {
     // Read now: every row arrives, and the messages are deleted.
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || std::io::BufReader::new(stdout).lines().count());
-    util::wait_until("an empty queue", util::WAIT, || fixture.queue_is_empty()).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    fixture.wait_for_empty_queue().await;
+    util::signal(&child, "-TERM");
+    util::wait_for_exit(child).await;
     assert_eq!(reader.join().unwrap(), 4 * rows);
 }

@@ -2,8 +2,6 @@
 //! multipart uploads, partition templates, replays, and the failure paths
 //! (a decode error late in a large file, a missing destination bucket).
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +13,10 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use s3_ingest::sink::s3_parquet::{S3ParquetSink, S3ParquetSinkConfig, object_key};
-use s3_ingest::sink::{Lineage, Sink, SinkContext};
+use s3_ingest::sink::{Sink, SinkContext};
 use sha2::{Digest, Sha256};
-use util::*;
+
+use crate::util::*;
 
 /// A destination bucket of its own (never the source bucket).
 fn destination_name(fixture: &Fixture) -> String {
@@ -143,18 +142,6 @@ async fn read_parquet(fixture: &Fixture, bucket: &str, key: &str) -> ParquetObje
     }
 }
 
-fn lineage(fixture: &Fixture, key: &str, etag: &str) -> Lineage {
-    Lineage {
-        bucket: fixture.bucket.clone(),
-        key: key.into(),
-        version_id: None,
-        etag: Some(etag.into()),
-        size: 0,
-        event_time: None,
-        route: "sales".into(),
-    }
-}
-
 /// A CSV that Parquet cannot compress much (two hashes per row), so its
 /// Parquet output is about 2/3 of its size and spans several parts.
 fn incompressible_csv(rows: usize) -> String {
@@ -170,6 +157,7 @@ fn incompressible_csv(rows: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_lands_as_one_parquet_object_at_its_deterministic_key_with_lineage() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("s3pq-csv").await;
     let destination = destination_name(&fixture);
     create_bucket(&fixture, &destination).await;
@@ -177,7 +165,11 @@ async fn csv_lands_as_one_parquet_object_at_its_deterministic_key_with_lineage()
     let key = "vendor/orders 2026.csv";
     let etag = fixture.put(key, csv_rows(1000)).await;
 
-    let expected_key = object_key("lake/v1", "", &lineage(&fixture, key, &etag));
+    let expected_key = object_key(
+        "lake/v1",
+        "",
+        &lineage(&fixture.bucket, key, &etag, "sales"),
+    );
     assert!(expected_key.starts_with("lake/v1/vendor_orders_2026.csv-"));
     wait_until("the Parquet object is written", WAIT, || async {
         list_objects(&fixture, &destination)
@@ -185,10 +177,7 @@ async fn csv_lands_as_one_parquet_object_at_its_deterministic_key_with_lineage()
             .contains_key(&expected_key)
     })
     .await;
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
 
     assert_eq!(list_objects(&fixture, &destination).await.len(), 1);
     let object = read_parquet(&fixture, &destination, &expected_key).await;
@@ -214,6 +203,7 @@ async fn csv_lands_as_one_parquet_object_at_its_deterministic_key_with_lineage()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_only_csv_commits_a_zero_row_object() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("s3pq-empty").await;
     let destination = destination_name(&fixture);
     create_bucket(&fixture, &destination).await;
@@ -225,7 +215,11 @@ async fn a_header_only_csv_commits_a_zero_row_object() {
     let key = "in/header-only.csv";
     let etag = fixture.put(key, "id,name\n").await;
 
-    let expected_key = object_key("lake/v1", "route=sales", &lineage(&fixture, key, &etag));
+    let expected_key = object_key(
+        "lake/v1",
+        "route=sales",
+        &lineage(&fixture.bucket, key, &etag, "sales"),
+    );
     wait_until("the zero-row object is written", WAIT, || async {
         list_objects(&fixture, &destination)
             .await
@@ -235,16 +229,14 @@ async fn a_header_only_csv_commits_a_zero_row_object() {
     let object = read_parquet(&fixture, &destination, &expected_key).await;
     assert_eq!(object.rows, 0);
     assert_eq!(object.metadata["s3_ingest.source_key"], key);
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     assert!(fixture.take_dead_letters().await.is_empty());
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_csv_streams_through_a_multipart_upload_with_several_parts() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("s3pq-large").await;
     let destination = destination_name(&fixture);
     create_bucket(&fixture, &destination).await;
@@ -260,7 +252,11 @@ async fn a_large_csv_streams_through_a_multipart_upload_with_several_parts() {
     let key = "big/sales.csv";
     let etag = fixture.put(key, csv).await;
 
-    let expected_key = object_key("lake/v1", "", &lineage(&fixture, key, &etag));
+    let expected_key = object_key(
+        "lake/v1",
+        "",
+        &lineage(&fixture.bucket, key, &etag, "sales"),
+    );
     wait_until(
         "the large object is written",
         Duration::from_secs(180),
@@ -316,15 +312,13 @@ async fn a_large_csv_streams_through_a_multipart_upload_with_several_parts() {
         ))
     );
     assert_eq!(open_multipart_uploads(&fixture, &destination).await, 0);
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_templates_split_rows_by_column_and_a_replay_overwrites_them() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::with_options(
         "s3pq-part",
         FixtureOptions {
@@ -353,7 +347,7 @@ async fn partition_templates_split_rows_by_column_and_a_replay_overwrites_them()
         "lake/v1/route=sales/src={}/dt=2026-11-27/hr=12",
         fixture.bucket
     );
-    let file = lineage(&fixture, key, &etag);
+    let file = lineage(&fixture.bucket, key, &etag, "sales");
     let expected: BTreeMap<String, Vec<i64>> = [
         ("country=fr", vec![1, 4, 6]),
         ("country=us%2Fca", vec![2, 5]),
@@ -421,6 +415,7 @@ async fn partition_templates_split_rows_by_column_and_a_replay_overwrites_them()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_partition_values_dead_letter_the_file_and_publish_nothing() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("s3pq-toomany").await;
     let destination = destination_name(&fixture);
     create_bucket(&fixture, &destination).await;
@@ -441,16 +436,14 @@ async fn too_many_partition_values_dead_letter_the_file_and_publish_nothing() {
         "{}",
         letters[0].error
     );
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     assert!(list_objects(&fixture, &destination).await.is_empty());
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decode_failure_late_in_a_large_file_leaves_no_object_and_no_open_upload() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("s3pq-late").await;
     let destination = destination_name(&fixture);
     create_bucket(&fixture, &destination).await;
@@ -507,15 +500,13 @@ async fn a_decode_failure_late_in_a_large_file_leaves_no_object_and_no_open_uplo
     })
     .await;
     assert!(list_objects(&fixture, &destination).await.is_empty());
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_writer_aborts_its_multipart_upload() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("s3pq-drop").await;
     let destination = destination_name(&fixture);
     create_bucket(&fixture, &destination).await;
@@ -531,7 +522,10 @@ async fn a_dropped_writer_aborts_its_multipart_upload() {
     let sink = S3ParquetSink::new("s3lake", &config, &context).unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("hash", DataType::Utf8, false)]));
     let mut writer = sink
-        .open(&lineage(&fixture, "in/x.csv", "etag"), schema.clone())
+        .open(
+            &lineage(&fixture.bucket, "in/x.csv", "etag", "sales"),
+            schema.clone(),
+        )
         .await
         .unwrap();
     // Incompressible rows until a part has certainly been uploaded.
@@ -558,6 +552,7 @@ async fn a_dropped_writer_aborts_its_multipart_upload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_destination_bucket_keeps_the_file_queued_until_it_exists() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("s3pq-nobucket").await;
     let destination = destination_name(&fixture);
     let mut config = s3_config(&fixture, &destination, "");
@@ -576,17 +571,18 @@ async fn a_missing_destination_bucket_keeps_the_file_queued_until_it_exists() {
     assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
 
     create_bucket(&fixture, &destination).await;
-    let expected_key = object_key("lake/v1", "", &lineage(&fixture, key, &etag));
+    let expected_key = object_key(
+        "lake/v1",
+        "",
+        &lineage(&fixture.bucket, key, &etag, "sales"),
+    );
     wait_until("the object lands once the bucket exists", WAIT, || async {
         list_objects(&fixture, &destination)
             .await
             .contains_key(&expected_key)
     })
     .await;
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     assert_eq!(
         read_parquet(&fixture, &destination, &expected_key)
             .await
@@ -599,7 +595,8 @@ async fn a_missing_destination_bucket_keeps_the_file_queued_until_it_exists() {
 
 #[test]
 fn the_example_config_is_valid_and_template_errors_name_the_sink_field() {
-    let example = include_str!("../examples/sink-s3-parquet.toml");
+    let _suite = crate::shared_blocking();
+    let example = include_str!("../../examples/sink-s3-parquet.toml");
     s3_ingest::config::Config::from_toml_str(example)
         .expect("examples/sink-s3-parquet.toml is valid");
     let broken = example.replace("dt={event_date}", "dt={event_day}");

@@ -13,8 +13,6 @@
 //! out path-style queue URLs (`SQS_ENDPOINT_STRATEGY=path`), which the AWS
 //! provider refuses; see there.
 
-mod util;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,7 +23,8 @@ use s3_ingest::config::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use util::*;
+
+use crate::util::*;
 
 const DEFAULT_PLUGIN_DIR: &str = "/opt/tf-plugins";
 
@@ -67,7 +66,7 @@ fn require_offline_provider() -> PathBuf {
     });
     found.unwrap_or_else(|| {
         panic!(
-            "no offline AWS provider at {}: tests/terraform.rs applies infra/modules/notification \
+            "no offline AWS provider at {}: tests/it/terraform.rs applies infra/modules/notification \
              to LocalStack and needs the hashicorp/aws provider in a filesystem mirror laid out as \
              <dir>/registry.terraform.io/hashicorp/aws/<version>/<os_arch>/terraform-provider-aws_* \
              (set S3I_TF_PLUGIN_DIR to use another directory). This test does not skip.",
@@ -85,7 +84,7 @@ fn require_terraform() {
             String::from_utf8_lossy(&output.stderr)
         ),
         Err(err) => panic!(
-            "cannot run terraform ({bin}: {err}): tests/terraform.rs needs Terraform >= 1.5 on PATH \
+            "cannot run terraform ({bin}: {err}): tests/it/terraform.rs needs Terraform >= 1.5 on PATH \
              (or TERRAFORM=/path/to/terraform). This test does not skip."
         ),
     }
@@ -320,11 +319,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn unique_name(prefix: &str) -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("s3i-{prefix}-{}", &id[..10])
-}
-
 /// A root module in a temporary directory: its state, TF_DATA_DIR, lock file
 /// and CLI config all live there, so nothing is written into the checkout.
 /// Dropping it after a successful apply destroys what was created, even when
@@ -531,7 +525,7 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 /// made and ingests one CSV.
 async fn notification_module_feeds_the_worker(fanout_via_sns: bool) {
     init_logging();
-    let name = unique_name(if fanout_via_sns { "tf-sns" } else { "tf" });
+    let name = unique(if fanout_via_sns { "tf-sns" } else { "tf" });
     let bucket = name.clone();
     let proxy = SqsUrlProxy::start(&endpoint());
     let mut root = TerraformRoot::new(
@@ -718,10 +712,12 @@ async fn notification_module_feeds_the_worker(fanout_via_sns: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_notification_module_delivers_s3_events_to_the_worker() {
+    let _suite = crate::shared().await;
     notification_module_feeds_the_worker(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_notification_module_fans_out_through_sns_to_the_worker() {
+    let _suite = crate::shared().await;
     notification_module_feeds_the_worker(true).await;
 }

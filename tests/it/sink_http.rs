@@ -2,14 +2,14 @@
 //! an in-process HTTP endpoint that decodes and deduplicates what arrives
 //! (`util::http_server`), and a real ClickHouse for NDJSON.
 
-mod util;
-
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
-use util::http_server::{HttpTestServer, TOKEN_HEADER, TOKEN_QUERY_PARAM};
-use util::*;
+
+use crate::util;
+use crate::util::http_server::{HttpTestServer, TOKEN_HEADER, TOKEN_QUERY_PARAM};
+use crate::util::*;
 
 /// Every key goes to the `events` http sink.
 const ROUTES: &str = r#"
@@ -48,6 +48,7 @@ fn header(request: &util::http_server::ReceivedRequest, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_lands_as_arrow_stream_with_values_static_headers_and_auth_from_env() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-arrow").await;
     let server = HttpTestServer::start().await;
     let variable = format!("S3I_TEST_HTTP_TOKEN_{}", fixture.bucket.replace('-', "_"));
@@ -107,6 +108,7 @@ async fn csv_lands_as_arrow_stream_with_values_static_headers_and_auth_from_env(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_header_variable_stops_the_worker_at_start_up_naming_it() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-noenv").await;
     let variable = format!("S3I_TEST_HTTP_UNSET_{}", fixture.bucket.replace('-', "_"));
     let config = http_config(
@@ -134,6 +136,7 @@ async fn a_missing_header_variable_stops_the_worker_at_start_up_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_with_gzip_arrives_decoded() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-ndjson").await;
     let server = HttpTestServer::start().await;
     let config = http_config(
@@ -164,6 +167,7 @@ async fn ndjson_with_gzip_arrives_decoded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_object_is_split_into_bounded_parts_with_distinct_tokens() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-parts").await;
     let server = HttpTestServer::start().await;
     let max_request_bytes = 64 * 1024;
@@ -205,6 +209,7 @@ async fn a_large_object_is_split_into_bounded_parts_with_distinct_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_unavailability_are_retried_and_the_rows_land_once() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-retry").await;
     let server = HttpTestServer::start().await;
     server.fail_next(2, 503, None);
@@ -233,6 +238,7 @@ async fn throttling_and_unavailability_are_retried_and_the_rows_land_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-reject").await;
     let server = HttpTestServer::start().await;
     server.fail_always(
@@ -267,13 +273,14 @@ async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
         !reason.contains("query=x") && !reason.contains("hunter2"),
         "query values stay out: {reason}"
     );
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     assert_eq!(server.requests().len(), 1, "a 400 is not retried");
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_credential_keeps_the_file_queued_and_fails_readiness_until_fixed() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-401").await;
     let server = HttpTestServer::start().await;
     // The token was rotated: refused twice, then the new secret is in place.
@@ -314,6 +321,7 @@ async fn a_refused_credential_keeps_the_file_queued_and_fails_readiness_until_fi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_max_receive_count_dead_letters_nothing() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-down").await;
     // A free port with nothing listening yet: connections are refused.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -361,6 +369,7 @@ async fn an_outage_longer_than_max_receive_count_dead_letters_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_the_endpoint_chokes_on_while_others_land_is_dead_lettered() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-choke").await;
     let server = HttpTestServer::start().await;
     // A proxy answers 503 for this one payload only: the endpoint works
@@ -415,6 +424,7 @@ async fn a_file_the_endpoint_chokes_on_while_others_land_is_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_never_answers_times_out_and_is_retried_not_dead_lettered() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-silent").await;
     // Accepts connections and reads nothing, answers nothing.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -455,6 +465,7 @@ async fn an_endpoint_that_never_answers_times_out_and_is_retried_not_dead_letter
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_object_sends_the_same_tokens_and_the_receiver_dedups() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-replay").await;
     let server = HttpTestServer::start().await;
     let config = http_config(
@@ -504,6 +515,7 @@ async fn a_redelivered_object_sends_the_same_tokens_and_the_receiver_dedups() {
 /// in the token every row arrives (some twice: at least once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_after_a_route_change_loses_no_rows() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-rechange").await;
     let server = HttpTestServer::start().await;
     let routes = |batch_rows: usize| {
@@ -526,7 +538,7 @@ async fn a_replay_after_a_route_change_loses_no_rows() {
     let etag = fixture.put("in/orders.csv", body).await;
     let letters = fixture.wait_for_dead_letters(1).await;
     assert!(letters[0].error.contains("400"), "{}", letters[0].error);
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     worker.stop().await;
     let delivered = server.row_count();
     assert!(0 < delivered && delivered < rows, "{delivered} rows");
@@ -586,6 +598,7 @@ async fn clickhouse(query: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_lands_in_a_real_clickhouse_and_an_unknown_table_is_dead_lettered() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("http-clickhouse").await;
     let table = fixture.bucket.replace('-', "_");
     clickhouse(&format!(
@@ -652,7 +665,7 @@ async fn ndjson_lands_in_a_real_clickhouse_and_an_unknown_table_is_dead_lettered
         "{}",
         letters[0].error
     );
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
     clickhouse(&format!("DROP TABLE {table}")).await;
     worker.stop().await;
 }

@@ -1,22 +1,15 @@
 //! End-to-end tests against LocalStack: real S3 and SQS through the SDK,
 //! the worker in-process, assertions on sink files and queue state.
 
-mod util;
-
-use std::io::Write;
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use s3_ingest::text;
-use util::*;
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
-}
+use crate::util;
+use crate::util::*;
 
 fn parquet_bytes(rows: i64, row_group_rows: usize) -> Vec<u8> {
     let schema = Arc::new(Schema::new(vec![
@@ -47,6 +40,7 @@ fn parquet_bytes(rows: i64, row_group_rows: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_file_lands_in_the_sink_with_lineage_and_the_message_is_deleted() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("csv").await;
     let worker = fixture.start_worker(fixture.config(None));
     let etag = fixture.put("vendor/orders.csv", csv_rows(1000)).await;
@@ -66,6 +60,7 @@ async fn csv_file_lands_in_the_sink_with_lineage_and_the_message_is_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_with_several_members_and_zstd_csv_are_decompressed() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("compressed").await;
     let worker = fixture.start_worker(fixture.config(None));
     // Two gzip members concatenated, as `cat a.gz b.gz` makes.
@@ -113,25 +108,12 @@ fn wide_parquet_bytes(columns: usize, rows: i64) -> Vec<u8> {
     buffer
 }
 
-fn int64_column(file: &SinkFile, column: usize) -> Vec<i64> {
-    file.batches
-        .iter()
-        .flat_map(|b| {
-            b.column(column)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
-        .collect()
-}
-
 /// The worker opens a Parquet object by reading its last 64 KiB; these
 /// files need reads beyond that: row groups before the tail, and a footer
 /// larger than the tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_with_several_row_groups_is_read_whole() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("parquet").await;
     let worker = fixture.start_worker(fixture.config(None));
     let long = parquet_bytes(300_000, 30_000);
@@ -163,6 +145,7 @@ async fn parquet_with_several_row_groups_is_read_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_with_spaces_plus_and_non_ascii_are_decoded() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("keys").await;
     let worker = fixture.start_worker(fixture.config(None));
     let keys = ["in/a b.csv", "in/a+b.csv", "in/café ü.csv"];
@@ -180,6 +163,7 @@ async fn keys_with_spaces_plus_and_non_ascii_are_decoded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_with_several_records_ingests_each_object() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::with_options(
         "records",
         FixtureOptions {
@@ -206,6 +190,7 @@ async fn message_with_several_records_ingests_each_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_wrapped_and_eventbridge_messages_are_understood() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::with_options(
         "shapes",
         FixtureOptions {
@@ -267,6 +252,7 @@ async fn sns_wrapped_and_eventbridge_messages_are_understood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_event_removed_event_and_unmatched_key_are_deleted_without_output() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("discard").await;
     let routes = r#"
         [[routes]]
@@ -288,10 +274,7 @@ async fn test_event_removed_event_and_unmatched_key_are_deleted_without_output()
     fixture.put("elsewhere/file.csv", csv_rows(3)).await;
     fixture.put("in/deeper/file.csv", csv_rows(3)).await;
 
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     // The two unmatched keys' messages are gone: make sure they were processed
     // (not merely not yet delivered) by ingesting one matching file after them.
     fixture.put("in/last.csv", csv_rows(1)).await;
@@ -302,6 +285,7 @@ async fn test_event_removed_event_and_unmatched_key_are_deleted_without_output()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_files_go_to_the_dlq_with_their_error_kind() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("poison").await;
     let routes = r#"
         [[routes]]
@@ -373,6 +357,7 @@ async fn poison_files_go_to_the_dlq_with_their_error_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_changed_and_unparseable_messages_go_to_the_dlq() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::with_options(
         "gone",
         FixtureOptions {
@@ -413,16 +398,14 @@ async fn missing_changed_and_unparseable_messages_go_to_the_dlq() {
         .unwrap();
     assert_eq!(invalid.original_message, "this is not a notification");
     assert!(invalid.key.is_none());
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     assert!(fixture.sink_files().is_empty());
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versioned_object_is_read_at_the_notified_version() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::with_options(
         "versions",
         FixtureOptions {
@@ -464,6 +447,7 @@ async fn versioned_object_is_read_at_the_notified_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_object_delivered_twice_leaves_one_copy() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("twice").await;
     let worker = fixture.start_worker(fixture.config(None));
     let etag = fixture.put("in/dup.csv", csv_rows(10)).await;
@@ -472,10 +456,7 @@ async fn same_object_delivered_twice_leaves_one_copy() {
     let body = s3_event(&fixture.bucket, &[("in/dup.csv", &etag, 0)]).to_string();
     fixture.send_raw(&body).await;
     fixture.send_raw(&body).await;
-    wait_until("redeliveries processed", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     let files = fixture.sink_files();
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(read_sink_file(&files[0]).rows, 10);
@@ -484,6 +465,7 @@ async fn same_object_delivered_twice_leaves_one_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_failure_keeps_the_message_until_the_sink_recovers() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("sinkdown").await;
     // The sink directory's parent is a file: every write fails, transiently.
     let blocker = fixture.output_dir().join("blocked");
@@ -548,6 +530,7 @@ async fn sink_failure_keeps_the_message_until_the_sink_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_not_deleted_when_the_dlq_send_fails() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("dlqdown").await;
     let worker = fixture.start_worker(fixture.config(None));
     // Once a first file has landed the worker is past its start-up checks;
@@ -584,6 +567,7 @@ async fn poison_is_not_deleted_when_the_dlq_send_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_received_too_often_is_dead_lettered() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("maxrecv").await;
     // An endpoint that answers 500 to everything: a failure that may be
     // the payload's, so each try counts (an outage would not).
@@ -610,15 +594,13 @@ async fn message_received_too_often_is_dead_lettered() {
     assert_eq!(letters[0].error_kind, "max_receive_count_exceeded");
     assert_eq!(letters[0].key.as_deref(), Some("in/stuck.csv"));
     assert_eq!(letters[0].receive_count, 3);
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_and_header_only_files_commit_zero_rows() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("empty").await;
     let worker = fixture.start_worker(fixture.config(None));
     fixture.put("in/empty.csv", Vec::new()).await;
@@ -633,6 +615,7 @@ async fn empty_and_header_only_files_commit_zero_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_no_route_allows_is_dead_lettered_without_fetching() {
+    let _suite = crate::shared().await;
     let fixture = Fixture::new("stranger").await;
     let routes = r#"
         [[routes]]
@@ -646,10 +629,7 @@ async fn a_bucket_no_route_allows_is_dead_lettered_without_fetching() {
     let letters = fixture.wait_for_dead_letters(1).await;
     assert_eq!(letters[0].error_kind, "bucket_not_allowed");
     assert_eq!(letters[0].key.as_deref(), Some("in/file.csv"));
-    wait_until("queue drained", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
     assert!(fixture.sink_files().is_empty());
     worker.stop().await;
 }
@@ -662,6 +642,7 @@ async fn a_bucket_no_route_allows_is_dead_lettered_without_fetching() {
 /// message is deleted, and the worker's log lines stay short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_300_kb_bad_row_is_dead_lettered_with_a_bounded_envelope() {
+    let _suite = crate::shared().await;
     const SQS_LIMIT: usize = 256 * 1024;
     let fixture = Fixture::new("huge-row").await;
     // AWS and LocalStack now default to 1 MiB; queues made with the
@@ -715,13 +696,10 @@ async fn a_300_kb_bad_row_is_dead_lettered_with_a_bounded_envelope() {
         &letter.error[..200]
     );
     assert!(letter.error.ends_with(" more bytes]"), "the cut is marked");
-    wait_until("an empty queue", WAIT, || fixture.queue_is_empty()).await;
+    fixture.wait_for_empty_queue().await;
 
     // The log line is written after the DLQ accepted the envelope.
-    wait_until("the dead-lettered log line", WAIT, || async {
-        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("dead-lettered"))
-    })
-    .await;
+    wait_for_log(&log, "dead-lettered").await;
     let _ = worker.kill();
     let _ = worker.wait();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -797,6 +775,7 @@ async fn hand_back_on_sqs(fixture: &Fixture, times: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_handed_back_six_times_on_sqs_still_commits() {
+    let _suite = crate::shared().await;
     let fixture = quiet_fixture("handback").await;
     let mut config = fixture.config(None);
     config.queue.max_receive_count = 1;
@@ -820,6 +799,7 @@ async fn a_message_handed_back_six_times_on_sqs_still_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_carried_by_a_copy_still_counts_on_sqs() {
+    let _suite = crate::shared().await;
     let fixture = quiet_fixture("handback-count").await;
     let mut config = fixture.config(None);
     config.queue.max_receive_count = 1;

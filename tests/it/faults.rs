@@ -3,24 +3,17 @@
 //! shutdown in the middle of a large file, and a file that outlives its
 //! visibility timeout. Each proves nothing is lost and nothing doubled.
 
-mod util;
-
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use util::proxy::{ChaosProxy, Mode};
-use util::*;
+
+use crate::util::proxy::{ChaosProxy, Mode};
+use crate::util::*;
 
 fn upstream() -> String {
     endpoint().trim_start_matches("http://").to_owned()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
 }
 
 /// A zstd-compressed CSV of about `bytes` decompressed bytes; `rows` tells
@@ -48,22 +41,9 @@ fn big_csv_zstd(bytes: u64) -> (Vec<u8>, u64) {
     (encoder.finish().unwrap(), rows)
 }
 
-fn kill(child: &std::process::Child, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn wait_for_exit(mut child: std::process::Child) -> std::process::ExitStatus {
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_downloads_resume_without_gaps_or_repeats() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("resume").await;
     let proxy = ChaosProxy::start(&upstream()).await;
     let mut config = fixture.config(None);
@@ -74,7 +54,7 @@ async fn broken_downloads_resume_without_gaps_or_repeats() {
     proxy.set_mode(Mode::CutAfter(256 * 1024));
     let worker = fixture.start_worker(config);
     let plain = csv_rows(60_000);
-    let compressed = gzip(csv_rows(200_000).as_bytes());
+    let compressed = gzip_with(csv_rows(200_000).as_bytes(), flate2::Compression::fast());
     assert!(plain.len() > 1 << 20 && compressed.len() > 1 << 20);
     fixture.put("in/plain.csv", plain).await;
     fixture.put("in/compressed.csv.gz", compressed).await;
@@ -83,19 +63,7 @@ async fn broken_downloads_resume_without_gaps_or_repeats() {
     let files = fixture.sink_files();
     let plain = sink_file_for(&files, "in/plain.csv");
     assert_eq!(plain.rows, 60_000);
-    let ids: Vec<i64> = plain
-        .batches
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    assert_eq!(ids, (0..60_000).collect::<Vec<_>>());
+    assert_eq!(int64_column(&plain, 0), (0..60_000).collect::<Vec<_>>());
     assert_eq!(sink_file_for(&files, "in/compressed.csv.gz").rows, 200_000);
     assert!(proxy.cuts() >= 8, "only {} cuts", proxy.cuts());
     assert!(fixture.take_dead_letters().await.is_empty());
@@ -104,6 +72,7 @@ async fn broken_downloads_resume_without_gaps_or_repeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_outage_backs_off_logs_and_recovers() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("outage").await;
     let proxy = ChaosProxy::start(&upstream()).await;
     let mut config = fixture.config(None);
@@ -145,7 +114,7 @@ async fn endpoint_outage_backs_off_logs_and_recovers() {
     assert!(copies.values().all(|&n| n == 1), "{copies:?}");
     assert!(fixture.take_dead_letters().await.is_empty());
 
-    kill(&child, "-TERM");
+    signal(&child, "-TERM");
     assert_eq!(wait_for_exit(child).await.code(), Some(0));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("receive failed; backing off"), "{log}");
@@ -153,6 +122,7 @@ async fn endpoint_outage_backs_off_logs_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_outage_mid_run_retries_and_never_dead_letters() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("sinkout").await;
     let lake = fixture.output_dir().join("lake");
     let routes = r#"
@@ -206,6 +176,7 @@ async fn sink_outage_mid_run_retries_and_never_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_loses_and_doubles_nothing() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("crash").await;
     let mut config = fixture.config(None);
     // Short, so work a killed worker held comes back quickly.
@@ -229,7 +200,7 @@ async fn crash_loop_loses_and_doubles_nothing() {
         fixture.put_many(objects).await;
         // Kill at a random moment while it works.
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
-        kill(&child, "-KILL");
+        signal(&child, "-KILL");
         wait_for_exit(child).await;
     }
     let child = fixture.spawn_worker_process(&config, &log);
@@ -248,12 +219,13 @@ async fn crash_loop_loses_and_doubles_nothing() {
     }
     assert_eq!(fixture.queue_counts().await, (0, 0));
     assert!(fixture.take_dead_letters().await.is_empty());
-    kill(&child, "-TERM");
+    signal(&child, "-TERM");
     assert_eq!(wait_for_exit(child).await.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_one_queue_without_loss_or_duplicates() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("multi").await;
     let config = fixture.config(None);
     let workers: Vec<_> = (0..3)
@@ -293,7 +265,7 @@ async fn three_workers_share_one_queue_without_loss_or_duplicates() {
         );
     }
     for child in workers {
-        kill(&child, "-TERM");
+        signal(&child, "-TERM");
         assert_eq!(wait_for_exit(child).await.code(), Some(0));
     }
     assert!(fixture.take_dead_letters().await.is_empty());
@@ -329,13 +301,14 @@ async fn sigterm_during_large_file(
     let child = fixture.spawn_worker_process(&config, &log);
     fixture.put("in/large.csv.zst", body).await;
     wait_for_sink_writing(fixture).await;
-    kill(&child, "-TERM");
+    signal(&child, "-TERM");
     assert_eq!(wait_for_exit(child).await.code(), Some(0));
     (config, log, rows)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_file_commits_within_the_grace_period() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("drainok").await;
     let (_, _, rows) = sigterm_during_large_file(&fixture, 120).await;
     // It finished the file before exiting, and deleted its message.
@@ -344,14 +317,12 @@ async fn sigterm_mid_file_commits_within_the_grace_period() {
         sink_file_for(&fixture.sink_files(), "in/large.csv.zst").rows,
         rows as usize
     );
-    wait_until("message deleted", WAIT, || async {
-        fixture.queue_is_empty().await
-    })
-    .await;
+    fixture.wait_for_empty_queue().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_file_past_the_grace_period_releases_it_to_the_next_worker() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("drainrel").await;
     let (config, log, rows) = sigterm_during_large_file(&fixture, 0).await;
     let text = std::fs::read_to_string(&log).unwrap();
@@ -388,7 +359,7 @@ async fn sigterm_mid_file_past_the_grace_period_releases_it_to_the_next_worker()
         sink_file_for(&fixture.sink_files(), "in/large.csv.zst").rows,
         rows as usize
     );
-    kill(&next, "-TERM");
+    signal(&next, "-TERM");
     assert_eq!(wait_for_exit(next).await.code(), Some(0));
 }
 
@@ -397,6 +368,7 @@ async fn sigterm_mid_file_past_the_grace_period_releases_it_to_the_next_worker()
 /// once, while the object in progress finishes within the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_received_ahead_are_released_at_shutdown_while_work_in_progress_finishes() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("ahead").await;
     let mut config = fixture.config(None);
     config.worker.concurrency = std::num::NonZeroUsize::new(1).unwrap();
@@ -461,6 +433,7 @@ async fn messages_received_ahead_are_released_at_shutdown_while_work_in_progress
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_file_outlives_its_visibility_timeout_and_is_ingested_once() {
+    let _suite = crate::alone().await;
     let fixture = Fixture::new("onegib").await;
     let mut config = fixture.config(None);
     config.queue.visibility_timeout_secs = 10;

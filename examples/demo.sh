@@ -70,6 +70,9 @@ case "$sink" in
       S3_INGEST__SINKS__EXTRA__URL_ENV=DEMO_PG_URL
       S3_INGEST__SINKS__EXTRA__TABLE="$table"
       S3_INGEST__SINKS__EXTRA__CREATE_TABLE=true
+      # The local server offers TLS with a throwaway CA; the sink verifies
+      # every certificate, so it is told to trust that CA.
+      S3_INGEST__SINKS__EXTRA__CA_FILE="$(tests/services/postgres.sh ca)"
     )
     ;;
   s3_parquet)

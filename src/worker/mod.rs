@@ -6,9 +6,10 @@
 //!    ▼                                                └─ failed ──► leave
 //! objects ── each, concurrently (bounded by worker.concurrency; a message
 //!            may wait for a slot, see `admission.rs`):
-//!    shutdown before a slot   → NotStarted
-//!    waited too long for one  → NotStarted
 //!    no route matches     → Unmatched (logged, counted)
+//!    no format fits       → dead-letter (unsupported_format)
+//!    shutdown before a slot   → NotStarted
+//!    waited too long for one  → Unstarted
 //!    ingest + commit ok   → Committed
 //!    deployment problem   → Deployment (receiving pauses, see deployment.rs)
 //!    sink outage          → Deployment (the same; judged in deployment.rs)
@@ -17,7 +18,7 @@
 //! all Committed / DeadLettered / Unmatched → delete the message
 //! any Retry                                → leave it; SQS redelivers
 //! any Deployment (and no Retry)            → hand it back, delayed by the pause
-//! any NotStarted (and no Retry)            → hand it back at once
+//! any NotStarted / Unstarted (and no Retry) → hand it back at once
 //! shutdown past the grace period           → hand it back at once
 //! ```
 //! "Hand back" sends a copy of the message carrying the attempts counted

@@ -169,6 +169,7 @@ async fn queue_counts(clients: &AwsClients, url: &str) -> (u64, u64) {
         .queue_url(url)
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
         .send()
         .await
         .expect("queue attributes")
@@ -182,7 +183,9 @@ async fn queue_counts(clients: &AwsClients, url: &str) -> (u64, u64) {
     };
     (
         get(QueueAttributeName::ApproximateNumberOfMessages),
-        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        // A message handed back during a pause is delayed, not gone.
+        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            + get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
     )
 }
 

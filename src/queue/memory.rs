@@ -4,6 +4,7 @@
 //! so tests can pause and advance it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,6 +45,8 @@ struct State {
 pub struct MemoryQueue {
     state: Mutex<State>,
     with_dead_letter_queue: bool,
+    /// ReceiveMessage calls not yet answered.
+    open_receives: AtomicUsize,
 }
 
 impl MemoryQueue {
@@ -61,6 +64,7 @@ impl MemoryQueue {
         MemoryQueue {
             state: Mutex::default(),
             with_dead_letter_queue,
+            open_receives: AtomicUsize::new(0),
         }
     }
 
@@ -95,6 +99,12 @@ impl MemoryQueue {
     /// receipt handle: a lease that can no longer be extended.
     pub fn fail_visibility_changes(&self, fail: bool) {
         self.state.lock().unwrap().fail_visibility_changes = fail;
+    }
+
+    /// ReceiveMessage calls in progress (long polls waiting), for tests
+    /// that act while one is open.
+    pub fn open_receives(&self) -> usize {
+        self.open_receives.load(Ordering::SeqCst)
     }
 
     /// Messages not yet deleted, visible or in flight.
@@ -228,6 +238,23 @@ impl MemoryQueue {
     }
 }
 
+/// Counts one ReceiveMessage call as open until it ends, also when the
+/// call is dropped.
+struct OpenReceive<'a>(&'a AtomicUsize);
+
+impl<'a> OpenReceive<'a> {
+    fn new(open: &'a AtomicUsize) -> OpenReceive<'a> {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenReceive(open)
+    }
+}
+
+impl Drop for OpenReceive<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[async_trait]
 impl Queue for MemoryQueue {
     async fn receive(
@@ -237,6 +264,7 @@ impl Queue for MemoryQueue {
         visibility_timeout_secs: u64,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let deadline = Instant::now() + Duration::from_secs(wait_time_secs);
+        let _open = OpenReceive::new(&self.open_receives);
         loop {
             let received = self.take_visible(max_messages, visibility_timeout_secs);
             if !received.is_empty() || Instant::now() >= deadline {

@@ -215,18 +215,10 @@ fn created(key: &str) -> String {
 const UNMATCHED: &str = r#"{"Records":[{"eventName":"ObjectCreated:Put","eventTime":"2026-11-27T12:00:00.000Z",
     "s3":{"bucket":{"name":"b"},"object":{"key":"other/x.json","size":1,"eTag":"e"}}}]}"#;
 
+/// Runs `worker` until `done`, then shuts it down and waits for it.
 async fn run_until(worker: Arc<Worker>, done: impl Fn() -> bool) {
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
-    // Paused time: a long virtual deadline costs nothing.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (shutdown, running) = start(&worker);
+    wait_for("the condition", done).await;
     shutdown.cancel();
     running.await.unwrap();
 }
@@ -512,10 +504,8 @@ async fn committed_retried_and_poison_objects_end_as_they_should() {
         queue.send(created(key));
     }
     let worker = scripted_worker(&queue, &ingest, settings(5, 2));
-    let (shutdown, running) = start(&worker);
-    wait_for("every message finished", || queue.is_empty()).await;
-    shutdown.cancel();
-    running.await.unwrap();
+    let drained = queue.clone();
+    run_until(worker.clone(), move || drained.is_empty()).await;
 
     assert_eq!(ingest.calls("in/fine.csv"), 1);
     // Left for the visibility timeout, then committed.
@@ -539,10 +529,8 @@ async fn refusals_and_outages_outlast_max_receive_count_uncounted() {
     queue.send(created("in/outage.csv"));
     // One attempt allowed: any counted try would dead-letter them.
     let worker = scripted_worker(&queue, &ingest, settings(1, 2));
-    let (shutdown, running) = start(&worker);
-    wait_for("both committed", || queue.is_empty()).await;
-    shutdown.cancel();
-    running.await.unwrap();
+    let drained = queue.clone();
+    run_until(worker.clone(), move || drained.is_empty()).await;
 
     assert_eq!(ingest.calls("in/refused.csv"), 5);
     assert_eq!(ingest.calls("in/outage.csv"), 5);
@@ -622,10 +610,11 @@ async fn what_the_last_long_poll_brings_after_shutdown_is_handed_back() {
     long_polls.wait_time_secs = 20;
     let worker = scripted_worker(&queue, &ingest, long_polls);
     let (shutdown, running) = start(&worker);
-    // A long poll is open on the empty queue when shutdown begins.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A long poll is open on the empty queue when shutdown begins; the
+    // message arrives after. (The poll checks the queue every 50 ms, so the
+    // worker sees the shutdown before the poll can answer.)
+    wait_for("a long poll open", || queue.open_receives() == 1).await;
     shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     queue.send(created("in/late.csv"));
     running.await.unwrap();
 
@@ -673,11 +662,9 @@ async fn at_the_maximum_lease_the_work_is_abandoned_and_the_message_comes_back()
     let mut short_lease = settings(5, 2);
     short_lease.max_lease = Duration::from_secs(120);
     let worker = scripted_worker(&queue, &ingest, short_lease);
-    let (shutdown, running) = start(&worker);
     let started = tokio::time::Instant::now();
-    wait_for("committed on the next receive", || queue.is_empty()).await;
-    shutdown.cancel();
-    running.await.unwrap();
+    let drained = queue.clone();
+    run_until(worker.clone(), move || drained.is_empty()).await;
 
     // Held for the maximum lease, then back after its visibility timeout.
     assert!(

@@ -503,24 +503,6 @@ async fn queue_attributes(
         .unwrap_or_default()
 }
 
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if path.is_dir() {
-                pending.push(path);
-            } else if !hidden && path.extension().is_some_and(|e| e == "parquet") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 /// Applies the module with `fanout_via_sns`, then runs the worker on what it
 /// made and ingests one CSV.
 async fn notification_module_feeds_the_worker(fanout_via_sns: bool) {

@@ -355,10 +355,7 @@ impl Fixture {
 
     /// Parquet files the sink has committed (temp files excluded).
     pub fn sink_files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        collect_parquet(self.output_dir(), &mut files);
-        files.sort();
-        files
+        parquet_files(self.output_dir())
     }
 
     /// The clients the worker uses: the config's endpoint (LocalStack or a
@@ -489,6 +486,14 @@ impl Fixture {
         .await;
         assert_eq!(self.sink_files().len(), files, "{:?}", self.sink_files());
     }
+}
+
+/// Parquet files under `dir`, sorted; hidden (temporary) files excluded.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    collect_parquet(dir, &mut files);
+    files.sort();
+    files
 }
 
 fn collect_parquet(dir: &Path, files: &mut Vec<PathBuf>) {

@@ -91,12 +91,32 @@ impl StatusConfig {
     pub fn enabled(&self) -> bool {
         !self.listen_addr.trim().is_empty()
     }
+}
 
-    /// Where the container health check finds `/healthz` on this host.
-    pub fn local_healthz_url(&self) -> String {
-        let port = self.listen_addr.rsplit(':').next().unwrap_or("9090");
-        format!("http://127.0.0.1:{port}/healthz")
+/// `[status] listen_addr` from a config file, reading nothing else: the
+/// container health check must not depend on the rest of the config.
+pub fn status_listen_addr(path: &Path) -> Result<String, ConfigError> {
+    #[derive(Deserialize)]
+    struct StatusOnly {
+        #[serde(default)]
+        status: StatusAddr,
     }
+    #[derive(Deserialize, Default)]
+    struct StatusAddr {
+        listen_addr: Option<String>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file: StatusOnly = toml::from_str(&text).map_err(|err| ConfigError::Toml {
+        path: path.to_owned(),
+        message: err.to_string(),
+    })?;
+    Ok(file
+        .status
+        .listen_addr
+        .unwrap_or_else(default_status_listen_addr))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -739,6 +759,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_health_check_reads_only_the_status_address_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not a valid config (no queue, no routes): only `status` is read.
+        let with_status = dir.path().join("with.toml");
+        std::fs::write(
+            &with_status,
+            "[status]\nlisten_addr = \"127.0.0.1:9443\"\n[worker]\nconcurrency = \"many\"\n",
+        )
+        .unwrap();
+        assert_eq!(status_listen_addr(&with_status).unwrap(), "127.0.0.1:9443");
+        let without = dir.path().join("without.toml");
+        std::fs::write(&without, "[queue]\nurl = \"x\"\n").unwrap();
+        assert_eq!(status_listen_addr(&without).unwrap(), "0.0.0.0:9090");
+        let missing = dir.path().join("missing.toml");
+        let err = status_listen_addr(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[status\n").unwrap();
+        let err = status_listen_addr(&broken).unwrap_err().to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
 
     const MINIMAL: &str = r#"
         [queue]

@@ -36,11 +36,17 @@ enum Command {
     /// its routes.
     CheckConfig,
     /// Exit 0 if the running worker's /healthz answers 200 (for container
-    /// health checks; no curl needed).
+    /// health checks; no curl needed). Needs no config: only where the
+    /// status endpoints listen.
     Healthcheck {
-        /// Defaults to /healthz on the port of status.listen_addr.
+        /// The URL to probe; overrides everything below.
         #[arg(long)]
         url: Option<String>,
+        /// The worker's status.listen_addr (the port is what counts). When
+        /// unset: the config file's `[status] listen_addr` if a file is
+        /// given (nothing else in it is read), else 0.0.0.0:9090.
+        #[arg(long, env = "S3_INGEST__STATUS__LISTEN_ADDR")]
+        listen_addr: Option<String>,
     },
 }
 
@@ -123,10 +129,49 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
     });
 }
 
+async fn healthcheck(
+    url: Option<&str>,
+    listen_addr: Option<&str>,
+    config_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let url = match (url, listen_addr, config_file) {
+        (Some(url), _, _) => url.to_owned(),
+        (None, Some(addr), _) => s3_ingest::status::local_healthz_url(addr),
+        (None, None, Some(path)) => match s3_ingest::config::status_listen_addr(path) {
+            Ok(addr) => s3_ingest::status::local_healthz_url(&addr),
+            Err(err) => {
+                eprintln!("unhealthy: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None, None) => s3_ingest::status::local_healthz_url(
+            &s3_ingest::config::StatusConfig::default().listen_addr,
+        ),
+    };
+    match s3_ingest::status::probe(&url).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("unhealthy: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    // The container health check runs every few seconds in the worker's
+    // environment: it must not fail on (or even read) the rest of the
+    // config, nor fetch it from elsewhere.
+    if let Some(Command::Healthcheck { url, listen_addr }) = &cli.command {
+        return healthcheck(
+            url.as_deref(),
+            listen_addr.as_deref(),
+            cli.config.as_deref(),
+        )
+        .await;
+    }
     let config = match load_config(cli.config.as_ref()) {
         Ok(config) => config,
         Err(err) => {
@@ -137,16 +182,7 @@ async fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config).await,
-        Command::Healthcheck { url } => {
-            let url = url.unwrap_or_else(|| config.status.local_healthz_url());
-            match s3_ingest::status::probe(&url).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("unhealthy: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Healthcheck { .. } => unreachable!("handled before the config is loaded"),
         Command::Run => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());

@@ -134,6 +134,13 @@ async fn readyz(State(state): State<StatusState>) -> (StatusCode, String) {
     (StatusCode::OK, "ok\n".into())
 }
 
+/// Where the container health check finds `/healthz` of a worker serving
+/// on `listen_addr` (`host:port`): the same port on the loopback interface.
+pub fn local_healthz_url(listen_addr: &str) -> String {
+    let port = listen_addr.rsplit(':').next().unwrap_or("9090");
+    format!("http://127.0.0.1:{port}/healthz")
+}
+
 /// The container health check: GETs `url` (plain HTTP on the loopback
 /// interface, never through a proxy the environment names) and succeeds
 /// on a 200.
@@ -164,6 +171,18 @@ pub async fn probe(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_health_check_probes_the_listen_port_on_loopback() {
+        assert_eq!(
+            local_healthz_url("0.0.0.0:9090"),
+            "http://127.0.0.1:9090/healthz"
+        );
+        assert_eq!(
+            local_healthz_url("[::]:9100"),
+            "http://127.0.0.1:9100/healthz"
+        );
+    }
     use crate::queue::memory::MemoryQueue;
 
     #[tokio::test]

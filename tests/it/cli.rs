@@ -280,6 +280,18 @@ async fn metrics_health_and_readiness_are_served_and_probed() {
         "{}",
         String::from_utf8_lossy(&healthcheck.stderr)
     );
+    // As a container runs it: no config at all (no queue URL, no routes),
+    // only the status address from the environment.
+    let healthcheck = util::worker_command()
+        .arg("healthcheck")
+        .env("S3_INGEST__STATUS__LISTEN_ADDR", &addr)
+        .output()
+        .unwrap();
+    assert!(
+        healthcheck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthcheck.stderr)
+    );
 
     // Readiness follows the queue: delete it and /readyz turns 503.
     fixture

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::error::ErrorKind;
 use crate::notification::ObjectRef;
 use crate::queue::{QueueError, Reachable};
 
@@ -45,7 +46,7 @@ pub struct DeadLetter {
     pub key: Option<String>,
     pub version_id: Option<String>,
     pub etag: Option<String>,
-    pub error_kind: String,
+    pub error_kind: ErrorKind,
     pub error: String,
     pub receive_count: u64,
     pub route: Option<String>,
@@ -62,7 +63,7 @@ impl DeadLetter {
     pub fn for_object(
         object: &ObjectRef,
         route: Option<&str>,
-        error_kind: &str,
+        error_kind: ErrorKind,
         error: String,
         message_id: &str,
         receive_count: u64,
@@ -87,7 +88,7 @@ impl DeadLetter {
 
     /// An envelope for a whole message that names no usable object.
     pub fn for_message(
-        error_kind: &str,
+        error_kind: ErrorKind,
         error: String,
         message_id: &str,
         receive_count: u64,
@@ -104,7 +105,7 @@ impl DeadLetter {
     }
 
     fn unbounded(
-        error_kind: &str,
+        error_kind: ErrorKind,
         error: String,
         message_id: &str,
         receive_count: u64,
@@ -115,7 +116,7 @@ impl DeadLetter {
             key: None,
             version_id: None,
             etag: None,
-            error_kind: error_kind.to_owned(),
+            error_kind,
             error,
             receive_count,
             route: None,
@@ -129,7 +130,6 @@ impl DeadLetter {
     /// The envelope cut to fit [`MAX_ENVELOPE_BYTES`] when serialized.
     fn bounded(mut self) -> DeadLetter {
         self.error = fit_escaped(&self.error, MAX_ERROR_BYTES);
-        self.error_kind = fit_escaped(&self.error_kind, MAX_FIELD_BYTES);
         self.message_id = fit_escaped(&self.message_id, MAX_FIELD_BYTES);
         for field in [
             &mut self.bucket,
@@ -216,9 +216,16 @@ mod tests {
             event_time: None,
             event_name: "ObjectCreated:Put".into(),
         };
-        let json =
-            DeadLetter::for_object(&object, Some("r"), "csv_error", "bad".into(), "m1", 2, "{}")
-                .to_json();
+        let json = DeadLetter::for_object(
+            &object,
+            Some("r"),
+            ErrorKind::CsvError,
+            "bad".into(),
+            "m1",
+            2,
+            "{}",
+        )
+        .to_json();
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         for field in [
             "bucket",
@@ -253,7 +260,8 @@ mod tests {
     #[test]
     fn huge_original_message_is_truncated_to_fit_sqs() {
         let body = "é".repeat(300 * 1024);
-        let json = DeadLetter::for_message("invalid_message", "x".into(), "m", 1, &body).to_json();
+        let json =
+            DeadLetter::for_message(ErrorKind::InvalidMessage, "x".into(), "m", 1, &body).to_json();
         assert!(json.len() <= MAX_ENVELOPE_BYTES);
         assert!(json.contains(" more bytes]"));
     }
@@ -286,7 +294,7 @@ mod tests {
             let letter = DeadLetter::for_object(
                 &object(),
                 Some("r"),
-                "csv_error",
+                ErrorKind::CsvError,
                 error.clone(),
                 "m1",
                 1,
@@ -330,7 +338,7 @@ mod tests {
         let letter = DeadLetter::for_object(
             &object,
             None,
-            "object_missing",
+            ErrorKind::ObjectMissing,
             "x".repeat(300 * 1024),
             "m",
             1,
@@ -348,7 +356,7 @@ mod tests {
         let letter = DeadLetter::for_object(
             &object(),
             Some("r"),
-            "csv_error",
+            ErrorKind::CsvError,
             "bad \"row\"".into(),
             "m",
             1,

@@ -5,6 +5,84 @@ use std::error::Error as StdError;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, by name: the dead-letter envelope's `error_kind` and the
+/// metrics' `error_kind` label. Every such string comes from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    // A message's own failures, before any object is read.
+    /// The body is not a notification the worker understands.
+    InvalidMessage,
+    /// Attempted more than `max_receive_count` times.
+    MaxReceiveCountExceeded,
+    /// The notification names a bucket outside `allowed_buckets`.
+    BucketNotAllowed,
+    // An object's failures: one per [`IngestError`] variant.
+    ObjectMissing,
+    ObjectChanged,
+    AccessDenied,
+    S3Error,
+    UnsupportedFormat,
+    DecompressionError,
+    SchemaError,
+    CsvError,
+    ParquetError,
+    SinkError,
+    Abandoned,
+    DeploymentError,
+    Unavailable,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 16] = [
+        ErrorKind::InvalidMessage,
+        ErrorKind::MaxReceiveCountExceeded,
+        ErrorKind::BucketNotAllowed,
+        ErrorKind::ObjectMissing,
+        ErrorKind::ObjectChanged,
+        ErrorKind::AccessDenied,
+        ErrorKind::S3Error,
+        ErrorKind::UnsupportedFormat,
+        ErrorKind::DecompressionError,
+        ErrorKind::SchemaError,
+        ErrorKind::CsvError,
+        ErrorKind::ParquetError,
+        ErrorKind::SinkError,
+        ErrorKind::Abandoned,
+        ErrorKind::DeploymentError,
+        ErrorKind::Unavailable,
+    ];
+
+    /// The name, as serialized (a unit test holds the two equal).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidMessage => "invalid_message",
+            ErrorKind::MaxReceiveCountExceeded => "max_receive_count_exceeded",
+            ErrorKind::BucketNotAllowed => "bucket_not_allowed",
+            ErrorKind::ObjectMissing => "object_missing",
+            ErrorKind::ObjectChanged => "object_changed",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::S3Error => "s3_error",
+            ErrorKind::UnsupportedFormat => "unsupported_format",
+            ErrorKind::DecompressionError => "decompression_error",
+            ErrorKind::SchemaError => "schema_error",
+            ErrorKind::CsvError => "csv_error",
+            ErrorKind::ParquetError => "parquet_error",
+            ErrorKind::SinkError => "sink_error",
+            ErrorKind::Abandoned => "abandoned",
+            ErrorKind::DeploymentError => "deployment_error",
+            ErrorKind::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why an object could not be ingested. Every variant names the object.
 #[derive(Debug, thiserror::Error)]
@@ -136,21 +214,21 @@ impl IngestError {
     }
 
     /// The `error_kind` written to the dead-letter envelope and to metrics.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            IngestError::ObjectMissing { .. } => "object_missing",
-            IngestError::ObjectChanged { .. } => "object_changed",
-            IngestError::AccessDenied { .. } => "access_denied",
-            IngestError::S3 { .. } => "s3_error",
-            IngestError::UnsupportedFormat { .. } => "unsupported_format",
-            IngestError::Decompress { .. } => "decompression_error",
-            IngestError::Schema { .. } => "schema_error",
-            IngestError::Csv { .. } => "csv_error",
-            IngestError::Parquet { .. } => "parquet_error",
-            IngestError::Sink { .. } => "sink_error",
-            IngestError::Abandoned { .. } => "abandoned",
-            IngestError::Deployment { .. } => "deployment_error",
-            IngestError::Unavailable { .. } => "unavailable",
+            IngestError::ObjectMissing { .. } => ErrorKind::ObjectMissing,
+            IngestError::ObjectChanged { .. } => ErrorKind::ObjectChanged,
+            IngestError::AccessDenied { .. } => ErrorKind::AccessDenied,
+            IngestError::S3 { .. } => ErrorKind::S3Error,
+            IngestError::UnsupportedFormat { .. } => ErrorKind::UnsupportedFormat,
+            IngestError::Decompress { .. } => ErrorKind::DecompressionError,
+            IngestError::Schema { .. } => ErrorKind::SchemaError,
+            IngestError::Csv { .. } => ErrorKind::CsvError,
+            IngestError::Parquet { .. } => ErrorKind::ParquetError,
+            IngestError::Sink { .. } => ErrorKind::SinkError,
+            IngestError::Abandoned { .. } => ErrorKind::Abandoned,
+            IngestError::Deployment { .. } => ErrorKind::DeploymentError,
+            IngestError::Unavailable { .. } => ErrorKind::Unavailable,
         }
     }
 
@@ -402,6 +480,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_kind_names_are_their_serialized_form_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            let back: ErrorKind = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, kind);
+            assert!(seen.insert(kind.as_str()), "{kind} twice");
+        }
+    }
+
+    #[test]
     fn service_errors_are_classified_by_code_then_status() {
         assert_eq!(
             classify_service(404, Some("NoSuchKey")),
@@ -566,7 +656,7 @@ mod tests {
             crate::sink::SinkError::deployment("401", "answers 401"),
         );
         assert!(deployment.is_retryable());
-        assert_eq!(deployment.kind(), "deployment_error");
+        assert_eq!(deployment.kind(), ErrorKind::DeploymentError);
         assert!(
             matches!(&deployment, IngestError::Deployment { component, code, .. } if component == "sink:events" && code == "401"),
             "{deployment:?}"
@@ -576,7 +666,7 @@ mod tests {
             "events",
             crate::sink::SinkError::permanent("answers 400"),
         );
-        assert_eq!(ordinary.kind(), "sink_error");
+        assert_eq!(ordinary.kind(), ErrorKind::SinkError);
         assert!(!ordinary.is_retryable());
     }
 

@@ -409,6 +409,7 @@ fn chunk_reader(chunks: mpsc::Receiver<Bytes>) -> impl Read + Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     /// The `JoinError` of a blocking task that panicked with `message`.
     async fn panicked(message: String) -> tokio::task::JoinError {
@@ -424,7 +425,7 @@ mod tests {
             FileFormat::Parquet,
             panicked("column start and length should not be negative".into()).await,
         );
-        assert_eq!(err.kind(), "parquet_error");
+        assert_eq!(err.kind(), ErrorKind::ParquetError);
         assert!(!err.is_retryable());
         assert!(
             err.to_string()
@@ -437,7 +438,7 @@ mod tests {
             FileFormat::Csv,
             panicked("é".repeat(5000)).await,
         );
-        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(err.kind(), ErrorKind::CsvError);
         assert!(!err.is_retryable());
         let message = err.to_string();
         assert!(message.len() < PANIC_MESSAGE_BYTES + 100, "{message}");

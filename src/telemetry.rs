@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::error::ErrorKind;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -197,17 +198,18 @@ pub fn object_committed(object: CommittedObject<'_>) {
     }
 }
 
-pub fn object_dead_lettered(route: Option<&str>, error_kind: &str) {
+pub fn object_dead_lettered(route: Option<&str>, error_kind: ErrorKind) {
     counter!(
         OBJECTS_DEAD_LETTERED,
         "route" => route.unwrap_or("").to_owned(),
-        "error_kind" => error_kind.to_owned()
+        "error_kind" => error_kind.as_str()
     )
     .increment(1);
 }
 
-pub fn object_retried(route: &str, error_kind: &'static str) {
-    counter!(OBJECTS_RETRIED, "route" => route.to_owned(), "error_kind" => error_kind).increment(1);
+pub fn object_retried(route: &str, error_kind: ErrorKind) {
+    counter!(OBJECTS_RETRIED, "route" => route.to_owned(), "error_kind" => error_kind.as_str())
+        .increment(1);
 }
 
 pub fn object_unmatched() {
@@ -268,7 +270,7 @@ mod tests {
             duration: Duration::from_millis(40),
             lag: Some(Duration::from_secs(2)),
         });
-        object_dead_lettered(Some("orders"), "csv_error");
+        object_dead_lettered(Some("orders"), ErrorKind::CsvError);
         let text = render();
         assert!(
             text.contains("s3_ingest_objects_committed_total{route=\"orders\",sink=\"lake\"}"),

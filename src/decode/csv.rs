@@ -456,6 +456,7 @@ fn inference_error_row(detail: &str, header: bool) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use arrow::array::{AsArray, Int64Array};
     use arrow::datatypes::Int64Type;
     use std::io::Write;
@@ -529,7 +530,7 @@ mod tests {
         job.declared_codec = Some(Codec::Gzip);
         let (result, _) = run(b"id\n1\n".to_vec(), job);
         let err = result.unwrap_err();
-        assert_eq!(err.kind(), "decompression_error", "{err}");
+        assert_eq!(err.kind(), ErrorKind::DecompressionError, "{err}");
     }
 
     #[test]
@@ -540,7 +541,7 @@ mod tests {
         let mut data = gz.finish().unwrap();
         data.truncate(data.len() / 2);
         let (result, _) = run(data, job(Some(id_schema())));
-        assert_eq!(result.unwrap_err().kind(), "decompression_error");
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::DecompressionError);
     }
 
     #[test]
@@ -550,7 +551,7 @@ mod tests {
             job(Some(id_schema())),
         );
         let err = result.unwrap_err();
-        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(err.kind(), ErrorKind::CsvError);
         let text = err.to_string();
         // Rows 1-2 were a full batch; the bad value is in the second batch.
         assert!(text.contains("rows 3..=4"), "{text}");
@@ -564,7 +565,7 @@ mod tests {
             job(Some(id_schema())),
         );
         let err = result.unwrap_err();
-        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(err.kind(), ErrorKind::CsvError);
         assert!(err.to_string().contains("fields"), "{err}");
     }
 
@@ -694,7 +695,7 @@ mod tests {
         data.extend_from_slice(&b"x".repeat(200));
         let (result, _) = run(data, job);
         let err = result.unwrap_err();
-        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(err.kind(), ErrorKind::CsvError);
         assert!(err.to_string().contains("opened at byte 1010"), "{err}");
     }
 
@@ -721,7 +722,7 @@ mod tests {
         let mut over = job(None);
         over.limits.max_columns = std::num::NonZeroUsize::new(300).unwrap();
         let err = run(header(301), over).0.unwrap_err();
-        assert_eq!(err.kind(), "schema_error");
+        assert_eq!(err.kind(), ErrorKind::SchemaError);
         assert!(
             err.to_string()
                 .contains("301 columns, more than limits.max_columns (300)"),
@@ -789,7 +790,7 @@ mod tests {
         let mut job = job(Some(id_schema()));
         job.limits.max_record_bytes = std::num::NonZeroUsize::new(4 << 20).unwrap();
         let (err, served) = endless(b"id,name\n1,a\n2,", b'x', job);
-        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(err.kind(), ErrorKind::CsvError);
         let text = err.to_string();
         assert!(text.contains("rows 2..=2"), "{text}");
         assert!(
@@ -808,7 +809,7 @@ mod tests {
         let mut job = job(Some(id_schema()));
         job.limits.max_record_bytes = std::num::NonZeroUsize::new(1 << 20).unwrap();
         let (err, served) = endless(b"\n\n", b' ', job);
-        assert_eq!(err.kind(), "csv_error", "{err}");
+        assert_eq!(err.kind(), ErrorKind::CsvError, "{err}");
         assert!(err.to_string().contains("starting at byte 2"), "{err}");
         assert!(
             served < (1 << 20) + 4 * READ_BUFFER_BYTES as u64,
@@ -821,7 +822,7 @@ mod tests {
         let mut job = job(Some(id_schema()));
         job.limits.max_record_bytes = std::num::NonZeroUsize::new(2 << 20).unwrap();
         let (err, served) = endless(b"id,name\n1,\"a\n\n", b'\n', job);
-        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(err.kind(), ErrorKind::CsvError);
         let text = err.to_string();
         assert!(text.contains("rows 1..=1"), "{text}");
         assert!(
@@ -850,7 +851,7 @@ mod tests {
         job.object_bytes = data.len() as u64;
         let (result, _) = run(data, job);
         let err = result.unwrap_err();
-        assert_eq!(err.kind(), "decompression_error");
+        assert_eq!(err.kind(), ErrorKind::DecompressionError);
         assert!(err.to_string().contains("decompression bomb"), "{err}");
     }
 
@@ -860,7 +861,7 @@ mod tests {
         let data = format!("id,name\n1,a\n{value},b\n");
         let (result, _) = run(data.into_bytes(), job(Some(id_schema())));
         let err = result.unwrap_err();
-        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(err.kind(), ErrorKind::CsvError);
         let text = err.to_string();
         assert!(text.len() < 1024, "{} bytes: {text}", text.len());
         assert!(text.contains("more bytes]"), "{text}");

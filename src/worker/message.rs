@@ -15,6 +15,7 @@ use super::admission::HeldMessage;
 use super::object::ObjectOutcome;
 use super::run::{Acknowledgements, ShutdownSignals};
 use crate::dead_letter::DeadLetter;
+use crate::error::ErrorKind;
 use crate::lease::{Lease, LeaseEnd};
 use crate::notification::{self, Notification};
 use crate::queue::{MAX_DELAY_SECS, ReceivedMessage};
@@ -36,30 +37,76 @@ pub(super) enum MessageOutcome {
     Deployment,
 }
 
+/// A received message, holding its place among the messages the worker
+/// holds (receive-ahead counts places); dropping it frees the place.
+pub(super) struct Received {
+    message: ReceivedMessage,
+    place: HeldMessage,
+}
+
+/// A message being worked on: its visibility is extended for as long as
+/// this value lives (the lease's heartbeat is stopped when it is dropped).
+struct Leased {
+    received: Received,
+    lease: Lease,
+}
+
+impl Received {
+    pub(super) fn new(message: ReceivedMessage, place: HeldMessage) -> Received {
+        Received { message, place }
+    }
+
+    fn lease(self, worker: &Worker) -> Leased {
+        let lease = Lease::start(
+            worker.queue.clone(),
+            self.message.receipt_handle.clone(),
+            self.message.message_id.clone(),
+            worker.settings.lease_timing(),
+        );
+        Leased {
+            received: self,
+            lease,
+        }
+    }
+
+    /// Frees the message's place, keeping the message to acknowledge:
+    /// another can be received while this one's acknowledgement waits
+    /// in the batcher.
+    fn free_place(self) -> ReceivedMessage {
+        let Received { message, place } = self;
+        drop(place);
+        message
+    }
+}
+
+impl Leased {
+    /// The work is over: stops the heartbeat (counting its extensions)
+    /// and gives back the message, still holding its place.
+    fn end_lease(self, worker: &Worker) -> Received {
+        worker.stats.extended(&self.lease);
+        self.received
+    }
+}
+
 impl Worker {
-    /// `place` is the message's place among those the worker holds; it
-    /// is given back once the work is done, before the acknowledgement.
+    /// Received → leased → outcome: the message value owns its place and,
+    /// while it is worked on, its lease; each stage ends by giving the
+    /// next one what it needs.
     pub(super) async fn handle_message(
         self: Arc<Self>,
-        message: ReceivedMessage,
-        place: HeldMessage,
+        received: Received,
         signals: &ShutdownSignals,
         acknowledgements: &Acknowledgements,
     ) {
-        let mut lease = Lease::start(
-            self.queue.clone(),
-            message.receipt_handle.clone(),
-            message.message_id.clone(),
-            self.settings.lease_timing(),
-        );
+        let mut leased = received.lease(&self);
         let outcome = tokio::select! {
-            outcome = self.process(&message, &signals.begun) => outcome,
-            end = lease.ended() => {
+            outcome = self.process(&leased.received.message, &signals.begun) => outcome,
+            end = leased.lease.ended() => {
                 // Dropping `process` stops the object pipelines; nothing
                 // uncommitted becomes visible. The message is not ours to
                 // delete any more (lost) or is left to come back (expired).
                 self.stats.left_for_retry();
-                self.stats.extended(&lease);
+                drop(leased.end_lease(&self));
                 match end {
                     LeaseEnd::Lost(reason) => warn!(reason, "lease lost; work abandoned and not acknowledged"),
                     LeaseEnd::Expired => warn!(max_lease_secs = self.settings.max_lease.as_secs(), "maximum lease reached; work abandoned, the message comes back after its visibility timeout"),
@@ -68,19 +115,17 @@ impl Worker {
             }
             _ = signals.abandon.cancelled() => {
                 // Hand back now so another worker picks it up at once;
-                // never delete unfinished work without a copy queued.
-                self.stats.extended(&lease);
-                drop(lease);
+                // never delete unfinished work without a copy queued. The
+                // place stays held until the copy is queued.
+                let received = leased.end_lease(&self);
                 self.stats.released();
-                if self.hand_back(&message, Duration::ZERO, "shutdown", acknowledgements).await {
+                if self.hand_back(&received.message, Duration::ZERO, "shutdown", acknowledgements).await {
                     info!("message released");
                 }
                 return;
             }
         };
-        self.stats.extended(&lease);
-        drop(lease);
-        drop(place);
+        let message = leased.end_lease(&self).free_place();
         match outcome {
             MessageOutcome::Done => match acknowledgements
                 .deletes
@@ -135,7 +180,7 @@ impl Worker {
                     info!(
                         delay_secs = pause.as_secs(),
                         "message handed back uncounted until the deployment is fixed"
-                    );
+                    )
                 }
             }
         }
@@ -222,7 +267,7 @@ impl Worker {
                                 message,
                                 object,
                                 route.as_ref().map(|r| r.name.as_str()),
-                                "max_receive_count_exceeded",
+                                ErrorKind::MaxReceiveCountExceeded,
                                 error.clone(),
                             )
                             .await,
@@ -231,14 +276,14 @@ impl Worker {
                     combine(outcomes)
                 }
                 _ => {
-                    self.dead_letter_message(message, "max_receive_count_exceeded", error)
+                    self.dead_letter_message(message, ErrorKind::MaxReceiveCountExceeded, error)
                         .await
                 }
             };
         }
         match parsed {
             Err(err) => {
-                self.dead_letter_message(message, "invalid_message", err.to_string())
+                self.dead_letter_message(message, ErrorKind::InvalidMessage, err.to_string())
                     .await
             }
             Ok(Notification::Discard(reason)) => {
@@ -261,7 +306,7 @@ impl Worker {
     async fn dead_letter_message(
         &self,
         message: &ReceivedMessage,
-        error_kind: &str,
+        error_kind: ErrorKind,
         error: String,
     ) -> MessageOutcome {
         let envelope = DeadLetter::for_message(
@@ -280,9 +325,10 @@ impl Worker {
 
     /// True only when the dead-letter queue accepted the envelope.
     pub(super) async fn send_dead_letter(&self, envelope: &DeadLetter) -> bool {
-        let bucket = envelope.bucket.as_deref().unwrap_or("");
-        let key = envelope.key.as_deref().unwrap_or("");
-        let route = envelope.route.as_deref().unwrap_or("");
+        // Absent for a message that names no object: left out of the line.
+        let bucket = envelope.bucket.as_deref();
+        let key = envelope.key.as_deref();
+        let route = envelope.route.as_deref();
         let Some(dead_letters) = &self.dead_letters else {
             error!(bucket, key, route, error_kind = %envelope.error_kind,
                 error = %excerpt(&envelope.error, LOG_ERROR_BYTES),

@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use super::{Worker, bump};
 use crate::dead_letter::DeadLetter;
-use crate::error::IngestError;
+use crate::error::{ErrorKind, IngestError};
 use crate::notification::ObjectRef;
 use crate::queue::ReceivedMessage;
 use crate::telemetry;
@@ -48,7 +48,7 @@ impl Worker {
                     message,
                     object,
                     None,
-                    "bucket_not_allowed",
+                    ErrorKind::BucketNotAllowed,
                     format!("{}: no route allows bucket `{bucket}`", object.s3_uri()),
                 )
                 .await;
@@ -149,7 +149,7 @@ impl Worker {
             }) => self.deployment_problem(
                 object,
                 &route.name,
-                "deployment_error",
+                ErrorKind::DeploymentError,
                 &component,
                 &code,
                 &detail,
@@ -168,7 +168,7 @@ impl Worker {
                 self.deployment_problem(
                     object,
                     &route.name,
-                    "unavailable",
+                    ErrorKind::Unavailable,
                     &component,
                     &code,
                     &detail,
@@ -185,7 +185,7 @@ impl Worker {
                 self.deployment_problem(
                     object,
                     &route.name,
-                    "deployment_error",
+                    ErrorKind::DeploymentError,
                     "s3",
                     "AccessDenied",
                     &detail,
@@ -193,14 +193,14 @@ impl Worker {
             }
             Err(err @ IngestError::Unavailable { .. }) => {
                 telemetry::object_retried(&route.name, err.kind());
-                warn!(bucket, key, route = %route.name, error_kind = err.kind(),
+                warn!(bucket, key, route = %route.name, error_kind = %err.kind(),
                     error = %excerpt(&err.to_string(), LOG_ERROR_BYTES),
                     "object failed on a sink that works for other objects; this attempt counts against the file");
                 ObjectOutcome::Retry
             }
             Err(err) if err.is_retryable() => {
                 telemetry::object_retried(&route.name, err.kind());
-                warn!(bucket, key, route = %route.name, error_kind = err.kind(),
+                warn!(bucket, key, route = %route.name, error_kind = %err.kind(),
                     error = %excerpt(&err.to_string(), LOG_ERROR_BYTES), "object failed; will retry");
                 ObjectOutcome::Retry
             }
@@ -224,7 +224,7 @@ impl Worker {
         &self,
         object: &ObjectRef,
         route: &str,
-        kind: &'static str,
+        kind: ErrorKind,
         component: &str,
         code: &str,
         detail: &str,
@@ -235,7 +235,7 @@ impl Worker {
             bucket = %object.bucket,
             key = %object.key,
             route,
-            error_kind = kind,
+            error_kind = %kind,
             component,
             code,
             error = %detail,
@@ -250,7 +250,7 @@ impl Worker {
         message: &ReceivedMessage,
         object: &ObjectRef,
         route: Option<&str>,
-        error_kind: &str,
+        error_kind: ErrorKind,
         error: String,
     ) -> ObjectOutcome {
         let envelope = DeadLetter::for_object(

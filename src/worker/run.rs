@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::Worker;
+use super::message::Received;
 use crate::queue::batcher::{BatchOperation, Batcher};
 use crate::queue::{Queue, QueueError, ReceivedMessage};
 use crate::telemetry;
@@ -148,7 +149,11 @@ impl Worker {
                         tracker.spawn(
                             async move {
                                 worker
-                                    .handle_message(message, place, &signals, &acknowledgements)
+                                    .handle_message(
+                                        Received::new(message, place),
+                                        &signals,
+                                        &acknowledgements,
+                                    )
                                     .await
                             }
                             .instrument(span),

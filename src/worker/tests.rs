@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::config::{CsvOptions, FileFormat, RouteConfig};
 use crate::dead_letter::DeadLetter;
-use crate::error::IngestError;
+use crate::error::{ErrorKind, IngestError};
 use crate::ingest::Committed;
 use crate::notification::ObjectRef;
 use crate::queue::ReceivedMessage;
@@ -232,7 +232,7 @@ async fn unparseable_message_is_dead_lettered_then_deleted() {
     let letters = queue.dead_letters();
     assert_eq!(letters.len(), 1);
     let letter: DeadLetter = serde_json::from_str(&letters[0]).unwrap();
-    assert_eq!(letter.error_kind, "invalid_message");
+    assert_eq!(letter.error_kind, ErrorKind::InvalidMessage);
     assert_eq!(letter.original_message, "not json");
 }
 
@@ -313,7 +313,7 @@ async fn message_over_max_receive_count_is_dead_lettered_whatever_it_is() {
     let letters = queue.dead_letters();
     assert_eq!(letters.len(), 1);
     let letter: DeadLetter = serde_json::from_str(&letters[0]).unwrap();
-    assert_eq!(letter.error_kind, "max_receive_count_exceeded");
+    assert_eq!(letter.error_kind, ErrorKind::MaxReceiveCountExceeded);
     assert_eq!(letter.receive_count, 3);
     assert_eq!(letter.key.as_deref(), Some("other/x.json"));
 }
@@ -391,7 +391,7 @@ async fn a_message_whose_worker_dies_each_time_still_reaches_the_dlq() {
     let letters = queue.dead_letters();
     assert_eq!(letters.len(), 1);
     let letter: DeadLetter = serde_json::from_str(&letters[0]).unwrap();
-    assert_eq!(letter.error_kind, "max_receive_count_exceeded");
+    assert_eq!(letter.error_kind, ErrorKind::MaxReceiveCountExceeded);
     assert_eq!(letter.receive_count, 3, "the third attempt");
 }
 
@@ -481,7 +481,7 @@ async fn attempts_now(queue: &MemoryQueue) -> Vec<u64> {
         .collect()
 }
 
-fn dead_letter_kinds(queue: &MemoryQueue) -> Vec<String> {
+fn dead_letter_kinds(queue: &MemoryQueue) -> Vec<ErrorKind> {
     queue
         .dead_letters()
         .iter()
@@ -511,7 +511,7 @@ async fn committed_retried_and_poison_objects_end_as_they_should() {
     // Left for the visibility timeout, then committed.
     assert_eq!(ingest.calls("in/retried.csv"), 2);
     assert_eq!(ingest.calls("in/poison.csv"), 1);
-    assert_eq!(dead_letter_kinds(&queue), ["csv_error"]);
+    assert_eq!(dead_letter_kinds(&queue), [ErrorKind::CsvError]);
     let stats = worker.stats();
     assert_eq!(stats.objects_committed.load(Ordering::Relaxed), 2);
     assert_eq!(stats.messages_left_for_retry.load(Ordering::Relaxed), 1);
@@ -650,7 +650,10 @@ async fn a_lost_lease_abandons_the_work_and_its_receive_counts() {
     shutdown.cancel();
     running.await.unwrap();
     assert_eq!(ingest.calls("in/held.csv"), 1);
-    assert_eq!(dead_letter_kinds(&queue), ["max_receive_count_exceeded"]);
+    assert_eq!(
+        dead_letter_kinds(&queue),
+        [ErrorKind::MaxReceiveCountExceeded]
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -360,7 +360,7 @@ fn verify(prepared: &Prepared, expected_keys: usize, observed: &Observed) -> Res
             }
             let kind = expected.error_kind.as_deref().unwrap();
             match observed.dead_letters.as_slice() {
-                [letter] if letter.error_kind == kind => Ok(()),
+                [letter] if letter.error_kind.as_str() == kind => Ok(()),
                 [letter] => Err(format!(
                     "expected error_kind {kind}, got {}",
                     letter.error_kind

@@ -127,7 +127,7 @@ async fn a_sink_that_rejects_the_object_dead_letters_it_naming_that_sink() {
     fixture.put("in/c.csv", csv_rows(3)).await;
 
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "sink_error");
+    assert_eq!(letters[0].error_kind.as_str(), "sink_error");
     assert_eq!(letters[0].route.as_deref(), Some("both"));
     let reason = &letters[0].error;
     assert!(reason.contains("sink `events_api`"), "{reason}");

@@ -327,7 +327,7 @@ async fn poison_files_go_to_the_dlq_with_their_error_kind() {
             .unwrap_or_else(|| panic!("no dead letter for {key}: {letters:?}"))
     };
     let bad_row = kind_of("typed/bad-row.csv");
-    assert_eq!(bad_row.error_kind, "csv_error");
+    assert_eq!(bad_row.error_kind.as_str(), "csv_error");
     assert!(bad_row.error.contains("rows 1..=3"), "{}", bad_row.error);
     assert!(bad_row.error.contains("three"), "{}", bad_row.error);
     assert_eq!(bad_row.route.as_deref(), Some("typed"));
@@ -335,17 +335,23 @@ async fn poison_files_go_to_the_dlq_with_their_error_kind() {
     assert!(bad_row.etag.is_some());
     assert!(bad_row.original_message.contains("typed/bad-row.csv"));
     assert_eq!(bad_row.receive_count, 1);
-    assert_eq!(kind_of("plain/wrong-fields.csv").error_kind, "csv_error");
     assert_eq!(
-        kind_of("gz/truncated.csv.gz").error_kind,
+        kind_of("plain/wrong-fields.csv").error_kind.as_str(),
+        "csv_error"
+    );
+    assert_eq!(
+        kind_of("gz/truncated.csv.gz").error_kind.as_str(),
         "decompression_error"
     );
-    assert_eq!(kind_of("pq/corrupt.parquet").error_kind, "parquet_error");
+    assert_eq!(
+        kind_of("pq/corrupt.parquet").error_kind.as_str(),
+        "parquet_error"
+    );
     let empty = kind_of("pq/empty.parquet");
-    assert_eq!(empty.error_kind, "parquet_error");
+    assert_eq!(empty.error_kind.as_str(), "parquet_error");
     assert!(empty.error.contains("empty"), "{}", empty.error);
     assert_eq!(
-        kind_of("other/readme.json").error_kind,
+        kind_of("other/readme.json").error_kind.as_str(),
         "unsupported_format"
     );
 
@@ -394,7 +400,7 @@ async fn missing_changed_and_unparseable_messages_go_to_the_dlq() {
     );
     let invalid = letters
         .iter()
-        .find(|l| l.error_kind == "invalid_message")
+        .find(|l| l.error_kind.as_str() == "invalid_message")
         .unwrap();
     assert_eq!(invalid.original_message, "this is not a notification");
     assert!(invalid.key.is_none());
@@ -591,7 +597,7 @@ async fn message_received_too_often_is_dead_lettered() {
     fixture.put("in/stuck.csv", csv_rows(1)).await;
 
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "max_receive_count_exceeded");
+    assert_eq!(letters[0].error_kind.as_str(), "max_receive_count_exceeded");
     assert_eq!(letters[0].key.as_deref(), Some("in/stuck.csv"));
     assert_eq!(letters[0].receive_count, 3);
     fixture.wait_for_empty_queue().await;
@@ -627,7 +633,7 @@ async fn a_bucket_no_route_allows_is_dead_lettered_without_fetching() {
     let worker = fixture.start_worker(fixture.config(Some(routes)));
     fixture.put("in/file.csv", csv_rows(2)).await;
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "bucket_not_allowed");
+    assert_eq!(letters[0].error_kind.as_str(), "bucket_not_allowed");
     assert_eq!(letters[0].key.as_deref(), Some("in/file.csv"));
     fixture.wait_for_empty_queue().await;
     assert!(fixture.sink_files().is_empty());
@@ -688,7 +694,7 @@ async fn a_300_kb_bad_row_is_dead_lettered_with_a_bounded_envelope() {
     };
     assert!(body.len() < SQS_LIMIT, "{} bytes", body.len());
     let letter: s3_ingest::dead_letter::DeadLetter = serde_json::from_str(&body).unwrap();
-    assert_eq!(letter.error_kind, "csv_error");
+    assert_eq!(letter.error_kind.as_str(), "csv_error");
     assert_eq!(letter.key.as_deref(), Some("in/huge.csv"));
     assert!(
         letter.error.contains("Error while parsing value"),
@@ -825,7 +831,7 @@ async fn a_failed_attempt_carried_by_a_copy_still_counts_on_sqs() {
 
     let worker = fixture.start_worker(config);
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "max_receive_count_exceeded");
+    assert_eq!(letters[0].error_kind.as_str(), "max_receive_count_exceeded");
     assert_eq!(letters[0].key.as_deref(), Some("in/crashed.csv"));
     assert_eq!(letters[0].receive_count, 2, "the second attempt");
     worker.stop().await;

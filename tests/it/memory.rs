@@ -676,7 +676,7 @@ async fn hostile_files_cost_one_dead_letter_each_within_the_memory_bound() {
                 assert_eq!(letters.len(), 1, "{key}: {letters:?}");
                 let letter = &letters[0];
                 assert_eq!(letter.key.as_deref(), Some(key));
-                assert_eq!(letter.error_kind, kind, "{key}: {}", letter.error);
+                assert_eq!(letter.error_kind.as_str(), kind, "{key}: {}", letter.error);
                 assert!(letter.error.contains(phrase), "{key}: {}", letter.error);
                 assert!(
                     letter.error.len() < 2048,

@@ -256,7 +256,7 @@ async fn a_rejected_request_is_dead_lettered_with_its_status_and_body() {
     fixture.put("in/orders.csv", csv_rows(10)).await;
 
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "sink_error");
+    assert_eq!(letters[0].error_kind.as_str(), "sink_error");
     assert_eq!(letters[0].key.as_deref(), Some("in/orders.csv"));
     let reason = &letters[0].error;
     assert!(reason.contains("400 Bad Request"), "{reason}");
@@ -415,7 +415,7 @@ async fn a_file_the_endpoint_chokes_on_while_others_land_is_dead_lettered() {
     let others = others.load(Ordering::Relaxed);
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].key.as_deref(), Some("in/poison.csv"));
-    assert_eq!(letters[0].error_kind, "max_receive_count_exceeded");
+    assert_eq!(letters[0].error_kind.as_str(), "max_receive_count_exceeded");
     // Every other file landed.
     wait_for_rows_and_empty_queue(&fixture, &server, 2 * others).await;
     assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 1);

@@ -607,7 +607,7 @@ async fn schema_mismatches_are_dead_lettered_naming_the_column() {
     let mut letters = fixture.wait_for_dead_letters(3).await;
     letters.sort_by(|a, b| a.key.cmp(&b.key));
     for letter in &letters {
-        assert_eq!(letter.error_kind, "sink_error", "{letter:?}");
+        assert_eq!(letter.error_kind.as_str(), "sink_error", "{letter:?}");
     }
     let reasons: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
     assert!(reasons[0].contains("no column `colour`"), "{}", reasons[0]);
@@ -637,7 +637,7 @@ async fn a_nul_in_a_header_is_dead_lettered_when_the_table_is_created() {
         .await;
     fixture.put("in/nul.csv", "id,na\0me\n1,a\n").await;
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "sink_error", "{letters:?}");
+    assert_eq!(letters[0].error_kind.as_str(), "sink_error", "{letters:?}");
     assert!(
         letters[0].error.contains("NUL byte"),
         "{}",
@@ -667,7 +667,7 @@ async fn a_primary_key_conflict_is_dead_lettered_and_nothing_is_committed() {
     fixture.put("in/conflict.csv", csv_rows(10)).await;
 
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "sink_error");
+    assert_eq!(letters[0].error_kind.as_str(), "sink_error");
     assert!(
         letters[0].error.contains("23505") && letters[0].error.contains(&table),
         "{}",

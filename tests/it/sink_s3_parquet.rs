@@ -428,7 +428,7 @@ async fn too_many_partition_values_dead_letter_the_file_and_publish_nothing() {
     fixture.put("in/ids.csv", csv_rows(10)).await;
 
     let letters = fixture.wait_for_dead_letters(1).await;
-    assert_eq!(letters[0].error_kind, "sink_error");
+    assert_eq!(letters[0].error_kind.as_str(), "sink_error");
     assert!(
         letters[0]
             .error
@@ -493,7 +493,7 @@ async fn a_decode_failure_late_in_a_large_file_leaves_no_object_and_no_open_uplo
         "the decoder's reason is kept: {}",
         letters[0].error
     );
-    assert_eq!(letters[0].error_kind, "csv_error");
+    assert_eq!(letters[0].error_kind.as_str(), "csv_error");
     assert_eq!(letters[0].key.as_deref(), Some("in/late-bad.csv"));
     wait_until("the aborted upload is gone", WAIT, || async {
         open_multipart_uploads(&fixture, &destination).await == 0

@@ -28,7 +28,7 @@ DATA_DIR="$STATE_DIR/localstack-data"
 
 HOST_PORT="127.0.0.1:4566"
 HEALTH_URL="http://$HOST_PORT/_localstack/health"
-SERVICES="s3,sqs,sns,events"
+SERVICES="s3,sqs,sns,events,sts,ssm"
 
 # These exact pins are the combination known to work on Python 3.11; change
 # them only together with a real `start` + init.py run:

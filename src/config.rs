@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::schema::ColumnSpec;
 
 mod layers;
+mod source;
+
+pub use source::{CONFIG_TOML_VAR, ConfigSource};
 
 /// The prefix of every environment variable that overrides a config key.
 pub const ENV_PREFIX: &str = "S3_INGEST__";
@@ -32,6 +35,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Toml { path: PathBuf, message: String },
+    /// The config's location is malformed or cannot be read (S3, SSM).
+    #[error("cannot read {source_name}: {message}")]
+    Source {
+        source_name: String,
+        message: String,
+    },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     /// `context` names the route and the variable behind the key, where
@@ -533,21 +542,40 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let table = match path {
+        match path {
             Some(path) => {
+                let source = ConfigSource::File(path.to_owned());
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_owned(),
                     source,
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|err| ConfigError::Toml {
-                        path: path.to_owned(),
-                        message: err.to_string(),
-                    })?
+                Config::from_source(Some((&source, text.as_str())), env)
             }
+            None => Config::from_source(None, env),
+        }
+    }
+
+    /// The config from `file` (its source and its TOML text, already
+    /// read: see [`ConfigSource::read`]), if any, with the `S3_INGEST__*`
+    /// overrides from `env` applied, validated.
+    pub fn from_source(
+        file: Option<(&ConfigSource, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let table = match file {
+            Some((source, text)) => text.parse::<toml::Table>().map_err(|err| match source {
+                ConfigSource::File(path) => ConfigError::Toml {
+                    path: path.clone(),
+                    message: err.to_string(),
+                },
+                other => ConfigError::Source {
+                    source_name: other.to_string(),
+                    message: format!("not valid TOML: {err}"),
+                },
+            })?,
             None => toml::Table::new(),
         };
-        layers::load(path, table, env)
+        layers::load(file.map(|(source, _)| source), table, env)
     }
 
     /// Parses and validates a config given as TOML text (no environment).

@@ -2,23 +2,25 @@
 //! else lives in the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use s3_ingest::config::Config;
+use s3_ingest::config::{CONFIG_TOML_VAR, Config, ConfigSource};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("S3_INGEST_COMMIT"), ")"),
     about = "Ingests CSV and Parquet files the moment they land in S3"
 )]
 struct Cli {
-    /// TOML config file; every key can also be set with S3_INGEST__SECTION__KEY.
+    /// The TOML config: a local path, s3://BUCKET/KEY or ssm://NAME (read
+    /// with the SDK's default region and credentials), or else the whole
+    /// TOML in S3_INGEST_CONFIG_TOML. Every key can also be set with
+    /// S3_INGEST__SECTION__KEY.
     #[arg(long, short, global = true, env = "S3_INGEST_CONFIG")]
-    config: Option<PathBuf>,
+    config: Option<String>,
 
     /// Log line format: human-readable text or JSON (for CloudWatch).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "S3_INGEST_LOG_FORMAT")]
@@ -70,8 +72,15 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<Config, s3_ingest::config::ConfigError> {
-    Config::load(path.map(PathBuf::as_path), std::env::vars())
+async fn load_config(flag: Option<&str>) -> Result<Config, s3_ingest::config::ConfigError> {
+    let inline = std::env::var(CONFIG_TOML_VAR).ok();
+    let source = ConfigSource::choose(flag, inline.as_deref())?;
+    let text = match &source {
+        Some(source) => Some(source.read(inline.as_deref()).await?),
+        None => None,
+    };
+    let file = source.as_ref().zip(text.as_deref());
+    Config::from_source(file, std::env::vars())
 }
 
 async fn check_config(config: &Config) -> ExitCode {
@@ -168,11 +177,19 @@ async fn main() -> ExitCode {
         return healthcheck(
             url.as_deref(),
             listen_addr.as_deref(),
-            cli.config.as_deref(),
+            // Only a local file is read (for its status address); an S3
+            // object or SSM parameter is not fetched every few seconds.
+            cli.config
+                .as_deref()
+                .and_then(|flag| match ConfigSource::parse(flag) {
+                    Ok(ConfigSource::File(path)) => Some(path),
+                    _ => None,
+                })
+                .as_deref(),
         )
         .await;
     }
-    let config = match load_config(cli.config.as_ref()) {
+    let config = match load_config(cli.config.as_deref()).await {
         Ok(config) => config,
         Err(err) => {
             error!("invalid configuration: {err}");

@@ -20,13 +20,12 @@
 //! gives or `route_order` sets.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use figment::value::{Dict, Map, Num, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Unexpected, Visitor};
 
-use super::{Config, ConfigError, ENV_PREFIX, invalid};
+use super::{Config, ConfigError, ConfigSource, ENV_PREFIX, invalid};
 
 /// The top-level key that gives the routes' match order by name.
 const ROUTE_ORDER: &str = "route_order";
@@ -46,7 +45,7 @@ fn route_key(name: &str) -> String {
 /// Reads the layers, merges them, orders the routes and deserializes and
 /// validates the result. `file` names the layer in messages.
 pub(super) fn load(
-    file: Option<&Path>,
+    file: Option<&ConfigSource>,
     table: toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
@@ -79,12 +78,13 @@ struct FileLayer {
 }
 
 impl FileLayer {
-    fn new(path: Option<&Path>, table: toml::Table) -> Result<FileLayer, ConfigError> {
-        let metadata = match path {
-            Some(path) => Metadata::from(
+    fn new(source: Option<&ConfigSource>, table: toml::Table) -> Result<FileLayer, ConfigError> {
+        let metadata = match source {
+            Some(ConfigSource::File(path)) => Metadata::from(
                 format!("config file {}", path.display()),
                 Source::File(path.to_owned()),
             ),
+            Some(other) => Metadata::named(other.to_string()),
             None => Metadata::named("config"),
         };
         let Value::Dict(_, mut dict) =

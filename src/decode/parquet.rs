@@ -35,9 +35,9 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::page_index::PageIndexBuilder;
 use parquet::file::metadata::{
-    ColumnChunkMetaData, OffsetIndexBuilder, PageIndexPolicy, ParquetMetaData, RowGroupMetaData,
+    ColumnChunkMetaData, OffsetIndexBuilder, PageIndexPolicy, ParquetMetaData, ParquetOffsetIndex,
+    RowGroupMetaData,
 };
 use parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use tokio::sync::mpsc;
@@ -258,29 +258,26 @@ async fn prepare<R: AsyncFileReader + Clone + Send>(
                 .map_err(|detail| invalid(format!("row group {index}: {detail}")))?;
         }
     }
-    let mut page_index = footer.page_index().cloned();
-    if page_index.is_some()
+    // Per row group, one offset index per column, or none (an empty list).
+    let mut offset_index: Option<ParquetOffsetIndex> = footer.offset_index().cloned();
+    if offset_index.is_some()
         && let Err(detail) = check_offset_indexes(footer, &row_groups)
     {
         warn!(uri, reason = %detail, "Parquet offset index ignored; row groups are read whole");
-        page_index = None;
+        offset_index = None;
         changed = true;
     }
-    let file_has_offset_index = page_index
+    let file_has_offset_index = offset_index
         .as_ref()
-        .is_some_and(|index| index.has_offset_indexes());
+        .is_some_and(|index| index.iter().any(|columns| !columns.is_empty()));
     if !file_has_offset_index {
         let made = offset_indexes_from_page_headers(reader, &row_groups, uri, limits).await?;
         if !made.is_empty() {
-            let columns = row_groups.first().map_or(0, RowGroupMetaData::num_columns);
-            let mut builder = PageIndexBuilder::default();
-            builder.allocate_offset_indexes(row_groups.len(), columns);
+            let mut index: ParquetOffsetIndex = vec![Vec::new(); row_groups.len()];
             for (row_group, indexes) in made {
-                for (column, index) in indexes.into_iter().enumerate() {
-                    builder.put_offset_index(index, row_group, column);
-                }
+                index[row_group] = indexes;
             }
-            page_index = Some(Arc::new(builder.build()));
+            offset_index = Some(index);
             changed = true;
         }
     }
@@ -289,7 +286,7 @@ async fn prepare<R: AsyncFileReader + Clone + Send>(
     }
     let mut builder = footer.as_ref().clone().into_builder();
     builder = builder.set_row_groups(row_groups);
-    builder = builder.set_page_index(page_index);
+    builder = builder.set_offset_index(offset_index);
     ArrowReaderMetadata::try_new(Arc::new(builder.build()), ArrowReaderOptions::new())
         .map_err(|err| into_ingest_error(uri, err))
 }
@@ -397,10 +394,15 @@ fn check_offset_indexes(
     footer: &ParquetMetaData,
     row_groups: &[RowGroupMetaData],
 ) -> Result<(), String> {
+    let Some(offset_index) = footer.offset_index() else {
+        return Ok(());
+    };
     for (index, group) in row_groups.iter().enumerate() {
-        let page_index = footer.page_index_for_row_group(index);
+        let Some(columns) = offset_index.get(index) else {
+            continue;
+        };
         for (column_index, column) in group.columns().iter().enumerate() {
-            let Some(offsets) = page_index.offset_index(column_index) else {
+            let Some(offsets) = columns.get(column_index) else {
                 continue;
             };
             let (start, len) = column.byte_range();
@@ -439,9 +441,11 @@ fn check_offset_indexes(
 
 /// Whether every column of the row group has an offset index.
 fn has_offset_index(metadata: &ParquetMetaData, row_group: usize) -> bool {
-    let page_index = metadata.page_index_for_row_group(row_group);
-    (0..metadata.row_group(row_group).num_columns())
-        .all(|column| page_index.offset_index(column).is_some())
+    let columns = metadata.row_group(row_group).num_columns();
+    metadata
+        .offset_index()
+        .and_then(|index| index.get(row_group))
+        .is_some_and(|indexes| indexes.len() == columns)
 }
 
 /// Offset indexes for the row groups over [`SLICE_BYTES`] whose columns
@@ -1355,14 +1359,17 @@ mod tests {
             .unwrap();
         let mut broken = file.to_vec();
         for column in metadata.row_group(0).columns() {
-            let range = column
-                .offset_index_range()
-                .expect("written with an offset index");
-            broken[range.start as usize..range.end as usize].fill(0xff);
+            let start = column
+                .offset_index_offset()
+                .expect("written with an offset index") as usize;
+            let length = column.offset_index_length().unwrap() as usize;
+            broken[start..start + length].fill(0xff);
         }
         let broken = Bytes::from(broken);
+        // `Required`: the `Optional` policy the decoder uses drops an
+        // unreadable index by itself.
         let with_index =
-            ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+            ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Required);
         assert!(
             ArrowReaderMetadata::load(&broken, with_index).is_err(),
             "the index should be unreadable, or this test proves nothing"

@@ -49,6 +49,108 @@ fn check_config_prints_the_resolved_config_and_routes() {
     );
 }
 
+/// `--config s3://…`, `--config ssm://…` and `S3_INGEST_CONFIG_TOML`: the
+/// config delivered without a file in the image, read with the SDK's
+/// default chain (here: LocalStack through `AWS_ENDPOINT_URL`).
+#[tokio::test]
+async fn the_config_is_read_from_s3_from_ssm_or_from_one_variable() {
+    let _suite = crate::shared().await;
+    let endpoint = util::endpoint();
+    let clients = util::clients();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let bucket = format!("config-{}", &run[..12]);
+    clients
+        .s3
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let config_for =
+        |wait: u32| VALID.replace("[queue]\n", &format!("[queue]\nwait_time_secs = {wait}\n"));
+    clients
+        .s3
+        .put_object()
+        .bucket(&bucket)
+        .key("s3-ingest/prod.toml")
+        .body(config_for(11).into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let ssm = aws_sdk_ssm::Client::new(&util::sdk_config_at(&endpoint));
+    let parameter = format!("/s3-ingest/{run}/config");
+    ssm.put_parameter()
+        .name(&parameter)
+        .value(config_for(12))
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+
+    let check_config = |args: Vec<String>, inline: Option<String>| {
+        let mut command = util::worker_command();
+        command
+            .arg("check-config")
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
+        if let Some(text) = inline {
+            command.env("S3_INGEST_CONFIG_TOML", text);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let s3_location = format!("s3://{bucket}/s3-ingest/prod.toml");
+    let (code, stdout, stderr) = check_config(vec!["--config".into(), s3_location], None);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wait_time_secs = 11"), "{stdout}");
+
+    let (code, stdout, stderr) =
+        check_config(vec!["--config".into(), format!("ssm://{parameter}")], None);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wait_time_secs = 12"), "{stdout}");
+
+    let (code, stdout, stderr) = check_config(vec![], Some(config_for(13)));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wait_time_secs = 13"), "{stdout}");
+
+    // Failures name the location and exit 2, as an invalid file does.
+    let missing = format!("s3://{bucket}/s3-ingest/missing.toml");
+    let (code, _, stderr) = check_config(vec!["--config".into(), missing.clone()], None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&missing), "{stderr}");
+    let (code, _, stderr) = check_config(
+        vec!["--config".into(), format!("ssm:///s3-ingest/{run}/none")],
+        None,
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("SSM parameter"), "{stderr}");
+    // Two ways at once is ambiguous.
+    let (code, _, stderr) = check_config(
+        vec![
+            "--config".into(),
+            format!("s3://{bucket}/s3-ingest/prod.toml"),
+        ],
+        Some(config_for(13)),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("S3_INGEST_CONFIG_TOML"), "{stderr}");
+    // A TOML error in a fetched config names where it came from.
+    let (code, _, stderr) = check_config(vec![], Some("[queue".into()));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("S3_INGEST_CONFIG_TOML") && stderr.contains("not valid TOML"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_builds_the_sinks_and_names_a_missing_secret_variable() {
     let _suite = crate::shared_blocking();

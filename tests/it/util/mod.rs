@@ -36,16 +36,20 @@ pub fn clients() -> AwsClients {
 
 /// Clients for another endpoint (e.g. a fault-injecting proxy).
 pub fn clients_at(endpoint: &str) -> AwsClients {
+    AwsClients::from_sdk_config(&sdk_config_at(endpoint), true)
+}
+
+/// LocalStack's SDK config, for clients of other services (SSM).
+pub fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
     let credentials = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "tests");
-    let sdk = aws_config::SdkConfig::builder()
+    aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
             credentials,
         ))
-        .build();
-    AwsClients::from_sdk_config(&sdk, true)
+        .build()
 }
 
 /// Worker logs in the test output (shown for failing tests); `RUST_LOG`

@@ -14,7 +14,7 @@ NEED_VALGRIND := benches/support/need-valgrind.sh
 WITH_POSTGRES := tests/services/with-postgres.sh
 WITH_CLICKHOUSE := tests/services/with-service.sh tests/services/clickhouse.sh
 
-.PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo bench bench-memory
+.PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo bench bench-memory image image-test
 
 all: build
 
@@ -74,6 +74,18 @@ bench:
 MEMORY_LARGE ?= 2GiB
 bench-memory:
 	S3I_MEMORY_LARGE=$(MEMORY_LARGE) $(WITH_LOCALSTACK) cargo test --release --test it memory:: -- --nocapture
+
+## The container image from ./Dockerfile, without a Docker engine: buildah
+## with base images made from Debian's packages (installs buildah, podman
+## and mmdebstrap the first time; needs root). A cold build takes about
+## 20 minutes (a release build of the AWS SDK and arrow). IMAGE=name:tag.
+image:
+	infra/image/build.sh
+
+## Runs the built image's binary against LocalStack: --version, the health
+## check, a CSV ingested end to end, SIGTERM. See infra/image/test.sh.
+image-test:
+	infra/image/test.sh
 
 ## End to end on LocalStack: worker + sample vendor files + what landed.
 demo:

@@ -25,6 +25,11 @@ pub mod worker;
 
 use std::sync::Arc;
 
+/// This build's version (`Cargo.toml`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this binary was built from (see `build.rs`), or `unknown`.
+pub const COMMIT: &str = env!("S3_INGEST_COMMIT");
+
 use aws_config::{BehaviorVersion, Region};
 use tokio_util::sync::CancellationToken;
 

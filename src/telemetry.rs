@@ -34,6 +34,7 @@ const DEPLOYMENT_ERRORS: &str = "s3_ingest_deployment_errors_total";
 const DEPLOYMENT_PROBLEMS: &str = "s3_ingest_deployment_problems";
 const RECEIVE_PAUSED: &str = "s3_ingest_receive_paused";
 const MESSAGES_HANDED_BACK: &str = "s3_ingest_messages_handed_back_total";
+const BUILD_INFO: &str = "s3_ingest_build_info";
 
 /// Seconds: from a 10 KiB file's tens of milliseconds to a large file's
 /// half hour.
@@ -142,9 +143,19 @@ fn describe() {
         "messages handed back uncounted as a fresh copy (SendMessage, then delete), by reason"
     );
     describe_gauge!(
+        BUILD_INFO,
+        "always 1; the labels name the running build's version and commit"
+    );
+    describe_gauge!(
         PREFETCH_LIMIT,
         "messages the worker may hold beyond its object slots now (from recent object times)"
     );
+}
+
+/// `s3_ingest_build_info{version,commit} 1`, the Prometheus convention
+/// for telling which build a series comes from.
+pub fn build_info() {
+    gauge!(BUILD_INFO, "version" => crate::VERSION, "commit" => crate::COMMIT).set(1.0);
 }
 
 pub fn message_received() {
@@ -271,6 +282,7 @@ mod tests {
             lag: Some(Duration::from_secs(2)),
         });
         object_dead_lettered(Some("orders"), ErrorKind::CsvError);
+        build_info();
         let text = render();
         assert!(
             text.contains("s3_ingest_objects_committed_total{route=\"orders\",sink=\"lake\"}"),
@@ -281,5 +293,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("error_kind=\"csv_error\""), "{text}");
+        let build = format!(
+            "s3_ingest_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            crate::VERSION,
+            crate::COMMIT
+        );
+        assert!(text.contains(&build), "{build} missing from {text}");
     }
 }

@@ -87,7 +87,13 @@ impl Worker {
             .without_max_times();
         let mut backoff = backoff_builder.build();
         let acknowledgements = Arc::new(Acknowledgements::start(&self.queue));
-        info!(concurrency = self.settings.concurrency, "worker started");
+        telemetry::build_info();
+        info!(
+            version = crate::VERSION,
+            commit = crate::COMMIT,
+            concurrency = self.settings.concurrency,
+            "worker started"
+        );
 
         loop {
             // Receive when there is room for what a receive should bring:

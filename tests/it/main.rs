@@ -44,6 +44,7 @@ mod cli;
 mod corpus;
 mod fanout;
 mod faults;
+mod image;
 mod ingest;
 mod memory;
 mod sink_http;

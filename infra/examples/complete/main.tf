@@ -48,6 +48,10 @@ module "service" {
     S3_INGEST__QUEUE__MAX_RECEIVE_COUNT       = tostring(var.worker_max_receive_count)
   }, var.worker_environment)
 
+  config               = var.worker_config
+  secrets              = var.worker_secrets
+  secrets_kms_key_arns = var.worker_secrets_kms_key_arns
+
   volumes = var.volumes
 
   cluster_name = var.cluster_name

@@ -59,8 +59,27 @@ variable "worker_max_receive_count" {
 }
 
 variable "worker_environment" {
-  description = "Routes, sinks and tuning for the worker as S3_INGEST__... variables."
+  description = "Routes, sinks and tuning for the worker as S3_INGEST__... variables (on top of worker_config)."
   type        = map(string)
+  default     = {}
+}
+
+variable "worker_config" {
+  description = "The worker's config file as TOML text, e.g. file(\"s3-ingest.toml\"); no secrets in it (see worker_secrets)."
+  type        = string
+  default     = null
+}
+
+variable "worker_secrets" {
+  description = "Variables the worker reads from Secrets Manager or SSM (name => ARN), e.g. the postgres sink's url_env."
+  type        = map(string)
+  default     = {}
+}
+
+variable "worker_secrets_kms_key_arns" {
+  description = "Customer managed KMS keys of worker_secrets."
+  type        = list(string)
+  default     = []
 }
 
 variable "volumes" {

@@ -57,7 +57,32 @@ locals {
 
   efs_volumes = [for volume in var.volumes : volume if volume.efs != null]
 
-  environment = merge(var.environment, {
+  # secrets: what the execution role may read. ECS's valueFrom may name a
+  # JSON key, stage or version after a Secrets Manager ARN; the grant is on
+  # the secret itself (its first seven ARN fields).
+  secret_arns = distinct([
+    for arn in values(var.secrets) : join(":", slice(split(":", arn), 0, 7))
+    if split(":", arn)[2] == "secretsmanager"
+  ])
+  parameter_arns = distinct([for arn in values(var.secrets) : arn if split(":", arn)[2] == "ssm"])
+
+  # config_location: what the task role may read at start.
+  config_s3_object_arn = (var.config_location != null && startswith(coalesce(var.config_location, "-"), "s3://")
+    ? "arn:${local.partition}:s3:::${trimprefix(var.config_location, "s3://")}"
+  : null)
+  config_ssm_name = (var.config_location != null && startswith(coalesce(var.config_location, "-"), "ssm://")
+    ? trimprefix(var.config_location, "ssm://")
+  : null)
+  config_parameter_arn = (local.config_ssm_name == null ? null
+    : startswith(local.config_ssm_name, "arn:") ? local.config_ssm_name
+    : "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/${trimprefix(local.config_ssm_name, "/")}"
+  )
+  config_environment = merge(
+    var.config != null ? { S3_INGEST_CONFIG_TOML = var.config } : {},
+    var.config_location != null ? { S3_INGEST_CONFIG = var.config_location } : {},
+  )
+
+  environment = merge(var.environment, local.config_environment, {
     S3_INGEST__QUEUE__URL                  = var.queue_url
     S3_INGEST__QUEUE__DLQ_URL              = var.dlq_url
     S3_INGEST__QUEUE__WAIT_TIME_SECS       = tostring(local.wait_time_secs)
@@ -86,6 +111,8 @@ locals {
     stopTimeout = var.stop_timeout
 
     environment = [for name in sort(keys(local.environment)) : { name = name, value = local.environment[name] }]
+    # Injected by ECS at start from Secrets Manager / SSM (execution role).
+    secrets = [for name in sort(keys(var.secrets)) : { name = name, valueFrom = var.secrets[name] }]
 
     portMappings = [{ name = "metrics", containerPort = var.metrics_port, protocol = "tcp" }]
 
@@ -238,6 +265,34 @@ data "aws_iam_policy_document" "execution" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.this.arn}:*"]
   }
+
+  # The task definition's secrets, and nothing else.
+  dynamic "statement" {
+    for_each = length(local.secret_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReadSecrets"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = local.secret_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(local.parameter_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReadSecretParameters"
+      actions   = ["ssm:GetParameters"]
+      resources = local.parameter_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.secrets) > 0 && length(var.secrets_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "DecryptSecrets"
+      actions   = ["kms:Decrypt"]
+      resources = var.secrets_kms_key_arns
+    }
+  }
 }
 
 data "aws_iam_policy_document" "task" {
@@ -313,6 +368,34 @@ data "aws_iam_policy_document" "task" {
       sid       = "SourceObjectEncryption"
       actions   = ["kms:Decrypt"]
       resources = var.source_kms_key_arns
+    }
+  }
+
+  # config_location: the worker reads its config file at start.
+  dynamic "statement" {
+    for_each = local.config_s3_object_arn != null ? [1] : []
+    content {
+      sid       = "ReadConfigObject"
+      actions   = ["s3:GetObject"]
+      resources = [local.config_s3_object_arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.config_parameter_arn != null ? [1] : []
+    content {
+      sid       = "ReadConfigParameter"
+      actions   = ["ssm:GetParameter"]
+      resources = [local.config_parameter_arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.config_parameter_arn != null && length(var.secrets_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "DecryptConfigParameter"
+      actions   = ["kms:Decrypt"]
+      resources = var.secrets_kms_key_arns
     }
   }
 
@@ -464,6 +547,14 @@ resource "aws_ecs_task_definition" "this" {
     precondition {
       condition     = var.max_tasks >= var.min_tasks
       error_message = "max_tasks must be at least min_tasks."
+    }
+    precondition {
+      condition     = var.config == null || var.config_location == null
+      error_message = "Give the worker's config one way: config (the TOML text) or config_location (s3:// or ssm://), not both."
+    }
+    precondition {
+      condition     = length(setintersection([for key in keys(var.secrets) : upper(key)], [for key in keys(local.environment) : upper(key)])) == 0
+      error_message = "A variable is set both in secrets and in environment (or by the module); name it once."
     }
   }
 }

@@ -170,9 +170,48 @@ variable "environment" {
   validation {
     condition = length(setintersection(
       [for key in keys(var.environment) : upper(key)],
-      ["S3_INGEST__QUEUE__URL", "S3_INGEST__QUEUE__DLQ_URL", "S3_INGEST__QUEUE__WAIT_TIME_SECS", "S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS", "S3_INGEST__AWS__REGION", "S3_INGEST__STATUS__LISTEN_ADDR", "S3_INGEST_LOG_FORMAT"],
+      ["S3_INGEST__QUEUE__URL", "S3_INGEST__QUEUE__DLQ_URL", "S3_INGEST__QUEUE__WAIT_TIME_SECS", "S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS", "S3_INGEST__AWS__REGION", "S3_INGEST__STATUS__LISTEN_ADDR", "S3_INGEST_LOG_FORMAT", "S3_INGEST_CONFIG", "S3_INGEST_CONFIG_TOML"],
     )) == 0
-    error_message = "environment must not set the queue URLs, wait time, shutdown grace, region, status listen address or log format: the module derives them (queue_url, dlq_url, stop_timeout, metrics_port)."
+    error_message = "environment must not set the queue URLs, wait time, shutdown grace, region, status listen address, log format or config source: the module derives them (queue_url, dlq_url, stop_timeout, metrics_port, config, config_location)."
+  }
+}
+
+variable "secrets" {
+  description = "Environment variables the worker reads from Secrets Manager or SSM Parameter Store, as the task definition's secrets (valueFrom): variable name => secret or parameter ARN. A Secrets Manager ARN may carry ECS's :json-key:version-stage:version-id suffix. Point the config at them by name (postgres url_env, http headers_from_env). The values never appear in the task definition or the Terraform state; only the execution role may read them, and only these ARNs."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for key in keys(var.secrets) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", key))])
+    error_message = "secrets keys must be valid variable names ([A-Za-z_][A-Za-z0-9_]*)."
+  }
+
+  validation {
+    condition     = alltrue([for arn in values(var.secrets) : can(regex("^arn:[^:]+:secretsmanager:[^:]+:[0-9]{12}:secret:[^:]+(:[^:]*:[^:]*:[^:]*)?$", arn)) || can(regex("^arn:[^:]+:ssm:[^:]+:[0-9]{12}:parameter/.+$", arn))])
+    error_message = "secrets values must be Secrets Manager secret ARNs (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME[:json-key:stage:version]) or SSM parameter ARNs (arn:aws:ssm:REGION:ACCOUNT:parameter/NAME)."
+  }
+}
+
+variable "secrets_kms_key_arns" {
+  description = "Customer managed KMS keys that encrypt the secrets (and a SecureString config_location parameter): kms:Decrypt for the role that reads them. Secrets under the AWS managed keys need none."
+  type        = list(string)
+  default     = []
+}
+
+variable "config" {
+  description = "The worker's whole config file as TOML text, e.g. file(\"s3-ingest.toml\"), passed as S3_INGEST_CONFIG_TOML. Routes and schemas then need no S3_INGEST__ variables (environment still overrides keys). It is stored in the task definition: keep secrets out of it (see secrets). At most one of config and config_location."
+  type        = string
+  default     = null
+}
+
+variable "config_location" {
+  description = "Where the worker reads its config file at start instead: s3://BUCKET/KEY or ssm://NAME (ssm:///path/name for a name starting with /). The task role may read exactly that object or parameter. At most one of config and config_location."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.config_location == null || can(regex("^(s3://[^/]+/.+|ssm://.+)$", var.config_location))
+    error_message = "config_location must be s3://BUCKET/KEY or ssm://NAME."
   }
 }
 

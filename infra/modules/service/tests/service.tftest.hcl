@@ -179,3 +179,136 @@ run "rejects_max_below_min" {
   }
   expect_failures = [aws_ecs_task_definition.this]
 }
+
+run "secrets_come_from_secrets_manager_and_ssm_through_the_execution_role" {
+  command = apply
+
+  variables {
+    secrets = {
+      PG_URL    = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ingest/pg-AbCdEf:url::"
+      API_TOKEN = "arn:aws:ssm:eu-west-1:123456789012:parameter/ingest/api-token"
+    }
+    secrets_kms_key_arns = ["arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"]
+  }
+
+  assert {
+    condition = jsondecode(aws_ecs_task_definition.this.container_definitions)[0].secrets == [
+      { name = "API_TOKEN", valueFrom = "arn:aws:ssm:eu-west-1:123456789012:parameter/ingest/api-token" },
+      { name = "PG_URL", valueFrom = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ingest/pg-AbCdEf:url::" },
+    ]
+    error_message = "each secret reaches the container as valueFrom, sorted by name"
+  }
+  assert {
+    condition     = !strcontains(aws_ecs_task_definition.this.container_definitions, "\"PG_URL\",\"value\"")
+    error_message = "a secret is never a plain environment value"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.execution.statement : s.resources if s.sid == "ReadSecrets"]) == toset(["arn:aws:secretsmanager:eu-west-1:123456789012:secret:ingest/pg-AbCdEf"])
+    error_message = "the execution role reads exactly the secret (without the json-key suffix)"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.execution.statement : s.actions if s.sid == "ReadSecretParameters"]) == toset(["ssm:GetParameters"]) && one([for s in data.aws_iam_policy_document.execution.statement : s.resources if s.sid == "ReadSecretParameters"]) == toset(["arn:aws:ssm:eu-west-1:123456789012:parameter/ingest/api-token"])
+    error_message = "the execution role reads exactly the parameter"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.execution.statement : s.resources if s.sid == "DecryptSecrets"]) == toset(var.secrets_kms_key_arns)
+    error_message = "the secrets' key may decrypt them"
+  }
+  assert {
+    condition     = length([for s in data.aws_iam_policy_document.task.statement : s if contains(s.actions, "secretsmanager:GetSecretValue")]) == 0
+    error_message = "the task role (the worker) does not read the secrets itself"
+  }
+}
+
+run "no_secrets_no_secret_grants" {
+  command = apply
+
+  assert {
+    condition     = length([for s in data.aws_iam_policy_document.execution.statement : s if contains(["ReadSecrets", "ReadSecretParameters", "DecryptSecrets"], s.sid)]) == 0
+    error_message = "without secrets the execution role reads none"
+  }
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.this.container_definitions)[0].secrets == []
+    error_message = "no secrets in the container definition"
+  }
+}
+
+run "rejects_a_secret_that_is_not_an_arn" {
+  command = plan
+
+  variables {
+    secrets = { PG_URL = "postgres://user:pass@db/ingest" }
+  }
+
+  expect_failures = [var.secrets]
+}
+
+run "rejects_a_secret_also_set_as_environment" {
+  command = plan
+
+  variables {
+    secrets     = { PG_URL = "arn:aws:ssm:eu-west-1:123456789012:parameter/ingest/pg" }
+    environment = { PG_URL = "postgres://db/ingest" }
+  }
+
+  expect_failures = [aws_ecs_task_definition.this]
+}
+
+run "config_as_toml_text" {
+  command = apply
+
+  variables {
+    config = "[[routes]]\nname = \"orders\"\n"
+  }
+
+  assert {
+    condition     = output.worker_environment["S3_INGEST_CONFIG_TOML"] == "[[routes]]\nname = \"orders\"\n" && !contains(keys(output.worker_environment), "S3_INGEST_CONFIG")
+    error_message = "the config text reaches the worker as S3_INGEST_CONFIG_TOML"
+  }
+}
+
+run "config_from_s3_grants_that_object" {
+  command = apply
+
+  variables {
+    config_location = "s3://acme-config/s3-ingest/prod.toml"
+  }
+
+  assert {
+    condition     = output.worker_environment["S3_INGEST_CONFIG"] == "s3://acme-config/s3-ingest/prod.toml"
+    error_message = "the location reaches the worker as S3_INGEST_CONFIG"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ReadConfigObject"]) == toset(["arn:aws:s3:::acme-config/s3-ingest/prod.toml"])
+    error_message = "the task role reads exactly the config object"
+  }
+}
+
+run "config_from_ssm_grants_that_parameter" {
+  command = apply
+
+  variables {
+    config_location      = "ssm:///s3-ingest/prod"
+    secrets_kms_key_arns = ["arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"]
+  }
+
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ReadConfigParameter"]) == toset(["arn:aws:ssm:eu-west-1:123456789012:parameter/s3-ingest/prod"])
+    error_message = "the task role reads exactly the config parameter"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "DecryptConfigParameter"]) == toset(var.secrets_kms_key_arns)
+    error_message = "a SecureString config parameter can be decrypted"
+  }
+}
+
+run "rejects_config_given_two_ways" {
+  command = plan
+
+  variables {
+    config          = "[queue]\n"
+    config_location = "s3://acme-config/s3-ingest/prod.toml"
+  }
+
+  expect_failures = [aws_ecs_task_definition.this]
+}

@@ -66,6 +66,8 @@ locals {
   ])
   parameter_arns = distinct([for arn in values(var.secrets) : arn if split(":", arn)[2] == "ssm"])
 
+  destination_kms_key_arns = distinct(compact([for destination in var.s3_parquet_destinations : destination.kms_key_arn]))
+
   # config_location: what the task role may read at start.
   config_s3_object_arn = (var.config_location != null && startswith(coalesce(var.config_location, "-"), "s3://")
     ? "arn:${local.partition}:s3:::${trimprefix(var.config_location, "s3://")}"
@@ -399,6 +401,48 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
+  # s3_parquet sinks: PutObject covers CreateMultipartUpload, UploadPart
+  # and CompleteMultipartUpload; an upload given up is aborted.
+  dynamic "statement" {
+    for_each = length(var.s3_parquet_destinations) > 0 ? [1] : []
+    content {
+      sid     = "WriteS3ParquetSinks"
+      actions = ["s3:PutObject", "s3:AbortMultipartUpload"]
+      resources = distinct([
+        for destination in var.s3_parquet_destinations : "arn:${local.partition}:s3:::${destination.bucket}/${destination.prefix}*"
+      ])
+    }
+  }
+
+  # SSE-KMS on the destination: a data key per object, and Decrypt to
+  # complete a multipart upload.
+  dynamic "statement" {
+    for_each = length(local.destination_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "S3ParquetSinkEncryption"
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = local.destination_kms_key_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.task_role_policy_statements
+    content {
+      sid       = statement.value.sid
+      effect    = statement.value.effect
+      actions   = statement.value.actions
+      resources = statement.value.resources
+      dynamic "condition" {
+        for_each = statement.value.conditions
+        content {
+          test     = condition.value.test
+          variable = condition.value.variable
+          values   = condition.value.values
+        }
+      }
+    }
+  }
+
   # EFS volumes mounted with IAM authorization (always on, see volume below).
   dynamic "statement" {
     for_each = local.efs_volumes
@@ -473,6 +517,19 @@ resource "aws_security_group" "this" {
       to_port     = 2049
       protocol    = "tcp"
       cidr_blocks = var.egress_cidr_blocks
+    }
+  }
+
+  # Sinks outside AWS APIs (egress_rules).
+  dynamic "egress" {
+    for_each = var.egress_rules
+    content {
+      description     = egress.value.description
+      from_port       = egress.value.from_port
+      to_port         = coalesce(egress.value.to_port, egress.value.from_port)
+      protocol        = egress.value.protocol
+      cidr_blocks     = egress.value.cidr_blocks
+      security_groups = egress.value.security_group_ids
     }
   }
 
@@ -560,12 +617,22 @@ resource "aws_ecs_task_definition" "this" {
 }
 
 resource "aws_ecs_service" "this" {
-  name             = var.name
-  cluster          = local.cluster_arn
-  task_definition  = aws_ecs_task_definition.this.arn
-  desired_count    = var.min_tasks
-  launch_type      = "FARGATE"
+  name            = var.name
+  cluster         = local.cluster_arn
+  task_definition = aws_ecs_task_definition.this.arn
+  desired_count   = var.min_tasks
+  # The FARGATE launch type, or the capacity providers given (Fargate Spot).
+  launch_type      = length(var.capacity_provider_strategy) == 0 ? "FARGATE" : null
   platform_version = "LATEST"
+
+  dynamic "capacity_provider_strategy" {
+    for_each = var.capacity_provider_strategy
+    content {
+      capacity_provider = capacity_provider_strategy.value.capacity_provider
+      weight            = capacity_provider_strategy.value.weight
+      base              = capacity_provider_strategy.value.base
+    }
+  }
 
   # Rolling deploy: new tasks start (up to 200 %) before old ones get
   # SIGTERM, so throughput does not dip while the old ones drain; a

@@ -148,6 +148,37 @@ variable "source_kms_key_arns" {
   default     = []
 }
 
+variable "s3_parquet_destinations" {
+  description = "Buckets and prefixes an s3_parquet sink writes to: the task role may put objects (single and multipart) and abort its multipart uploads there, and use kms_key_arn for SSE-KMS."
+  type = list(object({
+    bucket      = string
+    prefix      = optional(string, "")
+    kms_key_arn = optional(string)
+  }))
+  default = []
+}
+
+variable "task_role_policy_statements" {
+  description = "Extra statements for the task role (what the worker itself may do), for what the module does not know about. Prefer s3_parquet_destinations and secrets where they fit."
+  type = list(object({
+    sid       = string
+    effect    = optional(string, "Allow")
+    actions   = list(string)
+    resources = list(string)
+    conditions = optional(list(object({
+      test     = string
+      variable = string
+      values   = list(string)
+    })), [])
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for statement in var.task_role_policy_statements : can(regex("^[A-Za-z0-9]+$", statement.sid))])
+    error_message = "each statement needs an alphanumeric sid."
+  }
+}
+
 # --- worker configuration ----------------------------------------------------
 
 variable "environment" {
@@ -363,6 +394,24 @@ variable "egress_cidr_blocks" {
   default     = ["0.0.0.0/0"]
 }
 
+variable "egress_rules" {
+  description = "More egress from the created security group, for sinks outside AWS APIs: a postgres server (5432), ClickHouse (8123/8443), an HTTP endpoint. Each rule gives a port (or from_port..to_port) and cidr_blocks and/or security_group_ids."
+  type = list(object({
+    description        = string
+    from_port          = number
+    to_port            = optional(number)
+    protocol           = optional(string, "tcp")
+    cidr_blocks        = optional(list(string), [])
+    security_group_ids = optional(list(string), [])
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for rule in var.egress_rules : length(rule.cidr_blocks) + length(rule.security_group_ids) > 0])
+    error_message = "each egress rule needs cidr_blocks or security_group_ids."
+  }
+}
+
 variable "assign_public_ip" {
   description = "Give tasks a public IP (only for public subnets without NAT; not recommended)."
   type        = bool
@@ -410,6 +459,16 @@ variable "wait_for_steady_state" {
   description = "Make `terraform apply` wait until a deployment has finished (new tasks healthy, old tasks drained)."
   type        = bool
   default     = false
+}
+
+variable "capacity_provider_strategy" {
+  description = "Capacity providers instead of the FARGATE launch type, e.g. mostly Fargate Spot with a base on Fargate: [{ capacity_provider = \"FARGATE\", base = 1, weight = 1 }, { capacity_provider = \"FARGATE_SPOT\", weight = 3 }]. A Spot task gets SIGTERM two minutes before it is stopped; the worker hands back what it cannot finish within stop_timeout. The cluster must have these providers."
+  type = list(object({
+    capacity_provider = string
+    weight            = optional(number, 1)
+    base              = optional(number, 0)
+  }))
+  default = []
 }
 
 variable "tags" {

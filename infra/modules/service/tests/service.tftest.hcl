@@ -312,3 +312,79 @@ run "rejects_config_given_two_ways" {
 
   expect_failures = [aws_ecs_task_definition.this]
 }
+
+run "sinks_outside_aws_get_their_egress" {
+  command = apply
+
+  variables {
+    egress_rules = [
+      { description = "PostgreSQL", from_port = 5432, cidr_blocks = ["10.20.0.0/16"] },
+      { description = "ClickHouse", from_port = 8123, to_port = 8123, security_group_ids = ["sg-0123456789abcdef0"] },
+    ]
+  }
+
+  assert {
+    condition     = length([for rule in aws_security_group.this[0].egress : rule if rule.from_port == 5432 && rule.to_port == 5432 && rule.cidr_blocks == tolist(["10.20.0.0/16"])]) == 1
+    error_message = "postgres egress to its CIDR"
+  }
+  assert {
+    condition     = length([for rule in aws_security_group.this[0].egress : rule if rule.from_port == 8123 && try(contains(rule.security_groups, "sg-0123456789abcdef0"), false)]) == 1
+    error_message = "ClickHouse egress to its security group"
+  }
+  assert {
+    condition     = length([for rule in aws_security_group.this[0].egress : rule if rule.from_port == 443]) == 1
+    error_message = "HTTPS to AWS APIs stays"
+  }
+}
+
+run "rejects_an_egress_rule_without_a_destination" {
+  command = plan
+
+  variables {
+    egress_rules = [{ description = "nowhere", from_port = 5432 }]
+  }
+
+  expect_failures = [var.egress_rules]
+}
+
+run "s3_parquet_destinations_and_extra_statements" {
+  command = apply
+
+  variables {
+    s3_parquet_destinations = [
+      { bucket = "acme-lake", prefix = "vendors/", kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/aaaaaaaa-2222-3333-4444-555555555555" },
+    ]
+    task_role_policy_statements = [
+      { sid = "PutEvents", actions = ["events:PutEvents"], resources = ["arn:aws:events:eu-west-1:123456789012:event-bus/default"] },
+    ]
+  }
+
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "WriteS3ParquetSinks"]) == toset(["arn:aws:s3:::acme-lake/vendors/*"]) && one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "WriteS3ParquetSinks"]) == toset(["s3:PutObject", "s3:AbortMultipartUpload"])
+    error_message = "the sink may write and abort uploads under its prefix only"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "S3ParquetSinkEncryption"]) == toset(["kms:GenerateDataKey", "kms:Decrypt"])
+    error_message = "SSE-KMS on the destination"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "PutEvents"]) == toset(["events:PutEvents"])
+    error_message = "extra statements reach the task role"
+  }
+}
+
+run "fargate_spot_through_capacity_providers" {
+  command = apply
+
+  variables {
+    capacity_provider_strategy = [
+      { capacity_provider = "FARGATE", base = 1, weight = 1 },
+      { capacity_provider = "FARGATE_SPOT", weight = 3 },
+    ]
+  }
+
+  assert {
+    condition     = length(aws_ecs_service.this.capacity_provider_strategy) == 2 && contains([for p in aws_ecs_service.this.capacity_provider_strategy : "${p.capacity_provider}/${p.base}/${p.weight}"], "FARGATE_SPOT/0/3")
+    error_message = "the capacity providers reach the service (launch_type is then left unset: a mocked provider fills it in, so it is not asserted)"
+  }
+}

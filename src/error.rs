@@ -232,6 +232,16 @@ impl IngestError {
         }
     }
 
+    /// The sink that failed, for a sink's failure.
+    pub fn sink(&self) -> Option<&str> {
+        match self {
+            IngestError::Sink { sink, .. } => Some(sink),
+            IngestError::Deployment { component, .. }
+            | IngestError::Unavailable { component, .. } => component.strip_prefix("sink:"),
+            _ => None,
+        }
+    }
+
     /// A sink's failure for `uri`, in the sink's own class.
     pub fn from_sink(uri: &str, sink: &str, err: crate::sink::SinkError) -> IngestError {
         use crate::sink::SinkFailure;
@@ -478,6 +488,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sink_failure_names_its_sink() {
+        let unavailable = IngestError::Unavailable {
+            uri: "s3://b/k".into(),
+            component: "sink:warehouse".into(),
+            code: "timeout".into(),
+            detail: String::new(),
+        };
+        assert_eq!(unavailable.sink(), Some("warehouse"));
+        let s3 = IngestError::S3 {
+            uri: "s3://b/k".into(),
+            operation: "GetObject",
+            detail: String::new(),
+            retryable: true,
+        };
+        assert_eq!(s3.sink(), None);
+        let denied = IngestError::Deployment {
+            uri: "s3://b/k".into(),
+            component: "s3".into(),
+            code: "AccessDenied".into(),
+            detail: String::new(),
+        };
+        assert_eq!(denied.sink(), None);
+    }
 
     #[test]
     fn error_kind_names_are_their_serialized_form_and_distinct() {

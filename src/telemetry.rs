@@ -94,7 +94,7 @@ fn describe() {
     );
     describe_counter!(
         OBJECTS_RETRIED,
-        "objects that failed transiently and will be retried, by route and error kind"
+        "objects that failed transiently and will be retried, by route, error kind and failing sink (\"\" when not a sink)"
     );
     describe_counter!(OBJECTS_UNMATCHED, "objects whose key matches no route");
     describe_counter!(
@@ -218,9 +218,17 @@ pub fn object_dead_lettered(route: Option<&str>, error_kind: ErrorKind) {
     .increment(1);
 }
 
-pub fn object_retried(route: &str, error_kind: ErrorKind) {
-    counter!(OBJECTS_RETRIED, "route" => route.to_owned(), "error_kind" => error_kind.as_str())
-        .increment(1);
+/// `sink`: the sink that failed, or `None` (label `""`) when the object
+/// failed before a sink (S3, decoding), so a retry rate can be watched per
+/// sink.
+pub fn object_retried(route: &str, error_kind: ErrorKind, sink: Option<&str>) {
+    counter!(
+        OBJECTS_RETRIED,
+        "route" => route.to_owned(),
+        "error_kind" => error_kind.as_str(),
+        "sink" => sink.unwrap_or_default().to_owned()
+    )
+    .increment(1);
 }
 
 pub fn object_unmatched() {
@@ -282,6 +290,8 @@ mod tests {
             lag: Some(Duration::from_secs(2)),
         });
         object_dead_lettered(Some("orders"), ErrorKind::CsvError);
+        object_retried("orders", ErrorKind::Unavailable, Some("warehouse"));
+        object_retried("orders", ErrorKind::S3Error, None);
         build_info();
         let text = render();
         assert!(
@@ -293,6 +303,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("error_kind=\"csv_error\""), "{text}");
+        for retried in [
+            "s3_ingest_objects_retried_total{route=\"orders\",error_kind=\"unavailable\",sink=\"warehouse\"} 1",
+            "s3_ingest_objects_retried_total{route=\"orders\",error_kind=\"s3_error\",sink=\"\"} 1",
+        ] {
+            assert!(text.contains(retried), "{retried} missing from {text}");
+        }
         let build = format!(
             "s3_ingest_build_info{{version=\"{}\",commit=\"{}\"}} 1",
             crate::VERSION,

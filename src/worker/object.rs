@@ -192,14 +192,14 @@ impl Worker {
                 )
             }
             Err(err @ IngestError::Unavailable { .. }) => {
-                telemetry::object_retried(&route.name, err.kind());
+                telemetry::object_retried(&route.name, err.kind(), err.sink());
                 warn!(bucket, key, route = %route.name, error_kind = %err.kind(),
                     error = %excerpt(&err.to_string(), LOG_ERROR_BYTES),
                     "object failed on a sink that works for other objects; this attempt counts against the file");
                 ObjectOutcome::Retry
             }
             Err(err) if err.is_retryable() => {
-                telemetry::object_retried(&route.name, err.kind());
+                telemetry::object_retried(&route.name, err.kind(), err.sink());
                 warn!(bucket, key, route = %route.name, error_kind = %err.kind(),
                     error = %excerpt(&err.to_string(), LOG_ERROR_BYTES), "object failed; will retry");
                 ObjectOutcome::Retry
@@ -230,7 +230,7 @@ impl Worker {
         detail: &str,
     ) -> ObjectOutcome {
         let pause = self.deployment.report(component, code, detail);
-        telemetry::object_retried(route, kind);
+        telemetry::object_retried(route, kind, component.strip_prefix("sink:"));
         error!(
             bucket = %object.bucket,
             key = %object.key,

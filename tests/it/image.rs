@@ -1,7 +1,7 @@
 //! The container image's build context: what `Dockerfile` builds from,
 //! the repository's tracked files less what `.dockerignore` drops. Building
 //! the image takes minutes (`make image`), so `make test` checks here, in
-//! milliseconds, that the context still holds every file `Cargo.toml`
+//! about a second, that the context still holds every file `Cargo.toml`
 //! needs: cargo itself reads the manifest in a copy of the context, and
 //! every tracked source file must be in it.
 //!
@@ -129,6 +129,20 @@ fn the_image_build_context_holds_what_cargo_needs() {
     }
     assert!(copied > 0, "the build context is empty");
 
+    // `cargo fetch` parses the manifest as `cargo build` does (a declared
+    // target without its file is an error; `cargo metadata` only drops
+    // it), and `--locked` fails on a Cargo.lock that does not match
+    // Cargo.toml, as the image's `cargo build --locked` would.
+    let output = Command::new(env!("CARGO"))
+        .args(["fetch", "--locked", "--offline"])
+        .current_dir(context.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cargo cannot build from the image build context (.dockerignore leaves out a file it needs, or Cargo.lock is stale): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = Command::new(env!("CARGO"))
         .args([
             "metadata",
@@ -138,12 +152,11 @@ fn the_image_build_context_holds_what_cargo_needs() {
             "1",
         ])
         .current_dir(context.path())
-        .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "cargo cannot read Cargo.toml in the image build context (.dockerignore leaves out a file it needs): {}",
+        "cargo metadata in the build context: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     // Every target cargo found there points at a file that was sent.

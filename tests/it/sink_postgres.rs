@@ -753,6 +753,78 @@ async fn a_revoked_grant_keeps_the_file_queued_until_it_is_restored() {
     running.stop().await;
 }
 
+/// The ledger's layout version lives in its table comment: a ledger
+/// written by a newer s3-ingest is refused (the file waits, uncounted), and
+/// one from before versions were kept is taken as version 1 and labelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_schema_version_is_checked_and_labelled() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("pg-ledger-version").await;
+    let client = connect().await;
+    let table = unique_table("ledgerv");
+    let ledger = format!("{table}_ledger");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint, name text, price float8);
+             CREATE TABLE {ledger} (
+                 target_table text NOT NULL, bucket text NOT NULL, key text NOT NULL,
+                 version_identity text NOT NULL, version_id text, etag text,
+                 size bigint NOT NULL, route text NOT NULL, sink text NOT NULL, rows bigint,
+                 started_at timestamptz NOT NULL DEFAULT now(), committed_at timestamptz,
+                 PRIMARY KEY (target_table, bucket, key, version_identity));
+             COMMENT ON TABLE {ledger} IS 's3-ingest ledger schema 99';"
+        ))
+        .await
+        .unwrap();
+    let (running, worker, addr) = fixture
+        .start_worker_with_status(config(&fixture, &table, None, ""))
+        .await;
+    let stats = worker.stats();
+    fixture.put("in/orders.csv", csv_rows(10)).await;
+
+    wait_until(
+        "the newer ledger refused as a deployment problem",
+        WAIT,
+        || async {
+            worker
+                .deployment()
+                .problems()
+                .iter()
+                .any(|p| p.component == "sink:pg" && p.code == "ledger_schema")
+        },
+    )
+    .await;
+    let (status, reason) = http_get(&addr, "/readyz").await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("schema version 99"), "{reason}");
+    assert_eq!(count(&client, &table).await, 0);
+    assert!(fixture.take_dead_letters().await.is_empty());
+
+    // A ledger from before versions were kept: no comment.
+    client
+        .batch_execute(&format!("COMMENT ON TABLE {ledger} IS NULL;"))
+        .await
+        .unwrap();
+    wait_until(
+        "the file committed into the unversioned ledger",
+        WAIT,
+        || async { ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await },
+    )
+    .await;
+    assert_eq!(count(&client, &table).await, 10);
+    let comment: Option<String> = client
+        .query_one(
+            &format!("SELECT obj_description('{ledger}'::regclass, 'pg_class')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(comment.as_deref(), Some("s3-ingest ledger schema 1"));
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_again_commits_its_rows_once() {
     let _suite = crate::shared().await;

@@ -58,9 +58,9 @@ module "service" {
   vpc_id       = var.vpc_id
   subnet_ids   = var.subnet_ids
 
-  min_tasks       = var.min_tasks
-  max_tasks       = var.max_tasks
-  alarm_topic_arn = var.alarm_topic_arn
+  autoscaling_min_capacity = var.autoscaling_min_capacity
+  autoscaling_max_capacity = var.autoscaling_max_capacity
+  alarm_topic_arn          = var.alarm_topic_arn
 
   tags = var.tags
 }

@@ -113,13 +113,13 @@ variable "subnet_ids" {
   type        = list(string)
 }
 
-variable "min_tasks" {
+variable "autoscaling_min_capacity" {
   description = "Fewest tasks."
   type        = number
   default     = 1
 }
 
-variable "max_tasks" {
+variable "autoscaling_max_capacity" {
   description = "Most tasks."
   type        = number
   default     = 10

@@ -426,7 +426,7 @@ data "aws_iam_policy_document" "task" {
   }
 
   dynamic "statement" {
-    for_each = var.task_role_policy_statements
+    for_each = var.tasks_iam_role_statements
     content {
       sid       = statement.value.sid
       effect    = statement.value.effect
@@ -602,8 +602,8 @@ resource "aws_ecs_task_definition" "this" {
 
   lifecycle {
     precondition {
-      condition     = var.max_tasks >= var.min_tasks
-      error_message = "max_tasks must be at least min_tasks."
+      condition     = var.autoscaling_max_capacity >= var.autoscaling_min_capacity
+      error_message = "autoscaling_max_capacity must be at least autoscaling_min_capacity."
     }
     precondition {
       condition     = var.config == null || var.config_location == null
@@ -620,7 +620,7 @@ resource "aws_ecs_service" "this" {
   name            = var.name
   cluster         = local.cluster_arn
   task_definition = aws_ecs_task_definition.this.arn
-  desired_count   = var.min_tasks
+  desired_count   = var.autoscaling_min_capacity
   # The FARGATE launch type, or the capacity providers given (Fargate Spot).
   launch_type      = length(var.capacity_provider_strategy) == 0 ? "FARGATE" : null
   platform_version = "LATEST"
@@ -657,7 +657,7 @@ resource "aws_ecs_service" "this" {
 
   lifecycle {
     # Autoscaling owns the task count after creation; without this every
-    # apply would reset it to min_tasks.
+    # apply would reset it to autoscaling_min_capacity.
     ignore_changes = [desired_count]
   }
 
@@ -672,9 +672,21 @@ resource "aws_appautoscaling_target" "this" {
   service_namespace  = "ecs"
   scalable_dimension = "ecs:service:DesiredCount"
   resource_id        = "service/${local.cluster_name}/${aws_ecs_service.this.name}"
-  min_capacity       = var.min_tasks
-  max_capacity       = var.max_tasks
+  min_capacity       = var.autoscaling_min_capacity
+  max_capacity       = var.autoscaling_max_capacity
   tags               = var.tags
+}
+
+locals {
+  scale_to_zero = var.autoscaling_min_capacity == 0
+  # With autoscaling_min_capacity >= 1 the divisor stays above zero. With
+  # scale to zero, the metric is 0 only when nothing is visible *and*
+  # nothing in flight (target tracking then scales in to zero), and a
+  # little above the backlog per task otherwise, so that target tracking
+  # never takes the last task away from work in progress.
+  backlog_per_task_expression = (local.scale_to_zero
+    ? "IF(visible + in_flight > 0, IF(FILL(tasks, 0) > 0, visible / tasks, visible) + 0.01, 0)"
+  : "visible / tasks")
 }
 
 # Visible messages / running tasks, held at target_backlog_per_task: the
@@ -732,15 +744,104 @@ resource "aws_appautoscaling_policy" "backlog_per_task" {
         }
       }
 
-      # min_tasks >= 1 keeps the divisor above zero.
+      # Messages received and being worked on (or held ahead): only with
+      # scale to zero, where they keep the last task running.
+      dynamic "metrics" {
+        for_each = local.scale_to_zero ? [1] : []
+        content {
+          id          = "in_flight"
+          label       = "Messages in flight on ${local.queue_name}"
+          return_data = false
+          metric_stat {
+            metric {
+              namespace   = "AWS/SQS"
+              metric_name = "ApproximateNumberOfMessagesNotVisible"
+              dimensions {
+                name  = "QueueName"
+                value = local.queue_name
+              }
+            }
+            stat = "Average"
+          }
+        }
+      }
+
       metrics {
         id          = "backlog_per_task"
         label       = "Visible messages per running task"
-        expression  = "visible / tasks"
+        expression  = local.backlog_per_task_expression
         return_data = true
       }
     }
   }
+}
+
+# Target tracking cannot scale out from zero tasks (it scales in proportion
+# to the running count). With scale to zero, this alarm starts the first
+# task when messages wait and none runs; target tracking takes over from
+# there. Container Insights may publish nothing for a service with no
+# tasks, hence FILL.
+resource "aws_appautoscaling_policy" "start_from_zero" {
+  count              = local.scale_to_zero ? 1 : 0
+  name               = "${var.name}-start-from-zero"
+  policy_type        = "StepScaling"
+  service_namespace  = aws_appautoscaling_target.this.service_namespace
+  scalable_dimension = aws_appautoscaling_target.this.scalable_dimension
+  resource_id        = aws_appautoscaling_target.this.resource_id
+
+  step_scaling_policy_configuration {
+    adjustment_type         = "ExactCapacity"
+    cooldown                = var.scale_out_cooldown
+    metric_aggregation_type = "Maximum"
+
+    step_adjustment {
+      metric_interval_lower_bound = 0
+      scaling_adjustment          = 1
+    }
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "start_from_zero" {
+  count             = local.scale_to_zero ? 1 : 0
+  alarm_name        = "${var.name}-start-from-zero"
+  alarm_description = "Messages wait on ${local.queue_name} and no ${var.name} task runs: start one (scale to zero)."
+
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  evaluation_periods  = 1
+  treat_missing_data  = "notBreaching"
+
+  metric_query {
+    id          = "waiting_without_tasks"
+    expression  = "IF(FILL(tasks, 0) == 0, visible, 0)"
+    label       = "Visible messages while no task runs"
+    return_data = true
+  }
+
+  metric_query {
+    id = "visible"
+    metric {
+      namespace   = "AWS/SQS"
+      metric_name = "ApproximateNumberOfMessagesVisible"
+      dimensions  = { QueueName = local.queue_name }
+      period      = 60
+      stat        = "Maximum"
+    }
+  }
+
+  metric_query {
+    id = "tasks"
+    metric {
+      namespace   = "ECS/ContainerInsights"
+      metric_name = "RunningTaskCount"
+      dimensions  = { ClusterName = local.cluster_name, ServiceName = aws_ecs_service.this.name }
+      period      = 60
+      stat        = "Maximum"
+    }
+  }
+
+  alarm_actions = [aws_appautoscaling_policy.start_from_zero[0].arn]
+  tags          = var.tags
 }
 
 # ---------------------------------------------------------------------------
@@ -771,7 +872,7 @@ resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
 
 resource "aws_cloudwatch_metric_alarm" "oldest_message_age" {
   alarm_name        = "${var.name}-oldest-message-age"
-  alarm_description = "The oldest message on ${local.queue_name} is older than ${var.oldest_message_age_alarm_seconds} s: s3-ingest is not keeping up (max_tasks reached?) or not consuming (tasks failing, permissions, sink unavailable). Check the service's events and logs."
+  alarm_description = "The oldest message on ${local.queue_name} is older than ${var.oldest_message_age_alarm_seconds} s: s3-ingest is not keeping up (autoscaling_max_capacity reached?) or not consuming (tasks failing, permissions, sink unavailable). Check the service's events and logs."
 
   namespace   = "AWS/SQS"
   metric_name = "ApproximateAgeOfOldestMessage"

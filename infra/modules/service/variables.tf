@@ -158,7 +158,7 @@ variable "s3_parquet_destinations" {
   default = []
 }
 
-variable "task_role_policy_statements" {
+variable "tasks_iam_role_statements" {
   description = "Extra statements for the task role (what the worker itself may do), for what the module does not know about. Prefer s3_parquet_destinations and secrets where they fit."
   type = list(object({
     sid       = string
@@ -174,7 +174,7 @@ variable "task_role_policy_statements" {
   default = []
 
   validation {
-    condition     = alltrue([for statement in var.task_role_policy_statements : can(regex("^[A-Za-z0-9]+$", statement.sid))])
+    condition     = alltrue([for statement in var.tasks_iam_role_statements : can(regex("^[A-Za-z0-9]+$", statement.sid))])
     error_message = "each statement needs an alphanumeric sid."
   }
 }
@@ -318,18 +318,18 @@ variable "volumes" {
 
 # --- scaling -----------------------------------------------------------------
 
-variable "min_tasks" {
-  description = "Fewest running tasks. At least 1: target tracking cannot scale a service out from zero tasks."
+variable "autoscaling_min_capacity" {
+  description = "Fewest running tasks. 0 scales to zero: the service stops its last task once no message is visible or in flight (after scale_in_cooldown), and an alarm starts one again when a message waits (a minute or two before the first file lands)."
   type        = number
   default     = 1
 
   validation {
-    condition     = var.min_tasks >= 1
-    error_message = "min_tasks must be at least 1."
+    condition     = var.autoscaling_min_capacity >= 0
+    error_message = "autoscaling_min_capacity must be at least 0."
   }
 }
 
-variable "max_tasks" {
+variable "autoscaling_max_capacity" {
   description = "Most running tasks."
   type        = number
   default     = 10

@@ -8,14 +8,25 @@ use super::table::sql_literal;
 use super::writer::Session;
 use crate::sink::{Lineage, SinkError};
 
+/// The ledger table's layout version, kept in the table's comment
+/// (`s3-ingest ledger schema 1`). A worker reads it before its first
+/// write: an older layout is migrated in place ([`migrate`]), a newer one
+/// (written by a later s3-ingest) is refused as a deployment problem
+/// instead of being written in a layout this worker does not know.
+pub(super) const LEDGER_SCHEMA_VERSION: u32 = 1;
+const SCHEMA_COMMENT_PREFIX: &str = "s3-ingest ledger schema ";
+
 impl PostgresSink {
     /// Creates the ledger once per process, in its own transaction, under
     /// the same kind of advisory lock as
-    /// [`Target::create`](super::table::Target::create).
+    /// [`Target::create`](super::table::Target::create), and checks or
+    /// migrates its schema version under that lock.
     pub(super) async fn ensure_ledger(&self, session: &Session) -> Result<(), SinkError> {
         self.ledger_ready
             .get_or_try_init(|| async {
                 let ledger = self.ledger.sql();
+                let action = format!("prepare ledger table {ledger}");
+                let client = session.client();
                 let ddl = format!(
                     "BEGIN;
                      SELECT pg_advisory_xact_lock(hashtext('s3-ingest ddl ' || {name}));
@@ -33,21 +44,67 @@ impl PostgresSink {
                          started_at timestamptz NOT NULL DEFAULT now(),
                          committed_at timestamptz,
                          PRIMARY KEY (target_table, bucket, key, version_identity)
-                     );
-                     COMMIT;",
+                     );",
                     name = sql_literal(&ledger),
                 );
                 // On error the caller drops the session, closing the
                 // connection and with it the aborted transaction.
-                session
-                    .client()
+                client
                     .batch_execute(&ddl)
                     .await
-                    .map_err(|err| classify(&format!("create ledger table {ledger}"), &err))
+                    .map_err(|err| classify(&action, &err))?;
+                let comment: Option<String> = client
+                    .query_one(
+                        &format!("SELECT obj_description({}::regclass, 'pg_class')", sql_literal(&ledger)),
+                        &[],
+                    )
+                    .await
+                    .map_err(|err| classify(&action, &err))?
+                    .get(0);
+                let found = schema_version(comment.as_deref());
+                if found > LEDGER_SCHEMA_VERSION {
+                    return Err(SinkError::deployment(
+                        "ledger_schema",
+                        format!(
+                            "ledger table {ledger} has schema version {found}, written by a newer s3-ingest; this worker knows up to {LEDGER_SCHEMA_VERSION}: upgrade it (or point ledger_table elsewhere)"
+                        ),
+                    ));
+                }
+                let mut steps = migrate(found, &ledger);
+                steps.push(format!(
+                    "COMMENT ON TABLE {ledger} IS {}; COMMIT;",
+                    sql_literal(&format!("{SCHEMA_COMMENT_PREFIX}{LEDGER_SCHEMA_VERSION}"))
+                ));
+                client
+                    .batch_execute(&steps.join("\n"))
+                    .await
+                    .map_err(|err| classify(&action, &err))
             })
             .await
             .map(|_| ())
     }
+}
+
+/// The version a ledger's table comment names. A table without the
+/// comment was created before versions were kept: its layout is version 1.
+fn schema_version(comment: Option<&str>) -> u32 {
+    comment
+        .and_then(|comment| comment.strip_prefix(SCHEMA_COMMENT_PREFIX))
+        .and_then(|version| version.trim().parse().ok())
+        .unwrap_or(1)
+}
+
+/// The statements that bring a ledger from version `from` to
+/// [`LEDGER_SCHEMA_VERSION`], run in the transaction that holds the DDL
+/// lock. Each layout change adds its step here (and raises the version);
+/// steps must be idempotent (`ADD COLUMN IF NOT EXISTS`), since a worker
+/// of the old version may keep writing until it is replaced, so a new
+/// column must be nullable or have a default.
+fn migrate(from: u32, _ledger: &str) -> Vec<String> {
+    let steps: Vec<String> = Vec::new();
+    // Version 1 is the first layout: nothing to do yet.
+    debug_assert!(from <= LEDGER_SCHEMA_VERSION);
+    steps
 }
 
 /// The ledger's primary key for one object version and target table.
@@ -140,5 +197,19 @@ impl LedgerKey {
             .await
             .map_err(|err| classify(&format!("update ledger {ledger}"), &err))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_version_is_read_from_the_table_comment() {
+        assert_eq!(schema_version(None), 1, "a ledger from before versions");
+        assert_eq!(schema_version(Some("hand-written note")), 1);
+        assert_eq!(schema_version(Some("s3-ingest ledger schema 1")), 1);
+        assert_eq!(schema_version(Some("s3-ingest ledger schema 7")), 7);
+        assert!(migrate(1, "ledger").is_empty());
     }
 }

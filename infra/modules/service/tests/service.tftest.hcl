@@ -16,6 +16,9 @@ mock_provider "aws" {
   mock_resource "aws_ecs_cluster" {
     defaults = { arn = "arn:aws:ecs:eu-west-1:123456789012:cluster/ingest" }
   }
+  mock_resource "aws_appautoscaling_policy" {
+    defaults = { arn = "arn:aws:autoscaling:eu-west-1:123456789012:scalingPolicy:11111111-2222-3333-4444-555555555555:resource/ecs/service/ingest/ingest:policyName/ingest" }
+  }
   mock_resource "aws_ecs_task_definition" {
     defaults = { arn = "arn:aws:ecs:eu-west-1:123456789012:task-definition/ingest:1" }
   }
@@ -174,8 +177,8 @@ run "rejects_root" {
 run "rejects_max_below_min" {
   command = plan
   variables {
-    min_tasks = 3
-    max_tasks = 2
+    autoscaling_min_capacity = 3
+    autoscaling_max_capacity = 2
   }
   expect_failures = [aws_ecs_task_definition.this]
 }
@@ -354,7 +357,7 @@ run "s3_parquet_destinations_and_extra_statements" {
     s3_parquet_destinations = [
       { bucket = "acme-lake", prefix = "vendors/", kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/aaaaaaaa-2222-3333-4444-555555555555" },
     ]
-    task_role_policy_statements = [
+    tasks_iam_role_statements = [
       { sid = "PutEvents", actions = ["events:PutEvents"], resources = ["arn:aws:events:eu-west-1:123456789012:event-bus/default"] },
     ]
   }
@@ -386,5 +389,43 @@ run "fargate_spot_through_capacity_providers" {
   assert {
     condition     = length(aws_ecs_service.this.capacity_provider_strategy) == 2 && contains([for p in aws_ecs_service.this.capacity_provider_strategy : "${p.capacity_provider}/${p.base}/${p.weight}"], "FARGATE_SPOT/0/3")
     error_message = "the capacity providers reach the service (launch_type is then left unset: a mocked provider fills it in, so it is not asserted)"
+  }
+}
+
+run "scales_on_visible_backlog_per_task_by_default" {
+  command = apply
+
+  assert {
+    condition     = one([for m in aws_appautoscaling_policy.backlog_per_task.target_tracking_scaling_policy_configuration[0].customized_metric_specification[0].metrics : m.expression if m.id == "backlog_per_task"]) == "visible / tasks"
+    error_message = "backlog per task is visible / tasks"
+  }
+  assert {
+    condition     = length(aws_appautoscaling_policy.start_from_zero) == 0 && length(aws_cloudwatch_metric_alarm.start_from_zero) == 0
+    error_message = "no start-from-zero machinery without scale to zero"
+  }
+}
+
+run "scale_to_zero_waits_for_in_flight_work_and_starts_again" {
+  command = apply
+
+  variables {
+    autoscaling_min_capacity = 0
+  }
+
+  assert {
+    condition     = aws_appautoscaling_target.this.min_capacity == 0
+    error_message = "the service may run no task"
+  }
+  assert {
+    condition     = strcontains(one([for m in aws_appautoscaling_policy.backlog_per_task.target_tracking_scaling_policy_configuration[0].customized_metric_specification[0].metrics : m.expression if m.id == "backlog_per_task"]), "visible + in_flight > 0")
+    error_message = "target tracking scales in to zero only when nothing is visible or in flight"
+  }
+  assert {
+    condition     = length([for m in aws_appautoscaling_policy.backlog_per_task.target_tracking_scaling_policy_configuration[0].customized_metric_specification[0].metrics : m if m.id == "in_flight"]) == 1
+    error_message = "in-flight messages are part of the metric"
+  }
+  assert {
+    condition     = aws_appautoscaling_policy.start_from_zero[0].step_scaling_policy_configuration[0].adjustment_type == "ExactCapacity" && one([for q in aws_cloudwatch_metric_alarm.start_from_zero[0].metric_query : q.expression if q.id == "waiting_without_tasks"]) == "IF(FILL(tasks, 0) == 0, visible, 0)"
+    error_message = "an alarm starts one task when messages wait and none runs"
   }
 }

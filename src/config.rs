@@ -82,6 +82,24 @@ pub struct StatusConfig {
     /// `host:port` to serve on; an empty string turns the endpoints off.
     #[serde(default = "default_status_listen_addr")]
     pub listen_addr: String,
+    /// CloudWatch namespace for the key metrics as embedded metric format
+    /// lines on stderr (`emf.rs`); unset: none are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emf_namespace: Option<String>,
+    /// The `Service` dimension of every EMF metric.
+    #[serde(default = "default_emf_service")]
+    pub emf_service: String,
+    /// Seconds between EMF lines (CloudWatch keeps one-minute resolution).
+    #[serde(default = "default_emf_interval_secs")]
+    pub emf_interval_secs: u64,
+}
+
+fn default_emf_service() -> String {
+    "s3-ingest".into()
+}
+
+fn default_emf_interval_secs() -> u64 {
+    60
 }
 
 fn default_status_listen_addr() -> String {
@@ -92,6 +110,9 @@ impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             listen_addr: default_status_listen_addr(),
+            emf_namespace: None,
+            emf_service: default_emf_service(),
+            emf_interval_secs: default_emf_interval_secs(),
         }
     }
 }
@@ -621,6 +642,23 @@ impl Config {
             return Err(invalid(
                 "queue.max_receive_count",
                 format!("{} is out of range 1..=1000", queue.max_receive_count),
+            ));
+        }
+        if self
+            .status
+            .emf_namespace
+            .as_ref()
+            .is_some_and(|namespace| namespace.trim().is_empty())
+        {
+            return Err(invalid(
+                "status.emf_namespace",
+                "must not be empty (leave it out to write no EMF lines)",
+            ));
+        }
+        if !(1..=3600).contains(&self.status.emf_interval_secs) {
+            return Err(invalid(
+                "status.emf_interval_secs",
+                format!("{} is out of range 1..=3600", self.status.emf_interval_secs),
             ));
         }
         if self.worker.shutdown_grace_secs > 3600 {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod deployment;
+pub mod emf;
 pub mod error;
 pub mod ingest;
 pub mod lease;
@@ -106,7 +107,36 @@ pub async fn run_with_clients(
     clients: AwsClients,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    // Installs the recorders before anything records.
+    telemetry::prometheus();
     let worker = Arc::new(build_worker(&config, clients).await?);
+    let emf = config.status.emf_namespace.as_ref().map(|namespace| {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_emf_lines(
+            emf::EmfEmitter::new(
+                telemetry::emf_recorder(),
+                namespace,
+                &config.status.emf_service,
+            ),
+            std::time::Duration::from_secs(config.status.emf_interval_secs),
+            stop.clone(),
+        ));
+        (stop, task)
+    });
+    let result = serve_and_run(&config, worker, shutdown).await;
+    if let Some((stop, task)) = emf {
+        // One last line with what happened since the previous one.
+        stop.cancel();
+        let _ = task.await;
+    }
+    result
+}
+
+async fn serve_and_run(
+    config: &Config,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     if config.status.enabled() {
         let stop_serving = CancellationToken::new();
         status::serve(
@@ -124,6 +154,35 @@ pub async fn run_with_clients(
         worker.run(shutdown).await;
     }
     Ok(())
+}
+
+/// Writes EMF lines to stderr every `interval`, and once more when `stop`
+/// is cancelled. stderr, like the logs: stdout belongs to the stdout sink.
+async fn write_emf_lines(
+    mut emitter: emf::EmfEmitter,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        let stopping = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let lines = emitter.lines(now_ms);
+        if !lines.is_empty() {
+            // One write per batch of whole lines, so log lines written
+            // meanwhile do not land inside one.
+            let text = lines.join("\n") + "\n";
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Builds every sink without using it, as `run` would at start-up: catches

@@ -7,9 +7,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::emf::EmfRecorder;
 use crate::error::ErrorKind;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::FanoutBuilder;
 
 const MESSAGES_RECEIVED: &str = "s3_ingest_messages_received_total";
 const MESSAGES_DELETED: &str = "s3_ingest_messages_deleted_total";
@@ -20,7 +22,7 @@ const OBJECTS_COMMITTED: &str = "s3_ingest_objects_committed_total";
 const OBJECTS_DEAD_LETTERED: &str = "s3_ingest_objects_dead_lettered_total";
 const OBJECTS_RETRIED: &str = "s3_ingest_objects_retried_total";
 const OBJECTS_UNMATCHED: &str = "s3_ingest_objects_unmatched_total";
-const BYTES_INGESTED: &str = "s3_ingest_bytes_ingested_total";
+const BYTES_INGESTED: &str = "s3_ingest_ingested_bytes_total";
 const ROWS_INGESTED: &str = "s3_ingest_rows_ingested_total";
 const BATCHES_INGESTED: &str = "s3_ingest_batches_ingested_total";
 const OBJECT_DURATION: &str = "s3_ingest_object_duration_seconds";
@@ -35,6 +37,8 @@ const DEPLOYMENT_PROBLEMS: &str = "s3_ingest_deployment_problems";
 const RECEIVE_PAUSED: &str = "s3_ingest_receive_paused";
 const MESSAGES_HANDED_BACK: &str = "s3_ingest_messages_handed_back_total";
 const BUILD_INFO: &str = "s3_ingest_build_info";
+const DELETE_FAILURES: &str = "s3_ingest_delete_failures_total";
+const DEAD_LETTER_SEND_FAILURES: &str = "s3_ingest_dead_letter_send_failures_total";
 
 /// Seconds: from a 10 KiB file's tens of milliseconds to a large file's
 /// half hour.
@@ -42,21 +46,43 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
-/// The process-wide Prometheus recorder, installed on first use.
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
+/// The process-wide recorders, installed on first use: Prometheus (for
+/// `/metrics`) and, beside it, the store that CloudWatch EMF lines are
+/// written from (`emf.rs`).
+struct Recorders {
+    prometheus: PrometheusHandle,
+    emf: EmfRecorder,
+}
+
+fn recorders() -> &'static Recorders {
+    static RECORDERS: OnceLock<Recorders> = OnceLock::new();
+    RECORDERS.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
             .expect("static, non-empty buckets")
             .build_recorder();
-        let handle = recorder.handle();
+        let prometheus = recorder.handle();
+        let emf = EmfRecorder::default();
+        let fanout = FanoutBuilder::default()
+            .add_recorder(recorder)
+            .add_recorder(emf.clone())
+            .build();
         // Fails only if another recorder is installed (an embedding
-        // program's); then ours still renders, just without global data.
-        let _ = metrics::set_global_recorder(recorder);
+        // program's); then ours still render, just without global data.
+        let _ = metrics::set_global_recorder(fanout);
         describe();
-        handle
+        Recorders { prometheus, emf }
     })
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    &recorders().prometheus
+}
+
+/// The process-wide store the EMF lines are written from.
+pub fn emf_recorder() -> EmfRecorder {
+    recorders().emf.clone()
 }
 
 /// Renders the current metrics in Prometheus' text format.
@@ -142,6 +168,14 @@ fn describe() {
         MESSAGES_HANDED_BACK,
         "messages handed back uncounted as a fresh copy (SendMessage, then delete), by reason"
     );
+    describe_counter!(
+        DELETE_FAILURES,
+        "DeleteMessage calls SQS refused or that failed (the message is delivered again)"
+    );
+    describe_counter!(
+        DEAD_LETTER_SEND_FAILURES,
+        "envelopes the dead-letter queue did not accept (the message stays on the source queue)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "always 1; the labels name the running build's version and commit"
@@ -156,6 +190,14 @@ fn describe() {
 /// for telling which build a series comes from.
 pub fn build_info() {
     gauge!(BUILD_INFO, "version" => crate::VERSION, "commit" => crate::COMMIT).set(1.0);
+}
+
+pub fn delete_failed() {
+    counter!(DELETE_FAILURES).increment(1);
+}
+
+pub fn dead_letter_send_failed() {
+    counter!(DEAD_LETTER_SEND_FAILURES).increment(1);
 }
 
 pub fn message_received() {

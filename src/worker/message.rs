@@ -136,6 +136,7 @@ impl Worker {
                 // Not retried: redelivery is the retry, and the sinks are
                 // idempotent. The batcher logged the SQS code and message.
                 Err(err) => {
+                    telemetry::delete_failed();
                     warn!(
                         hint = err.hint(),
                         "delete failed; the message will be redelivered"
@@ -212,6 +213,7 @@ impl Worker {
                     .is_err()
                 {
                     // The batcher logged the SQS code and message.
+                    telemetry::delete_failed();
                     warn!(
                         reason,
                         "message handed back as a copy, but the original could not be deleted; both will be received (the sinks absorb the duplicate)"
@@ -342,6 +344,7 @@ impl Worker {
                 true
             }
             Err(err) => {
+                telemetry::dead_letter_send_failed();
                 error!(bucket, key, route, error_kind = %envelope.error_kind,
                     dlq_error = %excerpt(&err.to_string(), LOG_ERROR_BYTES),
                     "dead-letter send failed; the message stays on the queue");

@@ -334,6 +334,84 @@ async fn sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns() 
     worker.stop().await;
 }
 
+/// With `status.emf_namespace` the key metrics reach CloudWatch as EMF
+/// lines on stderr (what awslogs ships on ECS): committed and dead-lettered
+/// objects as increases, with the Service dimension and each label's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_metrics_are_written_to_stderr_as_cloudwatch_emf_lines() {
+    let _suite = crate::shared().await;
+    let fixture = util::Fixture::new("emf").await;
+    let mut config = fixture.config(None);
+    config.status.listen_addr = String::new();
+    let config_file = write_config(&toml::to_string(&config).unwrap());
+    let stderr_file = tempfile::NamedTempFile::new().unwrap();
+    let child = util::worker_command()
+        .arg("--config")
+        .arg(config_file.path())
+        .args(["--log-format", "json"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("S3_INGEST__STATUS__EMF_NAMESPACE", "s3-ingest-test")
+        .env("S3_INGEST__STATUS__EMF_SERVICE", "ingest-emf")
+        .env("S3_INGEST__STATUS__EMF_INTERVAL_SECS", "1")
+        .stderr(stderr_file.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    fixture.put("in/a.csv", util::csv_rows(7)).await;
+    fixture.put("in/bad.json", "{}").await;
+    fixture.wait_for_files_and_empty_queue(1).await;
+
+    let emf_lines = || {
+        std::fs::read_to_string(stderr_file.path())
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line.get("_aws").is_some())
+            .collect::<Vec<_>>()
+    };
+    let sum = |lines: &[serde_json::Value], metric: &str| -> u64 {
+        lines.iter().filter_map(|line| line[metric].as_u64()).sum()
+    };
+    util::wait_until(
+        "EMF lines for the committed and the dead-lettered object",
+        Duration::from_secs(30),
+        || {
+            let lines = emf_lines();
+            async move {
+                sum(&lines, "ObjectsCommitted") == 1 && sum(&lines, "ObjectsDeadLettered") == 1
+            }
+        },
+    )
+    .await;
+    util::signal(&child, "-TERM");
+    util::wait_for_exit(child).await;
+
+    let lines = emf_lines();
+    let committed = lines
+        .iter()
+        .find(|line| line.get("ObjectsCommitted").is_some())
+        .unwrap();
+    assert_eq!(committed["Service"], "ingest-emf");
+    assert_eq!(committed["route"], "all");
+    assert_eq!(committed["sink"], "lake");
+    let directive = &committed["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "s3-ingest-test");
+    assert_eq!(
+        directive["Dimensions"],
+        serde_json::json!([["Service"], ["Service", "route"], ["Service", "sink"]])
+    );
+    assert!(committed["_aws"]["Timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    let dead = lines
+        .iter()
+        .find(|line| line.get("ObjectsDeadLettered").is_some())
+        .unwrap();
+    assert_eq!(dead["error_kind"], "unsupported_format");
+    // Increases, not running totals: the sums stay at one each however
+    // many intervals passed.
+    assert_eq!(sum(&lines, "ObjectsCommitted"), 1);
+    assert_eq!(sum(&lines, "RowsIngested"), 7);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness_are_served_and_probed() {
     let _suite = crate::shared().await;

@@ -84,7 +84,12 @@ locals {
     var.config_location != null ? { S3_INGEST_CONFIG = var.config_location } : {},
   )
 
-  environment = merge(var.environment, local.config_environment, {
+  emf_environment = var.metrics_namespace == null ? {} : {
+    S3_INGEST__STATUS__EMF_NAMESPACE = var.metrics_namespace
+    S3_INGEST__STATUS__EMF_SERVICE   = var.name
+  }
+
+  environment = merge(var.environment, local.config_environment, local.emf_environment, {
     S3_INGEST__QUEUE__URL                  = var.queue_url
     S3_INGEST__QUEUE__DLQ_URL              = var.dlq_url
     S3_INGEST__QUEUE__WAIT_TIME_SECS       = tostring(local.wait_time_secs)
@@ -884,6 +889,106 @@ resource "aws_cloudwatch_metric_alarm" "oldest_message_age" {
   threshold           = var.oldest_message_age_alarm_seconds
   evaluation_periods  = var.alarm_evaluation_periods
   treat_missing_data  = "notBreaching"
+
+  alarm_actions = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  ok_actions    = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  tags          = var.tags
+}
+
+# ---------------------------------------------------------------------------
+# Alarms on the worker's own metrics (EMF lines, metrics_namespace)
+# ---------------------------------------------------------------------------
+
+locals {
+  # Sums over 5 minutes of the worker's EMF metrics, by alarm name suffix.
+  rate_alarms = var.metrics_namespace == null ? {} : merge(
+    {
+      "dead-letter-rate" = {
+        metric      = "ObjectsDeadLettered"
+        dimensions  = { Service = var.name }
+        threshold   = var.dead_letter_alarm_threshold
+        description = "More than ${var.dead_letter_alarm_threshold} objects dead-lettered by ${var.name} within 5 minutes: a vendor's files or a route's schema changed. Logs Insights: filter error_kind by route; the DLQ envelopes say why."
+      }
+      "retry-rate" = {
+        metric      = "ObjectsRetried"
+        dimensions  = { Service = var.name }
+        threshold   = var.retry_alarm_threshold
+        description = "More than ${var.retry_alarm_threshold} objects of ${var.name} failed transiently within 5 minutes (S3 throttling, a sink timing out or refusing). The ObjectsRetried metric by sink and error_kind says where."
+      }
+    },
+    {
+      for sink in var.retry_alarm_sinks : "retry-rate-${sink}" => {
+        metric      = "ObjectsRetried"
+        dimensions  = { Service = var.name, sink = sink }
+        threshold   = var.retry_alarm_threshold
+        description = "More than ${var.retry_alarm_threshold} objects of ${var.name} failed on sink ${sink} within 5 minutes: the sink is slow, refusing or out (an outage also shows in /readyz and DeploymentProblems)."
+      }
+    },
+  )
+}
+
+resource "aws_cloudwatch_metric_alarm" "worker_rate" {
+  for_each          = local.rate_alarms
+  alarm_name        = "${var.name}-${each.key}"
+  alarm_description = each.value.description
+
+  namespace   = var.metrics_namespace
+  metric_name = each.value.metric
+  dimensions  = each.value.dimensions
+  statistic   = "Sum"
+  period      = 300
+
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = each.value.threshold
+  evaluation_periods  = 1
+  treat_missing_data  = "notBreaching"
+
+  alarm_actions = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  ok_actions    = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  tags          = var.tags
+}
+
+# A delete SQS refused means a committed file is delivered again (the sinks
+# absorb it, but something is wrong: permissions, a receipt handle gone
+# stale); a DLQ send that fails leaves poison on the source queue.
+resource "aws_cloudwatch_metric_alarm" "acknowledgement_failures" {
+  count             = var.metrics_namespace == null ? 0 : 1
+  alarm_name        = "${var.name}-acknowledgement-failures"
+  alarm_description = "${var.name} could not delete messages or send envelopes to ${local.dlq_name}: check the task role's sqs:DeleteMessage / sqs:SendMessage and the queues' KMS key policy."
+
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  evaluation_periods  = 1
+  treat_missing_data  = "notBreaching"
+
+  metric_query {
+    id          = "failures"
+    expression  = "FILL(deletes, 0) + FILL(dlq_sends, 0)"
+    label       = "Delete and DLQ send failures"
+    return_data = true
+  }
+
+  metric_query {
+    id = "deletes"
+    metric {
+      namespace   = var.metrics_namespace
+      metric_name = "DeleteFailures"
+      dimensions  = { Service = var.name }
+      period      = 300
+      stat        = "Sum"
+    }
+  }
+
+  metric_query {
+    id = "dlq_sends"
+    metric {
+      namespace   = var.metrics_namespace
+      metric_name = "DeadLetterSendFailures"
+      dimensions  = { Service = var.name }
+      period      = 300
+      stat        = "Sum"
+    }
+  }
 
   alarm_actions = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
   ok_actions    = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]

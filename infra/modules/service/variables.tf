@@ -201,9 +201,9 @@ variable "environment" {
   validation {
     condition = length(setintersection(
       [for key in keys(var.environment) : upper(key)],
-      ["S3_INGEST__QUEUE__URL", "S3_INGEST__QUEUE__DLQ_URL", "S3_INGEST__QUEUE__WAIT_TIME_SECS", "S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS", "S3_INGEST__AWS__REGION", "S3_INGEST__STATUS__LISTEN_ADDR", "S3_INGEST_LOG_FORMAT", "S3_INGEST_CONFIG", "S3_INGEST_CONFIG_TOML"],
+      ["S3_INGEST__QUEUE__URL", "S3_INGEST__QUEUE__DLQ_URL", "S3_INGEST__QUEUE__WAIT_TIME_SECS", "S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS", "S3_INGEST__AWS__REGION", "S3_INGEST__STATUS__LISTEN_ADDR", "S3_INGEST_LOG_FORMAT", "S3_INGEST_CONFIG", "S3_INGEST_CONFIG_TOML", "S3_INGEST__STATUS__EMF_NAMESPACE", "S3_INGEST__STATUS__EMF_SERVICE"],
     )) == 0
-    error_message = "environment must not set the queue URLs, wait time, shutdown grace, region, status listen address, log format or config source: the module derives them (queue_url, dlq_url, stop_timeout, metrics_port, config, config_location)."
+    error_message = "environment must not set the queue URLs, wait time, shutdown grace, region, status listen address, log format, config source or metrics namespace: the module derives them (queue_url, dlq_url, stop_timeout, metrics_port, config, config_location, metrics_namespace)."
   }
 }
 
@@ -453,6 +453,30 @@ variable "alarm_evaluation_periods" {
   description = "Consecutive one-minute periods above the threshold before the age alarm fires."
   type        = number
   default     = 5
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the worker's key metrics, written as embedded metric format lines on stderr (shipped by awslogs; no agent, no sidecar) with the dimension Service = name. null writes none, and the metric alarms below are not created."
+  type        = string
+  default     = "s3-ingest"
+}
+
+variable "dead_letter_alarm_threshold" {
+  description = "Objects dead-lettered within 5 minutes above which the dead-letter-rate alarm fires (the DLQ-not-empty alarm fires on the first one)."
+  type        = number
+  default     = 10
+}
+
+variable "retry_alarm_threshold" {
+  description = "Objects retried within 5 minutes above which the retry-rate alarms fire: one for the whole service, one per name in retry_alarm_sinks."
+  type        = number
+  default     = 50
+}
+
+variable "retry_alarm_sinks" {
+  description = "Sink names (as in the config) that get their own retry-rate alarm, so a failing warehouse is told apart from a failing lake."
+  type        = list(string)
+  default     = []
 }
 
 variable "wait_for_steady_state" {

@@ -429,3 +429,41 @@ run "scale_to_zero_waits_for_in_flight_work_and_starts_again" {
     error_message = "an alarm starts one task when messages wait and none runs"
   }
 }
+
+run "key_metrics_reach_cloudwatch_with_alarms" {
+  command = apply
+
+  variables {
+    retry_alarm_sinks = ["warehouse"]
+  }
+
+  assert {
+    condition     = output.worker_environment["S3_INGEST__STATUS__EMF_NAMESPACE"] == "s3-ingest" && output.worker_environment["S3_INGEST__STATUS__EMF_SERVICE"] == "ingest"
+    error_message = "the worker writes EMF lines under the service's name"
+  }
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.worker_rate["dead-letter-rate"].metric_name == "ObjectsDeadLettered" && aws_cloudwatch_metric_alarm.worker_rate["dead-letter-rate"].dimensions == tomap({ Service = "ingest" }) && aws_cloudwatch_metric_alarm.worker_rate["retry-rate"].metric_name == "ObjectsRetried"
+    error_message = "a dead-letter rate alarm on the service"
+  }
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.worker_rate["retry-rate-warehouse"].dimensions == tomap({ Service = "ingest", sink = "warehouse" })
+    error_message = "a retry-rate alarm per named sink"
+  }
+  assert {
+    condition     = length(aws_cloudwatch_metric_alarm.acknowledgement_failures) == 1
+    error_message = "delete and DLQ-send failures alarm"
+  }
+}
+
+run "no_namespace_no_emf_and_no_metric_alarms" {
+  command = apply
+
+  variables {
+    metrics_namespace = null
+  }
+
+  assert {
+    condition     = !contains(keys(output.worker_environment), "S3_INGEST__STATUS__EMF_NAMESPACE") && length(aws_cloudwatch_metric_alarm.worker_rate) == 0 && length(aws_cloudwatch_metric_alarm.acknowledgement_failures) == 0
+    error_message = "nothing is written or alarmed without a namespace"
+  }
+}

@@ -66,6 +66,14 @@ locals {
   ])
   parameter_arns = distinct([for arn in values(var.secrets) : arn if split(":", arn)[2] == "ssm"])
 
+  # ECS Exec (the SSM agent ECS injects) needs these writable; with them
+  # the root filesystem stays read-only.
+  exec_volumes = var.enable_execute_command ? {
+    exec-managed-agents = "/managed-agents"
+    exec-ssm-state      = "/var/lib/amazon/ssm"
+    exec-ssm-logs       = "/var/log/amazon/ssm"
+  } : {}
+
   destination_kms_key_arns = distinct(compact([for destination in var.s3_parquet_destinations : destination.kms_key_arn]))
 
   # config_location: what the task role may read at start.
@@ -126,6 +134,7 @@ locals {
     mountPoints = concat(
       [{ sourceVolume = "tmp", containerPath = "/tmp", readOnly = false }],
       [for volume in var.volumes : { sourceVolume = volume.name, containerPath = volume.container_path, readOnly = volume.read_only }],
+      [for name, path in local.exec_volumes : { sourceVolume = name, containerPath = path, readOnly = false }],
     )
 
     # The binary checks its own /healthz on the metrics port: no curl or
@@ -378,6 +387,21 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
+  # ECS Exec: the session channels have no resource-level permissions.
+  dynamic "statement" {
+    for_each = var.enable_execute_command ? [1] : []
+    content {
+      sid = "EcsExec"
+      actions = [
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+      ]
+      resources = ["*"]
+    }
+  }
+
   # config_location: the worker reads its config file at start.
   dynamic "statement" {
     for_each = local.config_s3_object_arn != null ? [1] : []
@@ -575,6 +599,14 @@ resource "aws_ecs_task_definition" "this" {
     name = "tmp"
   }
 
+  # ECS Exec's agent writes where a read-only root does not let it.
+  dynamic "volume" {
+    for_each = local.exec_volumes
+    content {
+      name = volume.key
+    }
+  }
+
   dynamic "volume" {
     for_each = var.volumes
     content {
@@ -657,6 +689,7 @@ resource "aws_ecs_service" "this" {
 
   enable_ecs_managed_tags = true
   propagate_tags          = "SERVICE"
+  enable_execute_command  = var.enable_execute_command
   wait_for_steady_state   = var.wait_for_steady_state
   tags                    = var.tags
 

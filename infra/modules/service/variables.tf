@@ -485,6 +485,12 @@ variable "wait_for_steady_state" {
   default     = false
 }
 
+variable "enable_execute_command" {
+  description = "ECS Exec into running tasks (aws ecs execute-command), for debugging: the task role gets the ssmmessages channels, and the agent gets writable volumes so the root filesystem stays read-only. The image has /bin/sh but no other tools."
+  type        = bool
+  default     = false
+}
+
 variable "capacity_provider_strategy" {
   description = "Capacity providers instead of the FARGATE launch type, e.g. mostly Fargate Spot with a base on Fargate: [{ capacity_provider = \"FARGATE\", base = 1, weight = 1 }, { capacity_provider = \"FARGATE_SPOT\", weight = 3 }]. A Spot task gets SIGTERM two minutes before it is stopped; the worker hands back what it cannot finish within stop_timeout. The cluster must have these providers."
   type = list(object({

@@ -467,3 +467,24 @@ run "no_namespace_no_emf_and_no_metric_alarms" {
     error_message = "nothing is written or alarmed without a namespace"
   }
 }
+
+run "ecs_exec_keeps_the_root_filesystem_read_only" {
+  command = apply
+
+  variables {
+    enable_execute_command = true
+  }
+
+  assert {
+    condition     = aws_ecs_service.this.enable_execute_command
+    error_message = "ECS Exec is enabled on the service"
+  }
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.this.container_definitions)[0].readonlyRootFilesystem && contains([for m in jsondecode(aws_ecs_task_definition.this.container_definitions)[0].mountPoints : m.containerPath], "/var/lib/amazon/ssm")
+    error_message = "the agent writes to volumes, the root stays read-only"
+  }
+  assert {
+    condition     = contains(one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "EcsExec"]), "ssmmessages:OpenDataChannel")
+    error_message = "the task role opens the session channels"
+  }
+}

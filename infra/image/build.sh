@@ -12,8 +12,8 @@
 #   - runtime: a minimal Debian bookworm rootfs from mmdebstrap, imported
 #     as localhost/s3-ingest-base:bookworm;
 #   - builder: bookworm with build-essential, cmake and pkg-config, plus a
-#     copy of this machine's Rust toolchain (the one `rustc` in PATH), as
-#     localhost/s3-ingest-builder:<rustc version>.
+#     copy of this machine's Rust toolchain (the one `rustc` in PATH) and
+#     of its CA certificates, as localhost/s3-ingest-builder:<rustc version>.
 # Both are made once and reused. The first run installs buildah, podman
 # and mmdebstrap from Debian's packages (needs root, as does buildah here).
 #
@@ -83,6 +83,11 @@ make_builder() {
   cp -rL "$sysroot/lib" "$toolchain/lib"
   container="$(buildah from "$plain")"
   buildah copy --quiet "$container" "$toolchain" /usr/local/rust >/dev/null
+  # cargo in the build stage reaches crates.io only with this machine's CA
+  # certificates (its network may sign with its own CA); the runtime stage
+  # keeps Debian's.
+  buildah copy --quiet "$container" /etc/ssl/certs/ca-certificates.crt \
+    /etc/ssl/certs/ca-certificates.crt >/dev/null
   buildah config \
     --env CARGO_HOME=/usr/local/cargo \
     --env PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -108,11 +113,7 @@ VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
 SOURCE="$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)"
 
 say "building $IMAGE ($VERSION, commit $COMMIT) from $ROOT/Dockerfile"
-# cargo in the build stage reaches crates.io only with the machine's CA
-# certificates (the builder has Debian's, which this network's proxy may
-# not be signed by).
 buildah build --isolation chroot --layers \
-  --volume /etc/ssl/certs:/etc/ssl/certs:ro \
   --build-arg "BUILDER_IMAGE=$BUILDER" \
   --build-arg "RUNTIME_IMAGE=$RUNTIME_BASE" \
   --build-arg "S3_INGEST_COMMIT=$COMMIT" \

@@ -177,11 +177,22 @@ PY
 say "5. SIGTERM stops the worker"
 # chroot isolation shares the host's process table: signal the worker
 # itself, as ECS's stop signal would.
-worker="$(pgrep -f "s3-ingest --config /data/s3-ingest.toml run" | while read -r pid; do
-  [[ "$(readlink "/proc/$pid/root")" != / ]] && echo "$pid"
-done | head -1)"
+# (`buildah run` and its buildah-chroot-exec helper have the same command
+# line; the worker is the process running the image's binary.)
+worker=""
+for pid in $(pgrep -f "s3-ingest --config /data/s3-ingest.toml run" || true); do
+  if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */usr/local/bin/s3-ingest ]]; then
+    worker="$pid"
+    break
+  fi
+done
 [[ -n "$worker" ]] || fail "cannot find the worker process"
 kill -TERM "$worker"
+deadline=$((SECONDS + 60))
+while kill -0 "$worker" 2>/dev/null; do
+  ((SECONDS < deadline)) || fail "the worker did not exit within 60 s of SIGTERM"
+  sleep 1
+done
 status=0
 wait "$worker_pid" || status=$?
 worker_pid=""

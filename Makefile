@@ -77,8 +77,9 @@ bench-memory:
 
 ## The container image from ./Dockerfile, without a Docker engine: buildah
 ## with base images made from Debian's packages (installs buildah, podman
-## and mmdebstrap the first time; needs root). A cold build takes about
-## 20 minutes (a release build of the AWS SDK and arrow). IMAGE=name:tag.
+## and mmdebstrap the first time; needs root). A cold build takes about half
+## an hour on 2 cores (a release build of the AWS SDK and arrow), later ones
+## 2-3 minutes (cargo's cache mount). IMAGE=name:tag.
 image:
 	infra/image/build.sh
 

@@ -343,27 +343,19 @@ async fn key_metrics_are_written_to_stderr_as_cloudwatch_emf_lines() {
     let fixture = util::Fixture::new("emf").await;
     let mut config = fixture.config(None);
     config.status.listen_addr = String::new();
-    let config_file = write_config(&toml::to_string(&config).unwrap());
-    let stderr_file = tempfile::NamedTempFile::new().unwrap();
-    let child = util::worker_command()
-        .arg("--config")
-        .arg(config_file.path())
-        .args(["--log-format", "json"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("S3_INGEST__STATUS__EMF_NAMESPACE", "s3-ingest-test")
-        .env("S3_INGEST__STATUS__EMF_SERVICE", "ingest-emf")
-        .env("S3_INGEST__STATUS__EMF_INTERVAL_SECS", "1")
-        .stderr(stderr_file.reopen().unwrap())
-        .spawn()
-        .unwrap();
+    config.status.emf_namespace = Some("s3-ingest-test".into());
+    config.status.emf_service = "ingest-emf".into();
+    config.status.emf_interval_secs = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("worker.log");
+    let child = fixture.spawn_worker_process(&config, &stderr_path);
     fixture.put("in/a.csv", util::csv_rows(7)).await;
     fixture.put("in/bad.json", "{}").await;
     fixture.wait_for_files_and_empty_queue(1).await;
 
     let emf_lines = || {
-        std::fs::read_to_string(stderr_file.path())
-            .unwrap()
+        std::fs::read_to_string(&stderr_path)
+            .unwrap_or_default()
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .filter(|line| line.get("_aws").is_some())

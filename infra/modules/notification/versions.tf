@@ -5,10 +5,11 @@ terraform {
   required_providers {
     aws = {
       source = "hashicorp/aws"
-      # Checked (validate, checkov, LocalStack apply) against 5.100. Widen the
-      # upper bound only after running infra/check.sh and tests/it/terraform.rs
-      # against a 6.x provider.
-      version = ">= 5.0, < 6.0"
+      # Checked (validate, checkov, LocalStack apply) against 5.100. Nothing
+      # that 6.0 removes is used; this module reads
+      # aws_region's `name`, which 6.x deprecates (a warning) but keeps, and
+      # whose replacement (`region`) 5.x lacks.
+      version = ">= 5.0"
     }
   }
 }

@@ -9,13 +9,22 @@
 //! and `original_message` to what is left of [`MAX_ENVELOPE_BYTES`], all
 //! measured as JSON-escaped text (a quote or a backslash takes two bytes,
 //! a control character up to six). A cut field ends in `…[N more bytes]`.
+//!
+//! An envelope can be ingested again: moved back to the source queue by
+//! SQS's redrive, the worker recognises it ([`is_envelope`]) and ingests
+//! the object it names ([`DeadLetter::replay_objects`]); `s3-ingest dlq
+//! replay` rebuilds an S3 event from the same fields. `envelope_version`
+//! says which layout an envelope has, so a newer worker replays older
+//! envelopes: 0 (the field absent) is the layout before it existed, which
+//! lacks `event_time` and `size`; 1 adds them.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::error::ErrorKind;
-use crate::notification::ObjectRef;
+use crate::notification::{self, Notification, NotificationError, ObjectRef, Origin};
 use crate::queue::{QueueError, Reachable};
 
 /// Where envelopes go: `queue.dlq_url` (`queue::sqs::SqsDeadLetterQueue`),
@@ -40,12 +49,25 @@ pub const MAX_ERROR_BYTES: usize = 8 * 1024;
 /// 1024 bytes); only a forged message could reach it.
 pub const MAX_FIELD_BYTES: usize = 2 * 1024;
 
+/// The envelope layout this worker writes; it reads every one up to it.
+pub const ENVELOPE_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct DeadLetter {
+    /// The layout: [`ENVELOPE_VERSION`] when written by this worker; 0
+    /// when absent (envelopes written before the field existed).
+    #[serde(default)]
+    pub envelope_version: u32,
     pub bucket: Option<String>,
     pub key: Option<String>,
     pub version_id: Option<String>,
     pub etag: Option<String>,
+    /// The object's size and event time as its notification said (since
+    /// version 1), so a replay derives the same partitions and lag.
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub event_time: Option<DateTime<Utc>>,
     pub error_kind: ErrorKind,
     pub error: String,
     pub receive_count: u64,
@@ -74,6 +96,8 @@ impl DeadLetter {
             key: Some(object.key.clone()),
             version_id: object.version_id.clone(),
             etag: object.etag.clone(),
+            size: object.size,
+            event_time: object.event_time,
             route: route.map(str::to_owned),
             ..DeadLetter::unbounded(
                 error_kind,
@@ -112,10 +136,13 @@ impl DeadLetter {
         original_message: &str,
     ) -> DeadLetter {
         DeadLetter {
+            envelope_version: ENVELOPE_VERSION,
             bucket: None,
             key: None,
             version_id: None,
             etag: None,
+            size: None,
+            event_time: None,
             error_kind,
             error,
             receive_count,
@@ -160,6 +187,115 @@ impl DeadLetter {
             return json;
         }
         serde_json::to_string(&self.clone().bounded()).expect("envelope serializes")
+    }
+}
+
+/// Whether a message body's top-level object is one of our envelopes:
+/// the fields every version has and no notification has.
+pub fn is_envelope(body: &Map<String, Value>) -> bool {
+    [
+        "error_kind",
+        "original_message",
+        "failed_at",
+        "worker_version",
+    ]
+    .iter()
+    .all(|field| body.contains_key(*field))
+}
+
+/// Reads an envelope from a message body; `None` for anything else (a
+/// message SQS's own redrive policy moved, or a foreign one).
+pub fn from_body(body: &str) -> Option<DeadLetter> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    if !is_envelope(value.as_object()?) {
+        return None;
+    }
+    serde_json::from_value(value).ok()
+}
+
+impl DeadLetter {
+    /// Whether `original_message` was cut to fit and no longer parses.
+    pub fn original_is_cut(&self) -> bool {
+        self.original_message.ends_with(" more bytes]")
+            && serde_json::from_str::<Value>(&self.original_message).is_err()
+    }
+
+    /// The object(s) to ingest again when this envelope comes back:
+    /// the one it names, pinned to the version that failed, with the
+    /// size and event time of its notification; for an envelope of a
+    /// whole message (one that named no usable object), the objects its
+    /// original message names, if this worker can read it now.
+    pub fn replay_objects(&self) -> Result<Vec<ObjectRef>, NotificationError> {
+        const AT: &str = "dead-letter envelope";
+        if self.envelope_version > ENVELOPE_VERSION {
+            return Err(NotificationError::Malformed {
+                at: AT.to_owned(),
+                detail: format!(
+                    "envelope version {} is newer than this worker reads ({ENVELOPE_VERSION}): upgrade s3-ingest to replay it",
+                    self.envelope_version
+                ),
+            });
+        }
+        if let (Some(bucket), Some(key)) = (&self.bucket, &self.key) {
+            // Version 0 lacks the event time and size: take them from the
+            // original message when it still names the object.
+            let original = self.original_objects().into_iter().find(|object| {
+                &object.bucket == bucket
+                    && &object.key == key
+                    && object.version_id == self.version_id
+            });
+            return Ok(vec![ObjectRef {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                version_id: self.version_id.clone(),
+                etag: self.etag.clone(),
+                size: self.size.or(original.as_ref().and_then(|o| o.size)),
+                sequencer: original.as_ref().and_then(|o| o.sequencer.clone()),
+                event_time: self
+                    .event_time
+                    .or(original.as_ref().and_then(|o| o.event_time)),
+                event_name: notification::REPLAY_EVENT_NAME.to_owned(),
+                origin: Origin::Replay,
+            }]);
+        }
+        if self.original_is_cut() {
+            return Err(NotificationError::Malformed {
+                at: AT.to_owned(),
+                detail: format!(
+                    "names no object and its original message was cut to fit the envelope ({} was: {})",
+                    self.error_kind, self.error
+                ),
+            });
+        }
+        match notification::parse(&self.original_message) {
+            Ok(Notification::Objects(objects)) => Ok(objects
+                .into_iter()
+                .map(|object| ObjectRef {
+                    event_name: notification::REPLAY_EVENT_NAME.to_owned(),
+                    origin: Origin::Replay,
+                    ..object
+                })
+                .collect()),
+            Ok(Notification::Discard(reason)) => Err(NotificationError::Malformed {
+                at: AT.to_owned(),
+                detail: format!(
+                    "its original message announces nothing to ingest ({})",
+                    reason.label()
+                ),
+            }),
+            Err(err) => Err(NotificationError::Malformed {
+                at: AT.to_owned(),
+                detail: format!("its original message still cannot be read: {err}"),
+            }),
+        }
+    }
+
+    /// The objects the original message names, if it still parses.
+    fn original_objects(&self) -> Vec<ObjectRef> {
+        match notification::parse(&self.original_message) {
+            Ok(Notification::Objects(objects)) => objects,
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -215,6 +351,7 @@ mod tests {
             sequencer: None,
             event_time: None,
             event_name: "ObjectCreated:Put".into(),
+            origin: crate::notification::Origin::Notification,
         };
         let json = DeadLetter::for_object(
             &object,
@@ -254,6 +391,7 @@ mod tests {
             sequencer: None,
             event_time: None,
             event_name: "ObjectCreated:Put".into(),
+            origin: crate::notification::Origin::Notification,
         }
     }
 
@@ -365,5 +503,106 @@ mod tests {
         assert_eq!(letter.error, "bad \"row\"");
         assert_eq!(letter.original_message, "{}");
         assert_eq!(letter.key.as_deref(), Some("k.csv"));
+    }
+
+    fn versioned_object() -> ObjectRef {
+        ObjectRef {
+            version_id: Some("v1".into()),
+            event_time: Some("2026-11-30T10:00:00Z".parse().unwrap()),
+            ..object()
+        }
+    }
+
+    #[test]
+    fn a_redriven_envelope_names_its_object_pinned_to_the_failed_version() {
+        let original =
+            crate::notification::synthetic_event(&versioned_object(), "ObjectCreated:Put");
+        let json = DeadLetter::for_object(
+            &versioned_object(),
+            Some("r"),
+            ErrorKind::CsvError,
+            "bad".into(),
+            "m",
+            3,
+            &original,
+        )
+        .to_json();
+        assert!(json.contains("\"envelope_version\":1"), "{json}");
+        match notification::parse(&json).unwrap() {
+            Notification::Objects(objects) => {
+                assert_eq!(objects.len(), 1);
+                let object = &objects[0];
+                assert_eq!(object.origin, Origin::Replay);
+                assert_eq!(object.key, "k.csv");
+                assert_eq!(object.version_id.as_deref(), Some("v1"));
+                assert_eq!(object.etag.as_deref(), Some("e"));
+                assert_eq!(object.size, Some(3));
+                assert_eq!(object.event_time, versioned_object().event_time);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_envelope_without_a_version_field_still_replays() {
+        // Version 0: written before envelope_version, event_time and size
+        // existed; those come from the original message.
+        let original =
+            crate::notification::synthetic_event(&versioned_object(), "ObjectCreated:Put");
+        let letter = DeadLetter::for_object(
+            &versioned_object(),
+            Some("r"),
+            ErrorKind::CsvError,
+            "bad".into(),
+            "m",
+            3,
+            &original,
+        );
+        let mut value: Value = serde_json::from_str(&letter.to_json()).unwrap();
+        let fields = value.as_object_mut().unwrap();
+        for field in ["envelope_version", "event_time", "size"] {
+            fields.remove(field);
+        }
+        let old = serde_json::to_string(&value).unwrap();
+        let parsed = from_body(&old).expect("an envelope");
+        assert_eq!(parsed.envelope_version, 0);
+        let objects = parsed.replay_objects().unwrap();
+        assert_eq!(objects[0].event_time, versioned_object().event_time);
+        assert_eq!(objects[0].size, Some(3));
+    }
+
+    #[test]
+    fn an_envelope_from_a_newer_worker_or_without_object_says_why_it_cannot_replay() {
+        let mut letter = DeadLetter::for_object(
+            &object(),
+            None,
+            ErrorKind::CsvError,
+            "bad".into(),
+            "m",
+            1,
+            "{}",
+        );
+        letter.envelope_version = ENVELOPE_VERSION + 1;
+        let err = letter.replay_objects().unwrap_err().to_string();
+        assert!(err.contains("upgrade s3-ingest"), "{err}");
+
+        // A whole message that was not understood: replayed only if its
+        // original body reads now; this one still does not.
+        let message =
+            DeadLetter::for_message(ErrorKind::InvalidMessage, "x".into(), "m", 1, "hello");
+        let err = message.replay_objects().unwrap_err().to_string();
+        assert!(err.contains("still cannot be read"), "{err}");
+        // One whose original was a good event (e.g. max_receive_count).
+        let event = crate::notification::synthetic_event(&object(), "ObjectCreated:Put");
+        let message = DeadLetter::for_message(
+            ErrorKind::MaxReceiveCountExceeded,
+            "x".into(),
+            "m",
+            9,
+            &event,
+        );
+        let objects = message.replay_objects().unwrap();
+        assert_eq!(objects[0].key, "k.csv");
+        assert_eq!(objects[0].origin, Origin::Replay);
     }
 }

@@ -30,10 +30,10 @@ use crate::decode::compression::Codec;
 use crate::decode::csv::{CsvJob, decode_csv};
 use crate::decode::parquet::{ParquetLimits, decode_parquet};
 use crate::error::IngestError;
-use crate::notification::ObjectRef;
+use crate::notification::{ObjectRef, Origin};
 use crate::object::{ObjectTail, PARQUET_TAIL_BYTES, PinnedObject, S3Objects, S3ParquetReader};
 use crate::route::{ObjectPlan, PlannedFormat};
-use crate::sink::{CommitReceipt, Lineage, Sink, SinkWriter, SinksByName};
+use crate::sink::{CommitReceipt, CommitState, Lineage, Sink, SinkWriter, SinksByName};
 
 /// Downloaded chunks waiting for the decoder.
 const BYTE_CHANNEL_CHUNKS: usize = 8;
@@ -79,6 +79,42 @@ impl Committed {
     }
 }
 
+/// What to do with an object, decided before it is downloaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precheck {
+    /// Download, decode and commit `object`: the object as named, or for
+    /// a replay of a version that is no longer current, the current one
+    /// (`superseded` then names the version that failed).
+    Ingest {
+        object: ObjectRef,
+        superseded: Option<String>,
+    },
+    /// Every sink of the route already holds the version to ingest.
+    AlreadyCommitted { superseded: Option<String> },
+    /// A replay of an object that has no current version any more.
+    Gone,
+}
+
+impl Precheck {
+    /// Ingest `object` as named.
+    pub fn ingest(object: &ObjectRef) -> Precheck {
+        Precheck::Ingest {
+            object: object.clone(),
+            superseded: None,
+        }
+    }
+
+    /// The `reason` label of `s3_ingest_objects_skipped_total` for a
+    /// precheck that skips the object.
+    pub fn skip_reason(&self) -> Option<&'static str> {
+        match self {
+            Precheck::Ingest { .. } => None,
+            Precheck::AlreadyCommitted { .. } => Some("already_committed"),
+            Precheck::Gone => Some("gone"),
+        }
+    }
+}
+
 /// The seam between the worker and the pipeline: the worker hands it one
 /// routed object and learns whether every sink committed it. `Ingestor`
 /// is the real pipeline; the worker's tests script outcomes through it.
@@ -88,6 +124,18 @@ pub trait Ingest: Send + Sync {
     /// committed it.
     async fn ingest(&self, object: &ObjectRef, plan: &ObjectPlan)
     -> Result<Committed, IngestError>;
+
+    /// Whether there is anything to do before downloading: see
+    /// [`Ingestor::precheck`]. `redelivered`: this message was received
+    /// before. The default ingests everything (the worker's tests).
+    async fn precheck(
+        &self,
+        object: &ObjectRef,
+        _plan: &ObjectPlan,
+        _redelivered: bool,
+    ) -> Result<Precheck, IngestError> {
+        Ok(Precheck::ingest(object))
+    }
 }
 
 #[async_trait::async_trait]
@@ -99,6 +147,15 @@ impl Ingest for Ingestor {
     ) -> Result<Committed, IngestError> {
         self.ingest_object(object, plan).await
     }
+
+    async fn precheck(
+        &self,
+        object: &ObjectRef,
+        plan: &ObjectPlan,
+        redelivered: bool,
+    ) -> Result<Precheck, IngestError> {
+        Ingestor::precheck(self, object, plan, redelivered).await
+    }
 }
 
 pub struct Ingestor {
@@ -109,6 +166,94 @@ pub struct Ingestor {
 impl Ingestor {
     pub fn new(objects: S3Objects, sinks: SinksByName) -> Ingestor {
         Ingestor { objects, sinks }
+    }
+
+    /// What to do with `object` before downloading it.
+    ///
+    /// A replay ingests the object's current version (one HeadObject):
+    /// the version that failed while it is current, else the newer one,
+    /// which usually came with its own notification and is then found
+    /// committed; an object that no longer exists is `Gone`. A
+    /// redelivery (`redelivered`), replay or backfill is looked up in the
+    /// sinks first and skipped when all of them hold it. The common path,
+    /// a first delivery of a notification, costs no request.
+    pub async fn precheck(
+        &self,
+        object: &ObjectRef,
+        plan: &ObjectPlan,
+        redelivered: bool,
+    ) -> Result<Precheck, IngestError> {
+        let mut target = object.clone();
+        let mut superseded = None;
+        if object.origin == Origin::Replay {
+            match self
+                .objects
+                .current_version(&object.bucket, &object.key)
+                .await?
+            {
+                None => return Ok(Precheck::Gone),
+                Some(current) if !current.is(object) => {
+                    superseded = Some(
+                        object
+                            .version_id
+                            .clone()
+                            .or(object.etag.clone())
+                            .unwrap_or_default(),
+                    );
+                    target.version_id = current.version_id;
+                    target.etag = current.etag;
+                    target.size = current.size;
+                    target.event_time = current.last_modified.or(object.event_time);
+                    target.sequencer = None;
+                }
+                Some(_) => {}
+            }
+        }
+        let asks = redelivered || matches!(object.origin, Origin::Replay | Origin::Backfill);
+        if asks && self.commit_state(&target, plan).await? == CommitState::Committed {
+            return Ok(Precheck::AlreadyCommitted { superseded });
+        }
+        Ok(Precheck::Ingest {
+            object: target,
+            superseded,
+        })
+    }
+
+    /// Whether every sink of `plan` holds this object version: Committed
+    /// when all say so, NotCommitted when one says not, else Unknown (a
+    /// sink that cannot tell, or an object named without a version id or
+    /// ETag, whose version is only known once it is read).
+    pub async fn commit_state(
+        &self,
+        object: &ObjectRef,
+        plan: &ObjectPlan,
+    ) -> Result<CommitState, IngestError> {
+        if object.version_id.is_none() && object.etag.is_none() {
+            return Ok(CommitState::Unknown);
+        }
+        let lineage = Lineage {
+            bucket: object.bucket.clone(),
+            key: object.key.clone(),
+            version_id: object.version_id.clone(),
+            etag: object.etag.clone(),
+            size: object.size.unwrap_or(0),
+            event_time: object.event_time,
+            route: plan.route.clone(),
+        };
+        let mut state = CommitState::Committed;
+        for name in &plan.sinks {
+            let sink = self
+                .sinks
+                .get(name)
+                .expect("config validation guarantees every route's sink exists");
+            match sink.is_committed(&lineage).await {
+                Ok(CommitState::Committed) => {}
+                Ok(CommitState::NotCommitted) => return Ok(CommitState::NotCommitted),
+                Ok(CommitState::Unknown) => state = CommitState::Unknown,
+                Err(err) => return Err(IngestError::from_sink(&object.s3_uri(), name, err)),
+            }
+        }
+        Ok(state)
     }
 
     /// Ingests one object as `plan` says; Ok means every sink committed it.

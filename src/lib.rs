@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod lease;
 pub mod notification;
 pub mod object;
+pub mod operate;
 pub mod queue;
 pub mod redact;
 pub mod route;
@@ -194,7 +195,7 @@ pub async fn check_sinks(config: &Config) -> Vec<(String, sink::SinkError)> {
 }
 
 /// Every `[sinks.NAME]`, built; or every one that could not be, by name.
-fn build_sinks(
+pub(crate) fn build_sinks(
     config: &Config,
     s3: &aws_sdk_s3::Client,
 ) -> Result<sink::SinksByName, Vec<(String, sink::SinkError)>> {

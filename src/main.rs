@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use s3_ingest::config::{CONFIG_TOML_VAR, Config, ConfigSource};
+use s3_ingest::operate::{Operator, backfill, dlq};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -50,6 +51,145 @@ enum Command {
         #[arg(long, env = "S3_INGEST__STATUS__LISTEN_ADDR")]
         listen_addr: Option<String>,
     },
+    /// Look at, replay or purge the dead-letter queue (queue.dlq_url).
+    /// Reading never consumes: messages are hidden while a command walks
+    /// the queue and released when it ends.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Ingest the objects already under s3://BUCKET/PREFIX that a route
+    /// claims: enqueue a synthetic event per object for the fleet (or
+    /// ingest here with --now), skipping those the sinks hold already.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// The selected envelopes grouped by error kind, route and bucket,
+    /// with counts, oldest/newest and samples.
+    List {
+        #[command(flatten)]
+        select: SelectArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// The selected envelopes in full.
+    Inspect {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Print at most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Send the selected objects back to the source queue (or ingest them
+    /// here with --now), deleting each envelope once that succeeded. The
+    /// object's current version is replayed: when it has a newer version
+    /// since, that one (usually already committed by its own
+    /// notification, then reported so); one deleted since is reported as
+    /// gone.
+    Replay {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Ingest in this process instead of sending to the source queue.
+        #[arg(long)]
+        now: bool,
+        /// Print what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Delete the selected envelopes for good.
+    Purge {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SelectArgs {
+    /// Only this error kind (repeatable), e.g. csv_error; not_an_envelope
+    /// selects messages SQS's own redrive policy moved.
+    #[arg(long = "error-kind")]
+    error_kinds: Vec<String>,
+    /// Only this route (repeatable).
+    #[arg(long = "route")]
+    routes: Vec<String>,
+    /// Only this source bucket (repeatable).
+    #[arg(long = "bucket")]
+    buckets: Vec<String>,
+    /// Only keys matching this glob (as a route's key_glob).
+    #[arg(long = "key")]
+    key_glob: Option<String>,
+    /// Only envelopes that failed at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only envelopes that failed before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// How long messages stay hidden from others while the command walks
+    /// the DLQ (it releases them when it ends).
+    #[arg(long, default_value_t = 900)]
+    hide_secs: u64,
+}
+
+impl SelectArgs {
+    fn selector(&self) -> Result<dlq::Selector, String> {
+        let key_glob = match &self.key_glob {
+            Some(glob) => Some(
+                globset::GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|err| format!("--key {glob}: {err}"))?
+                    .compile_matcher(),
+            ),
+            None => None,
+        };
+        Ok(dlq::Selector {
+            error_kinds: self.error_kinds.clone(),
+            routes: self.routes.clone(),
+            buckets: self.buckets.clone(),
+            key_glob,
+            since: self.since,
+            until: self.until,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct BackfillArgs {
+    /// s3://BUCKET/PREFIX to list.
+    location: String,
+    /// Only objects last modified at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only objects last modified before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only objects of this route.
+    #[arg(long)]
+    route: Option<String>,
+    /// Resume after this key (the summary of an interrupted run names it).
+    #[arg(long)]
+    start_after: Option<String>,
+    /// Ingest in this process instead of enqueueing events.
+    #[arg(long)]
+    now: bool,
+    /// Count what would be enqueued; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -166,6 +306,210 @@ async fn healthcheck(
     }
 }
 
+/// Builds what the operator's commands need and runs one.
+async fn operate<F, Fut>(config: &Config, command: F) -> ExitCode
+where
+    F: FnOnce(Operator) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, String>>,
+{
+    let clients = s3_ingest::AwsClients::from_config(&config.aws).await;
+    let operator = match Operator::build(config, clients).await {
+        Ok(operator) => operator,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match command(operator).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dlq_command(operator: Operator, command: DlqCommand) -> Result<ExitCode, String> {
+    let Some(dlq_queue) = &operator.dlq else {
+        return Err(
+            "queue.dlq_url is not configured: there is no dead-letter queue to read".into(),
+        );
+    };
+    let mut out = std::io::stdout().lock();
+    let io = |err: std::io::Error| err.to_string();
+    match command {
+        DlqCommand::List { select, format } => {
+            let entries = dlq::read_all(dlq_queue, select.hide_secs, &select.selector()?)
+                .await
+                .map_err(|err| err.to_string())?;
+            let groups = dlq::group(&entries);
+            match format {
+                OutputFormat::Text => dlq::print_groups(&groups, &mut out).map_err(io)?,
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&groups).map_err(|e| e.to_string())?
+                ),
+            }
+        }
+        DlqCommand::Inspect {
+            select,
+            limit,
+            format,
+        } => {
+            let entries = dlq::read_all(dlq_queue, select.hide_secs, &select.selector()?)
+                .await
+                .map_err(|err| err.to_string())?;
+            for entry in entries.iter().take(limit) {
+                match format {
+                    OutputFormat::Text => dlq::print_inspected(entry, &mut out).map_err(io)?,
+                    OutputFormat::Json => println!(
+                        "{}",
+                        serde_json::to_string(&dlq::Inspected::of(entry))
+                            .map_err(|e| e.to_string())?
+                    ),
+                }
+            }
+            if entries.len() > limit {
+                eprintln!(
+                    "{} more selected; raise --limit or narrow the selection",
+                    entries.len() - limit
+                );
+            }
+        }
+        DlqCommand::Replay {
+            select,
+            now,
+            dry_run,
+            format,
+        } => {
+            let replayer = dlq::Replayer {
+                source: &operator.source,
+                router: &operator.router,
+                ingestor: &operator.ingestor,
+                now,
+                dry_run,
+            };
+            let prefix = if dry_run { "would be " } else { "" };
+            let tally = dlq::replay(
+                dlq_queue,
+                select.hide_secs,
+                &select.selector()?,
+                &replayer,
+                |entry, action| {
+                    let object = entry
+                        .bucket()
+                        .zip(entry.key())
+                        .map(|(b, k)| format!("s3://{b}/{k}"))
+                        .unwrap_or_else(|| format!("message {}", entry.message.message_id));
+                    let detail = match (action, action.superseded()) {
+                        (dlq::ReplayAction::Kept { reason }, _) => format!(": {reason}"),
+                        (_, Some(failed)) => format!(
+                            " (version {failed} is superseded: the current version instead)"
+                        ),
+                        _ => String::new(),
+                    };
+                    if format == OutputFormat::Text {
+                        println!("{object}: {prefix}{}{detail}", action.label());
+                    }
+                },
+            )
+            .await
+            .map_err(|err| err.to_string())?;
+            match format {
+                OutputFormat::Text => println!(
+                    "{} selected; {}{}",
+                    tally.selected,
+                    prefix,
+                    tally
+                        .by_action
+                        .iter()
+                        .map(|(action, count)| format!("{action} {count}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&tally).map_err(|e| e.to_string())?
+                ),
+            }
+            if tally.delete_failures > 0 || tally.by_action.contains_key("kept") {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DlqCommand::Purge { select, yes } => {
+            let tally = dlq::purge(dlq_queue, select.hide_secs, &select.selector()?, |groups| {
+                let _ = dlq::print_groups(groups, &mut std::io::stdout());
+                yes || confirm("delete these messages from the DLQ for good?")
+            })
+            .await
+            .map_err(|err| err.to_string())?;
+            let purged = tally.by_action.get("purged").copied().unwrap_or(0);
+            println!("{} selected; purged {purged}", tally.selected);
+            if tally.delete_failures > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal; anything but "yes" is no (and so is no terminal).
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("not a terminal: pass --yes to confirm");
+        return false;
+    }
+    eprint!("{question} type yes: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    answer.trim() == "yes"
+}
+
+async fn backfill_command(operator: Operator, args: BackfillArgs) -> Result<ExitCode, String> {
+    let (bucket, prefix) = backfill::parse_location(&args.location)?;
+    if let Some(route) = &args.route
+        && !operator.router.routes().iter().any(|r| &r.name == route)
+    {
+        return Err(format!("--route {route}: no such route"));
+    }
+    let request = backfill::BackfillRequest {
+        bucket,
+        prefix,
+        since: args.since,
+        until: args.until,
+        route: args.route,
+        start_after: args.start_after,
+        now: args.now,
+        dry_run: args.dry_run,
+    };
+    // A first signal stops after the object at hand, with a summary that
+    // says where to resume.
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    let backfiller = backfill::Backfiller {
+        s3: &operator.clients.s3,
+        objects: &operator.objects,
+        router: &operator.router,
+        ingestor: &operator.ingestor,
+        queue: &operator.source,
+        expected_bucket_owner: operator.expected_bucket_owner.clone(),
+    };
+    let summary = backfiller.run(&request, &stop).await;
+    backfill::print_summary(&request, &summary, &mut std::io::stdout())
+        .map_err(|e| e.to_string())?;
+    Ok(if summary.failed > 0 || summary.interrupted {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -200,6 +544,12 @@ async fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config).await,
         Command::Healthcheck { .. } => unreachable!("handled before the config is loaded"),
+        Command::Dlq { command } => {
+            operate(&config, |operator| dlq_command(operator, command)).await
+        }
+        Command::Backfill(args) => {
+            operate(&config, |operator| backfill_command(operator, args)).await
+        }
         Command::Run => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());

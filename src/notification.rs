@@ -1,17 +1,24 @@
 //! Turns the body of an SQS message that announces S3 objects into [`ObjectRef`]s.
 //!
-//! Four body shapes are recognised:
+//! These body shapes are recognised:
 //!
 //! 1. An S3 event notification (`{"Records":[...]}`), as S3 sends it to SQS
-//!    directly or through SNS with raw message delivery.
+//!    directly or through SNS with raw message delivery. `s3-ingest dlq
+//!    replay` and `s3-ingest backfill` send the same shape with the event
+//!    names `ObjectCreated:Replay` and `ObjectCreated:Backfill`
+//!    ([`synthetic_event`]).
 //! 2. The `s3:TestEvent` that S3 sends when a notification configuration is saved.
 //! 3. An SNS envelope (`"Type":"Notification"`) whose `Message` string holds
-//!    shape 1, 2 or 4; SNS subscription control messages are discarded.
+//!    shape 1, 2, 4 or 6; SNS subscription control messages are discarded.
 //! 4. An EventBridge event with `"source":"aws.s3"`.
+//! 5. One of the worker's own dead-letter envelopes (`dead_letter.rs`),
+//!    moved back by SQS's redrive: the object it names is ingested again.
+//! 6. A request for one object, from a person or another system: the text
+//!    `s3://bucket/key`, or `{"bucket": ..., "key": ..., "version_id": ...}`.
 //!
 //! Object keys are percent-decoded only for shapes 1 and 3, because only the S3
 //! event notification format is documented as URL-encoding the key. EventBridge
-//! keys are taken verbatim.
+//! keys and requested keys are taken verbatim.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -32,6 +39,47 @@ pub struct ObjectRef {
     pub event_time: Option<DateTime<Utc>>,
     /// `"ObjectCreated:Put"` and the like for S3 notifications, `"Object Created"` for EventBridge.
     pub event_name: String,
+    pub origin: Origin,
+}
+
+/// Who asked for an object to be ingested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// S3 announced it (directly, through SNS or through EventBridge).
+    Notification,
+    /// It failed before and is tried again: a dead-letter envelope moved
+    /// back by SQS's redrive, or an event `s3-ingest dlq replay` rebuilt.
+    /// If the object has a newer version or is gone by now, nothing is
+    /// ingested (the worker reports it as superseded or gone).
+    Replay,
+    /// `s3-ingest backfill` (or reconciliation) listed it.
+    Backfill,
+    /// A plain request: `s3://bucket/key` or a small JSON object.
+    Request,
+}
+
+impl Origin {
+    /// A short, stable name for logs and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Notification => "notification",
+            Origin::Replay => "replay",
+            Origin::Backfill => "backfill",
+            Origin::Request => "request",
+        }
+    }
+}
+
+/// The event names of the synthetic S3 events the operator's commands send.
+pub const REPLAY_EVENT_NAME: &str = "ObjectCreated:Replay";
+pub const BACKFILL_EVENT_NAME: &str = "ObjectCreated:Backfill";
+
+fn origin_of_event(event_name: &str) -> Origin {
+    match event_name {
+        REPLAY_EVENT_NAME => Origin::Replay,
+        BACKFILL_EVENT_NAME => Origin::Backfill,
+        _ => Origin::Notification,
+    }
 }
 
 impl ObjectRef {
@@ -99,6 +147,9 @@ pub enum NotificationError {
 /// Parses an SQS message body into the objects it announces, or the reason it
 /// announces none.
 pub fn parse(body: &str) -> Result<Notification, NotificationError> {
+    if let Some(uri) = body.trim().strip_prefix("s3://") {
+        return parse_uri_request(uri);
+    }
     let value = parse_json(body)?;
     if is_sns_envelope(as_object(&value)?) {
         parse_sns(&value)
@@ -135,6 +186,10 @@ fn parse_payload(value: &Value) -> Result<Notification, NotificationError> {
         parse_test_event(obj)
     } else if obj.contains_key("detail-type") {
         parse_eventbridge(value)
+    } else if crate::dead_letter::is_envelope(obj) {
+        parse_dead_letter(value)
+    } else if obj.contains_key("bucket") && obj.contains_key("key") {
+        parse_json_request(value)
     } else {
         Err(unknown_shape(obj))
     }
@@ -250,6 +305,7 @@ fn s3_record_to_ref(
         size: object.size,
         sequencer: non_empty(object.sequencer),
         event_time: record.event_time,
+        origin: origin_of_event(&event_name),
         event_name,
     })
 }
@@ -395,7 +451,120 @@ fn parse_eventbridge(value: &Value) -> Result<Notification, NotificationError> {
         sequencer: non_empty(object.sequencer),
         event_time: event.time,
         event_name: detail_type,
+        origin: Origin::Notification,
     }]))
+}
+
+// ---------------------------------------------------------------------------
+// Shape 5: a dead-letter envelope, redriven
+
+fn parse_dead_letter(value: &Value) -> Result<Notification, NotificationError> {
+    const AT: &str = "dead-letter envelope";
+    let envelope =
+        crate::dead_letter::DeadLetter::deserialize(value).map_err(|e| malformed(AT, e))?;
+    envelope.replay_objects().map(Notification::Objects)
+}
+
+// ---------------------------------------------------------------------------
+// Shape 6: a request for one object
+
+fn parse_uri_request(uri: &str) -> Result<Notification, NotificationError> {
+    const AT: &str = "s3 uri";
+    let (bucket, key) = uri.split_once('/').ok_or_else(|| missing(AT, "key"))?;
+    if bucket.is_empty() {
+        return Err(missing(AT, "bucket"));
+    }
+    if key.is_empty() {
+        return Err(missing(AT, "key"));
+    }
+    Ok(Notification::Objects(vec![ObjectRef::requested(
+        bucket, key, None,
+    )]))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRequest {
+    bucket: String,
+    key: String,
+    version_id: Option<String>,
+}
+
+fn parse_json_request(value: &Value) -> Result<Notification, NotificationError> {
+    const AT: &str = "object request";
+    let request = JsonRequest::deserialize(value).map_err(|e| malformed(AT, e))?;
+    let bucket = non_empty(Some(request.bucket)).ok_or_else(|| missing(AT, "bucket"))?;
+    let key = non_empty(Some(request.key)).ok_or_else(|| missing(AT, "key"))?;
+    Ok(Notification::Objects(vec![ObjectRef::requested(
+        &bucket,
+        &key,
+        clean_version_id(request.version_id),
+    )]))
+}
+
+impl ObjectRef {
+    /// An object a plain request names: the version given, else whatever
+    /// version is current when it is read.
+    fn requested(bucket: &str, key: &str, version_id: Option<String>) -> ObjectRef {
+        ObjectRef {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            version_id,
+            etag: None,
+            size: None,
+            sequencer: None,
+            event_time: None,
+            event_name: "Request".to_owned(),
+            origin: Origin::Request,
+        }
+    }
+}
+
+/// A one-record S3 event for `object`, as S3 would send it (the key
+/// form-encoded), named `event_name` (usually [`REPLAY_EVENT_NAME`] or
+/// [`BACKFILL_EVENT_NAME`]): what `dlq replay` and `backfill` enqueue.
+/// A worker of any version understands it as an ObjectCreated event.
+pub fn synthetic_event(object: &ObjectRef, event_name: &str) -> String {
+    // Everything but unreserved characters and `/` is escaped; the decoder
+    // turns `%20` (and `+`) back into a space.
+    const KEY_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    let key = percent_encoding::utf8_percent_encode(&object.key, KEY_ESCAPES).to_string();
+    let mut entity = serde_json::json!({ "key": key });
+    let fields = entity.as_object_mut().expect("an object");
+    if let Some(size) = object.size {
+        fields.insert("size".into(), size.into());
+    }
+    if let Some(etag) = &object.etag {
+        fields.insert("eTag".into(), etag.clone().into());
+    }
+    if let Some(version_id) = &object.version_id {
+        fields.insert("versionId".into(), version_id.clone().into());
+    }
+    if let Some(sequencer) = &object.sequencer {
+        fields.insert("sequencer".into(), sequencer.clone().into());
+    }
+    let mut record = serde_json::json!({
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": event_name,
+        "userIdentity": { "principalId": "s3-ingest" },
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "bucket": { "name": object.bucket },
+            "object": entity,
+        },
+    });
+    if let Some(time) = object.event_time {
+        record["eventTime"] = time
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into();
+    }
+    serde_json::json!({ "Records": [record] }).to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -516,6 +685,7 @@ mod tests {
                 sequencer: Some("0055AED6DCD90281E5".into()),
                 event_time: time("1970-01-01T00:00:00Z"),
                 event_name: "ObjectCreated:Put".into(),
+                origin: Origin::Notification,
             }]
         );
     }
@@ -697,6 +867,7 @@ mod tests {
                 sequencer: Some("617f08299329d189".into()),
                 event_time: time("2021-11-12T00:00:00Z"),
                 event_name: "Object Created".into(),
+                origin: Origin::Notification,
             }]
         );
     }
@@ -819,6 +990,7 @@ mod tests {
                 sequencer: None,
                 event_time: None,
                 event_name: "ObjectCreated:Post".into(),
+                origin: Origin::Notification,
             }]
         );
     }
@@ -906,5 +1078,77 @@ mod tests {
             objects(&s3_put_with_key("my+dir/caf%C3%A9.csv"))[0].s3_uri(),
             "s3://amzn-s3-demo-bucket/my dir/café.csv"
         );
+    }
+
+    #[test]
+    fn a_plain_s3_uri_requests_the_current_version() {
+        let objects = objects("s3://vendor/in/2026/a b+c.csv\n");
+        assert_eq!(objects.len(), 1);
+        let object = &objects[0];
+        assert_eq!(object.bucket, "vendor");
+        // Taken verbatim: a person typed it, nothing encoded it.
+        assert_eq!(object.key, "in/2026/a b+c.csv");
+        assert_eq!(object.version_id, None);
+        assert_eq!(object.etag, None);
+        assert_eq!(object.origin, Origin::Request);
+        assert!(matches!(
+            error("s3://vendor"),
+            NotificationError::MissingField { field: "key", .. }
+        ));
+        assert!(matches!(
+            error("s3:///k"),
+            NotificationError::MissingField {
+                field: "bucket",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_json_request_names_bucket_key_and_optional_version() {
+        let objects = objects(r#"{"bucket":"vendor","key":"in/a%20b.csv","version_id":"v2"}"#);
+        assert_eq!(objects[0].key, "in/a%20b.csv");
+        assert_eq!(objects[0].version_id.as_deref(), Some("v2"));
+        assert_eq!(objects[0].origin, Origin::Request);
+        let unversioned = objects_of(r#"{"bucket":"vendor","key":"k","version_id":"null"}"#);
+        assert_eq!(unversioned[0].version_id, None);
+        // A typo is an error, not a silently ignored field.
+        assert!(matches!(
+            error(r#"{"bucket":"vendor","key":"k","versionid":"v2"}"#),
+            NotificationError::Malformed { .. }
+        ));
+    }
+
+    fn objects_of(body: &str) -> Vec<ObjectRef> {
+        objects(body)
+    }
+
+    #[test]
+    fn synthetic_events_round_trip_through_the_parser() {
+        let object = ObjectRef {
+            bucket: "vendor".into(),
+            key: "in/2026 11/ä+%&?.csv".into(),
+            version_id: Some("v1".into()),
+            etag: Some("e1".into()),
+            size: Some(42),
+            sequencer: None,
+            event_time: time("2026-11-30T10:00:00Z"),
+            event_name: String::new(),
+            origin: Origin::Notification,
+        };
+        for (name, origin) in [
+            (REPLAY_EVENT_NAME, Origin::Replay),
+            (BACKFILL_EVENT_NAME, Origin::Backfill),
+        ] {
+            let parsed = objects(&synthetic_event(&object, name));
+            assert_eq!(
+                parsed,
+                vec![ObjectRef {
+                    event_name: name.into(),
+                    origin,
+                    ..object.clone()
+                }]
+            );
+        }
     }
 }

@@ -63,6 +63,37 @@ impl PinnedObject {
     }
 }
 
+/// What HeadObject says about an object's current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentVersion {
+    pub version_id: Option<String>,
+    /// Without quotes.
+    pub etag: Option<String>,
+    pub size: Option<u64>,
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl CurrentVersion {
+    /// Whether this is the version `object` names: by version id when
+    /// the object names one, else by ETag; an object that names neither
+    /// means whatever is current.
+    pub fn is(&self, object: &ObjectRef) -> bool {
+        match (&object.version_id, &object.etag) {
+            (Some(version_id), _) => self.version_id.as_ref() == Some(version_id),
+            (None, Some(etag)) => self.etag.as_ref() == Some(etag),
+            (None, None) => true,
+        }
+    }
+
+    /// How this version is named in reports: its version id, else its ETag.
+    pub fn identity(&self) -> &str {
+        self.version_id
+            .as_deref()
+            .or(self.etag.as_deref())
+            .unwrap_or("unversioned")
+    }
+}
+
 /// The end of an object, read when it was opened.
 #[derive(Debug, Clone)]
 pub struct ObjectTail {
@@ -119,6 +150,41 @@ impl S3Objects {
         S3Objects {
             client,
             expected_bucket_owner,
+        }
+    }
+
+    /// The object's current version (a HeadObject without a version):
+    /// `None` when no current version exists (deleted, or never there).
+    pub async fn current_version(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<CurrentVersion>, IngestError> {
+        let uri = format!("s3://{bucket}/{key}");
+        let head = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await;
+        match head {
+            Ok(output) => Ok(Some(CurrentVersion {
+                version_id: output
+                    .version_id()
+                    .filter(|v| !v.is_empty() && *v != "null")
+                    .map(str::to_owned),
+                etag: output.e_tag().map(unquote),
+                size: output.content_length().and_then(|l| u64::try_from(l).ok()),
+                last_modified: output
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+            })),
+            Err(err) => match s3_error(&uri, "HeadObject", &err) {
+                IngestError::ObjectMissing { .. } => Ok(None),
+                err => Err(err),
+            },
         }
     }
 
@@ -627,6 +693,7 @@ mod tests {
             sequencer: None,
             event_time: None,
             event_name: "ObjectCreated:Put".into(),
+            origin: crate::notification::Origin::Notification,
         }
     }
 

@@ -22,6 +22,7 @@ const OBJECTS_COMMITTED: &str = "s3_ingest_objects_committed_total";
 const OBJECTS_DEAD_LETTERED: &str = "s3_ingest_objects_dead_lettered_total";
 const OBJECTS_RETRIED: &str = "s3_ingest_objects_retried_total";
 const OBJECTS_UNMATCHED: &str = "s3_ingest_objects_unmatched_total";
+const OBJECTS_SKIPPED: &str = "s3_ingest_objects_skipped_total";
 const BYTES_INGESTED: &str = "s3_ingest_ingested_bytes_total";
 const ROWS_INGESTED: &str = "s3_ingest_rows_ingested_total";
 const BATCHES_INGESTED: &str = "s3_ingest_batches_ingested_total";
@@ -123,6 +124,10 @@ fn describe() {
         "objects that failed transiently and will be retried, by route, error kind and failing sink (\"\" when not a sink)"
     );
     describe_counter!(OBJECTS_UNMATCHED, "objects whose key matches no route");
+    describe_counter!(
+        OBJECTS_SKIPPED,
+        "objects not downloaded, by route and reason: already_committed (a redelivery, replay or backfill every sink already holds), gone (a replay of an object deleted since)"
+    );
     describe_counter!(
         BYTES_INGESTED,
         "source object bytes committed, by route and sink"
@@ -271,6 +276,10 @@ pub fn object_retried(route: &str, error_kind: ErrorKind, sink: Option<&str>) {
         "sink" => sink.unwrap_or_default().to_owned()
     )
     .increment(1);
+}
+
+pub fn object_skipped(route: &str, reason: &'static str) {
+    counter!(OBJECTS_SKIPPED, "route" => route.to_owned(), "reason" => reason).increment(1);
 }
 
 pub fn object_unmatched() {

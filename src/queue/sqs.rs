@@ -20,6 +20,23 @@ impl SqsQueue {
     pub fn new(client: Client, url: String) -> SqsQueue {
         SqsQueue { client, url }
     }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends a new message with `body` (the operator's commands: a
+    /// replayed or backfilled event).
+    pub async fn send(&self, body: &str) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|err| queue_error("SendMessage", &self.url, &err))?;
+        Ok(())
+    }
 }
 
 /// The dead-letter queue at `queue.dlq_url`.

@@ -115,6 +115,14 @@ pub struct CommitReceipt {
     pub already_committed: bool,
 }
 
+/// What a sink knows about one object version (see `is_committed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitState {
+    Committed,
+    NotCommitted,
+    Unknown,
+}
+
 /// What sinks may need from the rest of the worker when they are built.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -134,6 +142,16 @@ pub trait Sink: Send + Sync {
         lineage: &Lineage,
         schema: SchemaRef,
     ) -> Result<Box<dyn SinkWriter>, SinkError>;
+
+    /// Whether this object version (bucket, key, `lineage.version_identity()`) is already
+    /// committed to this sink, asked before downloading a redelivered, replayed or backfilled
+    /// object. Only bucket, key, version_id and etag of `lineage` are meaningful here (size,
+    /// event_time and route may be placeholders). `Unknown` where the sink cannot tell
+    /// (http, stdout). Must stay true when many objects share one output later (small-file grouping).
+    async fn is_committed(&self, lineage: &Lineage) -> Result<CommitState, SinkError> {
+        let _ = lineage;
+        Ok(CommitState::Unknown)
+    }
 }
 
 #[async_trait]

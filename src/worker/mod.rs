@@ -74,6 +74,8 @@ pub struct Stats {
     pub objects_committed: AtomicU64,
     pub objects_dead_lettered: AtomicU64,
     pub objects_unmatched: AtomicU64,
+    /// Not downloaded: already committed, or a replay of an object gone.
+    pub objects_skipped: AtomicU64,
     pub receive_errors: AtomicU64,
     pub visibility_extensions: AtomicU64,
 }
@@ -104,6 +106,10 @@ impl Stats {
     fn released(&self) {
         bump(&self.messages_released);
         telemetry::message_released();
+    }
+    fn skipped(&self, route: &str, reason: &'static str) {
+        bump(&self.objects_skipped);
+        telemetry::object_skipped(route, reason);
     }
     fn unmatched(&self) {
         bump(&self.objects_unmatched);

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 use super::{Worker, bump};
 use crate::dead_letter::DeadLetter;
 use crate::error::{ErrorKind, IngestError};
+use crate::ingest::Precheck;
 use crate::notification::ObjectRef;
 use crate::queue::ReceivedMessage;
 use crate::telemetry;
@@ -19,6 +20,8 @@ use crate::text::{LOG_ERROR_BYTES, excerpt};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ObjectOutcome {
     Committed,
+    /// Nothing to do: already committed, or a replay of an object gone.
+    Skipped,
     DeadLettered,
     Unmatched,
     Retry,
@@ -93,7 +96,29 @@ impl Worker {
         };
         let _in_flight = InFlightGauge::new();
         let started = Instant::now();
-        let ingested = self.ingestor.ingest(object, &plan).await;
+        // A redelivery (or replay, or backfill) may be in the sinks
+        // already, and a replayed version may be stale: ask before
+        // downloading. A first delivery of a notification asks nothing.
+        let redelivered = message.receive_count > 1 || message.earlier_attempts > 0;
+        let ingested = match self.ingestor.precheck(object, &plan, redelivered).await {
+            Ok(Precheck::Ingest {
+                object: target,
+                superseded,
+            }) => {
+                if let Some(failed) = &superseded {
+                    info!(bucket, key, route = %route.name, failed_version = %failed,
+                        version = target.version_id.as_deref().or(target.etag.as_deref()),
+                        "replay of a version that is no longer current: ingesting the current version");
+                }
+                self.ingestor.ingest(&target, &plan).await
+            }
+            Ok(skip) => {
+                self.admission.object_finished(started.elapsed());
+                self.skip_object(object, &route.name, &skip);
+                return ObjectOutcome::Skipped;
+            }
+            Err(err) => Err(err),
+        };
         self.admission.object_finished(started.elapsed());
         match &ingested {
             Ok(_) => {
@@ -214,6 +239,33 @@ impl Worker {
                 )
                 .await
             }
+        }
+    }
+
+    /// Logs and counts an object that needs no download (see [`Precheck`]).
+    fn skip_object(&self, object: &ObjectRef, route: &str, skip: &Precheck) {
+        let reason = skip.skip_reason().unwrap_or("ingest");
+        self.stats.skipped(route, reason);
+        let (bucket, key) = (object.bucket.as_str(), object.key.as_str());
+        let version = object.version_id.as_deref().or(object.etag.as_deref());
+        let origin = object.origin.label();
+        match skip {
+            Precheck::Gone => warn!(
+                bucket,
+                key, route, version, origin, "replay skipped: the object no longer exists"
+            ),
+            Precheck::AlreadyCommitted {
+                superseded: Some(failed),
+            } => info!(bucket, key, route, failed_version = %failed, origin,
+                "replay skipped: the object has a newer version, and every sink of its route already holds it"),
+            _ => info!(
+                bucket,
+                key,
+                route,
+                version,
+                origin,
+                "object skipped: every sink of its route already holds this version"
+            ),
         }
     }
 

@@ -47,6 +47,7 @@ mod faults;
 mod image;
 mod ingest;
 mod memory;
+mod operate;
 mod sink_http;
 mod sink_postgres;
 mod sink_s3_parquet;

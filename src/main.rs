@@ -493,12 +493,10 @@ async fn backfill_command(operator: Operator, args: BackfillArgs) -> Result<Exit
         on_signal.cancel();
     });
     let backfiller = backfill::Backfiller {
-        s3: &operator.clients.s3,
         objects: &operator.objects,
         router: &operator.router,
         ingestor: &operator.ingestor,
         queue: &operator.source,
-        expected_bucket_owner: operator.expected_bucket_owner.clone(),
     };
     let summary = backfiller.run(&request, &stop).await;
     backfill::print_summary(&request, &summary, &mut std::io::stdout())

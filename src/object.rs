@@ -63,6 +63,21 @@ impl PinnedObject {
     }
 }
 
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListedPage {
+    pub objects: Vec<ListedObject>,
+    /// The continuation token of the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: Option<u64>,
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// What HeadObject says about an object's current version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentVersion {
@@ -151,6 +166,47 @@ impl S3Objects {
             client,
             expected_bucket_owner,
         }
+    }
+
+    /// One page (up to 1000 keys, in key order) of the objects under
+    /// `prefix`, for `backfill`: after `start_after`, or where
+    /// `continuation` (the previous page's) says.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        continuation: Option<&str>,
+    ) -> Result<ListedPage, IngestError> {
+        let output = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_owned))
+            .set_continuation_token(continuation.map(str::to_owned))
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await
+            .map_err(|err| s3_error(&format!("s3://{bucket}/{prefix}"), "ListObjectsV2", &err))?;
+        let objects = output
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                Some(ListedObject {
+                    key: object.key()?.to_owned(),
+                    size: object.size().and_then(|s| u64::try_from(s).ok()),
+                    last_modified: object
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                })
+            })
+            .collect();
+        let next = match output.is_truncated() {
+            Some(true) => output.next_continuation_token().map(str::to_owned),
+            _ => None,
+        };
+        Ok(ListedPage { objects, next })
     }
 
     /// The object's current version (a HeadObject without a version):

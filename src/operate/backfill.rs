@@ -145,13 +145,11 @@ impl Progress {
 
 /// What a backfill uses.
 pub struct Backfiller<'a> {
-    pub s3: &'a aws_sdk_s3::Client,
     pub objects: &'a S3Objects,
     pub router: &'a Router,
     pub ingestor: &'a Ingestor,
     /// Where synthetic events go (the worker's source queue).
     pub queue: &'a SqsQueue,
-    pub expected_bucket_owner: Option<String>,
 }
 
 impl Backfiller<'_> {
@@ -168,52 +166,40 @@ impl Backfiller<'_> {
         let mut continuation: Option<String> = None;
         loop {
             let page = self
-                .s3
-                .list_objects_v2()
-                .bucket(&request.bucket)
-                .prefix(&request.prefix)
-                .set_start_after(request.start_after.clone())
-                .set_continuation_token(continuation.clone())
-                .set_expected_bucket_owner(self.expected_bucket_owner.clone())
-                .send()
+                .objects
+                .list_page(
+                    &request.bucket,
+                    &request.prefix,
+                    request.start_after.as_deref(),
+                    continuation.as_deref(),
+                )
                 .await;
             let page = match page {
                 Ok(page) => page,
                 Err(err) => {
-                    eprintln!(
-                        "error: listing s3://{}/{} failed: {}",
-                        request.bucket,
-                        request.prefix,
-                        aws_sdk_s3::error::DisplayErrorContext(&err)
-                    );
+                    eprintln!("error: {err}");
                     summary.interrupted = true;
                     break;
                 }
             };
-            for listed in page.contents() {
+            for listed in &page.objects {
                 if stop.is_cancelled() {
                     summary.interrupted = true;
                     break;
                 }
-                let Some(key) = listed.key() else { continue };
                 summary.listed += 1;
-                let size = listed.size().and_then(|s| u64::try_from(s).ok());
-                summary.listed_bytes += size.unwrap_or(0);
-                let last_modified = listed
-                    .last_modified()
-                    .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
-                self.one(request, key, last_modified, &mut summary).await;
-                summary.last_key = Some(key.to_owned());
+                summary.listed_bytes += listed.size.unwrap_or(0);
+                self.one(request, &listed.key, listed.last_modified, &mut summary)
+                    .await;
+                summary.last_key = Some(listed.key.clone());
                 progress.update(&summary);
             }
             if summary.interrupted {
                 break;
             }
-            match page.next_continuation_token() {
-                Some(token) if page.is_truncated() == Some(true) => {
-                    continuation = Some(token.to_owned())
-                }
-                _ => break,
+            match page.next {
+                Some(token) => continuation = Some(token),
+                None => break,
             }
         }
         progress.done();

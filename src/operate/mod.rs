@@ -16,7 +16,6 @@ use crate::{AwsClients, RunError};
 
 /// What the operator's commands work with, built from the worker's config.
 pub struct Operator {
-    pub clients: AwsClients,
     pub router: Router,
     pub objects: S3Objects,
     pub ingestor: Ingestor,
@@ -24,7 +23,6 @@ pub struct Operator {
     pub source: SqsQueue,
     /// `queue.dlq_url`, when configured.
     pub dlq: Option<SqsQueue>,
-    pub expected_bucket_owner: Option<String>,
 }
 
 impl Operator {
@@ -53,8 +51,6 @@ impl Operator {
             router,
             source,
             dlq,
-            expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
-            clients,
         })
     }
 }

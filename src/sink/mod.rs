@@ -115,11 +115,15 @@ pub struct CommitReceipt {
     pub already_committed: bool,
 }
 
-/// What a sink knows about one object version (see `is_committed`).
+/// What a sink knows about one object version (see [`Sink::is_committed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitState {
+    /// The sink holds this version, committed whole.
     Committed,
+    /// The sink does not hold this version (or holds only a part of it
+    /// that a commit never finished): ingest it.
     NotCommitted,
+    /// The sink cannot tell (`http`, `stdout`).
     Unknown,
 }
 
@@ -148,6 +152,10 @@ pub trait Sink: Send + Sync {
     /// object. Only bucket, key, version_id and etag of `lineage` are meaningful here (size,
     /// event_time and route may be placeholders). `Unknown` where the sink cannot tell
     /// (http, stdout). Must stay true when many objects share one output later (small-file grouping).
+    ///
+    /// Errors are classified as `open` and `commit` classify theirs (an
+    /// outage, a missing grant, ...); a sink that has nothing yet (no
+    /// ledger table, no output) answers `NotCommitted`, not an error.
     async fn is_committed(&self, lineage: &Lineage) -> Result<CommitState, SinkError> {
         let _ = lineage;
         Ok(CommitState::Unknown)

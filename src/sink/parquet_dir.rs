@@ -31,7 +31,7 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-use super::{CommitReceipt, Lineage, Sink, SinkError, SinkWriter};
+use super::{CommitReceipt, CommitState, Lineage, Sink, SinkError, SinkWriter};
 
 /// Key-value metadata keys written into every file.
 pub const META_SOURCE_BUCKET: &str = "s3_ingest.source_bucket";
@@ -256,6 +256,17 @@ impl Sink for ParquetDirSink {
         .await
         .map_err(|err| SinkError::transient(format!("writer task failed: {err}")))??;
         Ok(Box::new(writer))
+    }
+
+    /// The version's file exists: a file appears under its final name only
+    /// by the commit's rename, so existing means committed whole.
+    async fn is_committed(&self, lineage: &Lineage) -> Result<CommitState, SinkError> {
+        let path = output_path(&self.root, lineage);
+        match tokio::fs::try_exists(&path).await {
+            Ok(true) => Ok(CommitState::Committed),
+            Ok(false) => Ok(CommitState::NotCommitted),
+            Err(err) => Err(io_error("look for", &path, err)),
+        }
     }
 }
 
@@ -518,6 +529,68 @@ mod tests {
         assert_eq!(get(META_SOURCE_ETAG).as_deref(), Some("abc123"));
         assert_eq!(get(META_SOURCE_VERSION_ID).as_deref(), Some("v1"));
         assert_eq!(reader.metadata().file_metadata().num_rows(), 3);
+    }
+
+    #[tokio::test]
+    async fn is_committed_once_the_versions_file_is_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetDirSink::new("lake", dir.path().to_owned());
+        let v1 = lineage(Some("v1"));
+        assert_eq!(
+            sink.is_committed(&v1).await.unwrap(),
+            CommitState::NotCommitted,
+            "nothing before the first write, not even the bucket directory"
+        );
+        let mut writer = sink.open(&v1, batch(vec![]).schema()).await.unwrap();
+        writer.write(batch(vec![1, 2])).await.unwrap();
+        assert_eq!(
+            sink.is_committed(&v1).await.unwrap(),
+            CommitState::NotCommitted,
+            "a temporary file is not a commit"
+        );
+        writer.commit().await.unwrap();
+        assert_eq!(
+            sink.is_committed(&v1).await.unwrap(),
+            CommitState::Committed
+        );
+
+        // Only bucket, key and version identity count: the rest may be
+        // placeholders.
+        let asked = Lineage {
+            size: 0,
+            event_time: Some(chrono::Utc::now()),
+            route: String::new(),
+            ..lineage(Some("v1"))
+        };
+        assert_eq!(
+            sink.is_committed(&asked).await.unwrap(),
+            CommitState::Committed
+        );
+        // Another version of the same key, or the same ETag without the
+        // version id, is another object version.
+        for other in [lineage(Some("v2")), lineage(None)] {
+            assert_eq!(
+                sink.is_committed(&other).await.unwrap(),
+                CommitState::NotCommitted,
+                "{other:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetDirSink::new("lake", dir.path().to_owned());
+        let mut writer = sink
+            .open(&lineage(None), batch(vec![]).schema())
+            .await
+            .unwrap();
+        writer.write(batch(vec![1])).await.unwrap();
+        drop(writer);
+        assert_eq!(
+            sink.is_committed(&lineage(None)).await.unwrap(),
+            CommitState::NotCommitted
+        );
     }
 
     #[tokio::test]

@@ -1321,3 +1321,149 @@ async fn a_certificate_for_another_host_name_is_refused_even_from_a_trusted_ca()
         err.detail
     );
 }
+
+/// `is_committed` asks the ledger: nothing before the first load (the
+/// ledger table not even created yet), nothing while a load's transaction
+/// is open, committed once it commits; scoped to the sink's table and the
+/// exact version; a ledger row without its commit recorded does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_committed_reads_the_ledger_for_this_table_and_version() {
+    let _suite = crate::shared().await;
+    use s3_ingest::sink::postgres::{PostgresSink, PostgresSinkConfig};
+    use s3_ingest::sink::{CommitState, Lineage, Sink, SinkContext};
+
+    let client = connect().await;
+    let table = unique_table("ledgerq");
+    let sink_config = |table: &str, ledger: &str| -> PostgresSinkConfig {
+        toml::from_str(&format!(
+            r#"
+            url = "{url}"
+            table = "{table}"
+            ledger_table = "{ledger}"
+            create_table = true
+            pool_size = 2
+            ca_file = "{ca}"
+            "#,
+            url = postgres_url(),
+            ca = postgres_ca(),
+        ))
+        .unwrap()
+    };
+    let context = SinkContext {
+        s3: clients().s3,
+        expected_bucket_owner: None,
+    };
+    let ledger_table = format!("{table}_ledger");
+    let sink = PostgresSink::new("pg", &sink_config(&table, &ledger_table), &context).unwrap();
+    let lineage = Lineage {
+        size: 10,
+        version_id: Some("v1".into()),
+        ..lineage("vendor", "in/a.csv", "etag-1", "all")
+    };
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3]))],
+    )
+    .unwrap();
+
+    assert_eq!(
+        sink.is_committed(&lineage).await.unwrap(),
+        CommitState::NotCommitted,
+        "no ledger table yet: not committed, not an error"
+    );
+    assert_eq!(ledger_count(&client, &table).await, 0);
+    let ledger_exists = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&ledger_table])
+        .await
+        .unwrap()
+        .get::<_, bool>(0);
+    assert!(!ledger_exists, "asking creates nothing");
+
+    let mut writer = sink.open(&lineage, schema.clone()).await.unwrap();
+    writer.write(batch.clone()).await.unwrap();
+    assert_eq!(
+        sink.is_committed(&lineage).await.unwrap(),
+        CommitState::NotCommitted,
+        "a load in progress is not committed"
+    );
+    writer.commit().await.unwrap();
+    assert_eq!(
+        sink.is_committed(&lineage).await.unwrap(),
+        CommitState::Committed
+    );
+
+    // Asked with placeholders for everything but bucket, key and version.
+    let asked = Lineage {
+        size: 0,
+        event_time: Some(chrono::Utc::now()),
+        route: String::new(),
+        etag: None,
+        ..lineage.clone()
+    };
+    assert_eq!(
+        sink.is_committed(&asked).await.unwrap(),
+        CommitState::Committed
+    );
+    for other in [
+        Lineage {
+            version_id: Some("v2".into()),
+            ..lineage.clone()
+        },
+        Lineage {
+            key: "in/b.csv".into(),
+            ..lineage.clone()
+        },
+        Lineage {
+            bucket: "other-vendor".into(),
+            ..lineage.clone()
+        },
+    ] {
+        assert_eq!(
+            sink.is_committed(&other).await.unwrap(),
+            CommitState::NotCommitted,
+            "{other:?}"
+        );
+    }
+
+    // Another sink sharing the ledger for another table: its own rows only.
+    let other_table = format!("{table}_other");
+    let other_sink =
+        PostgresSink::new("pg2", &sink_config(&other_table, &ledger_table), &context).unwrap();
+    assert_eq!(
+        other_sink.is_committed(&lineage).await.unwrap(),
+        CommitState::NotCommitted
+    );
+
+    // A row whose commit was never recorded does not count.
+    let pending = Lineage {
+        version_id: Some("v3".into()),
+        ..lineage.clone()
+    };
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {ledger_table} (target_table, bucket, key, version_identity, size, route, sink)
+                 VALUES ($1, $2, $3, 'v3', 0, 'all', 'pg')"
+            ),
+            &[&table, &pending.bucket, &pending.key],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.is_committed(&pending).await.unwrap(),
+        CommitState::NotCommitted
+    );
+
+    // A ledger in a schema that does not exist: nothing committed there.
+    let nowhere = PostgresSink::new(
+        "pg3",
+        &sink_config(&table, &format!("{table}_no_schema.ledger")),
+        &context,
+    )
+    .unwrap();
+    assert_eq!(
+        nowhere.is_committed(&lineage).await.unwrap(),
+        CommitState::NotCommitted
+    );
+}

@@ -1,6 +1,7 @@
 //! The `s3_parquet` sink against LocalStack's S3: deterministic keys,
 //! multipart uploads, partition templates, replays, and the failure paths
-//! (a decode error late in a large file, a missing destination bucket).
+//! (a decode error late in a large file, a missing destination bucket),
+//! and the commit marker `is_committed` reads.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +13,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use s3_ingest::sink::s3_parquet::{S3ParquetSink, S3ParquetSinkConfig, object_key};
-use s3_ingest::sink::{Sink, SinkContext};
+use s3_ingest::sink::s3_parquet::{
+    CommitMarker, S3ParquetSink, S3ParquetSinkConfig, marker_key, object_key,
+};
+use s3_ingest::sink::{CommitState, Lineage, Sink, SinkContext};
 use sha2::{Digest, Sha256};
 
 use crate::util::*;
@@ -142,6 +145,61 @@ async fn read_parquet(fixture: &Fixture, bucket: &str, key: &str) -> ParquetObje
     }
 }
 
+async fn read_marker(fixture: &Fixture, bucket: &str, key: &str) -> CommitMarker {
+    let bytes = get_bytes(fixture, bucket, key).await;
+    serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+        panic!(
+            "commit marker {key} is not a marker ({err}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })
+}
+
+/// An `s3_parquet` sink driven through its own API, writing under
+/// `lake/v1` with the given extra settings.
+fn sink_at(s3: &aws_sdk_s3::Client, destination: &str, extra: &str) -> S3ParquetSink {
+    let config: S3ParquetSinkConfig = toml::from_str(&format!(
+        "bucket = \"{destination}\"\nprefix = \"lake/v1/\"\n{extra}"
+    ))
+    .unwrap();
+    config.validate().unwrap();
+    let context = SinkContext {
+        s3: s3.clone(),
+        expected_bucket_owner: None,
+    };
+    S3ParquetSink::new("s3lake", &config, &context).unwrap()
+}
+
+/// Fails, while `failing` is set, every PUT of a commit marker before it
+/// leaves the client: a worker that dies between publishing the Parquet
+/// objects and writing the marker, against the real LocalStack otherwise.
+#[derive(Debug)]
+struct FailMarkerPuts {
+    failing: Arc<AtomicBool>,
+}
+
+impl aws_sdk_s3::config::Intercept for FailMarkerPuts {
+    fn name(&self) -> &'static str {
+        "FailMarkerPuts"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let request = context.request();
+        if self.failing.load(Ordering::SeqCst)
+            && request.method() == "PUT"
+            && request.uri().contains("/_s3_ingest/commits/")
+        {
+            return Err("injected: the worker stopped before writing the commit marker".into());
+        }
+        Ok(())
+    }
+}
+
 /// A CSV that Parquet cannot compress much (two hashes per row), so its
 /// Parquet output is about 2/3 of its size and spans several parts.
 fn incompressible_csv(rows: usize) -> String {
@@ -179,7 +237,45 @@ async fn csv_lands_as_one_parquet_object_at_its_deterministic_key_with_lineage()
     .await;
     fixture.wait_for_empty_queue().await;
 
-    assert_eq!(list_objects(&fixture, &destination).await.len(), 1);
+    // The object and, written after it, the version's commit marker.
+    let file = lineage(&fixture.bucket, key, &etag, "sales");
+    let marker = marker_key("lake/v1", &file);
+    assert!(marker.starts_with("lake/v1/_s3_ingest/commits/vendor_orders_2026.csv-"));
+    assert_eq!(
+        list_objects(&fixture, &destination)
+            .await
+            .into_keys()
+            .collect::<Vec<_>>(),
+        [marker.clone(), expected_key.clone()]
+    );
+    let body = read_marker(&fixture, &destination, &marker).await;
+    assert_eq!(
+        body.objects
+            .iter()
+            .map(|object| (object.key.as_str(), object.rows))
+            .collect::<Vec<_>>(),
+        [(expected_key.as_str(), 1000)]
+    );
+    assert_eq!(body.rows, 1000);
+    assert_eq!(body.sink, "s3lake");
+    assert_eq!(body.bucket, destination);
+    assert_eq!(
+        (
+            body.source.bucket.as_str(),
+            body.source.key.as_str(),
+            body.source.etag.as_deref()
+        ),
+        (fixture.bucket.as_str(), key, Some(etag.as_str()))
+    );
+    assert_eq!(body.source.route, "sales");
+    assert!(body.source.event_time.is_some());
+    assert_eq!(body.worker_version, env!("CARGO_PKG_VERSION"));
+    let sink = sink_at(&fixture.clients.s3, &destination, "");
+    assert_eq!(
+        sink.is_committed(&file).await.unwrap(),
+        CommitState::Committed
+    );
+
     let object = read_parquet(&fixture, &destination, &expected_key).await;
     assert_eq!(object.rows, 1000);
     assert_eq!(object.metadata["s3_ingest.source_bucket"], fixture.bucket);
@@ -370,12 +466,25 @@ async fn partition_templates_split_rows_by_column_and_a_replay_overwrites_them()
     .collect();
     assert!(expected.keys().all(|key| key.starts_with(&base)));
 
+    let marker = marker_key("lake/v1", &file);
     let check = || async {
-        let listed = list_objects(&fixture, &destination).await;
+        let mut listed = list_objects(&fixture, &destination).await;
+        assert!(
+            listed.remove(&marker).is_some(),
+            "one commit marker, whatever the partitions"
+        );
         assert_eq!(
             listed.keys().cloned().collect::<Vec<_>>(),
             expected.keys().cloned().collect::<Vec<_>>()
         );
+        let mut published: Vec<String> = read_marker(&fixture, &destination, &marker)
+            .await
+            .objects
+            .into_iter()
+            .map(|object| object.key)
+            .collect();
+        published.sort();
+        assert_eq!(published, expected.keys().cloned().collect::<Vec<_>>());
         for (key, ids) in &expected {
             let object = read_parquet(&fixture, &destination, key).await;
             let got: Vec<i64> = object
@@ -606,5 +715,205 @@ fn the_example_config_is_valid_and_template_errors_name_the_sink_field() {
     assert!(
         error.contains("sinks.lake.partition") && error.contains("`{event_day}`"),
         "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_committed_follows_the_commit_marker_written_after_every_partition() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::with_options(
+        "s3pq-marker",
+        FixtureOptions {
+            notifications: false,
+            ..FixtureOptions::default()
+        },
+    )
+    .await;
+    let destination = destination_name(&fixture);
+    create_bucket(&fixture, &destination).await;
+    let failing = Arc::new(AtomicBool::new(false));
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk_config_at(&endpoint()))
+            .force_path_style(true)
+            .interceptor(FailMarkerPuts {
+                failing: Arc::clone(&failing),
+            })
+            .build(),
+    );
+    let sink = sink_at(
+        &s3,
+        &destination,
+        "partition = \"country={column:country}\"",
+    );
+    let file = Lineage {
+        version_id: Some("v1".into()),
+        size: 42,
+        ..lineage(&fixture.bucket, "in/by-country.csv", "etag-1", "sales")
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("country", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            Arc::new(StringArray::from(vec!["fr", "us", "de", "fr"])),
+        ],
+    )
+    .unwrap();
+    let partition_keys: Vec<String> = ["country=fr", "country=us", "country=de"]
+        .iter()
+        .map(|partition| object_key("lake/v1", partition, &file))
+        .collect();
+    let marker = marker_key("lake/v1", &file);
+
+    assert_eq!(
+        sink.is_committed(&file).await.unwrap(),
+        CommitState::NotCommitted,
+        "nothing written yet"
+    );
+
+    // Every partition published, then the marker's PUT fails: the commit
+    // fails, and objects being visible does not make the version committed.
+    failing.store(true, Ordering::SeqCst);
+    let mut writer = sink.open(&file, schema.clone()).await.unwrap();
+    writer.write(batch.clone()).await.unwrap();
+    let error = writer.commit().await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.detail.contains("commit marker"), "{}", error.detail);
+    let mut sorted_partition_keys = partition_keys.clone();
+    sorted_partition_keys.sort();
+    assert_eq!(
+        list_objects(&fixture, &destination)
+            .await
+            .into_keys()
+            .collect::<Vec<_>>(),
+        sorted_partition_keys,
+        "the partitions are visible, the marker is not"
+    );
+    assert_eq!(
+        sink.is_committed(&file).await.unwrap(),
+        CommitState::NotCommitted
+    );
+
+    // The redelivery commits whole: the marker names every object.
+    failing.store(false, Ordering::SeqCst);
+    let mut writer = sink.open(&file, schema.clone()).await.unwrap();
+    writer.write(batch).await.unwrap();
+    let receipt = writer.commit().await.unwrap();
+    assert_eq!(receipt.rows, 4);
+    assert_eq!(
+        sink.is_committed(&file).await.unwrap(),
+        CommitState::Committed
+    );
+    let body = read_marker(&fixture, &destination, &marker).await;
+    assert_eq!(
+        body.objects
+            .iter()
+            .map(|object| (object.key.clone(), object.rows))
+            .collect::<Vec<_>>(),
+        partition_keys
+            .iter()
+            .cloned()
+            .zip([2, 1, 1])
+            .collect::<Vec<_>>(),
+        "in the order they were published"
+    );
+    assert_eq!(body.rows, 4);
+    assert_eq!(body.source.version_id.as_deref(), Some("v1"));
+    assert_eq!(body.source.version_identity, "v1");
+    assert_eq!(body.source.size, 42);
+    assert!(body.committed_at <= chrono::Utc::now());
+    let head = fixture
+        .clients
+        .s3
+        .head_object()
+        .bucket(&destination)
+        .key(&marker)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
+
+    // Only bucket, key and version identity are asked about.
+    let asked = Lineage {
+        size: 0,
+        event_time: Some(chrono::Utc::now()),
+        route: String::new(),
+        etag: None,
+        ..file.clone()
+    };
+    assert_eq!(
+        sink.is_committed(&asked).await.unwrap(),
+        CommitState::Committed
+    );
+    let other_version = Lineage {
+        version_id: Some("v2".into()),
+        ..file.clone()
+    };
+    assert_eq!(
+        sink.is_committed(&other_version).await.unwrap(),
+        CommitState::NotCommitted
+    );
+    // A sink with another prefix has its own markers.
+    let elsewhere: S3ParquetSinkConfig =
+        toml::from_str(&format!("bucket = \"{destination}\"\nprefix = \"other\"")).unwrap();
+    let elsewhere = S3ParquetSink::new(
+        "other",
+        &elsewhere,
+        &SinkContext {
+            s3: s3.clone(),
+            expected_bucket_owner: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        elsewhere.is_committed(&file).await.unwrap(),
+        CommitState::NotCommitted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_without_rows_under_column_partitions_still_gets_its_marker() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::with_options(
+        "s3pq-marker0",
+        FixtureOptions {
+            notifications: false,
+            ..FixtureOptions::default()
+        },
+    )
+    .await;
+    let destination = destination_name(&fixture);
+    create_bucket(&fixture, &destination).await;
+    let sink = sink_at(
+        &fixture.clients.s3,
+        &destination,
+        "partition = \"country={column:country}\"",
+    );
+    let file = lineage(&fixture.bucket, "in/empty.csv", "etag-0", "sales");
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "country",
+        DataType::Utf8,
+        true,
+    )]));
+    let writer = sink.open(&file, schema).await.unwrap();
+    writer.commit().await.unwrap();
+    let marker = marker_key("lake/v1", &file);
+    assert_eq!(
+        list_objects(&fixture, &destination)
+            .await
+            .into_keys()
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(&marker),
+        "no partition has rows, so no Parquet object; the marker records the version"
+    );
+    let body = read_marker(&fixture, &destination, &marker).await;
+    assert!(body.objects.is_empty());
+    assert_eq!(body.rows, 0);
+    assert_eq!(
+        sink.is_committed(&file).await.unwrap(),
+        CommitState::Committed
     );
 }

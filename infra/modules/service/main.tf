@@ -76,6 +76,14 @@ locals {
 
   destination_kms_key_arns = distinct(compact([for destination in var.s3_parquet_destinations : destination.kms_key_arn]))
 
+  # s3_parquet commit markers: <prefix>/_s3_ingest/commits/<name>.json (the
+  # sink trims slashes off its prefix the same way).
+  destination_marker_prefixes = {
+    for destination in var.s3_parquet_destinations : destination.bucket => (
+      trim(destination.prefix, "/") == "" ? "_s3_ingest/commits/" : "${trim(destination.prefix, "/")}/_s3_ingest/commits/"
+    )...
+  }
+
   # config_location: what the task role may read at start.
   config_s3_object_arn = (var.config_location != null && startswith(coalesce(var.config_location, "-"), "s3://")
     ? "arn:${local.partition}:s3:::${trimprefix(var.config_location, "s3://")}"
@@ -440,6 +448,39 @@ data "aws_iam_policy_document" "task" {
       resources = distinct([
         for destination in var.s3_parquet_destinations : "arn:${local.partition}:s3:::${destination.bucket}/${destination.prefix}*"
       ])
+    }
+  }
+
+  # The worker asks whether a version is already committed with a
+  # HeadObject of its commit marker (s3:GetObject). PutObject above writes
+  # the marker.
+  dynamic "statement" {
+    for_each = length(var.s3_parquet_destinations) > 0 ? [1] : []
+    content {
+      sid     = "ReadS3ParquetCommitMarkers"
+      actions = ["s3:GetObject"]
+      resources = distinct(flatten([
+        for bucket, prefixes in local.destination_marker_prefixes : [
+          for prefix in prefixes : "arn:${local.partition}:s3:::${bucket}/${prefix}*"
+        ]
+      ]))
+    }
+  }
+
+  # ListBucket limited to the marker prefixes: without it S3 answers 403
+  # for a marker that does not exist (a version not committed yet), which
+  # would read as a missing grant; with it the answer is 404.
+  dynamic "statement" {
+    for_each = local.destination_marker_prefixes
+    content {
+      sid       = "ListS3ParquetCommits${replace(title(replace(statement.key, "/[^A-Za-z0-9]+/", " ")), " ", "")}"
+      actions   = ["s3:ListBucket"]
+      resources = ["arn:${local.partition}:s3:::${statement.key}"]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = [for prefix in distinct(statement.value) : "${prefix}*"]
+      }
     }
   }
 

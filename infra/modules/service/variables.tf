@@ -149,7 +149,7 @@ variable "source_kms_key_arns" {
 }
 
 variable "s3_parquet_destinations" {
-  description = "Buckets and prefixes an s3_parquet sink writes to: the task role may put objects (single and multipart) and abort its multipart uploads there, and use kms_key_arn for SSE-KMS."
+  description = "Buckets and prefixes an s3_parquet sink writes to (prefix as in the sink's config): the task role may put objects (single and multipart) and abort its multipart uploads there, read and list its commit markers (<prefix>/_s3_ingest/commits/), and use kms_key_arn for SSE-KMS."
   type = list(object({
     bucket      = string
     prefix      = optional(string, "")

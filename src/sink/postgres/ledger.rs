@@ -176,6 +176,34 @@ impl LedgerKey {
             .get(0))
     }
 
+    /// Whether `ledger` holds this version's row with its commit recorded,
+    /// read outside any transaction. A ledger table (or its schema) that
+    /// does not exist yet means nothing was ever committed through it: not
+    /// committed, not an error. The row is inserted and completed in the
+    /// load's transaction, so another worker's load in progress is not
+    /// seen; `committed_at IS NOT NULL` also keeps a row that a future
+    /// layout might leave half-done from counting.
+    pub(super) async fn is_committed(
+        &self,
+        client: &tokio_postgres::Client,
+        ledger: &str,
+    ) -> Result<bool, SinkError> {
+        let result = client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {ledger} WHERE {} AND committed_at IS NOT NULL)",
+                    LedgerKey::WHERE
+                ),
+                &self.params(),
+            )
+            .await;
+        match result {
+            Ok(row) => Ok(row.get(0)),
+            Err(err) if is_missing_relation(&err) => Ok(false),
+            Err(err) => Err(classify(&format!("read ledger {ledger}"), &err)),
+        }
+    }
+
     /// Records the rows and the commit time, in the transaction that is
     /// about to commit.
     pub(super) async fn record_commit(
@@ -198,6 +226,15 @@ impl LedgerKey {
             .map_err(|err| classify(&format!("update ledger {ledger}"), &err))?;
         Ok(())
     }
+}
+
+/// 42P01 undefined_table, 3F000 invalid_schema_name: the ledger table is
+/// not there (yet).
+fn is_missing_relation(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    err.code().is_some_and(|code| {
+        *code == SqlState::UNDEFINED_TABLE || *code == SqlState::INVALID_SCHEMA_NAME
+    })
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::SslMode;
 
-use super::{Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use super::{CommitState, Lineage, Sink, SinkContext, SinkError, SinkWriter};
 use errors::{classify, pool_error};
 use ledger::LedgerKey;
 use table::{QualifiedName, Target};
@@ -245,5 +245,23 @@ impl Sink for PostgresSink {
                 rows: 0,
             },
         ))))
+    }
+
+    /// Asks the ledger for this sink's table and the version's key: a row
+    /// whose commit is recorded. Reads only (no ledger is created); a
+    /// missing ledger table is `NotCommitted`.
+    async fn is_committed(&self, lineage: &Lineage) -> Result<CommitState, SinkError> {
+        let session = self.session().await?;
+        let key = LedgerKey::new(&self.target.configured, lineage);
+        // On an error the session is dropped, closing its connection.
+        let committed = key
+            .is_committed(session.client(), &self.ledger.sql())
+            .await?;
+        session.release();
+        Ok(if committed {
+            CommitState::Committed
+        } else {
+            CommitState::NotCommitted
+        })
     }
 }

@@ -16,6 +16,25 @@
 //! message was not deleted, and its redelivery overwrites them with
 //! identical content and publishes the rest.
 //!
+//! ## Commit markers
+//!
+//! Because a crash can leave some partitions of an object visible, the
+//! visible objects cannot say whether a version is committed. The commit
+//! therefore writes one more object *last*, after every partition's object
+//! is published: a commit marker,
+//! `<prefix>/_s3_ingest/commits/<readable source key>-<16 hex>.json`
+//! ([`marker_key`]: the same name as the Parquet objects' with `.json`,
+//! depending only on bucket, key and version identity, never on partitions
+//! or event time). Its JSON body ([`CommitMarker`]) records the lineage,
+//! the published keys, the rows, the commit time and the worker version.
+//! [`Sink::is_committed`] is a HeadObject of the marker: present means
+//! every object of the version was published; absent (404) means not
+//! committed, even when some partitions are visible. The marker belongs to
+//! the source object version, not to an output, so it stays true when
+//! several sources share one output object. Hive, Spark, Athena and Trino
+//! skip paths whose name starts with `_` (or `.`), so `_s3_ingest/` does not
+//! show up as data under a table located at the prefix.
+//!
 //! Memory per source object is about `max_open_partitions ×
 //! (row_group_bytes + part_size_bytes)` at worst, one partition's worth
 //! without column placeholders.
@@ -37,9 +56,9 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::parquet_dir::{lineage_metadata, output_path};
-use super::{CommitReceipt, Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use super::{CommitReceipt, CommitState, Lineage, Sink, SinkContext, SinkError, SinkWriter};
 pub use partition::{DEFAULT_PARTITION, PartitionTemplate};
-use upload::{Destination, ObjectUpload};
+use upload::{Destination, ObjectUpload, s3_sink_error};
 
 /// S3's smallest allowed part (except the last one).
 pub const MIN_PART_SIZE_BYTES: usize = 5 * 1024 * 1024;
@@ -121,8 +140,18 @@ impl S3ParquetSinkConfig {
     }
 }
 
+/// Where commit markers go, under the sink's prefix (see the module
+/// documentation).
+pub const MARKER_DIRECTORY: &str = "_s3_ingest/commits";
+
+/// The layout of a [`CommitMarker`]'s JSON; raised when a field changes
+/// meaning or disappears (adding one does not).
+pub const MARKER_FORMAT_VERSION: u32 = 1;
+
 /// Settings shared by every writer of one sink.
 struct Settings {
+    /// The sink's name, recorded in commit markers.
+    name: String,
     destination: Arc<Destination>,
     prefix: String,
     template: PartitionTemplate,
@@ -148,6 +177,7 @@ impl S3ParquetSink {
         Ok(S3ParquetSink {
             name: name.to_owned(),
             settings: Arc::new(Settings {
+                name: name.to_owned(),
                 destination: Arc::new(Destination {
                     client: context.s3.clone(),
                     bucket: config.bucket.clone(),
@@ -178,6 +208,110 @@ pub fn object_key(prefix: &str, partition_path: &str, lineage: &Lineage) -> Stri
         .join("/")
 }
 
+/// The key of one source object version's commit marker:
+/// `<prefix>/_s3_ingest/commits/<parquet_dir's file name, .json>`. Depends
+/// on bucket, key and version identity only.
+pub fn marker_key(prefix: &str, lineage: &Lineage) -> String {
+    let file_name = output_path(Path::new(""), lineage)
+        .with_extension("json")
+        .file_name()
+        .expect("parquet_dir's output path ends in a file name")
+        .to_string_lossy()
+        .into_owned();
+    [prefix, MARKER_DIRECTORY, &file_name]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The body of a commit marker (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitMarker {
+    /// [`MARKER_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The source object version.
+    pub source: MarkerSource,
+    /// The sink that wrote it.
+    pub sink: String,
+    /// The destination bucket of `objects`.
+    pub bucket: String,
+    /// Every object the commit published, in order, with its rows (none
+    /// for a file without rows under a `{column:NAME}` partition).
+    pub objects: Vec<MarkerObject>,
+    /// All rows of the source object version.
+    pub rows: u64,
+    /// When the marker was written: the last objects were published just
+    /// before.
+    pub committed_at: chrono::DateTime<chrono::Utc>,
+    /// The s3-ingest version that wrote it.
+    pub worker_version: String,
+}
+
+/// The source object version a commit marker is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerSource {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: Option<String>,
+    pub etag: Option<String>,
+    /// What the marker's name is derived from, with bucket and key:
+    /// [`Lineage::version_identity`].
+    pub version_identity: String,
+    pub size: u64,
+    pub event_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub route: String,
+}
+
+/// One published destination object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerObject {
+    pub key: String,
+    pub rows: u64,
+}
+
+impl MarkerSource {
+    fn new(lineage: &Lineage) -> MarkerSource {
+        MarkerSource {
+            bucket: lineage.bucket.clone(),
+            key: lineage.key.clone(),
+            version_id: lineage.version_id.clone(),
+            etag: lineage.etag.clone(),
+            version_identity: lineage.version_identity().to_owned(),
+            size: lineage.size,
+            event_time: lineage.event_time,
+            route: lineage.route.clone(),
+        }
+    }
+}
+
+impl Settings {
+    /// Writes the marker of a commit whose objects are all published: the
+    /// last write of `commit`, so that its presence means the whole
+    /// version is visible. Sent with the same expected bucket owner as
+    /// every destination write; encryption is the bucket's default, as
+    /// for the Parquet objects.
+    async fn put_marker(&self, marker_key: &str, marker: &CommitMarker) -> Result<(), SinkError> {
+        let destination = &self.destination;
+        let uri = format!("s3://{}/{marker_key}", destination.bucket);
+        let body = serde_json::to_vec_pretty(marker).map_err(|err| {
+            SinkError::permanent(format!("cannot encode the commit marker {uri}: {err}"))
+        })?;
+        destination
+            .client
+            .put_object()
+            .bucket(&destination.bucket)
+            .key(marker_key)
+            .content_type("application/json")
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .set_expected_bucket_owner(destination.expected_bucket_owner.clone())
+            .send()
+            .await
+            .map_err(|err| s3_sink_error("PutObject (commit marker)", &uri, &err))?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Sink for S3ParquetSink {
     fn name(&self) -> &str {
@@ -199,12 +333,20 @@ impl Sink for S3ParquetSink {
                 )));
             }
         }
+        let marker_key = marker_key(&self.settings.prefix, lineage);
+        if marker_key.len() > MAX_KEY_BYTES {
+            return Err(SinkError::permanent(format!(
+                "commit marker key `{marker_key}` is {} bytes, longer than S3's {MAX_KEY_BYTES}; shorten the sink's prefix",
+                marker_key.len()
+            )));
+        }
         let properties = crate::sink::parquet_dir::for_width(WriterProperties::builder(), &schema)
             .set_key_value_metadata(Some(lineage_metadata(lineage)))
             .build();
         let mut outputs = PartitionOutputs {
             settings: Arc::clone(&self.settings),
             partitions: self.settings.template.bind(lineage),
+            marker_key,
             lineage: lineage.clone(),
             schema,
             properties,
@@ -221,6 +363,50 @@ impl Sink for S3ParquetSink {
             outputs: Some(outputs),
         }))
     }
+
+    /// HeadObject of the version's commit marker: 200 → committed, 404 →
+    /// not (whatever partitions are visible). Other failures are
+    /// classified as every destination call is; a 403 here usually means
+    /// the role lacks `s3:GetObject` on the marker or `s3:ListBucket` on
+    /// the bucket (without which S3 answers 403 for a missing key).
+    async fn is_committed(&self, lineage: &Lineage) -> Result<CommitState, SinkError> {
+        let destination = &self.settings.destination;
+        let key = marker_key(&self.settings.prefix, lineage);
+        let result = destination
+            .client
+            .head_object()
+            .bucket(&destination.bucket)
+            .key(&key)
+            .set_expected_bucket_owner(destination.expected_bucket_owner.clone())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(CommitState::Committed),
+            Err(err) if is_not_found(&err) => Ok(CommitState::NotCommitted),
+            Err(err) => Err(s3_sink_error(
+                "HeadObject (commit marker)",
+                &format!("s3://{}/{key}", destination.bucket),
+                &err,
+            )),
+        }
+    }
+}
+
+/// A HeadObject answered 404: a HEAD response has no body, so no error
+/// code tells a missing key from a missing bucket; either way nothing of
+/// this version was committed there.
+fn is_not_found(
+    err: &aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::head_object::HeadObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+) -> bool {
+    match err {
+        aws_sdk_s3::error::SdkError::ServiceError(service) => {
+            service.err().is_not_found() || service.raw().status().as_u16() == 404
+        }
+        _ => false,
+    }
 }
 
 /// One destination object being written.
@@ -235,6 +421,8 @@ struct PartitionOutput {
 struct PartitionOutputs {
     settings: Arc<Settings>,
     partitions: partition::BoundTemplate,
+    /// Written last at commit (see [`marker_key`]).
+    marker_key: String,
     lineage: Lineage,
     schema: SchemaRef,
     properties: WriterProperties,
@@ -353,6 +541,24 @@ impl PartitionOutputs {
                 "s3_parquet object published"
             );
         }
+        // Last: every object is visible now, and the marker says so.
+        let marker = CommitMarker {
+            format_version: MARKER_FORMAT_VERSION,
+            source: MarkerSource::new(&self.lineage),
+            sink: self.settings.name.clone(),
+            bucket: self.settings.destination.bucket.clone(),
+            objects: uploads
+                .iter()
+                .map(|(upload, rows)| MarkerObject {
+                    key: upload.key().to_owned(),
+                    rows: *rows,
+                })
+                .collect(),
+            rows: self.rows,
+            committed_at: chrono::Utc::now(),
+            worker_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        self.settings.put_marker(&self.marker_key, &marker).await?;
         if let Some((first, _)) = uploads.first() {
             location = first.uri();
             if uploads.len() > 1 {
@@ -444,6 +650,65 @@ mod tests {
             ..lineage()
         };
         assert_ne!(object_key("", "", &other_version), file_name);
+    }
+
+    #[test]
+    fn marker_keys_depend_on_the_version_only_and_sit_under_the_prefix() {
+        let key = marker_key("lake/v1", &lineage());
+        let parquet_name = object_key("", "", &lineage());
+        let stem = parquet_name.strip_suffix(".parquet").unwrap();
+        assert_eq!(key, format!("lake/v1/_s3_ingest/commits/{stem}.json"));
+        assert_eq!(
+            marker_key("", &lineage()),
+            format!("_s3_ingest/commits/{stem}.json")
+        );
+        // Size, event time and route are not part of it.
+        let asked = Lineage {
+            size: 0,
+            event_time: Some(chrono::Utc::now()),
+            route: "other".into(),
+            ..lineage()
+        };
+        assert_eq!(marker_key("lake/v1", &asked), key);
+        let other_version = Lineage {
+            version_id: Some("v2".into()),
+            ..lineage()
+        };
+        assert_ne!(marker_key("lake/v1", &other_version), key);
+        // A readable key ending in something like an extension keeps it.
+        let dotted = Lineage {
+            key: "in/file.csv.gz".into(),
+            ..lineage()
+        };
+        assert!(
+            marker_key("p", &dotted).starts_with("p/_s3_ingest/commits/in_file.csv.gz-"),
+            "{}",
+            marker_key("p", &dotted)
+        );
+    }
+
+    #[test]
+    fn marker_bodies_round_trip_as_json() {
+        let marker = CommitMarker {
+            format_version: MARKER_FORMAT_VERSION,
+            source: MarkerSource::new(&lineage()),
+            sink: "lake".into(),
+            bucket: "dest".into(),
+            objects: vec![MarkerObject {
+                key: "lake/v1/x.parquet".into(),
+                rows: 3,
+            }],
+            rows: 3,
+            committed_at: chrono::Utc::now(),
+            worker_version: "0.1.0".into(),
+        };
+        let json: serde_json::Value = serde_json::to_value(&marker).unwrap();
+        assert_eq!(json["source"]["version_identity"], "v1");
+        assert_eq!(json["objects"][0]["key"], "lake/v1/x.parquet");
+        assert_eq!(
+            serde_json::from_value::<CommitMarker>(json).unwrap(),
+            marker
+        );
     }
 
     #[test]

@@ -356,6 +356,7 @@ run "s3_parquet_destinations_and_extra_statements" {
   variables {
     s3_parquet_destinations = [
       { bucket = "acme-lake", prefix = "vendors/", kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/aaaaaaaa-2222-3333-4444-555555555555" },
+      { bucket = "acme-exports" },
     ]
     tasks_iam_role_statements = [
       { sid = "PutEvents", actions = ["events:PutEvents"], resources = ["arn:aws:events:eu-west-1:123456789012:event-bus/default"] },
@@ -363,8 +364,24 @@ run "s3_parquet_destinations_and_extra_statements" {
   }
 
   assert {
-    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "WriteS3ParquetSinks"]) == toset(["arn:aws:s3:::acme-lake/vendors/*"]) && one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "WriteS3ParquetSinks"]) == toset(["s3:PutObject", "s3:AbortMultipartUpload"])
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "WriteS3ParquetSinks"]) == toset(["arn:aws:s3:::acme-lake/vendors/*", "arn:aws:s3:::acme-exports/*"]) && one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "WriteS3ParquetSinks"]) == toset(["s3:PutObject", "s3:AbortMultipartUpload"])
     error_message = "the sink may write and abort uploads under its prefix only"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ReadS3ParquetCommitMarkers"]) == toset(["arn:aws:s3:::acme-lake/vendors/_s3_ingest/commits/*", "arn:aws:s3:::acme-exports/_s3_ingest/commits/*"]) && one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "ReadS3ParquetCommitMarkers"]) == toset(["s3:GetObject"])
+    error_message = "HeadObject of commit markers only, under each sink's prefix"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ListS3ParquetCommitsAcmeLake"]) == toset(["arn:aws:s3:::acme-lake"]) && one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "ListS3ParquetCommitsAcmeLake"]) == toset(["s3:ListBucket"])
+    error_message = "ListBucket on the destination bucket, so a missing commit marker is 404, not 403"
+  }
+  assert {
+    condition     = flatten([for c in one([for s in data.aws_iam_policy_document.task.statement : s.condition if s.sid == "ListS3ParquetCommitsAcmeLake"]) : [for v in c.values : "${c.variable} ${v}"]]) == ["s3:prefix vendors/_s3_ingest/commits/*"]
+    error_message = "listing is limited to the commit markers' prefix"
+  }
+  assert {
+    condition     = flatten([for c in one([for s in data.aws_iam_policy_document.task.statement : s.condition if s.sid == "ListS3ParquetCommitsAcmeExports"]) : [for v in c.values : "${c.variable} ${v}"]]) == ["s3:prefix _s3_ingest/commits/*"]
+    error_message = "a sink without a prefix lists its markers only, not the whole bucket"
   }
   assert {
     condition     = one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "S3ParquetSinkEncryption"]) == toset(["kms:GenerateDataKey", "kms:Decrypt"])

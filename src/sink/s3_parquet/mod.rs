@@ -383,11 +383,26 @@ impl Sink for S3ParquetSink {
         match result {
             Ok(_) => Ok(CommitState::Committed),
             Err(err) if is_not_found(&err) => Ok(CommitState::NotCommitted),
-            Err(err) => Err(s3_sink_error(
-                "HeadObject (commit marker)",
-                &format!("s3://{}/{key}", destination.bucket),
-                &err,
-            )),
+            Err(err) => {
+                let mut error = s3_sink_error(
+                    "HeadObject (commit marker)",
+                    &format!("s3://{}/{key}", destination.bucket),
+                    &err,
+                );
+                let forbidden = matches!(
+                    &err,
+                    aws_sdk_s3::error::SdkError::ServiceError(service)
+                        if service.raw().status().as_u16() == 403
+                );
+                if forbidden {
+                    let marker_prefix = key.rsplit_once('/').map_or("", |(directory, _)| directory);
+                    error.detail.push_str(&format!(
+                        "; asking needs s3:GetObject on {marker_prefix}/* and s3:ListBucket on the bucket \
+                         for that prefix (without it S3 answers 403 for a marker not written yet)"
+                    ));
+                }
+                Err(error)
+            }
         }
     }
 }

@@ -210,8 +210,22 @@ impl Ingestor {
             }
         }
         let asks = redelivered || matches!(object.origin, Origin::Replay | Origin::Backfill);
-        if asks && self.commit_state(&target, plan).await? == CommitState::Committed {
-            return Ok(Precheck::AlreadyCommitted { superseded });
+        if asks {
+            // Asking is a saving, not a safeguard (every sink's commit is
+            // idempotent): a sink that cannot answer (an outage, a grant
+            // the question needs and the write does not) does not stop
+            // the object.
+            match self.commit_state(&target, plan).await {
+                Ok(CommitState::Committed) => {
+                    return Ok(Precheck::AlreadyCommitted { superseded });
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(
+                    uri = %object.s3_uri(),
+                    error = %err,
+                    "could not ask the sinks whether they hold this object; ingesting it (their commit is idempotent)"
+                ),
+            }
         }
         Ok(Precheck::Ingest {
             object: target,

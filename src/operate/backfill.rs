@@ -273,10 +273,10 @@ impl Backfiller<'_> {
             }
             Ok(CommitState::Unknown) => summary.unknown_commit_state += 1,
             Ok(CommitState::NotCommitted) => {}
+            // Enqueued anyway: the sinks' commit is idempotent.
             Err(err) => {
-                eprintln!("error: {uri}: {err}");
-                summary.failed += 1;
-                return;
+                eprintln!("warning: {uri}: cannot tell whether the sinks hold it: {err}");
+                summary.unknown_commit_state += 1;
             }
         }
         let bytes = object.size.unwrap_or(0);

@@ -71,8 +71,115 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    /// Finding objects whose notification never arrived; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileConfig>,
     pub routes: Vec<RouteConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// Reconciliation (`reconcile/`): list the prefixes a page at a time and
+/// enqueue the objects no sink holds, older than the grace period, that
+/// S3 never announced (or the worker never saw).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// `s3://BUCKET/KEY` of the JSON object holding the listing position,
+    /// the watermark and the lease (one task at a time across the fleet).
+    pub state: String,
+    /// `s3://BUCKET/PREFIX` locations to list.
+    pub prefixes: Vec<String>,
+    /// Seconds between ticks; each tick lists at most one page per prefix.
+    #[serde(default = "default_reconcile_interval_secs")]
+    pub interval_secs: u64,
+    /// Objects modified more recently than this are left to their
+    /// notification, which may still be on its way.
+    #[serde(default = "default_reconcile_grace_secs")]
+    pub grace_secs: u64,
+    /// Keys per listing page (S3 returns at most 1000).
+    #[serde(default = "default_reconcile_page_size")]
+    pub page_size: u32,
+    /// Only objects modified at or after this time (RFC 3339); unset: the
+    /// time reconciliation first ran against `state` (older objects are a
+    /// job for `s3-ingest backfill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn default_reconcile_interval_secs() -> u64 {
+    60
+}
+
+fn default_reconcile_grace_secs() -> u64 {
+    900
+}
+
+fn default_reconcile_page_size() -> u32 {
+    1000
+}
+
+impl ReconcileConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (bucket, key) = parse_s3_location(&self.state)
+            .map_err(|message| invalid("reconcile.state", message))?;
+        if bucket.is_empty() || key.is_empty() || key.ends_with('/') {
+            return Err(invalid(
+                "reconcile.state",
+                format!("`{}` must name an object: s3://BUCKET/KEY", self.state),
+            ));
+        }
+        if self.prefixes.is_empty() {
+            return Err(invalid(
+                "reconcile.prefixes",
+                "at least one s3://BUCKET/PREFIX is needed",
+            ));
+        }
+        for (index, prefix) in self.prefixes.iter().enumerate() {
+            let (bucket, _) = parse_s3_location(prefix)
+                .map_err(|message| invalid(format!("reconcile.prefixes[{index}]"), message))?;
+            if bucket.is_empty() {
+                return Err(invalid(
+                    format!("reconcile.prefixes[{index}]"),
+                    format!("`{prefix}` names no bucket"),
+                ));
+            }
+        }
+        if !(1..=86_400).contains(&self.interval_secs) {
+            return Err(invalid(
+                "reconcile.interval_secs",
+                format!("{} is out of range 1..=86400", self.interval_secs),
+            ));
+        }
+        if !(1..=1000).contains(&self.page_size) {
+            return Err(invalid(
+                "reconcile.page_size",
+                format!("{} is out of range 1..=1000", self.page_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The prefixes as (bucket, prefix).
+    pub fn locations(&self) -> Vec<(String, String)> {
+        self.prefixes
+            .iter()
+            .filter_map(|p| parse_s3_location(p).ok())
+            .collect()
+    }
+
+    /// The state object as (bucket, key).
+    pub fn state_location(&self) -> (String, String) {
+        parse_s3_location(&self.state).unwrap_or_default()
+    }
+}
+
+/// Splits `s3://bucket/rest` (`rest` may be empty).
+pub fn parse_s3_location(uri: &str) -> Result<(String, String), String> {
+    let rest = uri
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("`{uri}` is not an s3://BUCKET/... location"))?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    Ok((bucket.to_owned(), key.to_owned()))
 }
 
 /// The HTTP endpoints for operators: `/metrics`, `/healthz`, `/readyz`.
@@ -711,6 +818,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some(reconcile) = &self.reconcile {
+            reconcile.validate()?;
+        }
         if self.routes.is_empty() {
             return Err(invalid("routes", "at least one [[routes]] entry is needed"));
         }
@@ -880,6 +990,58 @@ mod tests {
 
     fn route_names(config: &Config) -> Vec<&str> {
         config.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_reconcile_section_is_checked_and_takes_environment_overrides() {
+        let section = r#"
+            [reconcile]
+            state = "s3://ops/s3-ingest/reconcile.json"
+            prefixes = ["s3://vendor/in/", "s3://other"]
+        "#;
+        let config = Config::from_toml_str(&format!("{MINIMAL}{section}")).unwrap();
+        let reconcile = config.reconcile.as_ref().unwrap();
+        assert_eq!(reconcile.interval_secs, 60);
+        assert_eq!(reconcile.grace_secs, 900);
+        assert_eq!(
+            reconcile.locations(),
+            vec![
+                ("vendor".to_owned(), "in/".to_owned()),
+                ("other".to_owned(), String::new())
+            ]
+        );
+        assert_eq!(
+            reconcile.state_location(),
+            ("ops".to_owned(), "s3-ingest/reconcile.json".to_owned())
+        );
+        let config = load_with(
+            &format!("{MINIMAL}{section}"),
+            &[("S3_INGEST__RECONCILE__INTERVAL_SECS", "300")],
+        )
+        .unwrap();
+        assert_eq!(config.reconcile.unwrap().interval_secs, 300);
+        assert!(Config::from_toml_str(MINIMAL).unwrap().reconcile.is_none());
+
+        for (bad, field) in [
+            ("state = \"s3://ops/\"", "reconcile.state"),
+            ("state = \"ops/state.json\"", "reconcile.state"),
+            ("prefixes = []", "reconcile.prefixes"),
+            ("prefixes = [\"vendor/in/\"]", "reconcile.prefixes[0]"),
+            ("interval_secs = 0", "reconcile.interval_secs"),
+            ("page_size = 5000", "reconcile.page_size"),
+        ] {
+            let key = bad.split(' ').next().unwrap();
+            let edited: String = section
+                .lines()
+                .filter(|line| !line.trim_start().starts_with(key))
+                .chain([bad])
+                .collect::<Vec<_>>()
+                .join("\n");
+            let err = Config::from_toml_str(&format!("{MINIMAL}{edited}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -209,7 +209,11 @@ impl Ingestor {
                 Some(_) => {}
             }
         }
-        let asks = redelivered || matches!(object.origin, Origin::Replay | Origin::Backfill);
+        let asks = redelivered
+            || matches!(
+                object.origin,
+                Origin::Replay | Origin::Backfill | Origin::Reconcile
+            );
         if asks {
             // Asking is a saving, not a safeguard (every sink's commit is
             // idempotent): a sink that cannot answer (an outage, a grant

@@ -16,6 +16,7 @@ pub mod notification;
 pub mod object;
 pub mod operate;
 pub mod queue;
+pub mod reconcile;
 pub mod redact;
 pub mod route;
 pub mod schema;
@@ -110,7 +111,14 @@ pub async fn run_with_clients(
 ) -> Result<(), RunError> {
     // Installs the recorders before anything records.
     telemetry::prometheus();
-    let worker = Arc::new(build_worker(&config, clients).await?);
+    let (worker, reconciler) = build_worker_and_reconciler(&config, clients).await?;
+    let worker = Arc::new(worker);
+    // Reconciliation stops as soon as shutdown begins: it only enqueues.
+    let reconciling = reconciler.map(|reconciler| {
+        let stop = shutdown.child_token();
+        tokio::spawn(reconciler.run(stop.clone()));
+        stop
+    });
     let emf = config.status.emf_namespace.as_ref().map(|namespace| {
         let stop = CancellationToken::new();
         let task = tokio::spawn(write_emf_lines(
@@ -125,6 +133,9 @@ pub async fn run_with_clients(
         (stop, task)
     });
     let result = serve_and_run(&config, worker, shutdown).await;
+    if let Some(stop) = reconciling {
+        stop.cancel();
+    }
     if let Some((stop, task)) = emf {
         // One last line with what happened since the previous one.
         stop.cancel();
@@ -222,6 +233,15 @@ pub(crate) fn build_sinks(
 
 /// Checks the queue and wires the worker's parts together.
 pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker, RunError> {
+    Ok(build_worker_and_reconciler(config, clients).await?.0)
+}
+
+/// The worker and, with a `[reconcile]` section, the reconciler that
+/// shares its routes and sinks.
+pub async fn build_worker_and_reconciler(
+    config: &Config,
+    clients: AwsClients,
+) -> Result<(Worker, Option<reconcile::Reconciler>), RunError> {
     let queue = SqsQueue::new(clients.sqs.clone(), config.queue.url.clone());
     let dead_letters = config
         .queue
@@ -240,14 +260,25 @@ pub async fn build_worker(config: &Config, clients: AwsClients) -> Result<Worker
         RunError::Sink(name, err)
     })?;
     let ingestor = Arc::new(Ingestor::new(
-        S3Objects::new(clients.s3, config.aws.expected_bucket_owner.clone()),
+        S3Objects::new(clients.s3.clone(), config.aws.expected_bucket_owner.clone()),
         sinks,
     ));
-    Ok(Worker::new(
+    let reconciler = config.reconcile.as_ref().map(|reconcile| {
+        reconcile::Reconciler::new(
+            config,
+            reconcile,
+            clients.s3.clone(),
+            Arc::new(router.clone()),
+            ingestor.clone(),
+            SqsQueue::new(clients.sqs.clone(), config.queue.url.clone()),
+        )
+    });
+    let worker = Worker::new(
         Arc::new(queue),
         dead_letters.map(|dlq| Arc::new(dlq) as Arc<dyn DeadLetterQueue>),
         router,
         ingestor,
         WorkerSettings::from_config(config),
-    ))
+    );
+    Ok((worker, reconciler))
 }

@@ -4,9 +4,9 @@
 //!
 //! 1. An S3 event notification (`{"Records":[...]}`), as S3 sends it to SQS
 //!    directly or through SNS with raw message delivery. `s3-ingest dlq
-//!    replay` and `s3-ingest backfill` send the same shape with the event
-//!    names `ObjectCreated:Replay` and `ObjectCreated:Backfill`
-//!    ([`synthetic_event`]).
+//!    replay`, `s3-ingest backfill` and reconciliation send the same shape
+//!    with the event names `ObjectCreated:Replay`, `ObjectCreated:Backfill`
+//!    and `ObjectCreated:Reconcile` ([`synthetic_event`]).
 //! 2. The `s3:TestEvent` that S3 sends when a notification configuration is saved.
 //! 3. An SNS envelope (`"Type":"Notification"`) whose `Message` string holds
 //!    shape 1, 2, 4 or 6; SNS subscription control messages are discarded.
@@ -52,8 +52,10 @@ pub enum Origin {
     /// If the object has a newer version or is gone by now, nothing is
     /// ingested (the worker reports it as superseded or gone).
     Replay,
-    /// `s3-ingest backfill` (or reconciliation) listed it.
+    /// `s3-ingest backfill` listed it.
     Backfill,
+    /// Reconciliation found it without a notification (`reconcile/`).
+    Reconcile,
     /// A plain request: `s3://bucket/key` or a small JSON object.
     Request,
 }
@@ -65,6 +67,7 @@ impl Origin {
             Origin::Notification => "notification",
             Origin::Replay => "replay",
             Origin::Backfill => "backfill",
+            Origin::Reconcile => "reconcile",
             Origin::Request => "request",
         }
     }
@@ -73,11 +76,13 @@ impl Origin {
 /// The event names of the synthetic S3 events the operator's commands send.
 pub const REPLAY_EVENT_NAME: &str = "ObjectCreated:Replay";
 pub const BACKFILL_EVENT_NAME: &str = "ObjectCreated:Backfill";
+pub const RECONCILE_EVENT_NAME: &str = "ObjectCreated:Reconcile";
 
 fn origin_of_event(event_name: &str) -> Origin {
     match event_name {
         REPLAY_EVENT_NAME => Origin::Replay,
         BACKFILL_EVENT_NAME => Origin::Backfill,
+        RECONCILE_EVENT_NAME => Origin::Reconcile,
         _ => Origin::Notification,
     }
 }
@@ -1139,6 +1144,7 @@ mod tests {
         for (name, origin) in [
             (REPLAY_EVENT_NAME, Origin::Replay),
             (BACKFILL_EVENT_NAME, Origin::Backfill),
+            (RECONCILE_EVENT_NAME, Origin::Reconcile),
         ] {
             let parsed = objects(&synthetic_event(&object, name));
             assert_eq!(

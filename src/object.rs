@@ -178,11 +178,37 @@ impl S3Objects {
         start_after: Option<&str>,
         continuation: Option<&str>,
     ) -> Result<ListedPage, IngestError> {
+        self.list(bucket, prefix, start_after, continuation, None)
+            .await
+    }
+
+    /// [`Self::list_page`] from `start_after`, at most `max_keys` keys:
+    /// reconciliation's bounded step.
+    pub async fn list_page_limited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListedPage, IngestError> {
+        self.list(bucket, prefix, start_after, None, Some(max_keys))
+            .await
+    }
+
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        continuation: Option<&str>,
+        max_keys: Option<u32>,
+    ) -> Result<ListedPage, IngestError> {
         let output = self
             .client
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
+            .set_max_keys(max_keys.map(|keys| keys as i32))
             .set_start_after(start_after.map(str::to_owned))
             .set_continuation_token(continuation.map(str::to_owned))
             .set_expected_bucket_owner(self.expected_bucket_owner.clone())

@@ -23,6 +23,7 @@ const OBJECTS_DEAD_LETTERED: &str = "s3_ingest_objects_dead_lettered_total";
 const OBJECTS_RETRIED: &str = "s3_ingest_objects_retried_total";
 const OBJECTS_UNMATCHED: &str = "s3_ingest_objects_unmatched_total";
 const OBJECTS_SKIPPED: &str = "s3_ingest_objects_skipped_total";
+const OBJECTS_RECONCILED: &str = "s3_ingest_objects_reconciled_total";
 const BYTES_INGESTED: &str = "s3_ingest_ingested_bytes_total";
 const ROWS_INGESTED: &str = "s3_ingest_rows_ingested_total";
 const BATCHES_INGESTED: &str = "s3_ingest_batches_ingested_total";
@@ -124,6 +125,10 @@ fn describe() {
         "objects that failed transiently and will be retried, by route, error kind and failing sink (\"\" when not a sink)"
     );
     describe_counter!(OBJECTS_UNMATCHED, "objects whose key matches no route");
+    describe_counter!(
+        OBJECTS_RECONCILED,
+        "objects reconciliation enqueued because no notification of them arrived, by route"
+    );
     describe_counter!(
         OBJECTS_SKIPPED,
         "objects not downloaded, by route and reason: already_committed (a redelivery, replay or backfill every sink already holds), gone (a replay of an object deleted since)"
@@ -280,6 +285,10 @@ pub fn object_retried(route: &str, error_kind: ErrorKind, sink: Option<&str>) {
 
 pub fn object_skipped(route: &str, reason: &'static str) {
     counter!(OBJECTS_SKIPPED, "route" => route.to_owned(), "reason" => reason).increment(1);
+}
+
+pub fn object_reconciled(route: &str) {
+    counter!(OBJECTS_RECONCILED, "route" => route.to_owned()).increment(1);
 }
 
 pub fn object_unmatched() {

@@ -48,6 +48,7 @@ mod image;
 mod ingest;
 mod memory;
 mod operate;
+mod reconcile;
 mod sink_http;
 mod sink_postgres;
 mod sink_s3_parquet;

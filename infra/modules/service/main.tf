@@ -100,12 +100,30 @@ locals {
     var.config_location != null ? { S3_INGEST_CONFIG = var.config_location } : {},
   )
 
+  # reconcile: the section as environment overrides, the state object the
+  # task role reads and writes, and each prefix matched to a source grant.
+  reconcile_environment = var.reconcile == null ? {} : {
+    S3_INGEST__RECONCILE__STATE         = var.reconcile.state
+    S3_INGEST__RECONCILE__PREFIXES      = jsonencode(var.reconcile.prefixes)
+    S3_INGEST__RECONCILE__INTERVAL_SECS = tostring(var.reconcile.interval_secs)
+    S3_INGEST__RECONCILE__GRACE_SECS    = tostring(var.reconcile.grace_secs)
+  }
+  reconcile_state_arn = var.reconcile == null ? null : "arn:${local.partition}:s3:::${trimprefix(var.reconcile.state, "s3://")}"
+  # s3://bucket/prefix -> is it inside some source_buckets entry?
+  reconcile_prefixes_granted = var.reconcile == null ? true : alltrue([
+    for location in var.reconcile.prefixes : anytrue([
+      for source in var.source_buckets : anytrue([
+        for prefix in source.prefixes : startswith(trimprefix(location, "s3://"), "${source.bucket}/${prefix}") || trimprefix(location, "s3://") == source.bucket && prefix == ""
+      ])
+    ])
+  ])
+
   emf_environment = var.metrics_namespace == null ? {} : {
     S3_INGEST__STATUS__EMF_NAMESPACE = var.metrics_namespace
     S3_INGEST__STATUS__EMF_SERVICE   = var.name
   }
 
-  environment = merge(var.environment, local.config_environment, local.emf_environment, {
+  environment = merge(var.environment, local.config_environment, local.emf_environment, local.reconcile_environment, {
     S3_INGEST__QUEUE__URL                  = var.queue_url
     S3_INGEST__QUEUE__DLQ_URL              = var.dlq_url
     S3_INGEST__QUEUE__WAIT_TIME_SECS       = tostring(local.wait_time_secs)
@@ -440,6 +458,17 @@ data "aws_iam_policy_document" "task" {
 
   # s3_parquet sinks: PutObject covers CreateMultipartUpload, UploadPart
   # and CompleteMultipartUpload; an upload given up is aborted.
+  # Reconciliation's state object: read, and written conditionally
+  # (If-Match / If-None-Match) to hold the fleet's one lease.
+  dynamic "statement" {
+    for_each = local.reconcile_state_arn == null ? [] : [1]
+    content {
+      sid       = "ReconcileState"
+      actions   = ["s3:GetObject", "s3:PutObject"]
+      resources = [local.reconcile_state_arn]
+    }
+  }
+
   dynamic "statement" {
     for_each = length(var.s3_parquet_destinations) > 0 ? [1] : []
     content {
@@ -690,6 +719,10 @@ resource "aws_ecs_task_definition" "this" {
     precondition {
       condition     = length(setintersection([for key in keys(var.secrets) : upper(key)], [for key in keys(local.environment) : upper(key)])) == 0
       error_message = "A variable is set both in secrets and in environment (or by the module); name it once."
+    }
+    precondition {
+      condition     = local.reconcile_prefixes_granted
+      error_message = "Every reconcile.prefixes location must lie inside a source_buckets entry (bucket and one of its prefixes): that grant is what lets the worker list and read it."
     }
   }
 }

@@ -142,6 +142,26 @@ variable "source_buckets" {
   }
 }
 
+variable "reconcile" {
+  description = "Reconciliation: every interval_secs one task lists a page of each prefix and enqueues objects older than grace_secs that no sink holds (notifications S3 never delivered). state is the s3://BUCKET/KEY object holding its position and lease (the task role may read and write it, conditionally); prefixes are s3://BUCKET/PREFIX locations, each inside source_buckets (which grants the listing). Sets S3_INGEST__RECONCILE__*; null: off."
+  type = object({
+    state         = string
+    prefixes      = list(string)
+    interval_secs = optional(number, 60)
+    grace_secs    = optional(number, 900)
+  })
+  default = null
+
+  validation {
+    condition     = var.reconcile == null ? true : can(regex("^s3://[^/]+/.*[^/]$", var.reconcile.state))
+    error_message = "reconcile.state must name an object: s3://BUCKET/KEY."
+  }
+  validation {
+    condition     = var.reconcile == null ? true : (length(var.reconcile.prefixes) > 0 && alltrue([for p in var.reconcile.prefixes : can(regex("^s3://[^/]+(/.*)?$", p))]))
+    error_message = "reconcile.prefixes needs at least one s3://BUCKET/PREFIX."
+  }
+}
+
 variable "source_kms_key_arns" {
   description = "KMS keys the source objects are encrypted with (SSE-KMS buckets); the task role gets kms:Decrypt on them."
   type        = list(string)
@@ -201,9 +221,9 @@ variable "environment" {
   validation {
     condition = length(setintersection(
       [for key in keys(var.environment) : upper(key)],
-      ["S3_INGEST__QUEUE__URL", "S3_INGEST__QUEUE__DLQ_URL", "S3_INGEST__QUEUE__WAIT_TIME_SECS", "S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS", "S3_INGEST__AWS__REGION", "S3_INGEST__STATUS__LISTEN_ADDR", "S3_INGEST_LOG_FORMAT", "S3_INGEST_CONFIG", "S3_INGEST_CONFIG_TOML", "S3_INGEST__STATUS__EMF_NAMESPACE", "S3_INGEST__STATUS__EMF_SERVICE"],
+      ["S3_INGEST__QUEUE__URL", "S3_INGEST__QUEUE__DLQ_URL", "S3_INGEST__QUEUE__WAIT_TIME_SECS", "S3_INGEST__WORKER__SHUTDOWN_GRACE_SECS", "S3_INGEST__AWS__REGION", "S3_INGEST__STATUS__LISTEN_ADDR", "S3_INGEST_LOG_FORMAT", "S3_INGEST_CONFIG", "S3_INGEST_CONFIG_TOML", "S3_INGEST__STATUS__EMF_NAMESPACE", "S3_INGEST__STATUS__EMF_SERVICE", "S3_INGEST__RECONCILE__STATE", "S3_INGEST__RECONCILE__PREFIXES", "S3_INGEST__RECONCILE__INTERVAL_SECS", "S3_INGEST__RECONCILE__GRACE_SECS"],
     )) == 0
-    error_message = "environment must not set the queue URLs, wait time, shutdown grace, region, status listen address, log format, config source or metrics namespace: the module derives them (queue_url, dlq_url, stop_timeout, metrics_port, config, config_location, metrics_namespace)."
+    error_message = "environment must not set the queue URLs, wait time, shutdown grace, region, status listen address, log format, config source, metrics namespace or reconciliation: the module derives them (queue_url, dlq_url, stop_timeout, metrics_port, config, config_location, metrics_namespace, reconcile)."
   }
 }
 

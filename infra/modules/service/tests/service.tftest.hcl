@@ -505,3 +505,45 @@ run "ecs_exec_keeps_the_root_filesystem_read_only" {
     error_message = "the task role opens the session channels"
   }
 }
+
+run "reconcile_sets_its_section_and_grants_its_state_object" {
+  command = apply
+
+  variables {
+    reconcile = {
+      state    = "s3://acme-ops/s3-ingest/reconcile.json"
+      prefixes = ["s3://acme-vendor-drops/incoming/orders/"]
+    }
+  }
+
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ReconcileState"]) == toset(["arn:aws:s3:::acme-ops/s3-ingest/reconcile.json"]) && one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "ReconcileState"]) == toset(["s3:GetObject", "s3:PutObject"])
+    error_message = "the task role reads and writes the state object only"
+  }
+  assert {
+    condition     = contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "S3_INGEST__RECONCILE__PREFIXES", value = "[\"s3://acme-vendor-drops/incoming/orders/\"]" }) && contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "S3_INGEST__RECONCILE__GRACE_SECS", value = "900" })
+    error_message = "the reconcile section reaches the worker as environment overrides"
+  }
+}
+
+run "reconcile_prefixes_must_be_source_grants" {
+  command = plan
+
+  variables {
+    reconcile = {
+      state    = "s3://acme-ops/s3-ingest/reconcile.json"
+      prefixes = ["s3://someone-elses-bucket/"]
+    }
+  }
+
+  expect_failures = [aws_ecs_task_definition.this]
+}
+
+run "no_reconcile_no_state_grant" {
+  command = plan
+
+  assert {
+    condition     = length([for s in data.aws_iam_policy_document.task.statement : s if s.sid == "ReconcileState"]) == 0
+    error_message = "without reconcile there is no state grant"
+  }
+}

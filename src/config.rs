@@ -1020,6 +1020,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.reconcile.unwrap().interval_secs, 300);
+        // As the Terraform service module sets it: the section from the
+        // environment alone, the prefixes as a TOML (JSON) array.
+        let config = load_with(
+            MINIMAL,
+            &[
+                ("S3_INGEST__RECONCILE__STATE", "s3://ops/state.json"),
+                ("S3_INGEST__RECONCILE__PREFIXES", r#"["s3://vendor/in/"]"#),
+                ("S3_INGEST__RECONCILE__INTERVAL_SECS", "60"),
+                ("S3_INGEST__RECONCILE__GRACE_SECS", "900"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.reconcile.unwrap().locations(),
+            vec![("vendor".to_owned(), "in/".to_owned())]
+        );
         assert!(Config::from_toml_str(MINIMAL).unwrap().reconcile.is_none());
 
         for (bad, field) in [

@@ -339,10 +339,13 @@ async fn dlq_command(operator: Operator, command: DlqCommand) -> Result<ExitCode
     let io = |err: std::io::Error| err.to_string();
     match command {
         DlqCommand::List { select, format } => {
-            let entries = dlq::read_all(dlq_queue, select.hide_secs, &select.selector()?)
-                .await
-                .map_err(|err| err.to_string())?;
-            let groups = dlq::group(&entries);
+            let mut grouper = dlq::Grouper::default();
+            dlq::for_each_selected(dlq_queue, select.hide_secs, &select.selector()?, |entry| {
+                grouper.add(&entry)
+            })
+            .await
+            .map_err(|err| err.to_string())?;
+            let groups = grouper.finish();
             match format {
                 OutputFormat::Text => dlq::print_groups(&groups, &mut out).map_err(io)?,
                 OutputFormat::Json => println!(
@@ -356,24 +359,35 @@ async fn dlq_command(operator: Operator, command: DlqCommand) -> Result<ExitCode
             limit,
             format,
         } => {
-            let entries = dlq::read_all(dlq_queue, select.hide_secs, &select.selector()?)
-                .await
-                .map_err(|err| err.to_string())?;
-            for entry in entries.iter().take(limit) {
-                match format {
-                    OutputFormat::Text => dlq::print_inspected(entry, &mut out).map_err(io)?,
-                    OutputFormat::Json => println!(
-                        "{}",
-                        serde_json::to_string(&dlq::Inspected::of(entry))
-                            .map_err(|e| e.to_string())?
-                    ),
+            // Printed as they are read: nothing is held in memory.
+            let mut printed = 0;
+            let mut more = 0;
+            let mut failure = None;
+            dlq::for_each_selected(dlq_queue, select.hide_secs, &select.selector()?, |entry| {
+                if printed >= limit {
+                    more += 1;
+                    return;
                 }
+                printed += 1;
+                let written = match format {
+                    OutputFormat::Text => dlq::print_inspected(&entry, &mut out),
+                    OutputFormat::Json => serde_json::to_string(&dlq::Inspected::of(&entry))
+                        .map_err(std::io::Error::other)
+                        .and_then(|line| {
+                            std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())
+                        }),
+                };
+                if let Err(err) = written {
+                    failure.get_or_insert(err);
+                }
+            })
+            .await
+            .map_err(|err| err.to_string())?;
+            if let Some(err) = failure {
+                return Err(io(err));
             }
-            if entries.len() > limit {
-                eprintln!(
-                    "{} more selected; raise --limit or narrow the selection",
-                    entries.len() - limit
-                );
+            if more > 0 {
+                eprintln!("{more} more selected; raise --limit or narrow the selection");
             }
         }
         DlqCommand::Replay {

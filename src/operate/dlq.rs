@@ -140,7 +140,7 @@ pub struct DlqWalk<'a> {
     seen: HashSet<String>,
     /// Receipt handles of messages received and not deleted: released at
     /// the end.
-    held: Vec<String>,
+    held: HashSet<String>,
     empty_receives: u32,
 }
 
@@ -150,7 +150,7 @@ impl<'a> DlqWalk<'a> {
             dlq,
             hide_secs,
             seen: HashSet::new(),
-            held: Vec::new(),
+            held: HashSet::new(),
             empty_receives: 0,
         }
     }
@@ -175,7 +175,7 @@ impl<'a> DlqWalk<'a> {
                 // Seen again (its hiding ran out during a long walk):
                 // hold it, but act on it once.
                 let new = self.seen.insert(message.message_id.clone());
-                self.held.push(message.receipt_handle.clone());
+                self.held.insert(message.receipt_handle.clone());
                 if new {
                     fresh.push(DlqEntry::new(message));
                 }
@@ -201,7 +201,7 @@ impl<'a> DlqWalk<'a> {
                     failed += refused.len();
                     for (index, handle) in chunk.iter().enumerate() {
                         if !refused.contains(&index) {
-                            self.held.retain(|h| h != handle);
+                            self.held.remove(handle);
                         }
                     }
                 }
@@ -218,7 +218,8 @@ impl<'a> DlqWalk<'a> {
     /// could not be released (they come back after `--hide-secs`).
     pub async fn finish(self) -> usize {
         let mut failed = 0;
-        for chunk in self.held.chunks(MAX_BATCH_ENTRIES) {
+        let held: Vec<String> = self.held.into_iter().collect();
+        for chunk in held.chunks(MAX_BATCH_ENTRIES) {
             match self.dlq.set_visibility_batch(chunk, 0).await {
                 Ok(failures) => failed += failures.len(),
                 Err(_) => failed += chunk.len(),
@@ -228,23 +229,28 @@ impl<'a> DlqWalk<'a> {
     }
 }
 
-/// Reads the whole DLQ (selected messages only), then releases it.
-pub async fn read_all(
+/// Walks the whole DLQ, handing each selected message to `each` (nothing
+/// is kept: a DLQ of 100,000 envelopes is not held in memory), then
+/// releases it.
+pub async fn for_each_selected(
     dlq: &SqsQueue,
     hide_secs: u64,
     selector: &Selector,
-) -> Result<Vec<DlqEntry>, QueueError> {
+    mut each: impl FnMut(DlqEntry),
+) -> Result<(), QueueError> {
     let mut walk = DlqWalk::new(dlq, hide_secs);
-    let mut selected = Vec::new();
     let result = loop {
         match walk.next_batch().await {
             Ok(batch) if batch.is_empty() => break Ok(()),
-            Ok(batch) => selected.extend(batch.into_iter().filter(|e| selector.matches(e))),
+            Ok(batch) => batch
+                .into_iter()
+                .filter(|e| selector.matches(e))
+                .for_each(&mut each),
             Err(err) => break Err(err),
         }
     };
     release(walk).await;
-    result.map(|()| selected)
+    result
 }
 
 async fn release(walk: DlqWalk<'_>) {
@@ -279,16 +285,20 @@ pub struct Sample {
 const SAMPLES_PER_GROUP: usize = 3;
 const SAMPLE_ERROR_CHARS: usize = 200;
 
-/// Groups entries by error kind, route and bucket, largest group first.
-pub fn group(entries: &[DlqEntry]) -> Vec<Group> {
-    let mut groups: BTreeMap<(String, Option<String>, Option<String>), Group> = BTreeMap::new();
-    for entry in entries {
+/// Builds the groups of `dlq list`, one entry at a time.
+#[derive(Default)]
+pub struct Grouper {
+    groups: BTreeMap<(String, Option<String>, Option<String>), Group>,
+}
+
+impl Grouper {
+    pub fn add(&mut self, entry: &DlqEntry) {
         let id = (
             entry.kind().to_owned(),
             entry.route().map(str::to_owned),
             entry.bucket().map(str::to_owned),
         );
-        let group = groups.entry(id.clone()).or_insert_with(|| Group {
+        let group = self.groups.entry(id.clone()).or_insert_with(|| Group {
             error_kind: id.0,
             route: id.1,
             bucket: id.2,
@@ -318,9 +328,20 @@ pub fn group(entries: &[DlqEntry]) -> Vec<Group> {
             group.samples.push(Sample { object, error });
         }
     }
-    let mut groups: Vec<Group> = groups.into_values().collect();
-    groups.sort_by_key(|group| std::cmp::Reverse(group.count));
-    groups
+
+    /// The groups, largest first.
+    pub fn finish(self) -> Vec<Group> {
+        let mut groups: Vec<Group> = self.groups.into_values().collect();
+        groups.sort_by_key(|group| std::cmp::Reverse(group.count));
+        groups
+    }
+}
+
+/// Groups entries by error kind, route and bucket, largest group first.
+pub fn group(entries: &[DlqEntry]) -> Vec<Group> {
+    let mut grouper = Grouper::default();
+    entries.iter().for_each(|entry| grouper.add(entry));
+    grouper.finish()
 }
 
 pub fn print_groups(groups: &[Group], out: &mut impl Write) -> std::io::Result<()> {
@@ -605,6 +626,11 @@ pub async fn replay(
 ) -> Result<Tally, QueueError> {
     let mut walk = DlqWalk::new(dlq, hide_secs);
     let mut tally = Tally::default();
+    // An object replayed here may fail again and come back to the DLQ
+    // while the walk goes on: such an envelope is left for the next run,
+    // or a poison file would be replayed round and round.
+    let started = Utc::now();
+    let mut replayed: HashSet<(String, String)> = HashSet::new();
     let result = loop {
         let batch = match walk.next_batch().await {
             Ok(batch) if batch.is_empty() => break Ok(()),
@@ -612,6 +638,18 @@ pub async fn replay(
             Err(err) => break Err(err),
         };
         for entry in batch.iter().filter(|e| selector.matches(e)) {
+            let failed_during_run = entry
+                .letter
+                .as_ref()
+                .is_some_and(|l| l.failed_at >= started);
+            let object = entry
+                .bucket()
+                .zip(entry.key())
+                .map(|(b, k)| (b.to_owned(), k.to_owned()));
+            if failed_during_run || object.as_ref().is_some_and(|o| replayed.contains(o)) {
+                continue;
+            }
+            replayed.extend(object);
             tally.selected += 1;
             let action = replayer.replay(entry).await;
             report(entry, &action);
@@ -638,11 +676,25 @@ pub async fn purge(
     confirm: impl FnOnce(&[Group]) -> bool,
 ) -> Result<Tally, QueueError> {
     let mut walk = DlqWalk::new(dlq, hide_secs);
-    let mut selected = Vec::new();
+    let mut selected: Vec<DlqEntry> = Vec::new();
+    let mut grouper = Grouper::default();
     let result = loop {
         match walk.next_batch().await {
             Ok(batch) if batch.is_empty() => break Ok(()),
-            Ok(batch) => selected.extend(batch.into_iter().filter(|e| selector.matches(e))),
+            Ok(batch) => {
+                for entry in batch.into_iter().filter(|e| selector.matches(e)) {
+                    grouper.add(&entry);
+                    // Only what deleting needs is kept.
+                    selected.push(DlqEntry {
+                        message: ReceivedMessage {
+                            body: String::new(),
+                            ..entry.message
+                        },
+                        letter: None,
+                        first_object: None,
+                    });
+                }
+            }
             Err(err) => break Err(err),
         }
     };
@@ -650,7 +702,7 @@ pub async fn purge(
         selected: selected.len() as u64,
         ..Tally::default()
     };
-    if result.is_ok() && !selected.is_empty() && confirm(&group(&selected)) {
+    if result.is_ok() && !selected.is_empty() && confirm(&grouper.finish()) {
         let entries: Vec<&DlqEntry> = selected.iter().collect();
         let failed = walk.delete(&entries).await as u64;
         tally.delete_failures = failed;

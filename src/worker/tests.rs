@@ -10,7 +10,7 @@ use super::*;
 use crate::config::{CsvOptions, FileFormat, RouteConfig};
 use crate::dead_letter::DeadLetter;
 use crate::error::{ErrorKind, IngestError};
-use crate::ingest::Committed;
+use crate::ingest::{Committed, Precheck};
 use crate::notification::ObjectRef;
 use crate::queue::ReceivedMessage;
 use crate::queue::memory::MemoryQueue;
@@ -41,6 +41,10 @@ enum Step {
 struct ScriptedIngest {
     script: Mutex<HashMap<String, VecDeque<Step>>>,
     calls: Mutex<Vec<String>>,
+    /// Keys the sinks hold already, as `precheck` would find them.
+    held: Mutex<std::collections::HashSet<String>>,
+    /// Each precheck: the key and whether it was asked as a redelivery.
+    prechecks: Mutex<Vec<(String, bool)>>,
 }
 
 impl ScriptedIngest {
@@ -66,6 +70,25 @@ impl ScriptedIngest {
 
 #[async_trait::async_trait]
 impl Ingest for ScriptedIngest {
+    /// As `Ingestor::precheck` asks the sinks: only for redeliveries and
+    /// for objects that are not first notifications.
+    async fn precheck(
+        &self,
+        object: &ObjectRef,
+        _plan: &ObjectPlan,
+        redelivered: bool,
+    ) -> Result<Precheck, IngestError> {
+        self.prechecks
+            .lock()
+            .unwrap()
+            .push((object.key.clone(), redelivered));
+        let asks = redelivered || object.origin != crate::notification::Origin::Notification;
+        if asks && self.held.lock().unwrap().contains(&object.key) {
+            return Ok(Precheck::AlreadyCommitted { superseded: None });
+        }
+        Ok(Precheck::ingest(object))
+    }
+
     async fn ingest(
         &self,
         object: &ObjectRef,
@@ -516,6 +539,34 @@ async fn committed_retried_and_poison_objects_end_as_they_should() {
     assert_eq!(stats.objects_committed.load(Ordering::Relaxed), 2);
     assert_eq!(stats.messages_left_for_retry.load(Ordering::Relaxed), 1);
     assert_eq!(stats.messages_deleted.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivery_the_sinks_hold_is_skipped_before_download() {
+    let queue = Arc::new(MemoryQueue::new(true));
+    let ingest = Arc::new(ScriptedIngest::default());
+    // The first attempt fails after a sink committed (a fan-out route's
+    // second sink failing): the redelivery finds it held.
+    ingest.then("in/a.csv", &[Step::Transient]);
+    ingest.held.lock().unwrap().insert("in/a.csv".into());
+    queue.send(created("in/a.csv"));
+    let worker = scripted_worker(&queue, &ingest, settings(5, 2));
+    let drained = queue.clone();
+    run_until(worker.clone(), move || drained.is_empty()).await;
+
+    assert_eq!(ingest.calls("in/a.csv"), 1, "not downloaded again");
+    assert_eq!(
+        *ingest.prechecks.lock().unwrap(),
+        [
+            ("in/a.csv".to_owned(), false),
+            ("in/a.csv".to_owned(), true)
+        ],
+        "a first delivery is not asked about; the redelivery is"
+    );
+    let stats = worker.stats();
+    assert_eq!(stats.objects_skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.messages_deleted.load(Ordering::Relaxed), 1);
+    assert!(queue.dead_letters().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

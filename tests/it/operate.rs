@@ -338,6 +338,56 @@ async fn head_etag(fixture: &Fixture, key: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_now_ingests_the_selection_in_process() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("dlq-replay-now").await;
+    let broken = fixture.config(Some(&typed_routes("int64")));
+    let worker = fixture.start_worker(broken);
+    for key in ["in/a.csv", "in/b.csv"] {
+        fixture.put(key, "id,name\nthree,c\n").await;
+    }
+    wait_for_dlq(&fixture, 2).await;
+    worker.stop().await;
+
+    // The route is fixed; no worker runs: --now ingests here.
+    let fixed = fixture.config(Some(&typed_routes("utf8")));
+    let dry = run_cli(
+        &fixed,
+        fixture.output_dir(),
+        &["dlq", "replay", "--now", "--dry-run", "--key", "in/a.csv"],
+    );
+    assert!(dry.status.success(), "{}", describe(&dry));
+    assert!(
+        stdout_of(&dry).contains("would be ingested"),
+        "{}",
+        describe(&dry)
+    );
+    assert!(fixture.sink_files().is_empty());
+    wait_for_dlq(&fixture, 2).await;
+
+    let replayed = run_cli(
+        &fixed,
+        fixture.output_dir(),
+        &["dlq", "replay", "--now", "--key", "in/a.csv"],
+    );
+    assert!(replayed.status.success(), "{}", describe(&replayed));
+    assert!(
+        stdout_of(&replayed).contains("1 selected; ingested 1"),
+        "{}",
+        describe(&replayed)
+    );
+    assert_eq!(
+        util::sink_file_for(&fixture.sink_files(), "in/a.csv").rows,
+        1
+    );
+    // The other envelope was not selected: it is back on the DLQ.
+    wait_for_dlq(&fixture, 1).await;
+    let left = fixture.take_dead_letters().await;
+    assert_eq!(left[0].key.as_deref(), Some("in/b.csv"));
+    assert_eq!(fixture.queue_counts().await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_purge_deletes_only_the_selection_and_only_when_confirmed() {
     let _suite = crate::shared().await;
     let fixture = Fixture::new("dlq-purge").await;
@@ -436,6 +486,40 @@ async fn backfill_lands_every_object_once_and_skips_what_is_committed() {
         stdout_of(&dry).contains("would ingest 3"),
         "{}",
         describe(&dry)
+    );
+    // Selections: nothing modified before 2000; a route that does not exist.
+    let old = run_cli(
+        &config,
+        fixture.output_dir(),
+        &[
+            "backfill",
+            &format!("s3://{}/in/", fixture.bucket),
+            "--until",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    assert!(old.status.success(), "{}", describe(&old));
+    assert!(
+        stdout_of(&old).contains("enqueued 0")
+            && stdout_of(&old).contains("5 outside the selection"),
+        "{}",
+        describe(&old)
+    );
+    let no_route = run_cli(
+        &config,
+        fixture.output_dir(),
+        &[
+            "backfill",
+            &format!("s3://{}/in/", fixture.bucket),
+            "--route",
+            "nope",
+        ],
+    );
+    assert!(!no_route.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_route.stderr).contains("no such route"),
+        "{}",
+        describe(&no_route)
     );
     assert_eq!(fixture.queue_counts().await, (0, 0));
 

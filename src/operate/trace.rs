@@ -542,6 +542,24 @@ fn plural(count: usize, one: &str, many: &str) -> String {
     format!("{count} {}", if count == 1 { one } else { many })
 }
 
+/// How the traced version is named: `version V` by its version id (the
+/// current one's, or the one asked for), `etag E` in an unversioned
+/// bucket.
+fn version_label(trace: &Trace) -> String {
+    let Some(traced) = &trace.traced_version else {
+        return "no version".into();
+    };
+    let by_etag = trace
+        .current
+        .as_ref()
+        .is_some_and(|c| c.version_id.is_none() && c.etag.as_ref() == Some(traced));
+    if by_etag {
+        format!("etag {traced}")
+    } else {
+        format!("version {traced}")
+    }
+}
+
 /// The verdict: one outcome and one line. `version_asked`: the trace is
 /// of a version named with `--version-id`, which may exist while the
 /// object does not.
@@ -588,7 +606,7 @@ pub fn decide(trace: &Trace, version_asked: bool) -> (Outcome, String) {
             );
         }
     }
-    let version = trace.traced_version.as_deref().unwrap_or("unknown");
+    let version = version_label(trace);
     let count = |state: SinkState| trace.sinks.iter().filter(|s| s.state == state).count();
     let names = |state: SinkState| {
         trace
@@ -608,7 +626,7 @@ pub fn decide(trace: &Trace, version_asked: bool) -> (Outcome, String) {
         return (
             Outcome::Committed,
             format!(
-                "committed (version {version}, {}){on_dlq_too}",
+                "committed ({version}, {}){on_dlq_too}",
                 plural(committed, "sink", "sinks")
             ),
         );
@@ -618,7 +636,7 @@ pub fn decide(trace: &Trace, version_asked: bool) -> (Outcome, String) {
         return (
             Outcome::Waiting,
             format!(
-                "waiting on the queue ({}, received up to {receives} times){on_dlq_too}",
+                "waiting on the queue ({}, received up to {receives} times, this trace's peek included){on_dlq_too}",
                 plural(waiting.len(), "message", "messages")
             ),
         );
@@ -652,7 +670,7 @@ pub fn decide(trace: &Trace, version_asked: bool) -> (Outcome, String) {
         return (
             Outcome::PartlyCommitted,
             format!(
-                "partly committed (version {version}: in {}; not in {}): a fan-out stopped midway, its retry or a replay finishes it",
+                "partly committed ({version}: in {}; not in {}): a fan-out stopped midway, its retry or a replay finishes it",
                 names(SinkState::Committed),
                 names(SinkState::NotCommitted)
             ),
@@ -756,8 +774,8 @@ pub fn print(trace: &Trace, out: &mut impl Write) -> std::io::Result<()> {
         RouteMatch::BucketNotAllowed => writeln!(out, "route         bucket not allowed")?,
     }
     match (&trace.traced_version, trace.sinks.is_empty()) {
-        (Some(version), false) => {
-            writeln!(out, "committed?    version {version}")?;
+        (Some(_), false) => {
+            writeln!(out, "committed?    {}", version_label(trace))?;
             let width = trace.sinks.iter().map(|s| s.sink.len()).max().unwrap_or(0);
             for sink in &trace.sinks {
                 let mut line = format!("  {:width$}  {}", sink.sink, sink.state.label());
@@ -801,13 +819,14 @@ pub fn print(trace: &Trace, out: &mut impl Write) -> std::io::Result<()> {
                 };
                 writeln!(
                     out,
-                    "  {} at {at}: version {}, etag {}, {} attempts, route {}{other}",
+                    "  {} at {at}: version {}, etag {}, {}, route {}{other}",
                     letter.error_kind,
                     letter.version_id.as_deref().unwrap_or("-"),
                     letter.etag.as_deref().unwrap_or("-"),
-                    letter
-                        .attempts
-                        .map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                    letter.attempts.map_or_else(
+                        || "? attempts".to_owned(),
+                        |a| plural(a as usize, "attempt", "attempts")
+                    ),
                     letter.route.as_deref().unwrap_or("-"),
                 )?;
                 if let Some(error) = &letter.error {
@@ -848,7 +867,7 @@ pub fn print(trace: &Trace, out: &mut impl Write) -> std::io::Result<()> {
                 };
                 writeln!(
                     out,
-                    "  {} ({}): version {}, etag {}, received {} times{other}",
+                    "  {} ({}): version {}, etag {}, received {} times (this peek included){other}",
                     message.event_name,
                     message.origin,
                     message.version_id.as_deref().unwrap_or("-"),
@@ -954,6 +973,14 @@ mod tests {
         assert_eq!(
             text,
             "committed (version v2, 2 sinks); 1 envelope still on the DLQ"
+        );
+        // An unversioned bucket's object is named by its ETag.
+        trace.current.as_mut().unwrap().version_id = None;
+        trace.traced_version = Some("e2".into());
+        assert!(
+            verdict(&trace)
+                .1
+                .starts_with("committed (etag e2, 2 sinks)")
         );
     }
 

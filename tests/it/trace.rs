@@ -85,7 +85,7 @@ async fn an_object_a_worker_committed_is_traced_to_its_file() {
     let out = stdout_of(&text);
     let first = out.lines().next().unwrap();
     assert!(
-        first.starts_with(&format!("{uri}: committed (version ")) && first.ends_with(", 1 sink)"),
+        first.starts_with(&format!("{uri}: committed (etag ")) && first.ends_with(", 1 sink)"),
         "{out}"
     );
     assert!(

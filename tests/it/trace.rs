@@ -265,3 +265,159 @@ async fn a_missing_key_does_not_exist() {
     );
     assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_is_traced_per_sink_with_the_s3_commit_marker() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("trace-fanout").await;
+    let destination = format!("{}-lake", fixture.bucket);
+    fixture
+        .clients
+        .s3
+        .create_bucket()
+        .bucket(&destination)
+        .send()
+        .await
+        .expect("create the destination bucket");
+    let routes = r#"
+        [[routes]]
+        name = "both"
+        key_glob = "in/**"
+        sinks = ["lake", "s3lake"]
+    "#;
+    let sinks = format!(
+        r#"
+        [sinks.s3lake]
+        type = "s3_parquet"
+        bucket = "{destination}"
+        prefix = "lake/v1/"
+        "#
+    );
+    let config = fixture.config_with_sinks(Some(routes), "", &sinks);
+    let worker = fixture.start_worker(config.clone());
+    fixture.put("in/sales.csv", util::csv_rows(4)).await;
+    fixture.wait_for_files_and_empty_queue(1).await;
+    let uri = format!("s3://{}/in/sales.csv", fixture.bucket);
+    // The s3_parquet sink commits after parquet_dir: wait for its marker.
+    wait_until("both sinks committed", WAIT, || async {
+        trace_json(&config, fixture.output_dir(), &[&uri])["outcome"] == "committed"
+    })
+    .await;
+    worker.stop().await;
+
+    let json = trace_json(&config, fixture.output_dir(), &[&uri]);
+    assert_eq!(
+        json["verdict"].as_str().unwrap().split(", ").nth(1),
+        Some("2 sinks)"),
+        "{json}"
+    );
+    let s3 = &json["sinks"][1];
+    assert_eq!(s3["sink"], "s3lake");
+    assert_eq!(s3["state"], "committed");
+    let location = s3["details"]["location"].as_str().unwrap();
+    assert!(
+        location.starts_with(&format!("s3://{destination}/lake/v1/"))
+            && location.ends_with(".parquet"),
+        "{json}"
+    );
+    assert_eq!(s3["details"]["rows"], 4, "{json}");
+    assert!(s3["details"]["committed_at"].is_string(), "{json}");
+    assert_eq!(json["sinks"][0]["details"]["rows"], 4, "{json}");
+
+    // Without its marker the s3_parquet sink does not hold the version:
+    // a fan-out that stopped between its sinks.
+    let markers = fixture
+        .clients
+        .s3
+        .list_objects_v2()
+        .bucket(&destination)
+        .prefix("lake/v1/_s3_ingest/commits/")
+        .send()
+        .await
+        .unwrap();
+    for marker in markers.contents() {
+        fixture
+            .clients
+            .s3
+            .delete_object()
+            .bucket(&destination)
+            .key(marker.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    let json = trace_json(&config, fixture.output_dir(), &[&uri]);
+    assert_eq!(json["outcome"], "partly_committed", "{json}");
+    assert!(
+        json["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("in lake; not in s3lake"),
+        "{json}"
+    );
+}
+
+/// Needs the test PostgreSQL (`tests/services/with-postgres.sh`), as the
+/// `sink_postgres` tests do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_commit_is_traced_to_its_ledger_row() {
+    let _suite = crate::shared().await;
+    let url = std::env::var("S3I_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/postgres".into());
+    let ca = std::env::var("S3I_POSTGRES_CA").unwrap_or_else(|_| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/services/postgres.sh");
+        let output = std::process::Command::new(script)
+            .arg("ca")
+            .output()
+            .expect("run tests/services/postgres.sh ca");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    });
+    let fixture = Fixture::new("trace-pg").await;
+    let table = format!("s3i_trace_{}", util::unique_id());
+    let routes = r#"
+        [[routes]]
+        name = "all"
+        key_glob = "**"
+        sink = "pg"
+    "#;
+    let sinks = format!(
+        r#"
+        [sinks.pg]
+        type = "postgres"
+        url = "{url}"
+        table = "{table}"
+        ledger_table = "{table}_ledger"
+        create_table = true
+        ca_file = "{ca}"
+        "#
+    );
+    let config = fixture.config_with_sinks(Some(routes), "", &sinks);
+    let uri = format!("s3://{}/in/pg.csv", fixture.bucket);
+    fixture.put("in/pg.csv", util::csv_rows(5)).await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(60);
+
+    let worker = fixture.start_worker(config.clone());
+    wait_until("the postgres sink committed", WAIT, || async {
+        trace_json(&config, fixture.output_dir(), &[&uri])["outcome"] == "committed"
+    })
+    .await;
+    worker.stop().await;
+
+    let json = trace_json(&config, fixture.output_dir(), &[&uri]);
+    let sink = &json["sinks"][0];
+    assert_eq!(sink["sink"], "pg", "{json}");
+    assert_eq!(sink["details"]["location"], table.as_str(), "{json}");
+    assert_eq!(sink["details"]["rows"], 5, "{json}");
+    let committed_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(sink["details"]["committed_at"].clone()).unwrap();
+    assert!(committed_at > before, "{json}");
+
+    // Another version of the key: its ledger row does not exist.
+    let json = trace_json(
+        &config,
+        fixture.output_dir(),
+        &[&uri, "--version-id", "not-a-version"],
+    );
+    assert_eq!(json["sinks"][0]["state"], "not_committed", "{json}");
+    assert!(json["sinks"][0]["details"].is_null(), "{json}");
+}

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Operator;
-use super::dlq::{self, DlqEntry, DlqWalk, NOT_AN_ENVELOPE, Selector};
+use super::dlq::{DlqEntry, DlqWalk, NOT_AN_ENVELOPE, Selector};
 use crate::error::IngestError;
 use crate::notification::{self, Notification, ObjectRef, Origin};
 use crate::queue::QueueError;
@@ -292,21 +292,14 @@ pub async fn trace(operator: &Operator, request: &TraceRequest) -> Result<Trace,
 
     let dead_letters = match &operator.dlq {
         Some(dlq_queue) => {
-            let entries = dlq::read_all(
-                dlq_queue,
-                request.dlq_hide_secs,
-                &selector(&request.bucket, &request.key),
-            )
-            .await?;
-            Some(
-                entries
-                    .iter()
-                    // The glob is exact; this keeps it so whatever globset
-                    // makes of a key.
-                    .filter(|entry| entry.key() == Some(request.key.as_str()))
-                    .map(|entry| dead_letter_trace(entry, &lineage))
-                    .collect(),
-            )
+            let (letters, unreleased) = walk_dlq(dlq_queue, request, &lineage).await?;
+            if unreleased > 0 {
+                notes.push(format!(
+                    "{unreleased} DLQ messages could not be released; they are visible again within {} s",
+                    request.dlq_hide_secs
+                ));
+            }
+            Some(letters)
         }
         None => None,
     };
@@ -363,6 +356,38 @@ fn selector(bucket: &str, key: &str) -> Selector {
         key_glob,
         ..Selector::default()
     }
+}
+
+/// Walks the whole DLQ as `dlq list` does (every message hidden for
+/// `dlq_hide_secs` until the end, then released) and keeps the envelopes
+/// of this bucket and key. Returns them and how many messages could not
+/// be released.
+async fn walk_dlq(
+    dlq_queue: &crate::queue::sqs::SqsQueue,
+    request: &TraceRequest,
+    traced: &Lineage,
+) -> Result<(Vec<DeadLetterTrace>, usize), QueueError> {
+    let selector = selector(&request.bucket, &request.key);
+    let mut walk = DlqWalk::new(dlq_queue, request.dlq_hide_secs);
+    let mut letters = Vec::new();
+    let result = loop {
+        match walk.next_batch().await {
+            Ok(batch) if batch.is_empty() => break Ok(()),
+            Ok(batch) => letters.extend(
+                batch
+                    .iter()
+                    // The glob is exact; the key check keeps it so
+                    // whatever globset makes of a key.
+                    .filter(|entry| {
+                        selector.matches(entry) && entry.key() == Some(request.key.as_str())
+                    })
+                    .map(|entry| dead_letter_trace(entry, traced)),
+            ),
+            Err(err) => break Err(err),
+        }
+    };
+    let unreleased = walk.finish().await;
+    result.map(|()| (letters, unreleased))
 }
 
 async fn ask_sink(operator: &Operator, name: &str, lineage: &Lineage) -> SinkTrace {

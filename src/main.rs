@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use s3_ingest::config::{CONFIG_TOML_VAR, Config, ConfigSource};
-use s3_ingest::operate::{Operator, backfill, dlq};
+use s3_ingest::operate::{Operator, backfill, dlq, trace};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -62,6 +62,11 @@ enum Command {
     /// claims: enqueue a synthetic event per object for the fleet (or
     /// ingest here with --now), skipping those the sinks hold already.
     Backfill(BackfillArgs),
+    /// What happened to one object: its current version and route, whether
+    /// each sink of the route holds it, its dead-letter envelopes (the DLQ
+    /// is read, never consumed) and the source queue, summed up in one
+    /// line. Exit 0 when the trace could be made, whatever it found.
+    Trace(TraceArgs),
 }
 
 #[derive(Subcommand)]
@@ -184,6 +189,33 @@ struct BackfillArgs {
     /// Count what would be enqueued; change nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// s3://BUCKET/KEY of the object (the key verbatim, not URL-encoded).
+    object: String,
+    /// Ask the sinks about this version instead of the current one.
+    #[arg(long)]
+    version_id: Option<String>,
+    /// Also look for messages naming the object on the source queue.
+    /// Careful: this receives every message it can see there and hides it
+    /// from the workers for up to --peek-hide-secs (released at the end),
+    /// and each such receive counts toward queue.max_receive_count, as a
+    /// worker's receive does.
+    #[arg(long)]
+    peek_queue: bool,
+    /// How long --peek-queue hides each source message from the workers.
+    #[arg(long, default_value_t = 30, requires = "peek_queue")]
+    peek_hide_secs: u64,
+    /// --peek-queue stops after this many messages.
+    #[arg(long, default_value_t = 1000, requires = "peek_queue")]
+    peek_max: usize,
+    /// How long the DLQ walk hides each envelope (released at the end).
+    #[arg(long, default_value_t = 900)]
+    dlq_hide_secs: u64,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -522,6 +554,35 @@ async fn backfill_command(operator: Operator, args: BackfillArgs) -> Result<Exit
     })
 }
 
+async fn trace_command(
+    operator: Operator,
+    args: TraceArgs,
+    (bucket, key): (String, String),
+) -> Result<ExitCode, String> {
+    let request = trace::TraceRequest {
+        bucket,
+        key,
+        version_id: args.version_id,
+        dlq_hide_secs: args.dlq_hide_secs,
+        peek_queue: args.peek_queue,
+        peek_hide_secs: args.peek_hide_secs,
+        peek_max: args.peek_max,
+    };
+    let found = trace::trace(&operator, &request)
+        .await
+        .map_err(|err| err.to_string())?;
+    match args.format {
+        OutputFormat::Text => {
+            trace::print(&found, &mut std::io::stdout().lock()).map_err(|e| e.to_string())?
+        }
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -562,6 +623,13 @@ async fn main() -> ExitCode {
         Command::Backfill(args) => {
             operate(&config, |operator| backfill_command(operator, args)).await
         }
+        Command::Trace(args) => match trace::parse_object(&args.object) {
+            Ok(object) => operate(&config, |operator| trace_command(operator, args, object)).await,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());

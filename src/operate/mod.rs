@@ -1,10 +1,12 @@
 //! The operator's commands beside the worker: `dlq` (list, inspect,
-//! replay, purge the dead-letter queue) and `backfill` (ingest what is
-//! already in a bucket). They use the worker's config, clients, routes
-//! and pipeline, so what they do is what the worker would do.
+//! replay, purge the dead-letter queue), `backfill` (ingest what is
+//! already in a bucket) and `trace` (what happened to one object). They
+//! use the worker's config, clients, routes and pipeline, so what they do
+//! is what the worker would do.
 
 pub mod backfill;
 pub mod dlq;
+pub mod trace;
 
 use crate::config::Config;
 use crate::ingest::Ingestor;
@@ -12,6 +14,7 @@ use crate::object::S3Objects;
 use crate::queue::Reachable;
 use crate::queue::sqs::SqsQueue;
 use crate::route::Router;
+use crate::sink::SinksByName;
 use crate::{AwsClients, RunError};
 
 /// What the operator's commands work with, built from the worker's config.
@@ -23,6 +26,10 @@ pub struct Operator {
     pub source: SqsQueue,
     /// `queue.dlq_url`, when configured.
     pub dlq: Option<SqsQueue>,
+    /// The sinks the ingestor writes to, by name (`trace` asks each).
+    pub sinks: SinksByName,
+    /// For what [`SqsQueue`] does not ask (`trace`: the queue's counts).
+    pub sqs: aws_sdk_sqs::Client,
 }
 
 impl Operator {
@@ -46,11 +53,13 @@ impl Operator {
         })?;
         let objects = S3Objects::new(clients.s3.clone(), config.aws.expected_bucket_owner.clone());
         Ok(Operator {
-            ingestor: Ingestor::new(objects.clone(), sinks),
+            ingestor: Ingestor::new(objects.clone(), sinks.clone()),
             objects,
             router,
             source,
             dlq,
+            sinks,
+            sqs: clients.sqs,
         })
     }
 }

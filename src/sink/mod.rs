@@ -127,6 +127,16 @@ pub enum CommitState {
     Unknown,
 }
 
+/// Where and when a sink committed one object version, for `s3-ingest
+/// trace` (see [`Sink::commit_details`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommitDetails {
+    /// Where the rows are: a file, a table, the published objects.
+    pub location: String,
+    pub rows: Option<u64>,
+    pub committed_at: Option<DateTime<Utc>>,
+}
+
 /// What sinks may need from the rest of the worker when they are built.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -159,6 +169,15 @@ pub trait Sink: Send + Sync {
     async fn is_committed(&self, lineage: &Lineage) -> Result<CommitState, SinkError> {
         let _ = lineage;
         Ok(CommitState::Unknown)
+    }
+
+    /// Where, how many rows and when this object version was committed,
+    /// for the operator (`s3-ingest trace`), from what the sink keeps
+    /// anyway: `None` when it is not committed or the sink keeps nothing
+    /// to say (the default). Reads only; errors as [`Sink::is_committed`].
+    async fn commit_details(&self, lineage: &Lineage) -> Result<Option<CommitDetails>, SinkError> {
+        let _ = lineage;
+        Ok(None)
     }
 }
 

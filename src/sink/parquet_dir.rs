@@ -31,7 +31,7 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-use super::{CommitReceipt, CommitState, Lineage, Sink, SinkError, SinkWriter};
+use super::{CommitDetails, CommitReceipt, CommitState, Lineage, Sink, SinkError, SinkWriter};
 
 /// Key-value metadata keys written into every file.
 pub const META_SOURCE_BUCKET: &str = "s3_ingest.source_bucket";
@@ -267,6 +267,41 @@ impl Sink for ParquetDirSink {
             Ok(false) => Ok(CommitState::NotCommitted),
             Err(err) => Err(io_error("look for", &path, err)),
         }
+    }
+
+    /// The version's file, its rows from the Parquet footer and its
+    /// modification time (the commit's rename keeps the time the writer
+    /// last wrote it, moments before).
+    async fn commit_details(&self, lineage: &Lineage) -> Result<Option<CommitDetails>, SinkError> {
+        let path = output_path(&self.root, lineage);
+        tokio::task::spawn_blocking(move || {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(io_error("open", &path, err)),
+            };
+            let committed_at = file
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .map(chrono::DateTime::<chrono::Utc>::from);
+            // A footer that cannot be read leaves the rows unknown; the
+            // file's presence alone says committed.
+            let rows = parquet::file::reader::SerializedFileReader::new(file)
+                .ok()
+                .map(|reader| {
+                    use parquet::file::reader::FileReader;
+                    reader.metadata().file_metadata().num_rows()
+                })
+                .and_then(|rows| u64::try_from(rows).ok());
+            Ok(Some(CommitDetails {
+                location: path.display().to_string(),
+                rows,
+                committed_at,
+            }))
+        })
+        .await
+        .map_err(|err| SinkError::transient(format!("reading a footer failed: {err}")))?
     }
 }
 
@@ -575,6 +610,26 @@ mod tests {
                 "{other:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn commit_details_name_the_file_its_rows_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetDirSink::new("lake", dir.path().to_owned());
+        let v1 = lineage(Some("v1"));
+        assert_eq!(sink.commit_details(&v1).await.unwrap(), None);
+        let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+        let mut writer = sink.open(&v1, batch(vec![]).schema()).await.unwrap();
+        writer.write(batch(vec![1, 2, 3])).await.unwrap();
+        assert_eq!(sink.commit_details(&v1).await.unwrap(), None);
+        writer.commit().await.unwrap();
+        let details = sink.commit_details(&v1).await.unwrap().expect("committed");
+        assert_eq!(
+            details.location,
+            output_path(dir.path(), &v1).display().to_string()
+        );
+        assert_eq!(details.rows, Some(3));
+        assert!(details.committed_at.is_some_and(|t| t >= before));
     }
 
     #[tokio::test]

@@ -53,6 +53,7 @@ mod sink_http;
 mod sink_postgres;
 mod sink_s3_parquet;
 mod terraform;
+mod trace;
 mod util;
 
 static SUITE: RwLock<()> = RwLock::const_new(());

@@ -204,6 +204,38 @@ impl LedgerKey {
         }
     }
 
+    /// The rows and commit time of this version's committed row, if any
+    /// (`s3-ingest trace`); a missing ledger table is none, as in
+    /// [`Self::is_committed`].
+    pub(super) async fn commit_details(
+        &self,
+        client: &tokio_postgres::Client,
+        ledger: &str,
+    ) -> Result<Option<(Option<i64>, Option<chrono::DateTime<chrono::Utc>>)>, SinkError> {
+        // Microseconds since the epoch: no chrono feature in tokio-postgres.
+        let result = client
+            .query_opt(
+                &format!(
+                    "SELECT rows, (extract(epoch FROM committed_at) * 1000000)::bigint
+                     FROM {ledger} WHERE {} AND committed_at IS NOT NULL",
+                    LedgerKey::WHERE
+                ),
+                &self.params(),
+            )
+            .await;
+        match result {
+            Ok(row) => Ok(row.map(|row| {
+                let micros: Option<i64> = row.get(1);
+                (
+                    row.get(0),
+                    micros.and_then(chrono::DateTime::from_timestamp_micros),
+                )
+            })),
+            Err(err) if is_missing_relation(&err) => Ok(None),
+            Err(err) => Err(classify(&format!("read ledger {ledger}"), &err)),
+        }
+    }
+
     /// Records the rows and the commit time, in the transaction that is
     /// about to commit.
     pub(super) async fn record_commit(

@@ -125,7 +125,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::SslMode;
 
-use super::{CommitState, Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use super::{CommitDetails, CommitState, Lineage, Sink, SinkContext, SinkError, SinkWriter};
 use errors::{classify, pool_error};
 use ledger::LedgerKey;
 use table::{QualifiedName, Target};
@@ -263,5 +263,21 @@ impl Sink for PostgresSink {
         } else {
             CommitState::NotCommitted
         })
+    }
+
+    /// The ledger row's rows and `committed_at`; the location is the
+    /// target table.
+    async fn commit_details(&self, lineage: &Lineage) -> Result<Option<CommitDetails>, SinkError> {
+        let session = self.session().await?;
+        let key = LedgerKey::new(&self.target.configured, lineage);
+        let details = key
+            .commit_details(session.client(), &self.ledger.sql())
+            .await?;
+        session.release();
+        Ok(details.map(|(rows, committed_at)| CommitDetails {
+            location: key.table,
+            rows: rows.and_then(|rows| u64::try_from(rows).ok()),
+            committed_at,
+        }))
     }
 }

@@ -56,7 +56,9 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::parquet_dir::{lineage_metadata, output_path};
-use super::{CommitReceipt, CommitState, Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use super::{
+    CommitDetails, CommitReceipt, CommitState, Lineage, Sink, SinkContext, SinkError, SinkWriter,
+};
 pub use partition::{DEFAULT_PARTITION, PartitionTemplate};
 use upload::{Destination, ObjectUpload, s3_sink_error};
 
@@ -405,6 +407,61 @@ impl Sink for S3ParquetSink {
             }
         }
     }
+
+    /// The commit marker's body: the published objects, the rows and the
+    /// commit time.
+    async fn commit_details(&self, lineage: &Lineage) -> Result<Option<CommitDetails>, SinkError> {
+        let destination = &self.settings.destination;
+        let key = marker_key(&self.settings.prefix, lineage);
+        let uri = format!("s3://{}/{key}", destination.bucket);
+        let result = destination
+            .client
+            .get_object()
+            .bucket(&destination.bucket)
+            .key(&key)
+            .set_expected_bucket_owner(destination.expected_bucket_owner.clone())
+            .send()
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(aws_sdk_s3::error::SdkError::ServiceError(service))
+                if service.err().is_no_such_key() || service.raw().status().as_u16() == 404 =>
+            {
+                return Ok(None);
+            }
+            Err(err) => return Err(s3_sink_error("GetObject (commit marker)", &uri, &err)),
+        };
+        let body = output.body.collect().await.map_err(|err| {
+            SinkError::transient(format!("reading the commit marker {uri} failed: {err}"))
+        })?;
+        let marker: CommitMarker = serde_json::from_slice(&body.into_bytes()).map_err(|err| {
+            SinkError::permanent(format!("the commit marker {uri} does not parse: {err}"))
+        })?;
+        Ok(Some(CommitDetails {
+            location: marker_location(&marker, &uri),
+            rows: Some(marker.rows),
+            committed_at: Some(marker.committed_at),
+        }))
+    }
+}
+
+/// The objects a marker names, as `s3://` URIs (the first few), else the
+/// marker itself.
+fn marker_location(marker: &CommitMarker, marker_uri: &str) -> String {
+    const SHOWN: usize = 5;
+    let mut shown: Vec<String> = marker
+        .objects
+        .iter()
+        .take(SHOWN)
+        .map(|object| format!("s3://{}/{}", marker.bucket, object.key))
+        .collect();
+    if shown.is_empty() {
+        return format!("{marker_uri} (no objects)");
+    }
+    if marker.objects.len() > SHOWN {
+        shown.push(format!("and {} more", marker.objects.len() - SHOWN));
+    }
+    shown.join(", ")
 }
 
 /// A HeadObject answered 404: a HEAD response has no body, so no error

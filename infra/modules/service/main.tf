@@ -469,6 +469,22 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
+  # Without ListBucket, S3 answers 403 instead of 404 for the state object
+  # before its first write, and reconciliation could never start.
+  dynamic "statement" {
+    for_each = local.reconcile_state_arn == null ? [] : [1]
+    content {
+      sid       = "ReconcileStateLookup"
+      actions   = ["s3:ListBucket"]
+      resources = ["arn:${local.partition}:s3:::${split("/", trimprefix(var.reconcile.state, "s3://"))[0]}"]
+      condition {
+        test     = "StringEquals"
+        variable = "s3:prefix"
+        values   = [join("/", slice(split("/", trimprefix(var.reconcile.state, "s3://")), 1, length(split("/", trimprefix(var.reconcile.state, "s3://")))))]
+      }
+    }
+  }
+
   dynamic "statement" {
     for_each = length(var.s3_parquet_destinations) > 0 ? [1] : []
     content {

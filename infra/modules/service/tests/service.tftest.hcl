@@ -521,6 +521,10 @@ run "reconcile_sets_its_section_and_grants_its_state_object" {
     error_message = "the task role reads and writes the state object only"
   }
   assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ReconcileStateLookup"]) == toset(["arn:aws:s3:::acme-ops"]) && flatten([for c in one([for s in data.aws_iam_policy_document.task.statement : s.condition if s.sid == "ReconcileStateLookup"]) : [for v in c.values : "${c.variable} ${v}"]]) == ["s3:prefix s3-ingest/reconcile.json"]
+    error_message = "listing is limited to the state object's own key, so a missing state is 404"
+  }
+  assert {
     condition     = contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "S3_INGEST__RECONCILE__PREFIXES", value = "[\"s3://acme-vendor-drops/incoming/orders/\"]" }) && contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "S3_INGEST__RECONCILE__GRACE_SECS", value = "900" })
     error_message = "the reconcile section reaches the worker as environment overrides"
   }

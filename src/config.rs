@@ -535,6 +535,9 @@ pub enum SinkConfig {
         /// (or 128 Ki rows): bounds the writer's buffer for wide rows.
         #[serde(default = "default_parquet_dir_row_group_bytes")]
         row_group_bytes: usize,
+        /// `compression`, `compression_level`, `dictionary`, `statistics`.
+        #[serde(flatten)]
+        writer: crate::sink::parquet_settings::ParquetWriterSettings,
     },
     /// Newline-delimited JSON rows on standard output, for debugging.
     Stdout {},
@@ -578,6 +581,16 @@ struct ParquetDirFields {
     path: PathBuf,
     #[serde(default = "default_parquet_dir_row_group_bytes")]
     row_group_bytes: usize,
+    // ParquetWriterSettings' fields, spelled out: serde's flatten does not
+    // work with deny_unknown_fields.
+    #[serde(default)]
+    compression: Option<crate::sink::parquet_settings::Codec>,
+    #[serde(default)]
+    compression_level: Option<i32>,
+    #[serde(default)]
+    dictionary: crate::sink::parquet_settings::Dictionary,
+    #[serde(default)]
+    statistics: crate::sink::parquet_settings::Statistics,
 }
 
 #[derive(Deserialize)]
@@ -592,10 +605,20 @@ impl SinkType {
                 let ParquetDirFields {
                     path,
                     row_group_bytes,
+                    compression,
+                    compression_level,
+                    dictionary,
+                    statistics,
                 } = ParquetDirFields::deserialize(fields)?;
                 SinkConfig::ParquetDir {
                     path,
                     row_group_bytes,
+                    writer: crate::sink::parquet_settings::ParquetWriterSettings {
+                        compression,
+                        compression_level,
+                        dictionary,
+                        statistics,
+                    },
                 }
             }
             SinkType::Stdout => {
@@ -655,7 +678,8 @@ impl SinkConfig {
                 "row_group_bytes".into(),
                 format!("{row_group_bytes} is below the minimum of 1024"),
             )),
-            SinkConfig::ParquetDir { .. } | SinkConfig::Stdout {} => Ok(()),
+            SinkConfig::ParquetDir { writer, .. } => writer.validate(),
+            SinkConfig::Stdout {} => Ok(()),
             SinkConfig::Postgres(config) => config.validate(),
             SinkConfig::S3Parquet(config) => config.validate(),
             SinkConfig::Http(config) => config.validate(),
@@ -1058,6 +1082,40 @@ mod tests {
                 .to_string();
             assert!(err.contains(field), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn parquet_writer_settings_are_read_and_checked_per_sink() {
+        let text = MINIMAL.replace(
+            "path = \"/tmp/lake\"",
+            "path = \"/tmp/lake\"\ncompression = \"zstd\"\ncompression_level = 1\ndictionary = \"off\"\nstatistics = \"chunk\"",
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        match &config.sinks["lake"] {
+            SinkConfig::ParquetDir { writer, .. } => {
+                assert_eq!(
+                    writer.compression,
+                    Some(crate::sink::parquet_settings::Codec::Zstd)
+                );
+                assert_eq!(writer.compression_level, Some(1));
+                assert_eq!(
+                    writer.dictionary,
+                    crate::sink::parquet_settings::Dictionary::Off
+                );
+                assert_eq!(
+                    writer.statistics,
+                    crate::sink::parquet_settings::Statistics::Chunk
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = load_err(&text, &[("S3_INGEST__SINKS__LAKE__COMPRESSION", "snappy")]);
+        assert!(err.contains("sinks.lake.compression_level"), "{err}");
+        let err = load_err(
+            MINIMAL,
+            &[("S3_INGEST__SINKS__LAKE__COMPRESSION", "brotli")],
+        );
+        assert!(err.contains("brotli"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod parquet_dir;
+pub mod parquet_settings;
 pub mod postgres;
 pub mod s3_parquet;
 pub mod stdout;
@@ -204,9 +205,11 @@ pub fn build(
         SinkConfig::ParquetDir {
             path,
             row_group_bytes,
+            writer,
         } => Arc::new(
             parquet_dir::ParquetDirSink::new(name, path.clone())
-                .with_row_group_bytes(*row_group_bytes),
+                .with_row_group_bytes(*row_group_bytes)
+                .with_writer_settings(*writer),
         ),
         SinkConfig::Stdout {} => Arc::new(stdout::StdoutSink::new(name)),
         SinkConfig::Postgres(config) => {

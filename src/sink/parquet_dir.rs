@@ -25,12 +25,12 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
+use super::parquet_settings::ParquetWriterSettings;
 use super::{CommitDetails, CommitReceipt, CommitState, Lineage, Sink, SinkError, SinkWriter};
 
 /// Key-value metadata keys written into every file.
@@ -52,30 +52,6 @@ const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 
 /// Public so the benchmarks encode their floor the same way.
 pub const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Above this many columns, Parquet outputs are written without
-/// dictionary encoding and with LZ4 instead of zstd: each column writer
-/// keeps a dictionary interner (about 20 KiB) and a zstd context (about
-/// 16 KiB) from its first row on, which for a 9,999-column file was 376 MiB
-/// of writer state for 10 rows. Without both a column costs under 1 KiB.
-pub const WIDE_SCHEMA_COLUMNS: usize = 1000;
-
-/// The codec and dictionary setting for `schema`'s width (see
-/// `WIDE_SCHEMA_COLUMNS`); every Parquet-writing sink applies it.
-pub(crate) fn for_width(
-    builder: parquet::file::properties::WriterPropertiesBuilder,
-    schema: &SchemaRef,
-) -> parquet::file::properties::WriterPropertiesBuilder {
-    if schema.fields().len() <= WIDE_SCHEMA_COLUMNS {
-        builder
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_dictionary_enabled(true)
-    } else {
-        builder
-            .set_compression(Compression::LZ4_RAW)
-            .set_dictionary_enabled(false)
-    }
-}
-
 /// Encoded bytes per output row group unless the sink's `row_group_bytes`
 /// says otherwise: rows alone do not bound the buffer when rows are wide.
 pub const DEFAULT_ROW_GROUP_BYTES: usize = 32 << 20;
@@ -83,6 +59,8 @@ pub const DEFAULT_ROW_GROUP_BYTES: usize = 32 << 20;
 pub struct ParquetDirSink {
     name: String,
     root: PathBuf,
+    /// Codec, dictionary and statistics (`sinks.NAME.compression`, ...).
+    writer_settings: ParquetWriterSettings,
     /// A row group is flushed once its encoded size reaches this.
     row_group_bytes: usize,
     /// Bucket directories already swept of stale temporary files by this
@@ -95,9 +73,15 @@ impl ParquetDirSink {
         ParquetDirSink {
             name: name.to_owned(),
             root,
+            writer_settings: ParquetWriterSettings::default(),
             row_group_bytes: DEFAULT_ROW_GROUP_BYTES,
             swept: Arc::default(),
         }
+    }
+
+    pub fn with_writer_settings(mut self, settings: ParquetWriterSettings) -> ParquetDirSink {
+        self.writer_settings = settings;
+        self
     }
 
     pub fn with_row_group_bytes(mut self, row_group_bytes: usize) -> ParquetDirSink {
@@ -238,6 +222,7 @@ impl Sink for ParquetDirSink {
         let metadata = lineage_metadata(lineage);
         let swept = self.swept.clone();
         let row_group_bytes = self.row_group_bytes;
+        let writer_settings = self.writer_settings;
         let writer = tokio::task::spawn_blocking(move || {
             let dir = final_path.parent().expect("output path has a directory");
             let first_visit = swept
@@ -251,7 +236,7 @@ impl Sink for ParquetDirSink {
                     tracing::info!(dir = %dir.display(), removed, "removed temporary files left by killed workers");
                 }
             }
-            ParquetDirWriter::create(final_path, schema, metadata, row_group_bytes)
+            ParquetDirWriter::create(final_path, schema, metadata, writer_settings, row_group_bytes)
         })
         .await
         .map_err(|err| SinkError::transient(format!("writer task failed: {err}")))??;
@@ -321,6 +306,7 @@ impl ParquetDirWriter {
         final_path: PathBuf,
         schema: SchemaRef,
         metadata: Vec<KeyValue>,
+        writer_settings: ParquetWriterSettings,
         row_group_bytes: usize,
     ) -> Result<ParquetDirWriter, SinkError> {
         let dir = final_path.parent().expect("output path has a directory");
@@ -340,7 +326,8 @@ impl ParquetDirWriter {
         if let Err(err) = file.as_file().lock() {
             tracing::debug!(path = %temp_path.display(), error = %err, "cannot lock the temporary file");
         }
-        let properties = for_width(WriterProperties::builder(), &schema)
+        let properties = writer_settings
+            .apply(WriterProperties::builder(), &schema)
             // The writer holds a whole row group in memory before writing
             // it; the default (1M rows) can be ~100 MiB for wide rows. Rows
             // bound narrow data; `write` flushes by bytes for wide rows.
@@ -519,28 +506,6 @@ mod tests {
         assert_eq!(reader.metadata().num_row_groups(), 8);
     }
 
-    #[test]
-    fn wide_schemas_drop_dictionaries_and_zstd() {
-        let schema = |columns: usize| {
-            Arc::new(Schema::new(
-                (0..columns)
-                    .map(|c| Field::new(format!("c{c}"), DataType::Int64, true))
-                    .collect::<Vec<_>>(),
-            ))
-        };
-        let narrow = for_width(WriterProperties::builder(), &schema(WIDE_SCHEMA_COLUMNS)).build();
-        let wide = for_width(
-            WriterProperties::builder(),
-            &schema(WIDE_SCHEMA_COLUMNS + 1),
-        )
-        .build();
-        let column = parquet::schema::types::ColumnPath::from("c0");
-        assert!(narrow.dictionary_enabled(&column));
-        assert!(matches!(narrow.compression(&column), Compression::ZSTD(_)));
-        assert!(!wide.dictionary_enabled(&column));
-        assert_eq!(wide.compression(&column), Compression::LZ4_RAW);
-    }
-
     #[tokio::test]
     async fn commit_is_atomic_and_carries_lineage() {
         let dir = tempfile::tempdir().unwrap();
@@ -564,6 +529,29 @@ mod tests {
         assert_eq!(get(META_SOURCE_ETAG).as_deref(), Some("abc123"));
         assert_eq!(get(META_SOURCE_VERSION_ID).as_deref(), Some("v1"));
         assert_eq!(reader.metadata().file_metadata().num_rows(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_configured_codec_and_statistics_reach_the_file() {
+        use crate::sink::parquet_settings::{Codec, Statistics};
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetDirSink::new("lake", dir.path().to_owned()).with_writer_settings(
+            ParquetWriterSettings {
+                compression: Some(Codec::Snappy),
+                statistics: Statistics::None,
+                ..ParquetWriterSettings::default()
+            },
+        );
+        let lineage = lineage(Some("v1"));
+        let mut writer = sink.open(&lineage, batch(vec![]).schema()).await.unwrap();
+        writer.write(batch(vec![1, 2, 3])).await.unwrap();
+        writer.commit().await.unwrap();
+        let reader =
+            SerializedFileReader::new(File::open(output_path(dir.path(), &lineage)).unwrap())
+                .unwrap();
+        let column = reader.metadata().row_group(0).column(0);
+        assert_eq!(column.compression(), parquet::basic::Compression::SNAPPY);
+        assert!(column.statistics().is_none());
     }
 
     #[tokio::test]
@@ -706,6 +694,7 @@ mod sweep_tests {
             dir.path().join("live.parquet"),
             Arc::new(arrow::datatypes::Schema::empty()),
             Vec::new(),
+            ParquetWriterSettings::default(),
             DEFAULT_ROW_GROUP_BYTES,
         )
         .unwrap();

@@ -53,6 +53,8 @@ use async_trait::async_trait;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+
+use crate::sink::parquet_settings::ParquetWriterSettings;
 use serde::{Deserialize, Serialize};
 
 use super::parquet_dir::{lineage_metadata, output_path};
@@ -94,6 +96,17 @@ pub struct S3ParquetSinkConfig {
     /// write; more is a permanent error for that object.
     #[serde(default = "default_max_open_partitions")]
     pub max_open_partitions: usize,
+    /// Codec (`zstd`, `snappy`, `lz4`, `gzip`, `none`; default zstd, LZ4
+    /// on very wide schemas), its level, `dictionary` (`auto`, `on`,
+    /// `off`) and `statistics` (`page`, `chunk`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::sink::parquet_settings::Codec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    #[serde(default)]
+    pub dictionary: crate::sink::parquet_settings::Dictionary,
+    #[serde(default)]
+    pub statistics: crate::sink::parquet_settings::Statistics,
 }
 
 fn default_part_size_bytes() -> usize {
@@ -109,8 +122,19 @@ fn default_max_open_partitions() -> usize {
 }
 
 impl S3ParquetSinkConfig {
+    /// The Parquet writer settings this sink chose.
+    pub fn writer_settings(&self) -> ParquetWriterSettings {
+        ParquetWriterSettings {
+            compression: self.compression,
+            compression_level: self.compression_level,
+            dictionary: self.dictionary,
+            statistics: self.statistics,
+        }
+    }
+
     /// Errors are (field relative to `sinks.NAME.`, message).
     pub fn validate(&self) -> Result<(), (String, String)> {
+        self.writer_settings().validate()?;
         let invalid = |field: &str, message: String| Err((field.to_owned(), message));
         if self.bucket.is_empty() {
             return invalid("bucket", "must not be empty".into());
@@ -160,6 +184,7 @@ struct Settings {
     part_size_bytes: usize,
     row_group_bytes: usize,
     max_open_partitions: usize,
+    writer: ParquetWriterSettings,
 }
 
 pub struct S3ParquetSink {
@@ -190,6 +215,7 @@ impl S3ParquetSink {
                 part_size_bytes: config.part_size_bytes,
                 row_group_bytes: config.row_group_bytes,
                 max_open_partitions: config.max_open_partitions,
+                writer: config.writer_settings(),
             }),
         })
     }
@@ -342,7 +368,10 @@ impl Sink for S3ParquetSink {
                 marker_key.len()
             )));
         }
-        let properties = crate::sink::parquet_dir::for_width(WriterProperties::builder(), &schema)
+        let properties = self
+            .settings
+            .writer
+            .apply(WriterProperties::builder(), &schema)
             .set_key_value_metadata(Some(lineage_metadata(lineage)))
             .build();
         let mut outputs = PartitionOutputs {
@@ -820,9 +849,18 @@ mod tests {
             ("part_size_bytes = 1024", "part_size_bytes"),
             ("row_group_bytes = 0", "row_group_bytes"),
             ("max_open_partitions = 0", "max_open_partitions"),
+            (
+                "compression = \"lz4\"\ncompression_level = 3",
+                "compression_level",
+            ),
         ] {
             assert_eq!(config(extra).validate().unwrap_err().0, field, "{extra}");
         }
+        let snappy = config("compression = \"snappy\"\nstatistics = \"none\"");
+        assert_eq!(
+            snappy.writer_settings().compression_for(3),
+            parquet::basic::Compression::SNAPPY
+        );
         let path_as_bucket: S3ParquetSinkConfig = toml::from_str("bucket = \"lake/x\"").unwrap();
         assert_eq!(path_as_bucket.validate().unwrap_err().0, "bucket");
     }

@@ -53,7 +53,7 @@ pub struct ParquetWriterSettings {
     /// `None`: zstd, or LZ4 on schemas wider than [`WIDE_SCHEMA_COLUMNS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Codec>,
-    /// zstd 1..=22 (default 3), gzip 0..=10 (default 6); other codecs
+    /// zstd 1..=22 (default 1), gzip 0..=10 (default 6); other codecs
     /// have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<i32>,

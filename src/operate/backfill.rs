@@ -365,14 +365,11 @@ pub fn print_summary(
 
 /// Splits `s3://bucket/prefix` (the prefix may be empty).
 pub fn parse_location(uri: &str) -> Result<(String, String), String> {
-    let rest = uri
-        .strip_prefix("s3://")
-        .ok_or_else(|| format!("`{uri}` is not an s3://bucket/prefix location"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let (bucket, prefix) = crate::config::parse_s3_location(uri)?;
     if bucket.is_empty() {
         return Err(format!("`{uri}` names no bucket"));
     }
-    Ok((bucket.to_owned(), prefix.to_owned()))
+    Ok((bucket, prefix))
 }
 
 #[cfg(test)]

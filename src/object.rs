@@ -100,6 +100,30 @@ impl CurrentVersion {
         }
     }
 
+    /// This version as an object to ingest, announced by `origin` (a
+    /// backfill or reconciliation listing): pinned as a notification would
+    /// pin it, with its LastModified (else `listed_at`) as the event time.
+    pub fn to_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        listed_at: Option<chrono::DateTime<chrono::Utc>>,
+        origin: crate::notification::Origin,
+        event_name: &str,
+    ) -> ObjectRef {
+        ObjectRef {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            version_id: self.version_id.clone(),
+            etag: self.etag.clone(),
+            size: self.size,
+            sequencer: None,
+            event_time: self.last_modified.or(listed_at),
+            event_name: event_name.to_owned(),
+            origin,
+        }
+    }
+
     /// How this version is named in reports: its version id, else its ETag.
     pub fn identity(&self) -> &str {
         self.version_id

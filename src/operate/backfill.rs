@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::Ingestor;
-use crate::notification::{self, BACKFILL_EVENT_NAME, ObjectRef, Origin};
+use crate::notification::{self, BACKFILL_EVENT_NAME, Origin};
 use crate::object::S3Objects;
 use crate::queue::sqs::SqsQueue;
 use crate::route::Router;
@@ -255,17 +255,13 @@ impl Backfiller<'_> {
                 return;
             }
         };
-        let object = ObjectRef {
-            bucket: request.bucket.clone(),
-            key: key.to_owned(),
-            version_id: current.version_id.clone(),
-            etag: current.etag.clone(),
-            size: current.size,
-            sequencer: None,
-            event_time: current.last_modified.or(last_modified),
-            event_name: BACKFILL_EVENT_NAME.to_owned(),
-            origin: Origin::Backfill,
-        };
+        let object = current.to_object(
+            &request.bucket,
+            key,
+            last_modified,
+            Origin::Backfill,
+            BACKFILL_EVENT_NAME,
+        );
         match self.ingestor.commit_state(&object, &plan).await {
             Ok(CommitState::Committed) => {
                 summary.already_committed += 1;

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, ReconcileConfig, SinkConfig};
 use crate::ingest::Ingestor;
-use crate::notification::{self, ObjectRef, Origin, RECONCILE_EVENT_NAME};
+use crate::notification::{self, Origin, RECONCILE_EVENT_NAME};
 use crate::object::S3Objects;
 use crate::queue::sqs::SqsQueue;
 use crate::route::Router;
@@ -52,6 +52,16 @@ pub struct TickReport {
     pub found: u64,
     /// Prefixes whose cycle ended with this tick.
     pub cycles_completed: u64,
+}
+
+/// What checking one listed object came to.
+enum Checked {
+    /// Enqueued: no sink holds it.
+    Enqueued,
+    /// Not reconciliation's business, or already held.
+    Nothing,
+    /// Could not be looked up, asked about or enqueued: try again.
+    Failed,
 }
 
 /// Counts since start, for tests and the shutdown summary.
@@ -236,6 +246,7 @@ impl Reconciler {
             .await?;
         let grace = chrono::Duration::seconds(self.config.grace_secs as i64);
         let checked_until = progress.checked_until.unwrap_or(since).max(since);
+        let mut failed = false;
         for listed in &page.objects {
             report.listed += 1;
             self.stats.listed.fetch_add(1, Ordering::Relaxed);
@@ -245,10 +256,21 @@ impl Reconciler {
             if modified > now - grace || modified < checked_until {
                 continue;
             }
-            if self.enqueue_if_missing(bucket, &listed.key, modified).await {
-                report.found += 1;
-                self.stats.found.fetch_add(1, Ordering::Relaxed);
+            match self.enqueue_if_missing(bucket, &listed.key, modified).await {
+                Checked::Enqueued => {
+                    report.found += 1;
+                    self.stats.found.fetch_add(1, Ordering::Relaxed);
+                }
+                Checked::Failed => failed = true,
+                Checked::Nothing => {}
             }
+        }
+        // A page with an object that could not be checked or enqueued is
+        // listed again next tick: moving on would let the watermark pass
+        // it, and it would never be looked at again. What this page did
+        // enqueue is enqueued again then, and lands once.
+        if failed {
+            return Ok(());
         }
         match (page.next.is_some(), page.objects.last()) {
             (true, Some(last)) => progress.after = Some(last.key.clone()),
@@ -265,43 +287,44 @@ impl Reconciler {
     }
 
     /// Enqueues the object if a route claims it and no sink of the route
-    /// holds its current version. Returns whether it was enqueued.
-    async fn enqueue_if_missing(&self, bucket: &str, key: &str, modified: DateTime<Utc>) -> bool {
+    /// holds its current version.
+    async fn enqueue_if_missing(
+        &self,
+        bucket: &str,
+        key: &str,
+        modified: DateTime<Utc>,
+    ) -> Checked {
         let Some(route) = self.router.route(bucket, key) else {
-            return false;
+            return Checked::Nothing;
         };
         if self.excluded_routes.contains(&route.name) {
-            return false;
+            return Checked::Nothing;
         }
         let Ok(plan) = route.plan(key) else {
-            return false;
+            return Checked::Nothing;
         };
         let uri = format!("s3://{bucket}/{key}");
         let current = match self.objects.current_version(bucket, key).await {
             Ok(Some(current)) => current,
-            Ok(None) => return false,
+            Ok(None) => return Checked::Nothing,
             Err(err) => {
                 warn!(uri = %uri, error = %err, "reconciliation could not look the object up");
-                return false;
+                return Checked::Failed;
             }
         };
-        let object = ObjectRef {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            version_id: current.version_id.clone(),
-            etag: current.etag.clone(),
-            size: current.size,
-            sequencer: None,
-            event_time: current.last_modified.or(Some(modified)),
-            event_name: RECONCILE_EVENT_NAME.to_owned(),
-            origin: Origin::Reconcile,
-        };
+        let object = current.to_object(
+            bucket,
+            key,
+            Some(modified),
+            Origin::Reconcile,
+            RECONCILE_EVENT_NAME,
+        );
         match self.ingestor.commit_state(&object, &plan).await {
             Ok(CommitState::NotCommitted) => {}
-            Ok(_) => return false,
+            Ok(_) => return Checked::Nothing,
             Err(err) => {
                 warn!(uri = %uri, error = %err, "reconciliation could not ask the sinks");
-                return false;
+                return Checked::Failed;
             }
         }
         match self
@@ -316,11 +339,11 @@ impl Reconciler {
                 telemetry::object_reconciled(&route.name);
                 warn!(uri = %uri, route = %route.name, version = current.identity(),
                     "no notification of this object arrived; enqueued by reconciliation");
-                true
+                Checked::Enqueued
             }
             Err(err) => {
                 warn!(uri = %uri, error = %err, "reconciliation could not enqueue the object");
-                false
+                Checked::Failed
             }
         }
     }

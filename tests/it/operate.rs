@@ -2,12 +2,10 @@
 //! `purge` through the binary, SQS's native redrive of the worker's own
 //! envelopes, `backfill`, and plain object requests.
 
-use std::path::Path;
-use std::process::Output;
-
-use s3_ingest::config::Config;
-
-use crate::util::{self, Fixture, FixtureOptions, WAIT, queue_counts, wait_until};
+use crate::util::{
+    self, Fixture, FixtureOptions, WAIT, describe_output as describe, queue_counts, run_cli,
+    stdout_of, wait_until,
+};
 
 /// A route whose schema makes `id` an integer: a file with `id` = "three"
 /// is poison for it until the route is fixed (`id` as text).
@@ -20,34 +18,6 @@ fn typed_routes(id_type: &str) -> String {
         sink = "lake"
         schema = [{{ name = "id", type = "{id_type}" }}, {{ name = "name", type = "utf8" }}]
         "#
-    )
-}
-
-/// Runs `s3-ingest --config <config> ARGS` and returns its output.
-fn run_cli(config: &Config, dir: &Path, args: &[&str]) -> Output {
-    let path = dir.join(format!("cli-{}.toml", util::unique_id()));
-    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
-    util::worker_command()
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run the s3-ingest binary")
-}
-
-fn stdout_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
     )
 }
 

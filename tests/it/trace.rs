@@ -9,7 +9,10 @@ use std::process::Output;
 
 use s3_ingest::config::Config;
 
-use crate::util::{self, Fixture, FixtureOptions, WAIT, queue_counts, wait_until};
+use crate::util::{
+    self, Fixture, FixtureOptions, WAIT, describe_output as describe, queue_counts, run_cli,
+    stdout_of, wait_until,
+};
 
 /// As `operate.rs`: `id` is an integer, so `id` = "three" is poison.
 const TYPED_ROUTE: &str = r#"
@@ -22,18 +25,9 @@ const TYPED_ROUTE: &str = r#"
 
 /// Runs `s3-ingest --config <config> trace ARGS`.
 fn trace(config: &Config, dir: &Path, args: &[&str]) -> Output {
-    let path = dir.join(format!("trace-{}.toml", util::unique_id()));
-    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
-    util::worker_command()
-        .arg("--config")
-        .arg(&path)
-        .arg("trace")
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run the s3-ingest binary")
+    let mut all = vec!["trace"];
+    all.extend(args);
+    run_cli(config, dir, &all)
 }
 
 /// Runs `trace ARGS --format json`, which must succeed, and parses it.
@@ -44,19 +38,6 @@ fn trace_json(config: &Config, dir: &Path, args: &[&str]) -> serde_json::Value {
     assert!(output.status.success(), "{}", describe(&output));
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|err| panic!("{err}: {}", describe(&output)))
-}
-
-fn stdout_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 async fn wait_for_counts(fixture: &Fixture, url: &str, visible: u64) {

@@ -801,3 +801,34 @@ pub fn lineage(bucket: &str, key: &str, etag: &str, route: &str) -> s3_ingest::s
         route: route.into(),
     }
 }
+
+/// Runs `s3-ingest --config <config> ARGS` to the end (the operator's
+/// commands), with LocalStack's credentials; the config is written to
+/// `dir`.
+pub fn run_cli(config: &Config, dir: &Path, args: &[&str]) -> std::process::Output {
+    let path = dir.join(format!("cli-{}.toml", unique_id()));
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    worker_command()
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the s3-ingest binary")
+}
+
+pub fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's status and both outputs, for assertion messages.
+pub fn describe_output(output: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -324,6 +324,12 @@ pub struct WorkerConfig {
     /// files that take minutes. 0 receives only for free slots.
     #[serde(default = "default_max_prefetch")]
     pub max_prefetch: usize,
+    /// Threads that share the CPU work of objects (Parquet column
+    /// encoding, ...), so one large object can use every core. Unset: the
+    /// cores the task has (its cgroup's CPU quota on ECS). 1 keeps each
+    /// object's encoding on one thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_threads: Option<NonZeroUsize>,
 }
 
 fn default_concurrency() -> NonZeroUsize {
@@ -346,6 +352,7 @@ impl Default for WorkerConfig {
             shutdown_grace_secs: default_shutdown_grace_secs(),
             max_lease_secs: default_max_lease_secs(),
             max_prefetch: default_max_prefetch(),
+            cpu_threads: None,
         }
     }
 }
@@ -821,6 +828,14 @@ impl Config {
                 ),
             ));
         }
+        if let Some(threads) = self.worker.cpu_threads
+            && threads.get() > 256
+        {
+            return Err(invalid(
+                "worker.cpu_threads",
+                format!("{threads} is out of range 1..=256"),
+            ));
+        }
         if self.worker.max_prefetch > 1000 {
             return Err(invalid(
                 "worker.max_prefetch",
@@ -1177,6 +1192,14 @@ mod tests {
         let text = format!("{MINIMAL}\n[worker]\nmax_prefetch = 1001\n");
         let err = Config::from_toml_str(&text).unwrap_err().to_string();
         assert!(err.contains("worker.max_prefetch"), "{err}");
+        let text = format!("{MINIMAL}\n[worker]\ncpu_threads = 0\n");
+        assert!(Config::from_toml_str(&text).is_err());
+        let text = format!("{MINIMAL}\n[worker]\ncpu_threads = 257\n");
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("worker.cpu_threads"), "{err}");
+        let text = format!("{MINIMAL}\n[worker]\ncpu_threads = 2\n");
+        let threads = Config::from_toml_str(&text).unwrap().worker.cpu_threads;
+        assert_eq!(threads.map(NonZeroUsize::get), Some(2));
         let text = format!("{MINIMAL}\n[worker]\nmax_prefetch = 0\n");
         assert_eq!(Config::from_toml_str(&text).unwrap().worker.max_prefetch, 0);
     }

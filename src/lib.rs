@@ -15,6 +15,7 @@ pub mod lease;
 pub mod notification;
 pub mod object;
 pub mod operate;
+pub mod parallel;
 pub mod queue;
 pub mod reconcile;
 pub mod redact;
@@ -242,6 +243,7 @@ pub async fn build_worker_and_reconciler(
     config: &Config,
     clients: AwsClients,
 ) -> Result<(Worker, Option<reconcile::Reconciler>), RunError> {
+    parallel::init_pool(config.worker.cpu_threads);
     let queue = SqsQueue::new(clients.sqs.clone(), config.queue.url.clone());
     let dead_letters = config
         .queue

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod parquet_dir;
+pub mod parquet_encoder;
 pub mod parquet_settings;
 pub mod postgres;
 pub mod s3_parquet;

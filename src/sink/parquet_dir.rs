@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
+use super::parquet_encoder::ParquetEncoder;
 use super::parquet_settings::ParquetWriterSettings;
 use super::{CommitDetails, CommitReceipt, CommitState, Lineage, Sink, SinkError, SinkWriter};
 
@@ -293,12 +293,11 @@ impl Sink for ParquetDirSink {
 struct ParquetDirWriter {
     /// `None` once committed, or while a blocking task holds it. Dropping
     /// it removes the temporary file.
-    writer: Option<ArrowWriter<NamedTempFile>>,
+    writer: Option<ParquetEncoder<NamedTempFile>>,
     /// For messages only: the file belongs to the writer.
     temp_path: PathBuf,
     final_path: PathBuf,
     rows: u64,
-    row_group_bytes: usize,
 }
 
 impl ParquetDirWriter {
@@ -330,26 +329,25 @@ impl ParquetDirWriter {
             .apply(WriterProperties::builder(), &schema)
             // The writer holds a whole row group in memory before writing
             // it; the default (1M rows) can be ~100 MiB for wide rows. Rows
-            // bound narrow data; `write` flushes by bytes for wide rows.
+            // bound narrow data; `row_group_bytes` bounds wide rows.
             .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
             .set_key_value_metadata(Some(metadata))
             .build();
-        let writer = ArrowWriter::try_new(file, schema, Some(properties))
+        let writer = ParquetEncoder::try_new(file, schema, properties, row_group_bytes)
             .map_err(|err| SinkError::permanent(format!("parquet writer: {err}")))?;
         Ok(ParquetDirWriter {
             writer: Some(writer),
             temp_path,
             final_path,
             rows: 0,
-            row_group_bytes,
         })
     }
 
-    /// Runs `work` with the Arrow writer on a blocking thread: encoding and
+    /// Runs `work` with the encoder on a blocking thread: encoding and
     /// file I/O stay off the async runtime.
     async fn with_writer<T: Send + 'static>(
         &mut self,
-        work: impl FnOnce(&mut ArrowWriter<NamedTempFile>) -> Result<T, SinkError> + Send + 'static,
+        work: impl FnOnce(&mut ParquetEncoder<NamedTempFile>) -> Result<T, SinkError> + Send + 'static,
     ) -> Result<T, SinkError> {
         let mut writer = self
             .writer
@@ -384,15 +382,10 @@ impl SinkWriter for ParquetDirWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
         let rows = batch.num_rows() as u64;
         let path = self.temp_path.clone();
-        let row_group_bytes = self.row_group_bytes;
         self.with_writer(move |writer| {
             writer
                 .write(&batch)
-                .map_err(|err| parquet_error(&path, err))?;
-            if writer.in_progress_size() >= row_group_bytes {
-                writer.flush().map_err(|err| parquet_error(&path, err))?;
-            }
-            Ok(())
+                .map_err(|err| parquet_error(&path, err))
         })
         .await?;
         self.rows += rows;

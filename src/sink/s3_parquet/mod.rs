@@ -50,10 +50,11 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 
+use crate::sink::parquet_encoder::ParquetEncoder;
 use crate::sink::parquet_settings::ParquetWriterSettings;
 use serde::{Deserialize, Serialize};
 
@@ -512,7 +513,9 @@ fn is_not_found(
 
 /// One destination object being written.
 struct PartitionOutput {
-    writer: AsyncArrowWriter<ObjectUpload>,
+    /// Encodes into memory; each closed row group moves on to `upload`.
+    encoder: ParquetEncoder<Vec<u8>>,
+    upload: ObjectUpload,
     /// `s3://bucket/key` of the object, for messages.
     uri: String,
     rows: u64,
@@ -559,19 +562,36 @@ impl PartitionOutputs {
             key,
             self.settings.part_size_bytes,
         );
-        let writer = AsyncArrowWriter::try_new(
-            upload,
+        let encoder = ParquetEncoder::try_new(
+            Vec::new(),
             Arc::clone(&self.schema),
-            Some(self.properties.clone()),
+            self.properties.clone(),
+            self.settings.row_group_bytes,
         )
         .map_err(|err| SinkError::permanent(format!("cannot start a Parquet writer: {err}")))?;
         self.open.push(PartitionOutput {
-            writer,
+            encoder,
+            upload,
             uri,
             rows: 0,
         });
         self.index_of_path.insert(path, self.open.len() - 1);
         Ok(self.open.last_mut().expect("just pushed"))
+    }
+}
+
+impl PartitionOutput {
+    /// Moves what the encoder has written (closed row groups, the footer)
+    /// into the upload, which sends it in parts as they fill.
+    async fn upload_encoded(&mut self) -> Result<(), SinkError> {
+        let encoded = std::mem::take(self.encoder.inner_mut());
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        self.upload
+            .write(bytes::Bytes::from(encoded))
+            .await
+            .map_err(|err| parquet_sink_error(&self.uri, err))
     }
 }
 
@@ -594,24 +614,13 @@ fn parquet_sink_error(uri: &str, err: ParquetError) -> SinkError {
 
 impl PartitionOutputs {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
-        let row_group_bytes = self.settings.row_group_bytes;
         for (path, rows) in self.partitions.split(batch)? {
             let output = self.partition(path)?;
-            let uri = output.uri.clone();
             output
-                .writer
+                .encoder
                 .write(&rows)
-                .await
-                .map_err(|err| parquet_sink_error(&uri, err))?;
-            // Flushing by encoded size bounds the writer's buffer even for
-            // wide rows; the flushed row group goes into the upload buffer.
-            if output.writer.in_progress_size() >= row_group_bytes {
-                output
-                    .writer
-                    .flush()
-                    .await
-                    .map_err(|err| parquet_sink_error(&uri, err))?;
-            }
+                .map_err(|err| parquet_sink_error(&output.uri, err))?;
+            output.upload_encoded().await?;
             output.rows += rows.num_rows() as u64;
             self.rows += rows.num_rows() as u64;
         }
@@ -623,13 +632,17 @@ impl PartitionOutputs {
         // visible: a failure in the first phase publishes nothing.
         let mut uploads = Vec::with_capacity(self.open.len());
         for mut output in std::mem::take(&mut self.open) {
-            let uri = output.uri.clone();
             output
-                .writer
+                .encoder
                 .finish()
+                .map_err(|err| parquet_sink_error(&output.uri, err))?;
+            output.upload_encoded().await?;
+            output
+                .upload
+                .complete()
                 .await
-                .map_err(|err| parquet_sink_error(&uri, err))?;
-            uploads.push((output.writer.into_inner(), output.rows));
+                .map_err(|err| parquet_sink_error(&output.uri, err))?;
+            uploads.push((output.upload, output.rows));
         }
         let mut location = String::new();
         for (upload, rows) in &mut uploads {
@@ -674,10 +687,11 @@ impl PartitionOutputs {
     }
 }
 
-/// The sink's writer. Parquet encoding (and zstd) is CPU work that happens
-/// inside `AsyncArrowWriter::write`, so each call runs on a blocking
-/// thread that drives the future with the runtime's handle, as the
-/// Parquet decoder does; the S3 calls still use the runtime's I/O driver.
+/// The sink's writer. Parquet encoding (and compression) is CPU work
+/// (spread over the CPU pool by [`ParquetEncoder`]), so each call runs on
+/// a blocking thread that drives the future with the runtime's handle, as
+/// the Parquet decoder does; the S3 calls still use the runtime's I/O
+/// driver.
 struct S3ParquetWriter {
     /// `None` while a blocking task holds the outputs, or after a failed
     /// task (the outputs were dropped there, aborting their uploads).
@@ -814,8 +828,8 @@ mod tests {
 
     #[test]
     fn upload_errors_keep_their_class_through_parquets_error() {
-        // AsyncArrowWriter wraps our writer's error once more on row-group
-        // writes: External(External(SinkError)).
+        // Parquet's writers may wrap our upload's error more than once:
+        // External(External(SinkError)).
         let wrapped = ParquetError::External(Box::new(ParquetError::External(Box::new(
             SinkError::unavailable("SlowDown", "S3 UploadPart on s3://lake/k failed: SlowDown"),
         ))));

@@ -215,6 +215,8 @@ fn pipeline_csv(runtime: &tokio::runtime::Runtime, input: Bytes, codec: Option<C
                 declared_codec: codec,
                 object_bytes: input.len() as u64,
                 limits: Default::default(),
+                // One stream, as bare arrow-csv decodes it.
+                in_parallel: false,
             };
             decode_csv(Cursor::new(input), &job, &sender)
         });

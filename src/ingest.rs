@@ -402,6 +402,7 @@ impl Ingestor {
             declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),
             object_bytes: pinned.size,
             limits: plan.limits.clone(),
+            in_parallel: crate::parallel::threads() > 1,
         };
         let reader = chunk_reader(chunk_rx);
         let decode = tokio::task::spawn_blocking(move || decode_csv(reader, &job, &batches));

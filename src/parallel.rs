@@ -1,6 +1,7 @@
 //! The pool of CPU threads that lets one large object use every core:
 //! Parquet column chunks are encoded on it in parallel (see
-//! `sink::parquet_encoder`). One pool for the process, sized once by
+//! `sink::parquet_encoder`), and a large CSV object's chunks decoded
+//! (see `decode/csv/parallel.rs`). One pool for the process, sized once by
 //! `[worker] cpu_threads` (default: the cores the task has; Rust reads
 //! the cgroup's CPU quota, so on ECS the task's vCPUs), so objects in
 //! flight at once share the cores instead of multiplying threads.
@@ -19,4 +20,10 @@ pub fn init_pool(threads: Option<NonZeroUsize>) {
         Ok(()) => tracing::debug!(threads = rayon::current_num_threads(), "CPU pool ready"),
         Err(err) => tracing::debug!(error = %err, "CPU pool already set up"),
     }
+}
+
+/// Threads in the pool: with one, objects are decoded and encoded as one
+/// stream each, with no hand-offs.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
 }

@@ -5,6 +5,8 @@
 //! Memory is bounded by the read buffer, the schema-inference sample and one
 //! batch, however large the file.
 
+mod parallel;
+
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::sync::Arc;
 
@@ -38,6 +40,10 @@ pub struct CsvJob {
     /// decompression ratio is measured against.
     pub object_bytes: u64,
     pub limits: RouteLimits,
+    /// Whether an object larger than the head is cut into chunks that the
+    /// CPU pool decodes side by side (`parallel.rs`); the worker asks for
+    /// it when the pool has more than one thread.
+    pub in_parallel: bool,
 }
 
 /// Decodes `input` (raw object bytes, possibly compressed) and sends each
@@ -119,11 +125,24 @@ pub fn decode_csv(
         options.escape.map(|c| c as u8),
         options.comment.map(|c| c as u8),
     );
+
+    // An object larger than the head is cut into chunks of whole records
+    // that the CPU pool decodes side by side (see `parallel.rs`).
+    if !whole_input_in_head && job.in_parallel {
+        let chunks = parallel::Chunks {
+            job,
+            schema: schema.clone(),
+            format: format.clone(),
+            batch_rows,
+            blank_head_bytes,
+            decompress_error: &decompress_error,
+        };
+        return chunks.decode(Cursor::new(head).chain(reader), quotes, batches);
+    }
     let mut decoder = ReaderBuilder::new(schema.clone())
         .with_format(format)
         .with_batch_size(batch_rows)
         .build_decoder();
-
     // A streaming buffer is zero-filled once when first read into; only
     // objects larger than the head need one.
     let mut input: Box<dyn BufRead> = if whole_input_in_head {
@@ -160,25 +179,7 @@ pub fn decode_csv(
         // grown past the limit now, not when memory runs out.
         if quotes.open_record_bytes() > max_record_bytes as u64 {
             let row = summary.rows + (batch_rows - decoder.capacity()) as u64 + 1;
-            let start = blank_head_bytes + quotes.record_start();
-            let detail = match quotes.unterminated_quote() {
-                Some(opened_at) => format!(
-                    "the quoted field opened at byte {} is still open {} bytes into its record, \
-                     past limits.max_record_bytes ({max_record_bytes}): its closing quote is missing",
-                    blank_head_bytes + opened_at,
-                    quotes.open_record_bytes()
-                ),
-                None => format!(
-                    "the record starting at byte {start} has no line end within \
-                     limits.max_record_bytes ({max_record_bytes} bytes)"
-                ),
-            };
-            return Err(IngestError::Csv {
-                uri: job.uri.clone(),
-                first_row: row,
-                last_row: row,
-                detail,
-            });
+            return Err(record_too_long(job, &quotes, blank_head_bytes, row));
         }
         if at_end && let Some(opened_at) = quotes.unterminated_quote() {
             // Checked before the last flush: those rows hold the swallowed
@@ -187,10 +188,7 @@ pub fn decode_csv(
             return Err(csv_error(
                 &summary,
                 buffered,
-                format!(
-                    "the quoted field opened at byte {} is never closed (the file is truncated or its quoting is broken)",
-                    blank_head_bytes + opened_at
-                ),
+                never_closed(blank_head_bytes + opened_at),
             ));
         }
         if at_end || decoder.capacity() == 0 {
@@ -210,6 +208,43 @@ pub fn decode_csv(
     }
     summary.decoded_bytes = offset;
     Ok(summary)
+}
+
+/// The record being read has grown past `limits.max_record_bytes`
+/// without ending: `row` is its data row.
+fn record_too_long(
+    job: &CsvJob,
+    quotes: &QuoteTracker,
+    blank_head_bytes: u64,
+    row: u64,
+) -> IngestError {
+    let max_record_bytes = job.limits.max_record_bytes.get();
+    let start = blank_head_bytes + quotes.record_start();
+    let detail = match quotes.unterminated_quote() {
+        Some(opened_at) => format!(
+            "the quoted field opened at byte {} is still open {} bytes into its record, \
+             past limits.max_record_bytes ({max_record_bytes}): its closing quote is missing",
+            blank_head_bytes + opened_at,
+            quotes.open_record_bytes()
+        ),
+        None => format!(
+            "the record starting at byte {start} has no line end within \
+             limits.max_record_bytes ({max_record_bytes} bytes)"
+        ),
+    };
+    IngestError::Csv {
+        uri: job.uri.clone(),
+        first_row: row,
+        last_row: row,
+        detail,
+    }
+}
+
+/// The file ended inside the quoted field opened at byte `opened_at`.
+fn never_closed(opened_at: u64) -> String {
+    format!(
+        "the quoted field opened at byte {opened_at} is never closed (the file is truncated or its quoting is broken)"
+    )
 }
 
 fn csv_format(options: &CsvOptions) -> Format {
@@ -470,6 +505,7 @@ mod tests {
             declared_codec: None,
             object_bytes: 0,
             limits: RouteLimits::default(),
+            in_parallel: false,
         }
     }
 

@@ -73,8 +73,8 @@ impl<W: Write + Send> ParquetEncoder<W> {
         // `ArrowWriter` sets up the file as it would write it itself (the
         // Arrow schema in the footer, the properties' metadata), then
         // hands over its lower-level parts.
-        let (file, column_writers) =
-            ArrowWriter::try_new(out, schema.clone(), Some(properties))?.into_serialized_writer()?;
+        let (file, column_writers) = ArrowWriter::try_new(out, schema.clone(), Some(properties))?
+            .into_serialized_writer()?;
         Ok(ParquetEncoder {
             file,
             column_writers,

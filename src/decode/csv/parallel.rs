@@ -384,8 +384,8 @@ mod tests {
                     data,
                     "{id},\"multi\nline, \"\"quoted\"\"\r\nnote {id}\",{id}.5\r\n"
                 ),
-                1 => write!(data, "{id},,\n"),
-                _ => write!(data, "{id},plain note {id},{}\n", id as f64 / 4.0),
+                1 => writeln!(data, "{id},,"),
+                _ => writeln!(data, "{id},plain note {id},{}", id as f64 / 4.0),
             }
             .unwrap();
         }

@@ -83,8 +83,79 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
         assert!(ratio.is_finite() && ratio > 1.0, "{ratio}");
     }
 
+    // The codec table: zstd(1), then without dictionaries and with chunk
+    // statistics; every figure a number, every file non-empty.
+    let variants: Vec<(&str, &str)> = report
+        .codecs
+        .iter()
+        .map(|row| (row.codec.as_str(), row.variant))
+        .collect();
+    assert_eq!(
+        variants,
+        [
+            ("zstd(1)", "defaults"),
+            ("zstd(1)", "dictionary=off"),
+            ("zstd(1)", "statistics=chunk")
+        ]
+    );
+    for row in &report.codecs {
+        assert_eq!(row.worker.files, 1);
+        assert!(row.bare_input_bytes >= row.worker.bytes);
+        for figure in [
+            row.bare_encode_cpu_seconds_per_gib(),
+            row.bare_decode_encode_cpu_seconds_per_gib(),
+            row.worker.cpu_seconds_per_gib(),
+            row.output_mib_per_gib(row.worker_output_bytes),
+            row.output_mib_per_gib(row.bare_output_bytes),
+            row.output_ratio(),
+        ] {
+            assert!(figure.is_finite() && figure >= 0.0, "{figure}");
+        }
+        // Repeated to at least 4 MiB a sample: enough to tick the clock.
+        assert!(row.bare_decode_encode_cpu_seconds > 0.0);
+        assert!(row.worker_over_bare().is_finite());
+        assert!(row.worker_output_bytes > 0 && row.bare_output_bytes > 0);
+    }
+
+    // The lone object, with one CPU thread and then unset.
+    let threads: Vec<Option<usize>> = report
+        .lone
+        .iter()
+        .map(|lone| lone.cpu_threads.map(|n| n.get()))
+        .collect();
+    assert_eq!(threads, [Some(1), None]);
+    assert!(report.nproc >= 1 && !report.emulator_processes.is_empty());
+    for lone in &report.lone {
+        assert_eq!(
+            (lone.run.files, lone.run.bytes as usize >= 64 << 10),
+            (1, true)
+        );
+        assert!(lone.run.wall_seconds > 0.0 && lone.run.peak_rss_kib > 0);
+        for figure in [
+            lone.run.mb_per_second(),
+            lone.run.cores_used(),
+            lone.emulator_cpu_seconds(),
+            lone.emulator_cores(),
+        ] {
+            assert!(figure.is_finite() && figure >= 0.0, "{figure}");
+        }
+        // None only when LocalStack took every core over the span.
+        if let Some(share) = lone.share_of_free_cores(report.nproc) {
+            assert!(share.is_finite() && share >= 0.0, "{share}");
+        }
+    }
+
     let table = report.table();
     println!("{table}");
+    assert!(table.contains("Parquet codecs") && table.contains("statistics=chunk"));
+    assert!(table.contains("one large object on all cores") && table.contains("unset ÷"));
+    // Every number printed is finite ("inf" and "NaN" parse as floats).
+    assert!(
+        table
+            .split_whitespace()
+            .all(|word| word.parse::<f64>().map_or(true, f64::is_finite)),
+        "{table}"
+    );
     assert!(
         table.contains("10KiB") && table.contains("64KiB"),
         "{table}"

@@ -11,8 +11,8 @@ use arrow::record_batch::RecordBatch;
 use flate2::Compression as GzLevel;
 use flate2::write::GzEncoder;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use s3_ingest::sink::parquet_settings::ParquetWriterSettings;
 
 /// Rows per batch, as the worker's default `batch_rows`.
 pub const BATCH_ROWS: usize = 8192;
@@ -142,12 +142,19 @@ pub fn bare_csv_batches(mut input: impl BufRead, mut each: impl FnMut(RecordBatc
     }
 }
 
-/// The Parquet properties the `parquet_dir` sink writes with: zstd, and
-/// its bounded row groups (smaller row groups mean more dictionaries and
-/// more pages, so the floor must use the same bound).
+/// The Parquet properties the `parquet_dir` sink writes with by default
+/// (zstd level 1, dictionaries, page statistics), and its bounded row
+/// groups (smaller row groups mean more dictionaries and more pages, so the
+/// floor must use the same bound).
 pub fn sink_writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+    writer_properties(&ParquetWriterSettings::default())
+}
+
+/// The properties the `parquet_dir` sink writes [`schema`] with when
+/// configured with `settings`: the sink's own `apply` and row bound.
+pub fn writer_properties(settings: &ParquetWriterSettings) -> WriterProperties {
+    settings
+        .apply(WriterProperties::builder(), &schema())
         .set_max_row_group_row_count(Some(s3_ingest::sink::parquet_dir::MAX_ROW_GROUP_ROWS))
         .build()
 }
@@ -163,12 +170,47 @@ pub fn parquet_bytes(csv: &[u8]) -> Vec<u8> {
 /// Bare decode + Parquet encode, the floor the pipeline is measured against:
 /// returns the rows written.
 pub fn bare_csv_to_parquet(csv: &[u8]) -> u64 {
-    let mut writer =
-        ArrowWriter::try_new(std::io::sink(), schema(), Some(sink_writer_properties()))
-            .expect("writer for the bench schema");
+    bare_csv_to_parquet_with(csv, sink_writer_properties()).0
+}
+
+/// Bare decode + Parquet encode with `properties`, the output counted and
+/// dropped: returns (rows, Parquet bytes).
+pub fn bare_csv_to_parquet_with(csv: &[u8], properties: WriterProperties) -> (u64, u64) {
+    let mut writer = ArrowWriter::try_new(CountingSink(0), schema(), Some(properties))
+        .expect("writer for the bench schema");
     let rows = bare_csv_batches(csv, |batch| writer.write(&batch).expect("to a sink"));
-    writer.close().expect("to a sink");
-    rows
+    (rows, writer.into_inner().expect("to a sink").0)
+}
+
+/// The CSV decoded into batches, to encode without decoding.
+pub fn csv_batches(csv: &[u8]) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    bare_csv_batches(csv, |batch| batches.push(batch));
+    batches
+}
+
+/// Bare Parquet encode of already decoded `batches` with `properties`, the
+/// output counted and dropped: returns the Parquet bytes.
+pub fn bare_encode(batches: &[RecordBatch], properties: WriterProperties) -> u64 {
+    let mut writer = ArrowWriter::try_new(CountingSink(0), schema(), Some(properties))
+        .expect("writer for the bench schema");
+    for batch in batches {
+        writer.write(batch).expect("to a sink");
+    }
+    writer.into_inner().expect("to a sink").0
+}
+
+/// A writer that only counts the bytes written to it.
+pub struct CountingSink(pub u64);
+
+impl Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// "10KiB", "1MiB", "64MiB", "1GiB" or plain bytes.

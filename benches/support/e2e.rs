@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use s3_ingest::config::Config;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::schema::types::ColumnPath;
+use s3_ingest::config::{Config, SinkConfig};
+use s3_ingest::sink::parquet_settings::{Codec, Dictionary, ParquetWriterSettings, Statistics};
 
 use crate::callgrind;
 use crate::data;
@@ -56,6 +61,91 @@ pub struct Settings {
     /// A command the worker runs under (`BENCH_WORKER_PREFIX`, e.g. a
     /// profiler); empty for none.
     pub worker_prefix: Vec<String>,
+    /// The codec table's Parquet writer settings (`BENCH_CODECS`); empty
+    /// skips the table.
+    pub codecs: Vec<CodecSpec>,
+    /// The codec table's one object (`BENCH_CODEC_SIZE`).
+    pub codec_size: usize,
+    /// The lone large object (`BENCH_LONE_SIZE`), ingested with one CPU
+    /// thread and with all; 0 skips it.
+    pub lone_size: usize,
+}
+
+/// A codec as `BENCH_CODECS` names it: `snappy`, `lz4`, `zstd(3)`, ...
+#[derive(Clone)]
+pub struct CodecSpec {
+    pub label: String,
+    pub settings: ParquetWriterSettings,
+}
+
+impl CodecSpec {
+    /// `snappy`, `lz4`, `none`, `zstd`, `zstd(N)`, `gzip`, `gzip(N)`: the
+    /// sink's `compression` and `compression_level`, checked as the config
+    /// checks them. Panics on anything else.
+    pub fn parse(text: &str) -> CodecSpec {
+        let text = text.trim();
+        let (name, level) = match text.strip_suffix(')').and_then(|t| t.split_once('(')) {
+            Some((name, level)) => {
+                let level = level.trim().parse::<i32>().unwrap_or_else(|_| {
+                    panic!("BENCH_CODECS `{text}`: the level must be a number")
+                });
+                (name.trim(), Some(level))
+            }
+            None => (text, None),
+        };
+        let codec = match name.to_ascii_lowercase().as_str() {
+            "zstd" => Codec::Zstd,
+            "snappy" => Codec::Snappy,
+            "lz4" => Codec::Lz4,
+            "gzip" => Codec::Gzip,
+            "none" => Codec::None,
+            other => panic!(
+                "BENCH_CODECS: unknown codec `{other}` (snappy, lz4, zstd, zstd(N), gzip, gzip(N), none)"
+            ),
+        };
+        let settings = ParquetWriterSettings {
+            compression: Some(codec),
+            compression_level: level,
+            ..ParquetWriterSettings::default()
+        };
+        if let Err((field, message)) = settings.validate() {
+            panic!("BENCH_CODECS `{text}`: {field}: {message}");
+        }
+        CodecSpec {
+            label: text.to_owned(),
+            settings,
+        }
+    }
+
+    /// zstd level 1, the sink's default codec.
+    fn is_sink_default_codec(&self) -> bool {
+        self.settings.compression_for(data::schema().fields().len())
+            == Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1"))
+    }
+}
+
+/// The rows of the codec table: each codec with the sink's other defaults,
+/// and after zstd(1) (the sink's default codec; the first codec when the
+/// list has no zstd(1)) the same codec without dictionaries and with
+/// statistics per column chunk only.
+fn codec_variants(codecs: &[CodecSpec]) -> Vec<(CodecSpec, &'static str)> {
+    let extra_at = codecs
+        .iter()
+        .position(CodecSpec::is_sink_default_codec)
+        .unwrap_or(0);
+    let mut variants = Vec::new();
+    for (at, spec) in codecs.iter().enumerate() {
+        variants.push((spec.clone(), "defaults"));
+        if at == extra_at {
+            let mut no_dictionary = spec.clone();
+            no_dictionary.settings.dictionary = Dictionary::Off;
+            variants.push((no_dictionary, "dictionary=off"));
+            let mut chunk_statistics = spec.clone();
+            chunk_statistics.settings.statistics = Statistics::Chunk;
+            variants.push((chunk_statistics, "statistics=chunk"));
+        }
+    }
+    variants
 }
 
 impl Settings {
@@ -100,6 +190,20 @@ impl Settings {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            // Empty: skip the codec table.
+            codecs: env("BENCH_CODECS")
+                .unwrap_or("snappy,lz4,zstd(1),zstd(3),none".into())
+                .split(',')
+                .filter(|codec| !codec.trim().is_empty())
+                .map(CodecSpec::parse)
+                .collect(),
+            codec_size: data::parse_size(&env("BENCH_CODEC_SIZE").unwrap_or("256MiB".into())),
+            // Empty or 0: skip the lone object.
+            lone_size: match env("BENCH_LONE_SIZE") {
+                None => 1 << 30,
+                Some(text) if text.trim().is_empty() => 0,
+                Some(text) => data::parse_size(&text),
+            },
         }
     }
 
@@ -119,6 +223,10 @@ impl Settings {
             instruction_sizes: vec![10 << 10],
             bare_floor_binary: std::env::current_exe().expect("the test's own path"),
             worker_prefix: Vec::new(),
+            // One codec, plus its dictionary=off and statistics=chunk rows.
+            codecs: vec![CodecSpec::parse("zstd(1)")],
+            codec_size: 64 << 10,
+            lone_size: 64 << 10,
         }
     }
 
@@ -154,6 +262,9 @@ pub struct IngestRun {
     pub peak_rss_kib: u64,
     /// `elapsed_ms` of each "object committed" line.
     pub elapsed_ms: Vec<f64>,
+    /// The emulator's CPU seconds (utime + stime of its processes) over
+    /// the span `cpu_seconds` covers, when asked for.
+    pub emulator_cpu_seconds: Option<f64>,
 }
 
 impl IngestRun {
@@ -173,6 +284,10 @@ impl IngestRun {
     }
     pub fn cpu_seconds_per_gib(&self) -> f64 {
         self.cpu_seconds / (self.bytes as f64 / GIB)
+    }
+    /// Cores the worker used on average: its CPU seconds ÷ wall seconds.
+    pub fn cores_used(&self) -> f64 {
+        self.cpu_seconds / self.wall_seconds
     }
     /// How busy the worker's object slots were: the sum of the objects'
     /// ingest times over wall time × concurrency. Low means the time went
@@ -213,6 +328,79 @@ impl InstructionRow {
     }
 }
 
+/// One row of the codec table: a codec and writer settings, the bare
+/// encoder and the worker on the same object.
+pub struct CodecRow {
+    /// As `BENCH_CODECS` names it.
+    pub codec: String,
+    /// "defaults", or the one setting changed from them.
+    pub variant: &'static str,
+    pub settings: ParquetWriterSettings,
+    /// CSV bytes each bare measurement covers (the object, repeated for
+    /// small ones so the CPU clock's 10 ms ticks do not dominate).
+    pub bare_input_bytes: u64,
+    /// Parquet encode only (the CSV decoded beforehand), thread CPU.
+    pub bare_encode_cpu_seconds: f64,
+    /// Decode + encode, thread CPU.
+    pub bare_decode_encode_cpu_seconds: f64,
+    /// The bare encoder's Parquet bytes for the object (once).
+    pub bare_output_bytes: u64,
+    /// The worker on one object of the same bytes.
+    pub worker: IngestRun,
+    /// The Parquet file the worker wrote.
+    pub worker_output_bytes: u64,
+}
+
+impl CodecRow {
+    fn per_gib(&self, seconds: f64) -> f64 {
+        seconds / (self.bare_input_bytes as f64 / GIB)
+    }
+    pub fn bare_encode_cpu_seconds_per_gib(&self) -> f64 {
+        self.per_gib(self.bare_encode_cpu_seconds)
+    }
+    pub fn bare_decode_encode_cpu_seconds_per_gib(&self) -> f64 {
+        self.per_gib(self.bare_decode_encode_cpu_seconds)
+    }
+    /// The worker's CPU s/GiB ÷ bare decode + encode's.
+    pub fn worker_over_bare(&self) -> f64 {
+        self.worker.cpu_seconds_per_gib() / self.bare_decode_encode_cpu_seconds_per_gib()
+    }
+    /// Output MiB per GiB of CSV input.
+    pub fn output_mib_per_gib(&self, output_bytes: u64) -> f64 {
+        (output_bytes as f64 / MIB) / (self.worker.bytes as f64 / GIB)
+    }
+    /// The worker's output ÷ its CSV input.
+    pub fn output_ratio(&self) -> f64 {
+        self.worker_output_bytes as f64 / self.worker.bytes as f64
+    }
+}
+
+/// The lone large object, with `cpu_threads` as set.
+pub struct LoneRun {
+    /// `[worker] cpu_threads`; `None` is unset (every core).
+    pub cpu_threads: Option<NonZeroUsize>,
+    pub run: IngestRun,
+}
+
+impl LoneRun {
+    pub fn emulator_cpu_seconds(&self) -> f64 {
+        self.run
+            .emulator_cpu_seconds
+            .expect("the lone runs measure the emulator")
+    }
+    /// Cores the emulator used on average over the worker's span.
+    pub fn emulator_cores(&self) -> f64 {
+        self.emulator_cpu_seconds() / self.run.wall_seconds
+    }
+    /// The worker's cores ÷ the cores the emulator left it (`nproc` − the
+    /// emulator's cores): the target is ≥ 0.9. `None` when the emulator
+    /// took every core over the span (a tiny object).
+    pub fn share_of_free_cores(&self, nproc: usize) -> Option<f64> {
+        let free = nproc as f64 - self.emulator_cores();
+        (free > 0.0).then(|| self.run.cores_used() / free)
+    }
+}
+
 pub struct Report {
     pub sizes: Vec<SizeRow>,
     pub scaling: Vec<(usize, IngestRun)>,
@@ -225,13 +413,26 @@ pub struct Report {
     pub instructions: Vec<InstructionRow>,
     pub concurrency: usize,
     pub bare_sample_bytes: usize,
+    pub codecs: Vec<CodecRow>,
+    pub codec_size: usize,
+    pub lone: Vec<LoneRun>,
+    pub lone_size: usize,
+    /// The cores this process may use (`available_parallelism`: affinity
+    /// and the cgroup's quota), as `nproc` counts them.
+    pub nproc: usize,
+    /// Which processes the emulator CPU column sums, for the table.
+    pub emulator_processes: String,
 }
 
 pub async fn run(settings: &Settings) -> Report {
     if !settings.instruction_sizes.is_empty() {
         callgrind::require_valgrind();
     }
-    let bare_sample = data::csv_bytes(settings.bare_sample_bytes, 42);
+    let bare_sample = if settings.sizes.is_empty() {
+        Vec::new()
+    } else {
+        data::csv_bytes(settings.bare_sample_bytes, 42)
+    };
     let mut sizes = Vec::new();
     for &size in &settings.sizes {
         let files = settings.files_for(size);
@@ -281,6 +482,41 @@ pub async fn run(settings: &Settings) -> Report {
     } else {
         (Vec::new(), Vec::new())
     };
+    let codec_variants = codec_variants(&settings.codecs);
+    let mut codecs = Vec::new();
+    if !codec_variants.is_empty() {
+        // The bare measurements' input, the same bytes the worker gets.
+        let body = data::csv_bytes(settings.codec_size, 42);
+        let batches = data::csv_batches(&body);
+        for (spec, variant) in codec_variants {
+            eprintln!(
+                "bench e2e: codec {} ({variant}), 1 × {} ...",
+                spec.label,
+                data::format_size(settings.codec_size)
+            );
+            codecs.push(codec_row(settings, &spec, variant, &body, &batches).await);
+        }
+    }
+    let mut lone = Vec::new();
+    let mut emulator_processes = String::new();
+    if settings.lone_size > 0 {
+        let emulator = EmulatorProcesses::find();
+        emulator_processes = emulator.describe();
+        for cpu_threads in [NonZeroUsize::new(1), None] {
+            eprintln!(
+                "bench e2e: lone object, 1 × {}, cpu_threads {} ...",
+                data::format_size(settings.lone_size),
+                cpu_threads.map_or("unset".into(), |n| n.to_string())
+            );
+            let mut setup = WorkerSetup::measured(settings, settings.concurrency);
+            setup.declared_schema = true;
+            setup.cpu_threads = cpu_threads;
+            setup.emulator = Some(&emulator);
+            let (fixture, keys, run) = ingest_run(settings, settings.lone_size, 1, &setup).await;
+            delete_objects(&fixture, &keys).await;
+            lone.push(LoneRun { cpu_threads, run });
+        }
+    }
     let mut instructions = Vec::new();
     for &size in &settings.instruction_sizes {
         let files = settings.files_for(size);
@@ -300,11 +536,125 @@ pub async fn run(settings: &Settings) -> Report {
         instructions,
         concurrency: settings.concurrency,
         bare_sample_bytes: settings.bare_sample_bytes,
+        codecs,
+        codec_size: settings.codec_size,
+        lone,
+        lone_size: settings.lone_size,
+        nproc: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        emulator_processes,
+    }
+}
+
+/// One row of the codec table: bare encode and decode + encode of `body`
+/// with the sink's properties for `spec`, then the worker ingesting the
+/// same bytes as one object with the sink configured so, and the size of
+/// the file it wrote (checked to carry the chosen codec, dictionary and
+/// statistics).
+async fn codec_row(
+    settings: &Settings,
+    spec: &CodecSpec,
+    variant: &'static str,
+    body: &[u8],
+    batches: &[arrow::record_batch::RecordBatch],
+) -> CodecRow {
+    // Small objects are encoded several times over (a writer each time,
+    // as the sink writes a file per object), so each sample is enough CPU
+    // to measure with the clock's 10 ms ticks.
+    let repeats = (settings.bare_sample_bytes / body.len().max(1)).max(1);
+    let bare_output_bytes = data::bare_encode(batches, data::writer_properties(&spec.settings));
+    let bare_encode_cpu_seconds = median_thread_cpu_seconds(3, || {
+        for _ in 0..repeats {
+            let bytes = data::bare_encode(batches, data::writer_properties(&spec.settings));
+            assert_eq!(bytes, bare_output_bytes, "the same batches encode the same");
+        }
+    });
+    let bare_decode_encode_cpu_seconds = median_thread_cpu_seconds(3, || {
+        for _ in 0..repeats {
+            let (rows, _) =
+                data::bare_csv_to_parquet_with(body, data::writer_properties(&spec.settings));
+            assert!(rows > 0);
+        }
+    });
+
+    let mut setup = WorkerSetup::measured(settings, settings.concurrency);
+    setup.declared_schema = true;
+    setup.writer = spec.settings;
+    let (fixture, keys, worker) = ingest_run(settings, settings.codec_size, 1, &setup).await;
+    delete_objects(&fixture, &keys).await;
+    let files = crate::util::parquet_files(fixture.output_dir());
+    assert_eq!(files.len(), 1, "one object, one Parquet file: {files:?}");
+    check_written_with(&files[0], &data::writer_properties(&spec.settings));
+    let worker_output_bytes = std::fs::metadata(&files[0])
+        .expect("the worker's Parquet file")
+        .len();
+    CodecRow {
+        codec: spec.label.clone(),
+        variant,
+        settings: spec.settings,
+        bare_input_bytes: (body.len() * repeats) as u64,
+        bare_encode_cpu_seconds,
+        bare_decode_encode_cpu_seconds,
+        bare_output_bytes,
+        worker,
+        worker_output_bytes,
+    }
+}
+
+/// Panics unless every column chunk of the Parquet file at `path` has the
+/// codec, dictionary (a dictionary page or none) and statistics level (a
+/// column index only with page statistics) `expected` asks for: the
+/// worker's figures must be for the settings the row names. A file does
+/// not record the codec's level (the reader reports zstd as level 1), so
+/// only the codec itself is compared.
+fn check_written_with(path: &Path, expected: &WriterProperties) {
+    let file = std::fs::File::open(path).expect("the worker's Parquet file");
+    let reader = SerializedFileReader::new(file).expect("the worker's file is Parquet");
+    for row_group in reader.metadata().row_groups() {
+        for column in row_group.columns() {
+            let name = ColumnPath::new(column.column_path().parts().to_vec());
+            assert_eq!(
+                std::mem::discriminant(&column.compression()),
+                std::mem::discriminant(&expected.compression(&name)),
+                "{}: codec of {name}: {:?}, expected {:?}",
+                path.display(),
+                column.compression(),
+                expected.compression(&name)
+            );
+            assert_eq!(
+                column.dictionary_page_offset().is_some(),
+                expected.dictionary_enabled(&name),
+                "{}: dictionary page of {name}",
+                path.display()
+            );
+            assert_eq!(
+                column.column_index_offset().is_some(),
+                expected.statistics_enabled(&name)
+                    == parquet::file::properties::EnabledStatistics::Page,
+                "{}: column index (page statistics) of {name}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Deletes the run's source objects: the codec and lone objects are large
+/// and LocalStack keeps every bucket until it stops.
+async fn delete_objects(fixture: &Fixture, keys: &[String]) {
+    for key in keys {
+        fixture
+            .clients
+            .s3
+            .delete_object()
+            .bucket(&fixture.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("DeleteObject");
     }
 }
 
 /// How the worker under measurement runs.
-struct WorkerSetup {
+struct WorkerSetup<'a> {
     concurrency: usize,
     /// A command it runs under (a profiler), or empty.
     prefix: Vec<String>,
@@ -313,16 +663,26 @@ struct WorkerSetup {
     declared_schema: bool,
     /// Whether it runs under callgrind for the instruction count.
     counted: bool,
+    /// The `parquet_dir` sink's writer settings.
+    writer: ParquetWriterSettings,
+    /// `[worker] cpu_threads`.
+    cpu_threads: Option<NonZeroUsize>,
+    /// The emulator's processes, when its CPU is measured too.
+    emulator: Option<&'a EmulatorProcesses>,
 }
 
-impl WorkerSetup {
-    /// As the throughput table runs it: `BENCH_WORKER_PREFIX`, no schema.
-    fn measured(settings: &Settings, concurrency: usize) -> WorkerSetup {
+impl WorkerSetup<'_> {
+    /// As the throughput table runs it: `BENCH_WORKER_PREFIX`, no schema,
+    /// the sink's default writer settings and CPU threads.
+    fn measured(settings: &Settings, concurrency: usize) -> WorkerSetup<'static> {
         WorkerSetup {
             concurrency,
             prefix: settings.worker_prefix.clone(),
             declared_schema: false,
             counted: false,
+            writer: ParquetWriterSettings::default(),
+            cpu_threads: None,
+            emulator: None,
         }
     }
 }
@@ -334,7 +694,7 @@ async fn ingest_run(
     settings: &Settings,
     size: usize,
     files: usize,
-    setup: &WorkerSetup,
+    setup: &WorkerSetup<'_>,
 ) -> (Fixture, Vec<String>, IngestRun) {
     let fixture = Fixture::new("bench").await;
     let body = data::csv_bytes(size, 42);
@@ -354,6 +714,11 @@ async fn ingest_run(
     let routes = setup.declared_schema.then(data::route_with_schema_toml);
     let mut config = fixture.config(routes.as_deref());
     config.worker.concurrency = NonZeroUsize::new(setup.concurrency).expect("concurrency ≥ 1");
+    config.worker.cpu_threads = setup.cpu_threads;
+    match config.sinks.get_mut("lake") {
+        Some(SinkConfig::ParquetDir { writer, .. }) => *writer = setup.writer,
+        _ => panic!("the fixture's config has the `lake` parquet_dir sink"),
+    }
     if setup.counted {
         // Idle receives are timer-driven: a run 50 times slower would
         // count 50 times as many. The longest long poll makes them rare.
@@ -370,8 +735,10 @@ async fn ingest_run(
     };
     let started = worker.wait_for_lines("worker started", 1, deadline);
     let cpu_before = worker.cpu_seconds();
+    let emulator_before = setup.emulator.map(EmulatorProcesses::cpu_seconds);
     let committed = worker.wait_for_lines("object committed", files, deadline);
     let cpu_after = worker.cpu_seconds();
+    let emulator_after = setup.emulator.map(EmulatorProcesses::cpu_seconds);
     let peak_rss_kib = worker.peak_rss_kib();
     worker.stop();
 
@@ -385,6 +752,7 @@ async fn ingest_run(
         system_seconds: cpu_after.1 - cpu_before.1,
         peak_rss_kib,
         elapsed_ms: committed.iter().map(|line| line.elapsed_ms).collect(),
+        emulator_cpu_seconds: emulator_before.zip(emulator_after).map(|(b, a)| a - b),
     };
     (fixture, keys, run)
 }
@@ -457,20 +825,29 @@ async fn latency(settings: &Settings) -> (Vec<f64>, Vec<f64>) {
 /// of a shared machine, which the worker's longer run does not get).
 fn bare_decode_encode_cpu_seconds_per_gib(body: &[u8], files: usize) -> f64 {
     let files = files.max(1);
+    let seconds = median_thread_cpu_seconds(5, || {
+        for _ in 0..files {
+            let rows = data::bare_csv_to_parquet(body);
+            assert!(rows > 0);
+        }
+    });
+    seconds / ((body.len() * files) as f64 / GIB)
+}
+
+/// The median over `runs` runs of `work`'s CPU seconds, on a thread of its
+/// own (its CPU clock counts only `work`).
+fn median_thread_cpu_seconds(runs: usize, work: impl Fn() + Sync) -> f64 {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let mut seconds: Vec<f64> = (0..5)
+                let mut seconds: Vec<f64> = (0..runs)
                     .map(|_| {
                         let before = thread_cpu_seconds();
-                        for _ in 0..files {
-                            let rows = data::bare_csv_to_parquet(body);
-                            assert!(rows > 0);
-                        }
+                        work();
                         thread_cpu_seconds() - before
                     })
                     .collect();
-                data::percentile(&mut seconds, 0.5) / ((body.len() * files) as f64 / GIB)
+                data::percentile(&mut seconds, 0.5)
             })
             .join()
             .expect("bare baseline thread")
@@ -491,10 +868,10 @@ async fn instruction_row(settings: &Settings, size: usize, files: usize) -> Inst
             .path()
             .join(format!("worker-declared-{declared_schema}.callgrind"));
         let setup = WorkerSetup {
-            concurrency: settings.concurrency,
             prefix: callgrind::command(&profile),
             declared_schema,
             counted: true,
+            ..WorkerSetup::measured(settings, settings.concurrency)
         };
         let (_fixture, _keys, run) = ingest_run(settings, size, files, &setup).await;
         *counted = callgrind::total_instructions(&profile);
@@ -579,6 +956,202 @@ fn stat_user_system_seconds(path: &Path) -> (f64, f64) {
 
 fn thread_cpu_seconds() -> f64 {
     stat_cpu_seconds(Path::new("/proc/thread-self/stat"))
+}
+
+/// The fields of a `/proc/.../stat` file from field 3 (state) on, or
+/// `None` when the process is gone.
+fn stat_fields(path: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let after_name = text.get(text.rfind(')')? + 2..)?;
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The emulator's processes, so its CPU can be read beside the worker's:
+/// the process(es) listening on the endpoint's TCP port (the listening
+/// socket's inode from `/proc/net/tcp` and `tcp6`, found among the links in
+/// `/proc/*/fd`), else the pid in `localstack/localstack.sh`'s pid file;
+/// and, each time the CPU is read, every process descended from them.
+pub struct EmulatorProcesses {
+    roots: Vec<u32>,
+    how: String,
+}
+
+impl EmulatorProcesses {
+    /// Panics, saying what it looked at, when neither way finds a process.
+    pub fn find() -> EmulatorProcesses {
+        let port = endpoint_port(&crate::util::endpoint());
+        let roots = listening_pids(port);
+        if !roots.is_empty() {
+            return EmulatorProcesses {
+                roots,
+                how: format!("listening on port {port}"),
+            };
+        }
+        let state_dir = std::env::var("S3I_STATE_DIR").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/s3-ingest",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let pid_file = PathBuf::from(state_dir).join("localstack.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .filter(|pid| Path::new(&format!("/proc/{pid}/stat")).exists());
+        match pid {
+            Some(pid) => EmulatorProcesses {
+                roots: vec![pid],
+                how: format!("from {}", pid_file.display()),
+            },
+            None => panic!(
+                "cannot find the emulator's process to measure its CPU: no process this user can see listens on port {port} (/proc/net/tcp{{,6}}, /proc/*/fd) and {} names no live process",
+                pid_file.display()
+            ),
+        }
+    }
+
+    /// The roots and every process descended from them, now.
+    fn pids(&self) -> Vec<u32> {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (pid, _) in proc_pids() {
+            if let Some(ppid) = stat_fields(&PathBuf::from(format!("/proc/{pid}/stat")))
+                .and_then(|fields| fields.get(1)?.parse::<u32>().ok())
+            {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+        let mut pids = self.roots.clone();
+        let mut at = 0;
+        while at < pids.len() {
+            for &child in children.get(&pids[at]).map_or(&[][..], Vec::as_slice) {
+                if !pids.contains(&child) {
+                    pids.push(child);
+                }
+            }
+            at += 1;
+        }
+        pids
+    }
+
+    /// utime + stime of the processes (every thread, live or ended) and of
+    /// their ended children that were waited for (cutime + cstime).
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| stat_fields(&PathBuf::from(format!("/proc/{pid}/stat"))))
+            .map(|fields| {
+                // Fields 14-17: utime, stime, cutime, cstime.
+                fields[11..15]
+                    .iter()
+                    .map(|ticks| ticks.parse::<f64>().unwrap_or(0.0))
+                    .sum::<f64>()
+                    / ticks_per_second()
+            })
+            .sum()
+    }
+
+    /// For the table: which processes, and how they were found.
+    pub fn describe(&self) -> String {
+        let roots: Vec<String> = self
+            .roots
+            .iter()
+            .map(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                // The program's file name and its arguments.
+                let mut words: Vec<String> = String::from_utf8_lossy(&cmdline)
+                    .split('\0')
+                    .filter(|word| !word.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(program) = words.first_mut() {
+                    *program = program.rsplit('/').next().unwrap_or_default().to_owned();
+                }
+                let mut cmdline = words.join(" ");
+                if cmdline.chars().count() > 80 {
+                    cmdline = cmdline.chars().take(77).collect::<String>() + "...";
+                }
+                format!("pid {pid} `{cmdline}`")
+            })
+            .collect();
+        let descendants = self.pids().len() - self.roots.len();
+        format!(
+            "{} ({}) and {descendants} descendant process(es)",
+            roots.join(", "),
+            self.how
+        )
+    }
+}
+
+/// The port of an `http://host:port/...` endpoint (80 or 443 when none).
+fn endpoint_port(endpoint: &str) -> u16 {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rsplit_once(':') {
+        Some((_, port)) if !port.ends_with(']') => port
+            .parse()
+            .unwrap_or_else(|_| panic!("endpoint {endpoint}: port `{port}`")),
+        _ if scheme == "https" => 443,
+        _ => 80,
+    }
+}
+
+/// Every process's pid and its `/proc` directory.
+fn proc_pids() -> Vec<(u32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
+        .collect()
+}
+
+/// The processes holding a socket that listens on TCP `port` (IPv4 or
+/// IPv6, any address).
+fn listening_pids(port: u16) -> Vec<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st ... uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(local_port) = fields
+                .get(1)
+                .and_then(|address| address.rsplit_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+            else {
+                continue;
+            };
+            // State 0A is LISTEN.
+            if local_port == port && fields.get(3) == Some(&"0A") {
+                inodes.extend(fields.get(9).map(|inode| format!("socket:[{inode}]")));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let own = std::process::id();
+    proc_pids()
+        .into_iter()
+        .filter(|(pid, _)| *pid != own)
+        .filter(|(_, dir)| {
+            std::fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| {
+                        inodes
+                            .iter()
+                            .any(|inode| target.as_os_str() == inode.as_str())
+                    })
+                })
+            })
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// A log line the bench reads (kept under its message): when, and a
@@ -742,62 +1315,65 @@ impl Report {
             out.push_str(&text);
             out.push('\n');
         };
-        line(format!(
-            "end to end on LocalStack: worker process, concurrency {}, CSV into parquet_dir (MB = 10^6 bytes):",
-            self.concurrency
-        ));
-        line(format!(
-            "{:>7} {:>6} {:>10} {:>9} {:>11} {:>5} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>6}",
-            "size",
-            "files",
-            "files/s",
-            "MB/s",
-            "CPU s/GiB",
-            "sys",
-            "peak RSS",
-            "emu files/s",
-            "emu MB/s",
-            "÷emu files",
-            "CPU÷bare",
-            "CPU÷file",
-            "slots"
-        ));
-        for row in &self.sizes {
-            let worker = &row.worker;
+        // Empty `BENCH_SIZES`: no throughput table.
+        if !self.sizes.is_empty() {
             line(format!(
-                "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>4.0}% {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>9.2} {:>5.0}%",
-                data::format_size(row.size),
-                row.files,
-                worker.files_per_second(),
-                worker.mb_per_second(),
-                worker.cpu_seconds_per_gib(),
-                worker.system_share() * 100.0,
-                worker.peak_rss_kib / 1024,
-                row.emulator_files_per_s,
-                row.emulator_mb_per_s,
-                worker.files_per_second() / row.emulator_files_per_s,
-                worker.cpu_seconds_per_gib() / row.bare_cpu_seconds_per_gib,
-                worker.cpu_seconds_per_gib() / row.bare_per_file_cpu_seconds_per_gib,
-                worker.slot_utilisation(self.concurrency) * 100.0,
+                "end to end on LocalStack: worker process, concurrency {}, CSV into parquet_dir (MB = 10^6 bytes):",
+                self.concurrency
             ));
-        }
-        line(format!(
-            "bare arrow-csv decode + Parquet encode (zstd, in process, median of 5, measured before each row), CPU s/GiB: {}",
-            self.sizes
-                .iter()
-                .map(|row| format!(
-                    "{} {:.2} (one file of {}) / {:.2} (a file per object)",
+            line(format!(
+                "{:>7} {:>6} {:>10} {:>9} {:>11} {:>5} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>6}",
+                "size",
+                "files",
+                "files/s",
+                "MB/s",
+                "CPU s/GiB",
+                "sys",
+                "peak RSS",
+                "emu files/s",
+                "emu MB/s",
+                "÷emu files",
+                "CPU÷bare",
+                "CPU÷file",
+                "slots"
+            ));
+            for row in &self.sizes {
+                let worker = &row.worker;
+                line(format!(
+                    "{:>7} {:>6} {:>10.2} {:>9.1} {:>11.2} {:>4.0}% {:>6} MiB {:>10.2} {:>9.1} {:>10.2} {:>9.2} {:>9.2} {:>5.0}%",
                     data::format_size(row.size),
-                    row.bare_cpu_seconds_per_gib,
-                    data::format_size(self.bare_sample_bytes),
-                    row.bare_per_file_cpu_seconds_per_gib
-                ))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-        line("CPU÷bare: against the one-file floor".into());
-        line("CPU÷file: against bare decode + encode of the same objects, one Parquet file each, as the sink writes them".into());
-        line("slots: sum of per-object ingest time ÷ (wall × concurrency); sys: the kernel's share of the worker's CPU".into());
+                    row.files,
+                    worker.files_per_second(),
+                    worker.mb_per_second(),
+                    worker.cpu_seconds_per_gib(),
+                    worker.system_share() * 100.0,
+                    worker.peak_rss_kib / 1024,
+                    row.emulator_files_per_s,
+                    row.emulator_mb_per_s,
+                    worker.files_per_second() / row.emulator_files_per_s,
+                    worker.cpu_seconds_per_gib() / row.bare_cpu_seconds_per_gib,
+                    worker.cpu_seconds_per_gib() / row.bare_per_file_cpu_seconds_per_gib,
+                    worker.slot_utilisation(self.concurrency) * 100.0,
+                ));
+            }
+            line(format!(
+                "bare arrow-csv decode + Parquet encode (zstd, in process, median of 5, measured before each row), CPU s/GiB: {}",
+                self.sizes
+                    .iter()
+                    .map(|row| format!(
+                        "{} {:.2} (one file of {}) / {:.2} (a file per object)",
+                        data::format_size(row.size),
+                        row.bare_cpu_seconds_per_gib,
+                        data::format_size(self.bare_sample_bytes),
+                        row.bare_per_file_cpu_seconds_per_gib
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+            line("CPU÷bare: against the one-file floor".into());
+            line("CPU÷file: against bare decode + encode of the same objects, one Parquet file each, as the sink writes them".into());
+            line("slots: sum of per-object ingest time ÷ (wall × concurrency); sys: the kernel's share of the worker's CPU".into());
+        }
         if !self.scaling.is_empty() {
             line(String::new());
             line("scaling (objects/s by worker concurrency):".into());
@@ -847,6 +1423,90 @@ impl Report {
                 ));
             }
             line("inferred: the route has no schema, so the worker infers one per object (as above); declared: the route lists the columns, as the bare floor knows them".into());
+        }
+        if !self.codecs.is_empty() {
+            line(String::new());
+            line(format!(
+                "Parquet codecs: one {} CSV object into parquet_dir (route schema declared), CPU s per GiB of CSV, output MiB per GiB of CSV:",
+                data::format_size(self.codec_size)
+            ));
+            line(format!(
+                "{:<8} {:<16} {:>17} {:>24} {:>12} {:>11} {:>14} {:>12} {:>7}",
+                "codec",
+                "settings",
+                "bare-encode s/GiB",
+                "bare decode+encode s/GiB",
+                "worker s/GiB",
+                "worker÷bare",
+                "worker MiB/GiB",
+                "bare MiB/GiB",
+                "out÷in"
+            ));
+            for row in &self.codecs {
+                line(format!(
+                    "{:<8} {:<16} {:>17.2} {:>24.2} {:>12.2} {:>11.2} {:>14.1} {:>12.1} {:>7.3}",
+                    row.codec,
+                    row.variant,
+                    row.bare_encode_cpu_seconds_per_gib(),
+                    row.bare_decode_encode_cpu_seconds_per_gib(),
+                    row.worker.cpu_seconds_per_gib(),
+                    row.worker_over_bare(),
+                    row.output_mib_per_gib(row.worker_output_bytes),
+                    row.output_mib_per_gib(row.bare_output_bytes),
+                    row.output_ratio()
+                ));
+            }
+            line("bare: in process with the sink's writer properties for the row (ParquetWriterSettings::apply, 128 Ki-row row groups), thread CPU, median of 3; bare-encode: Parquet encode of the already decoded batches; bare decode+encode: arrow-csv decode + encode".into());
+            line("worker: the s3-ingest binary, its CPU (utime+stime) from \"worker started\" to the commit; worker÷bare: worker ÷ bare decode+encode; MiB/GiB: the worker's Parquet file and the bare encoder's output per GiB of CSV; out÷in: the worker's file ÷ the CSV".into());
+            line("defaults: dictionary auto (on for these 6 columns), statistics page; dictionary=off and statistics=chunk change only that setting".into());
+        }
+        if !self.lone.is_empty() {
+            line(String::new());
+            line(format!(
+                "one large object on all cores: one {} CSV object alone into parquet_dir (route schema declared), nproc {} (MB = 10^6 bytes):",
+                data::format_size(self.lone_size),
+                self.nproc
+            ));
+            line(format!(
+                "{:>11} {:>8} {:>8} {:>12} {:>10} {:>9} {:>16} {:>16} {:>26}",
+                "cpu_threads",
+                "wall s",
+                "MB/s",
+                "worker CPU s",
+                "cores used",
+                "peak RSS",
+                "LocalStack CPU s",
+                "LocalStack cores",
+                "worker÷(nproc−LocalStack)"
+            ));
+            for lone in &self.lone {
+                let run = &lone.run;
+                line(format!(
+                    "{:>11} {:>8.2} {:>8.1} {:>12.2} {:>10.2} {:>5} MiB {:>16.2} {:>16.2} {:>26}",
+                    lone.cpu_threads
+                        .map_or("unset".into(), |threads| threads.to_string()),
+                    run.wall_seconds,
+                    run.mb_per_second(),
+                    run.cpu_seconds,
+                    run.cores_used(),
+                    run.peak_rss_kib / 1024,
+                    lone.emulator_cpu_seconds(),
+                    lone.emulator_cores(),
+                    lone.share_of_free_cores(self.nproc)
+                        .map_or("- (no core left)".into(), |share| format!("{share:.2}"))
+                ));
+            }
+            if let [one, all] = &self.lone[..] {
+                line(format!(
+                    "MB/s, cpu_threads unset ÷ cpu_threads 1: {:.2}",
+                    all.run.mb_per_second() / one.run.mb_per_second()
+                ));
+            }
+            line("wall: \"worker started\" → \"object committed\" (the worker's log); cores used: worker CPU ÷ wall; peak RSS: VmHWM".into());
+            line(format!(
+                "LocalStack CPU: utime+stime over the same span of {}; worker÷(nproc−LocalStack): cores used ÷ the cores LocalStack left (target ≥ 0.9)",
+                self.emulator_processes
+            ));
         }
         out
     }

@@ -83,8 +83,8 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
         assert!(ratio.is_finite() && ratio > 1.0, "{ratio}");
     }
 
-    // The codec table: zstd(1), then without dictionaries and with chunk
-    // statistics; every figure a number, every file non-empty.
+    // The codec table: zstd(1), then with dictionaries on every column,
+    // on none, and with chunk statistics; every figure a number, every file non-empty.
     let variants: Vec<(&str, &str)> = report
         .codecs
         .iter()
@@ -94,6 +94,7 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
         variants,
         [
             ("zstd(1)", "defaults"),
+            ("zstd(1)", "dictionary=on"),
             ("zstd(1)", "dictionary=off"),
             ("zstd(1)", "statistics=chunk")
         ]
@@ -117,17 +118,31 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
         assert!(row.worker_output_bytes > 0 && row.bare_output_bytes > 0);
     }
 
-    // The lone object, with one CPU thread and then unset.
-    let threads: Vec<Option<usize>> = report
+    // The lone object, CSV and then Parquet, each with one CPU thread and
+    // then unset.
+    let runs: Vec<(&str, Option<usize>)> = report
         .lone
         .iter()
-        .map(|lone| lone.cpu_threads.map(|n| n.get()))
+        .map(|lone| (lone.source.name(), lone.cpu_threads.map(|n| n.get())))
         .collect();
-    assert_eq!(threads, [Some(1), None]);
+    assert_eq!(
+        runs,
+        [
+            ("csv", Some(1)),
+            ("csv", None),
+            ("parquet", Some(1)),
+            ("parquet", None)
+        ]
+    );
     assert!(report.nproc >= 1 && !report.emulator_processes.is_empty());
     for lone in &report.lone {
+        // The Parquet object holds the same rows in fewer bytes.
+        let least_bytes = match lone.source.name() {
+            "csv" => 64 << 10,
+            _ => 1,
+        };
         assert_eq!(
-            (lone.run.files, lone.run.bytes as usize >= 64 << 10),
+            (lone.run.files, lone.run.bytes as usize >= least_bytes),
             (1, true)
         );
         assert!(lone.run.wall_seconds > 0.0 && lone.run.peak_rss_kib > 0);

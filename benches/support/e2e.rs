@@ -69,6 +69,11 @@ pub struct Settings {
     /// The lone large object (`BENCH_LONE_SIZE`), ingested with one CPU
     /// thread and with all; 0 skips it.
     pub lone_size: usize,
+    /// Runs of each (`BENCH_LONE_REPEATS`), alternating the two settings.
+    pub lone_repeats: usize,
+    /// 1: the CSV object only; 2: also the same rows as Parquet
+    /// (`BENCH_LONE_PARQUET=0` leaves it out).
+    pub lone_sources: usize,
 }
 
 /// A codec as `BENCH_CODECS` names it: `snappy`, `lz4`, `zstd(3)`, ...
@@ -126,8 +131,8 @@ impl CodecSpec {
 
 /// The rows of the codec table: each codec with the sink's other defaults,
 /// and after zstd(1) (the sink's default codec; the first codec when the
-/// list has no zstd(1)) the same codec without dictionaries and with
-/// statistics per column chunk only.
+/// list has no zstd(1)) the same codec with dictionaries on every column,
+/// on none, and with statistics per column chunk only.
 fn codec_variants(codecs: &[CodecSpec]) -> Vec<(CodecSpec, &'static str)> {
     let extra_at = codecs
         .iter()
@@ -137,6 +142,9 @@ fn codec_variants(codecs: &[CodecSpec]) -> Vec<(CodecSpec, &'static str)> {
     for (at, spec) in codecs.iter().enumerate() {
         variants.push((spec.clone(), "defaults"));
         if at == extra_at {
+            let mut every_dictionary = spec.clone();
+            every_dictionary.settings.dictionary = Dictionary::On;
+            variants.push((every_dictionary, "dictionary=on"));
             let mut no_dictionary = spec.clone();
             no_dictionary.settings.dictionary = Dictionary::Off;
             variants.push((no_dictionary, "dictionary=off"));
@@ -204,6 +212,12 @@ impl Settings {
                 Some(text) if text.trim().is_empty() => 0,
                 Some(text) => data::parse_size(&text),
             },
+            lone_repeats: env("BENCH_LONE_REPEATS")
+                .map_or(2, |n| n.parse().expect("BENCH_LONE_REPEATS")),
+            lone_sources: match env("BENCH_LONE_PARQUET").as_deref() {
+                Some("0") => 1,
+                _ => 2,
+            },
         }
     }
 
@@ -223,10 +237,12 @@ impl Settings {
             instruction_sizes: vec![10 << 10],
             bare_floor_binary: std::env::current_exe().expect("the test's own path"),
             worker_prefix: Vec::new(),
-            // One codec, plus its dictionary=off and statistics=chunk rows.
+            // One codec, plus its dictionary=on/off and statistics=chunk rows.
             codecs: vec![CodecSpec::parse("zstd(1)")],
             codec_size: 64 << 10,
             lone_size: 64 << 10,
+            lone_repeats: 1,
+            lone_sources: 2,
         }
     }
 
@@ -377,6 +393,8 @@ impl CodecRow {
 
 /// The lone large object, with `cpu_threads` as set.
 pub struct LoneRun {
+    /// What the object is: CSV, or the same rows as Parquet.
+    pub source: Source,
     /// `[worker] cpu_threads`; `None` is unset (every core).
     pub cpu_threads: Option<NonZeroUsize>,
     pub run: IngestRun,
@@ -502,19 +520,33 @@ pub async fn run(settings: &Settings) -> Report {
     if settings.lone_size > 0 {
         let emulator = EmulatorProcesses::find();
         emulator_processes = emulator.describe();
-        for cpu_threads in [NonZeroUsize::new(1), None] {
-            eprintln!(
-                "bench e2e: lone object, 1 × {}, cpu_threads {} ...",
-                data::format_size(settings.lone_size),
-                cpu_threads.map_or("unset".into(), |n| n.to_string())
-            );
-            let mut setup = WorkerSetup::measured(settings, settings.concurrency);
-            setup.declared_schema = true;
-            setup.cpu_threads = cpu_threads;
-            setup.emulator = Some(&emulator);
-            let (fixture, keys, run) = ingest_run(settings, settings.lone_size, 1, &setup).await;
-            delete_objects(&fixture, &keys).await;
-            lone.push(LoneRun { cpu_threads, run });
+        // Alternated, and repeated: one run each is at the mercy of what
+        // else the machine does in those seconds.
+        let sources = [Source::Csv, Source::Parquet];
+        for source in &sources[..settings.lone_sources] {
+            for _ in 0..settings.lone_repeats {
+                for cpu_threads in [NonZeroUsize::new(1), None] {
+                    eprintln!(
+                        "bench e2e: lone object, 1 × {} of {}, cpu_threads {} ...",
+                        data::format_size(settings.lone_size),
+                        source.name(),
+                        cpu_threads.map_or("unset".into(), |n| n.to_string())
+                    );
+                    let mut setup = WorkerSetup::measured(settings, settings.concurrency);
+                    setup.source = *source;
+                    setup.declared_schema = true;
+                    setup.cpu_threads = cpu_threads;
+                    setup.emulator = Some(&emulator);
+                    let (fixture, keys, run) =
+                        ingest_run(settings, settings.lone_size, 1, &setup).await;
+                    delete_objects(&fixture, &keys).await;
+                    lone.push(LoneRun {
+                        source: *source,
+                        cpu_threads,
+                        run,
+                    });
+                }
+            }
         }
     }
     let mut instructions = Vec::new();
@@ -654,7 +686,27 @@ async fn delete_objects(fixture: &Fixture, keys: &[String]) {
 }
 
 /// How the worker under measurement runs.
+/// The objects a run ingests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Csv,
+    /// The same rows as Parquet, written with the sink's default
+    /// properties (row groups of 128 Ki rows).
+    Parquet,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Csv => "csv",
+            Source::Parquet => "parquet",
+        }
+    }
+}
+
 struct WorkerSetup<'a> {
+    /// CSV, or the same rows as Parquet.
+    source: Source,
     concurrency: usize,
     /// A command it runs under (a profiler), or empty.
     prefix: Vec<String>,
@@ -676,6 +728,7 @@ impl WorkerSetup<'_> {
     /// the sink's default writer settings and CPU threads.
     fn measured(settings: &Settings, concurrency: usize) -> WorkerSetup<'static> {
         WorkerSetup {
+            source: Source::Csv,
             concurrency,
             prefix: settings.worker_prefix.clone(),
             declared_schema: false,
@@ -697,9 +750,15 @@ async fn ingest_run(
     setup: &WorkerSetup<'_>,
 ) -> (Fixture, Vec<String>, IngestRun) {
     let fixture = Fixture::new("bench").await;
-    let body = data::csv_bytes(size, 42);
+    let body = match setup.source {
+        Source::Csv => data::csv_bytes(size, 42),
+        Source::Parquet => data::parquet_bytes(&data::csv_bytes(size, 42)),
+    };
     let bytes = body.len() as u64 * files as u64;
-    let keys: Vec<String> = (0..files).map(|i| format!("orders/{i:05}.csv")).collect();
+    let extension = setup.source.name();
+    let keys: Vec<String> = (0..files)
+        .map(|i| format!("orders/{i:05}.{extension}"))
+        .collect();
     fixture
         .put_many(keys.iter().map(|key| (key.clone(), body.clone())).collect())
         .await;
@@ -1458,17 +1517,18 @@ impl Report {
             }
             line("bare: in process with the sink's writer properties for the row (ParquetWriterSettings::apply, 128 Ki-row row groups), thread CPU, median of 3; bare-encode: Parquet encode of the already decoded batches; bare decode+encode: arrow-csv decode + encode".into());
             line("worker: the s3-ingest binary, its CPU (utime+stime) from \"worker started\" to the commit; worker÷bare: worker ÷ bare decode+encode; MiB/GiB: the worker's Parquet file and the bare encoder's output per GiB of CSV; out÷in: the worker's file ÷ the CSV".into());
-            line("defaults: dictionary auto (on for these 6 columns), statistics page; dictionary=off and statistics=chunk change only that setting".into());
+            line("defaults: dictionary auto (on for the 2 string columns of 6), statistics page; dictionary=on (every column), dictionary=off and statistics=chunk change only that setting".into());
         }
         if !self.lone.is_empty() {
             line(String::new());
             line(format!(
-                "one large object on all cores: one {} CSV object alone into parquet_dir (route schema declared), nproc {} (MB = 10^6 bytes):",
+                "one large object on all cores: one {} CSV object (or the same rows as Parquet) alone into parquet_dir (route schema declared), nproc {}, runs alternated (MB = 10^6 bytes of the object):",
                 data::format_size(self.lone_size),
                 self.nproc
             ));
             line(format!(
-                "{:>11} {:>8} {:>8} {:>12} {:>10} {:>9} {:>16} {:>16} {:>26}",
+                "{:>8} {:>11} {:>8} {:>8} {:>12} {:>10} {:>9} {:>16} {:>16} {:>26}",
+                "source",
                 "cpu_threads",
                 "wall s",
                 "MB/s",
@@ -1482,7 +1542,8 @@ impl Report {
             for lone in &self.lone {
                 let run = &lone.run;
                 line(format!(
-                    "{:>11} {:>8.2} {:>8.1} {:>12.2} {:>10.2} {:>5} MiB {:>16.2} {:>16.2} {:>26}",
+                    "{:>8} {:>11} {:>8.2} {:>8.1} {:>12.2} {:>10.2} {:>5} MiB {:>16.2} {:>16.2} {:>26}",
+                    lone.source.name(),
                     lone.cpu_threads
                         .map_or("unset".into(), |threads| threads.to_string()),
                     run.wall_seconds,
@@ -1496,11 +1557,26 @@ impl Report {
                         .map_or("- (no core left)".into(), |share| format!("{share:.2}"))
                 ));
             }
-            if let [one, all] = &self.lone[..] {
-                line(format!(
-                    "MB/s, cpu_threads unset ÷ cpu_threads 1: {:.2}",
-                    all.run.mb_per_second() / one.run.mb_per_second()
-                ));
+            for source in [Source::Csv, Source::Parquet] {
+                let median_mb_per_s = |threads: Option<usize>| {
+                    median(
+                        self.lone
+                            .iter()
+                            .filter(|lone| {
+                                lone.source == source
+                                    && lone.cpu_threads.map(NonZeroUsize::get) == threads
+                            })
+                            .map(|lone| lone.run.mb_per_second())
+                            .collect(),
+                    )
+                };
+                if let (Some(one), Some(all)) = (median_mb_per_s(Some(1)), median_mb_per_s(None)) {
+                    line(format!(
+                        "{}: MB/s, cpu_threads unset ÷ cpu_threads 1 (medians): {:.2}",
+                        source.name(),
+                        all / one
+                    ));
+                }
             }
             line("wall: \"worker started\" → \"object committed\" (the worker's log); cores used: worker CPU ÷ wall; peak RSS: VmHWM".into());
             line(format!(
@@ -1510,4 +1586,18 @@ impl Report {
         }
         out
     }
+}
+
+/// The median of `values`; `None` when there are none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    })
 }

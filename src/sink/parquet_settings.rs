@@ -3,9 +3,10 @@
 //! defaults are what the sinks always wrote; BENCHMARKS.md has what each
 //! choice costs.
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 /// Above this many columns, the default settings write without dictionary
@@ -25,12 +26,18 @@ pub enum Codec {
     None,
 }
 
-/// Dictionary encoding: `auto` on up to [`WIDE_SCHEMA_COLUMNS`] columns.
+/// Dictionary encoding. `auto`: for string and binary columns, on
+/// schemas up to [`WIDE_SCHEMA_COLUMNS`] columns. Vendor files' numbers
+/// and times (order ids, prices, timestamps) rarely repeat within a row
+/// group: a dictionary there is built for up to its 1 MiB page limit and
+/// then abandoned, costing CPU and bytes for nothing (BENCHMARKS.md, the
+/// codec table), while codes and names in strings do repeat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dictionary {
     #[default]
     Auto,
+    /// Every column.
     On,
     Off,
 }
@@ -112,21 +119,45 @@ impl ParquetWriterSettings {
         schema: &SchemaRef,
     ) -> WriterPropertiesBuilder {
         let columns = schema.fields().len();
-        let dictionary = match self.dictionary {
-            Dictionary::Auto => columns <= WIDE_SCHEMA_COLUMNS,
-            Dictionary::On => true,
-            Dictionary::Off => false,
-        };
         let statistics = match self.statistics {
             Statistics::Page => EnabledStatistics::Page,
             Statistics::Chunk => EnabledStatistics::Chunk,
             Statistics::None => EnabledStatistics::None,
         };
-        builder
+        let builder = builder
             .set_compression(self.compression_for(columns))
-            .set_dictionary_enabled(dictionary)
-            .set_statistics_enabled(statistics)
+            .set_statistics_enabled(statistics);
+        match self.dictionary {
+            Dictionary::On => builder.set_dictionary_enabled(true),
+            Dictionary::Off => builder.set_dictionary_enabled(false),
+            Dictionary::Auto if columns > WIDE_SCHEMA_COLUMNS => {
+                builder.set_dictionary_enabled(false)
+            }
+            // Top-level string and binary columns; nested ones go without.
+            Dictionary::Auto => schema
+                .fields()
+                .iter()
+                .filter(|field| is_string_or_binary(field.data_type()))
+                .fold(builder.set_dictionary_enabled(false), |builder, field| {
+                    builder.set_column_dictionary_enabled(
+                        ColumnPath::from(field.name().as_str()),
+                        true,
+                    )
+                }),
+        }
     }
+}
+
+fn is_string_or_binary(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+    )
 }
 
 #[cfg(test)]
@@ -135,14 +166,21 @@ mod tests {
 
     use arrow::datatypes::{DataType, Field, Schema};
     use parquet::file::properties::WriterProperties;
-    use parquet::schema::types::ColumnPath;
 
     use super::*;
 
+    /// `c0` is a string, the rest numbers.
     fn schema(columns: usize) -> SchemaRef {
         Arc::new(Schema::new(
             (0..columns)
-                .map(|i| Field::new(format!("c{i}"), DataType::Int64, true))
+                .map(|i| {
+                    let data_type = if i == 0 {
+                        DataType::Utf8
+                    } else {
+                        DataType::Int64
+                    };
+                    Field::new(format!("c{i}"), data_type, true)
+                })
                 .collect::<Vec<_>>(),
         ))
     }
@@ -155,7 +193,14 @@ mod tests {
             .apply(WriterProperties::builder(), &schema(WIDE_SCHEMA_COLUMNS))
             .build();
         assert!(matches!(narrow.compression(&column), Compression::ZSTD(_)));
-        assert!(narrow.dictionary_enabled(&column));
+        assert!(
+            narrow.dictionary_enabled(&column),
+            "strings get a dictionary"
+        );
+        assert!(
+            !narrow.dictionary_enabled(&ColumnPath::from("c1")),
+            "numbers do not"
+        );
         assert_eq!(narrow.statistics_enabled(&column), EnabledStatistics::Page);
         let wide = settings
             .apply(
@@ -199,6 +244,26 @@ mod tests {
                 ..ParquetWriterSettings::default()
             };
             assert_eq!(settings.compression_for(3), expected, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn dictionary_on_and_off_apply_to_every_column() {
+        for (dictionary, enabled) in [(Dictionary::On, true), (Dictionary::Off, false)] {
+            let settings = ParquetWriterSettings {
+                dictionary,
+                ..ParquetWriterSettings::default()
+            };
+            let properties = settings
+                .apply(WriterProperties::builder(), &schema(3))
+                .build();
+            for column in ["c0", "c1", "c2"] {
+                assert_eq!(
+                    properties.dictionary_enabled(&ColumnPath::from(column)),
+                    enabled,
+                    "{dictionary:?} {column}"
+                );
+            }
         }
     }
 

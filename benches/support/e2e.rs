@@ -281,6 +281,9 @@ pub struct IngestRun {
     /// The emulator's CPU seconds (utime + stime of its processes) over
     /// the span `cpu_seconds` covers, when asked for.
     pub emulator_cpu_seconds: Option<f64>,
+    /// The worker's threads that used the most CPU over the same span:
+    /// (name, seconds), most first. One near `wall_seconds` is the limit.
+    pub busiest_threads: Vec<(String, f64)>,
 }
 
 impl IngestRun {
@@ -794,9 +797,11 @@ async fn ingest_run(
     };
     let started = worker.wait_for_lines("worker started", 1, deadline);
     let cpu_before = worker.cpu_seconds();
+    let threads_before = worker.thread_cpu_seconds();
     let emulator_before = setup.emulator.map(EmulatorProcesses::cpu_seconds);
     let committed = worker.wait_for_lines("object committed", files, deadline);
     let cpu_after = worker.cpu_seconds();
+    let threads_after = worker.thread_cpu_seconds();
     let emulator_after = setup.emulator.map(EmulatorProcesses::cpu_seconds);
     let peak_rss_kib = worker.peak_rss_kib();
     worker.stop();
@@ -812,6 +817,7 @@ async fn ingest_run(
         peak_rss_kib,
         elapsed_ms: committed.iter().map(|line| line.elapsed_ms).collect(),
         emulator_cpu_seconds: emulator_before.zip(emulator_after).map(|(b, a)| a - b),
+        busiest_threads: busiest_threads(&threads_before, &threads_after, 3),
     };
     (fixture, keys, run)
 }
@@ -1338,6 +1344,24 @@ impl WorkerProcess {
         stat_user_system_seconds(&PathBuf::from(format!("/proc/{}/stat", self.child.id())))
     }
 
+    /// Each thread's utime + stime by thread id: (name, seconds).
+    fn thread_cpu_seconds(&self) -> HashMap<u64, (String, f64)> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let Ok(entries) = std::fs::read_dir(&tasks) else {
+            return HashMap::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let tid: u64 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
+                let (user, system) = stat_user_system_seconds(&entry.path().join("stat"));
+                Some((tid, (name, user + system)))
+            })
+            .collect()
+    }
+
     /// `VmHWM`: the process's peak resident set, in KiB.
     fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -1556,6 +1580,16 @@ impl Report {
                     lone.share_of_free_cores(self.nproc)
                         .map_or("- (no core left)".into(), |share| format!("{share:.2}"))
                 ));
+                let busiest: Vec<String> = run
+                    .busiest_threads
+                    .iter()
+                    .map(|(name, seconds)| format!("{name} {seconds:.2}"))
+                    .collect();
+                line(format!(
+                    "{:>20} busiest threads, CPU s: {}",
+                    "",
+                    busiest.join(", ")
+                ));
             }
             for source in [Source::Csv, Source::Parquet] {
                 let median_mb_per_s = |threads: Option<usize>| {
@@ -1586,6 +1620,24 @@ impl Report {
         }
         out
     }
+}
+
+/// The `count` threads that used the most CPU between two snapshots.
+fn busiest_threads(
+    before: &HashMap<u64, (String, f64)>,
+    after: &HashMap<u64, (String, f64)>,
+    count: usize,
+) -> Vec<(String, f64)> {
+    let mut used: Vec<(String, f64)> = after
+        .iter()
+        .map(|(tid, (name, seconds))| {
+            let earlier = before.get(tid).map_or(0.0, |(_, seconds)| *seconds);
+            (name.clone(), seconds - earlier)
+        })
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used.truncate(count);
+    used
 }
 
 /// The median of `values`; `None` when there are none.

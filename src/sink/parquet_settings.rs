@@ -1,7 +1,8 @@
 //! The Parquet writer settings a sink's config may choose (`parquet_dir`,
 //! `s3_parquet`): codec and level, dictionary encoding, statistics. The
-//! defaults are what the sinks always wrote; BENCHMARKS.md has what each
-//! choice costs.
+//! defaults (zstd level 1, dictionaries on string columns, page
+//! statistics) are chosen from BENCHMARKS.md's codec table, which has
+//! what each choice costs.
 
 use arrow::datatypes::{DataType, SchemaRef};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};

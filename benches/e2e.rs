@@ -24,7 +24,11 @@ fn main() {
         );
         return;
     }
-    let settings = e2e::Settings::from_env(env!("CARGO_BIN_EXE_s3-ingest").into());
+    // BENCH_WORKER_BINARY: another build of the worker (e.g. a copy kept
+    // apart from a target directory that other checkouts build into).
+    let worker_binary = std::env::var_os("BENCH_WORKER_BINARY")
+        .map_or_else(|| env!("CARGO_BIN_EXE_s3-ingest").into(), Into::into);
+    let settings = e2e::Settings::from_env(worker_binary);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let report = runtime.block_on(e2e::run(&settings));
     println!();

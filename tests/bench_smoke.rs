@@ -160,6 +160,42 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
         }
     }
 
+    // The steady-rate lag run: one rate for two seconds, every object
+    // followed from its PUT to its commit, with the emulator's own delay.
+    assert_eq!(report.lag.len(), 1);
+    let lag = &report.lag[0];
+    let emulator = &lag.emulator;
+    assert!(emulator.objects >= 10, "{}", emulator.objects);
+    assert_eq!(emulator.delay_ms.len(), emulator.objects);
+    assert_eq!(emulator.to_queue_ms.len(), emulator.objects);
+    assert!(emulator.put_rate > 0.0 && !emulator.messages_per_receive.is_empty());
+    let worker = &lag.worker;
+    assert_eq!(worker.put_to_commit_ms.len(), worker.objects);
+    for values in [
+        &worker.put_to_commit_ms,
+        &worker.to_queue_ms,
+        &worker.queue_wait_ms,
+        &worker.slot_wait_ms,
+        &worker.ingest_ms,
+    ] {
+        assert_eq!(values.len(), worker.objects);
+        assert!(values.iter().all(|ms| ms.is_finite()), "{values:?}");
+    }
+    // The split adds up to PUT → commit (to a millisecond of rounding each).
+    for index in 0..worker.objects {
+        let split = worker.to_queue_ms[index]
+            + worker.queue_wait_ms[index]
+            + worker.slot_wait_ms[index]
+            + worker.ingest_ms[index];
+        assert!(
+            (split - worker.put_to_commit_ms[index]).abs() < 3.0,
+            "{split} vs {}",
+            worker.put_to_commit_ms[index]
+        );
+    }
+    assert!(!worker.messages_per_receive.is_empty() && worker.receives_per_second() > 0.0);
+    assert!(!worker.deletes_per_batch.is_empty());
+
     let table = report.table();
     println!("{table}");
     assert!(table.contains("Parquet codecs") && table.contains("statistics=chunk"));
@@ -177,4 +213,8 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
     );
     assert!(table.contains("p50") && !table.contains("NaN"), "{table}");
     assert!(table.contains("declared÷bare"), "{table}");
+    assert!(
+        table.contains("steady-rate lag") && table.contains("notify p50"),
+        "{table}"
+    );
 }

@@ -74,6 +74,10 @@ pub struct Settings {
     /// 1: the CSV object only; 2: also the same rows as Parquet
     /// (`BENCH_LONE_PARQUET=0` leaves it out).
     pub lone_sources: usize,
+    /// Objects per second for the steady-rate lag run; empty skips it.
+    pub lag_rates: Vec<f64>,
+    /// How long each rate uploads.
+    pub lag_seconds: f64,
 }
 
 /// A codec as `BENCH_CODECS` names it: `snappy`, `lz4`, `zstd(3)`, ...
@@ -218,6 +222,14 @@ impl Settings {
                 Some("0") => 1,
                 _ => 2,
             },
+            lag_rates: env("BENCH_LAG_RATES")
+                .unwrap_or("20,40,60,80".into())
+                .split(',')
+                .filter(|rate| !rate.trim().is_empty())
+                .map(|rate| rate.trim().parse().expect("BENCH_LAG_RATES"))
+                .collect(),
+            lag_seconds: env("BENCH_LAG_SECONDS")
+                .map_or(20.0, |n| n.parse().expect("BENCH_LAG_SECONDS")),
         }
     }
 
@@ -243,6 +255,8 @@ impl Settings {
             lone_size: 64 << 10,
             lone_repeats: 1,
             lone_sources: 2,
+            lag_rates: vec![10.0],
+            lag_seconds: 2.0,
         }
     }
 
@@ -443,6 +457,9 @@ pub struct Report {
     pub nproc: usize,
     /// Which processes the emulator CPU column sums, for the table.
     pub emulator_processes: String,
+    /// The steady-rate lag run, one row per rate.
+    pub lag: Vec<LagRow>,
+    pub lag_seconds: f64,
 }
 
 pub async fn run(settings: &Settings) -> Report {
@@ -561,6 +578,14 @@ pub async fn run(settings: &Settings) -> Report {
         );
         instructions.push(instruction_row(settings, size, files).await);
     }
+    let mut lag = Vec::new();
+    for &rate in &settings.lag_rates {
+        eprintln!(
+            "bench e2e: steady-rate lag, {rate}/s × {} s ...",
+            settings.lag_seconds
+        );
+        lag.push(lag_row(settings, rate).await);
+    }
     Report {
         sizes,
         scaling,
@@ -577,6 +602,8 @@ pub async fn run(settings: &Settings) -> Report {
         lone_size: settings.lone_size,
         nproc: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         emulator_processes,
+        lag,
+        lag_seconds: settings.lag_seconds,
     }
 }
 
@@ -987,6 +1014,514 @@ pub fn bare_floor_main(args: &[String]) -> bool {
     true
 }
 
+/// The lag run's object size, worker concurrency and PUTs in flight at most.
+const LAG_OBJECT_BYTES: usize = 10 << 10;
+const LAG_CONCURRENCY: usize = 8;
+const LAG_MAX_PUTS_IN_FLIGHT: usize = 32;
+/// Plain ReceiveMessage loops in parallel when timing the emulator alone.
+const LAG_RECEIVERS: usize = 4;
+/// How long the lag run waits for the last object after the last PUT.
+const LAG_DRAIN: Duration = Duration::from_secs(120);
+
+/// One rate of the steady-rate lag run: the emulator's own notification
+/// delay (no worker), then the worker on a fresh bucket and queue.
+pub struct LagRow {
+    pub rate: f64,
+    pub emulator: EmulatorDelivery,
+    pub worker: WorkerLag,
+}
+
+/// CPU used over a run's window: LocalStack's process, the worker's
+/// process (none in the emulator-only run), and the whole machine.
+#[derive(Clone, Copy, Default)]
+pub struct CpuWindow {
+    /// LocalStack's utime + stime ÷ wall, in cores; `None` when its process
+    /// is not visible here (e.g. in a container).
+    pub localstack_cores: Option<f64>,
+    pub worker_cores: Option<f64>,
+    /// Busy share of every core of the machine (other jobs included).
+    pub machine_busy: f64,
+}
+
+/// PUTs at a fixed rate, with no worker: [`LAG_RECEIVERS`] plain
+/// ReceiveMessage loops take each notification as soon as SQS shows it
+/// (deleting as they go). What the emulator adds before any worker can
+/// receive.
+pub struct EmulatorDelivery {
+    pub objects: usize,
+    /// PUTs that returned per second.
+    pub put_rate: f64,
+    /// PUT returned → first received, per object.
+    pub delay_ms: Vec<f64>,
+    /// PUT returned → the notification's `SentTimestamp` (when the
+    /// emulator's S3 put it on the queue).
+    pub to_queue_ms: Vec<f64>,
+    /// Messages in each receive that returned any.
+    pub messages_per_receive: Vec<f64>,
+    pub cpu: CpuWindow,
+}
+
+/// PUTs at a fixed rate with the worker running: for each object, from its
+/// PUT's return to on the queue (the message's `SentTimestamp`), to
+/// received (the worker's `messages received` debug line), to ingest
+/// started (`object committed` timestamp − `elapsed_ms`) and to committed
+/// (that line's timestamp).
+pub struct WorkerLag {
+    pub objects: usize,
+    pub put_rate: f64,
+    /// PUT returned → committed, in PUT order.
+    pub put_to_commit_ms: Vec<f64>,
+    /// PUT returned → on the queue (the emulator's notification delay).
+    pub to_queue_ms: Vec<f64>,
+    /// On the queue → received by the worker.
+    pub queue_wait_ms: Vec<f64>,
+    /// Received → ingest started (waiting for a slot).
+    pub slot_wait_ms: Vec<f64>,
+    /// Ingest started → committed (`elapsed_ms`).
+    pub ingest_ms: Vec<f64>,
+    /// The worker's own `lag_ms`: commit − the S3 event's `eventTime`.
+    pub lag_ms: Vec<f64>,
+    /// Messages in each receive that returned any, and how many returned
+    /// none, between the first PUT and the last commit.
+    pub messages_per_receive: Vec<f64>,
+    pub empty_receives: usize,
+    /// Each receive's request time, and the receive loop's time between
+    /// one receive's answer and the next request (waiting for room).
+    pub request_ms: Vec<f64>,
+    pub loop_gap_ms: Vec<f64>,
+    /// Entries in each DeleteMessageBatch.
+    pub deletes_per_batch: Vec<f64>,
+    /// From the first PUT to the last commit.
+    pub wall_seconds: f64,
+    pub cpu: CpuWindow,
+}
+
+impl WorkerLag {
+    /// p50 of PUT → commit over the first and the last quarter of the
+    /// objects (PUT order): a lag that grows over the run shows here.
+    pub fn quarters_p50_ms(&self) -> (f64, f64) {
+        let quarter = (self.put_to_commit_ms.len() / 4).max(1);
+        let mut first = self.put_to_commit_ms[..quarter.min(self.put_to_commit_ms.len())].to_vec();
+        let mut last =
+            self.put_to_commit_ms[self.put_to_commit_ms.len().saturating_sub(quarter)..].to_vec();
+        (
+            data::percentile(&mut first, 0.5),
+            data::percentile(&mut last, 0.5),
+        )
+    }
+
+    pub fn receives_per_second(&self) -> f64 {
+        (self.messages_per_receive.len() + self.empty_receives) as f64 / self.wall_seconds
+    }
+}
+
+/// p50 and p99 of `values` (sorted in place).
+pub fn p50_p99(values: &[f64]) -> (f64, f64) {
+    let mut values = values.to_vec();
+    (
+        data::percentile(&mut values, 0.50),
+        data::percentile(&mut values, 0.99),
+    )
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+async fn lag_row(settings: &Settings, rate: f64) -> LagRow {
+    let objects = ((rate * settings.lag_seconds).round() as usize).max(1);
+    LagRow {
+        rate,
+        emulator: emulator_delivery(rate, objects).await,
+        worker: worker_lag(settings, rate, objects).await,
+    }
+}
+
+/// The PUTs of one lag run: each key and when its PUT returned.
+struct PacedUploads {
+    keys: Vec<String>,
+    returned: HashMap<String, DateTime<Utc>>,
+    first_sent: DateTime<Utc>,
+    last_returned: DateTime<Utc>,
+}
+
+impl PacedUploads {
+    fn put_rate(&self) -> f64 {
+        self.keys.len() as f64 / (self.last_returned - self.first_sent).as_seconds_f64()
+    }
+}
+
+/// PUTs `objects` 10 KiB CSV objects under `prefix`, one every 1/`rate` s
+/// (a tokio interval; each PUT its own task, at most
+/// [`LAG_MAX_PUTS_IN_FLIGHT`] at once, so a slow PUT does not hold back the
+/// next), recording when each returned.
+async fn paced_puts(fixture: &Fixture, prefix: &str, rate: f64, objects: usize) -> PacedUploads {
+    let body = bytes::Bytes::from(data::csv_bytes(LAG_OBJECT_BYTES, 11));
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(LAG_MAX_PUTS_IN_FLIGHT));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut puts = tokio::task::JoinSet::new();
+    let first_sent = Utc::now();
+    for index in 0..objects {
+        ticks.tick().await;
+        let permit = in_flight.clone().acquire_owned().await.expect("open");
+        let key = format!("{prefix}/{index:06}.csv");
+        let (s3, bucket, body) = (
+            fixture.clients.s3.clone(),
+            fixture.bucket.clone(),
+            body.clone(),
+        );
+        puts.spawn(async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(body))
+                .send()
+                .await
+                .expect("PutObject");
+            let returned = Utc::now();
+            drop(permit);
+            (key, returned)
+        });
+    }
+    let mut keys = Vec::with_capacity(objects);
+    let mut returned = HashMap::with_capacity(objects);
+    while let Some(put) = puts.join_next().await {
+        let (key, at) = put.expect("PUT task");
+        keys.push(key.clone());
+        returned.insert(key, at);
+    }
+    keys.sort();
+    let last_returned = *returned.values().max().expect("at least one PUT");
+    PacedUploads {
+        keys,
+        returned,
+        first_sent,
+        last_returned,
+    }
+}
+
+/// The emulator alone: PUTs at `rate` with plain receivers taking every
+/// notification as soon as it is visible.
+async fn emulator_delivery(rate: f64, objects: usize) -> EmulatorDelivery {
+    use std::sync::{Arc, Mutex};
+    let fixture = Fixture::new("bench-lag-emu").await;
+    // Key → (on the queue, first received).
+    type Seen = HashMap<String, (DateTime<Utc>, DateTime<Utc>)>;
+    let first_received: Arc<Mutex<Seen>> = Arc::default();
+    let per_receive: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut receivers = tokio::task::JoinSet::new();
+    for _ in 0..LAG_RECEIVERS {
+        let sqs = fixture.clients.sqs.clone();
+        let url = fixture.queue_url.clone();
+        let (first_received, per_receive, stop) =
+            (first_received.clone(), per_receive.clone(), stop.clone());
+        receivers.spawn(async move {
+            let mut deletes = tokio::task::JoinSet::new();
+            loop {
+                let receive = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .visibility_timeout(60)
+                    .message_system_attribute_names(
+                        aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+                    )
+                    .send();
+                let output = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    output = receive => output.expect("ReceiveMessage"),
+                };
+                let now = Utc::now();
+                let messages = output.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    continue;
+                }
+                per_receive.lock().unwrap().push(messages.len() as f64);
+                let mut entries = Vec::new();
+                for (index, message) in messages.into_iter().enumerate() {
+                    let queued = sent_timestamp(
+                        message
+                            .attributes()
+                            .and_then(|a| {
+                                a.get(
+                                    &aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+                                )
+                            })
+                            .map_or("", String::as_str),
+                    );
+                    if let Ok(s3_ingest::notification::Notification::Objects(objects)) =
+                        s3_ingest::notification::parse(message.body().unwrap_or_default())
+                    {
+                        let mut seen = first_received.lock().unwrap();
+                        for object in objects {
+                            seen.entry(object.key).or_insert((queued, now));
+                        }
+                    }
+                    entries.push(
+                        aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                            .id(index.to_string())
+                            .receipt_handle(message.receipt_handle.unwrap_or_default())
+                            .build()
+                            .expect("delete entry"),
+                    );
+                }
+                let delete = sqs
+                    .delete_message_batch()
+                    .queue_url(&url)
+                    .set_entries(Some(entries));
+                deletes.spawn(async move { delete.send().await.expect("DeleteMessageBatch") });
+            }
+            while deletes.join_next().await.is_some() {}
+        });
+    }
+    let before = CpuSample::take(None);
+    let uploads = paced_puts(&fixture, "lag", rate, objects).await;
+    let deadline = Instant::now() + LAG_DRAIN;
+    while first_received.lock().unwrap().len() < objects {
+        assert!(
+            Instant::now() < deadline,
+            "the emulator delivered {} of {objects} notifications",
+            first_received.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = CpuSample::take(None).since(&before);
+    stop.cancel();
+    while let Some(receiver) = receivers.join_next().await {
+        receiver.expect("receiver task");
+    }
+    let first_received = first_received.lock().unwrap();
+    let ms = |delta: chrono::TimeDelta| delta.as_seconds_f64() * 1e3;
+    let (mut delay_ms, mut to_queue_ms) = (Vec::new(), Vec::new());
+    for key in &uploads.keys {
+        let (queued, received) = first_received[key];
+        delay_ms.push(ms(received - uploads.returned[key]));
+        to_queue_ms.push(ms(queued - uploads.returned[key]));
+    }
+    let messages_per_receive = per_receive.lock().unwrap().clone();
+    EmulatorDelivery {
+        objects,
+        put_rate: uploads.put_rate(),
+        delay_ms,
+        to_queue_ms,
+        messages_per_receive,
+        cpu,
+    }
+}
+
+/// The worker process (concurrency [`LAG_CONCURRENCY`], the schema
+/// declared) receiving while objects are PUT at `rate`.
+async fn worker_lag(settings: &Settings, rate: f64, objects: usize) -> WorkerLag {
+    let fixture = Fixture::new("bench-lag").await;
+    let routes = data::route_with_schema_toml();
+    let mut config = fixture.config(Some(&routes));
+    config.worker.concurrency = NonZeroUsize::new(LAG_CONCURRENCY).expect("≥ 1");
+    let log = fixture.output_dir().join("worker.log");
+    let mut worker = WorkerProcess::spawn_logging(
+        &settings.worker_binary,
+        &settings.worker_prefix,
+        &config,
+        &log,
+        // `messages received` and `delete batch sent` are debug lines.
+        "s3_ingest=info,s3_ingest::queue::sqs=debug",
+    );
+    worker.wait_for_lines("worker started", 1, Duration::from_secs(60));
+    let before = CpuSample::take(Some(worker.child.id()));
+    let uploads = paced_puts(&fixture, "lag", rate, objects).await;
+    // The bucket's test event is a message too, but not committed.
+    let committed = worker.wait_for_lines("object committed", objects, LAG_DRAIN);
+    let cpu = CpuSample::take(Some(worker.child.id())).since(&before);
+    let received = worker.lines("messages received");
+
+    let deletes = worker.lines("delete batch sent");
+    worker.stop();
+
+    let first_put = uploads.first_sent;
+    let last_commit = committed
+        .iter()
+        .map(|line| line.timestamp)
+        .max()
+        .expect("commits");
+    let in_window = |line: &LogLine| line.timestamp >= first_put && line.timestamp <= last_commit;
+    let ms = |delta: chrono::TimeDelta| delta.as_seconds_f64() * 1e3;
+    // Message id → (on the queue, received), from every receive.
+    let mut received_at: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+    let (mut messages_per_receive, mut empty_receives) = (Vec::new(), 0);
+    let (mut request_ms, mut loop_gap_ms) = (Vec::new(), Vec::new());
+    let mut previous_answer: Option<DateTime<Utc>> = None;
+    for line in &received {
+        let count = line.json["messages"].as_u64().unwrap_or(0);
+        let request = line.json["request_ms"].as_f64().unwrap_or(0.0);
+        if in_window(line) {
+            if count == 0 {
+                empty_receives += 1;
+            } else {
+                messages_per_receive.push(count as f64);
+            }
+            request_ms.push(request);
+            if let Some(previous) = previous_answer {
+                let requested =
+                    line.timestamp - chrono::TimeDelta::microseconds((request * 1e3) as i64);
+                loop_gap_ms.push(ms(requested - previous).max(0.0));
+            }
+        }
+        previous_answer = Some(line.timestamp);
+        let ids = line.json["message_ids"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',');
+        let sent = line.json["sent_timestamps"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',');
+        for (id, sent) in ids.zip(sent) {
+            received_at
+                .entry(id.to_owned())
+                .or_insert((sent_timestamp(sent), line.timestamp));
+        }
+    }
+    let deletes_per_batch = deletes
+        .iter()
+        .filter(|line| in_window(line))
+        .map(|line| line.json["entries"].as_f64().unwrap_or(0.0))
+        .collect();
+    let by_key: HashMap<&str, &LogLine> = committed
+        .iter()
+        .filter_map(|line| Some((line.json["key"].as_str()?, line)))
+        .collect();
+    let mut lag = WorkerLag {
+        objects,
+        put_rate: uploads.put_rate(),
+        put_to_commit_ms: Vec::new(),
+        to_queue_ms: Vec::new(),
+        queue_wait_ms: Vec::new(),
+        slot_wait_ms: Vec::new(),
+        ingest_ms: Vec::new(),
+        lag_ms: Vec::new(),
+        messages_per_receive,
+        empty_receives,
+        request_ms,
+        loop_gap_ms,
+        deletes_per_batch,
+        wall_seconds: (last_commit - first_put).as_seconds_f64(),
+        cpu,
+    };
+    for key in &uploads.keys {
+        let line = by_key
+            .get(key.as_str())
+            .unwrap_or_else(|| panic!("no `object committed` line for {key}"));
+        let put = uploads.returned[key];
+        let committed_at = line.timestamp;
+        let started = committed_at - chrono::TimeDelta::milliseconds(line.elapsed_ms as i64);
+        let message_id = message_id_of(&line.json)
+            .unwrap_or_else(|| panic!("no message_id span on the commit of {key}"));
+        let (queued, received) = *received_at
+            .get(message_id)
+            .unwrap_or_else(|| panic!("no `messages received` line names {message_id}"));
+        lag.put_to_commit_ms.push(ms(committed_at - put));
+        lag.to_queue_ms.push(ms(queued - put));
+        lag.queue_wait_ms.push(ms(received - queued));
+        lag.slot_wait_ms.push(ms(started - received));
+        lag.ingest_ms.push(line.elapsed_ms);
+        lag.lag_ms
+            .push(line.json["lag_ms"].as_f64().unwrap_or(f64::NAN));
+    }
+    lag
+}
+
+/// An SQS `SentTimestamp` (ms since the epoch) as a time.
+fn sent_timestamp(text: &str) -> DateTime<Utc> {
+    let millis: i64 = text
+        .parse()
+        .unwrap_or_else(|_| panic!("SentTimestamp `{text}` is not ms since the epoch"));
+    DateTime::from_timestamp_millis(millis).expect("a SentTimestamp in range")
+}
+
+/// The `message_id` of the `message` span a JSON log line was written in.
+fn message_id_of(json: &serde_json::Value) -> Option<&str> {
+    json["span"]["message_id"].as_str().or_else(|| {
+        json["spans"]
+            .as_array()?
+            .iter()
+            .find_map(|span| span["message_id"].as_str())
+    })
+}
+
+/// CPU counters at one moment: LocalStack's process, optionally another
+/// process (the worker), and the machine (`/proc/stat`).
+struct CpuSample {
+    at: Instant,
+    localstack: Option<f64>,
+    process: Option<(u32, f64)>,
+    /// (busy, total) jiffies over every core.
+    machine: (u64, u64),
+}
+
+impl CpuSample {
+    fn take(process: Option<u32>) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            localstack: localstack_pid()
+                .map(|pid| stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")))),
+            process: process.map(|pid| {
+                (
+                    pid,
+                    stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat"))),
+                )
+            }),
+            machine: machine_jiffies(),
+        }
+    }
+
+    fn since(&self, before: &CpuSample) -> CpuWindow {
+        let wall = (self.at - before.at).as_secs_f64();
+        let busy = (self.machine.0 - before.machine.0) as f64;
+        let total = (self.machine.1 - before.machine.1) as f64;
+        CpuWindow {
+            localstack_cores: self
+                .localstack
+                .zip(before.localstack)
+                .map(|(after, before)| (after - before) / wall),
+            worker_cores: self
+                .process
+                .zip(before.process)
+                .map(|((_, after), (_, before))| (after - before) / wall),
+            machine_busy: if total > 0.0 { busy / total } else { 0.0 },
+        }
+    }
+}
+
+/// The LocalStack server run on this host (`localstack.runtime.main`),
+/// found in `/proc`; `None` when it is elsewhere (a container).
+fn localstack_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.contains("localstack.runtime.main") && cmdline.contains("python")).then_some(pid)
+    })
+}
+
+/// (busy, total) jiffies of every core, from `/proc/stat`'s `cpu` line;
+/// idle and iowait are not busy.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .expect("a cpu line")
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest counted in user).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
 fn ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
@@ -1219,12 +1754,13 @@ fn listening_pids(port: u16) -> Vec<u32> {
         .collect()
 }
 
-/// A log line the bench reads (kept under its message): when, and a
-/// commit's `elapsed_ms`.
+/// A log line the bench reads (kept under its message): when, a
+/// commit's `elapsed_ms`, and the whole line for the lag run's fields.
 #[derive(Clone)]
 struct LogLine {
     timestamp: DateTime<Utc>,
     elapsed_ms: f64,
+    json: std::sync::Arc<serde_json::Value>,
 }
 
 /// The worker binary, logging JSON to a file the bench tails.
@@ -1242,8 +1778,19 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `binary` (under `prefix`, a command such as a profiler, when
-    /// not empty) with `config`, logging JSON to `log`.
+    /// not empty) with `config`, logging JSON to `log` at `RUST_LOG=s3_ingest=info`.
     fn spawn(binary: &Path, prefix: &[String], config: &Config, log: &Path) -> WorkerProcess {
+        WorkerProcess::spawn_logging(binary, prefix, config, log, "s3_ingest=info")
+    }
+
+    /// [`WorkerProcess::spawn`] with another `RUST_LOG` filter.
+    fn spawn_logging(
+        binary: &Path,
+        prefix: &[String],
+        config: &Config,
+        log: &Path,
+        filter: &str,
+    ) -> WorkerProcess {
         let config_path = log.with_extension("toml");
         std::fs::write(
             &config_path,
@@ -1272,7 +1819,7 @@ impl WorkerProcess {
             .arg("run")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("RUST_LOG", "s3_ingest=info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -1310,6 +1857,12 @@ impl WorkerProcess {
         }
     }
 
+    /// Every line with `message` logged so far.
+    fn lines(&mut self, message: &str) -> Vec<LogLine> {
+        self.read_appended_lines();
+        self.lines.get(message).cloned().unwrap_or_default()
+    }
+
     /// Reads the lines the worker has appended since the last call.
     fn read_appended_lines(&mut self) {
         let mut file = std::fs::File::open(&self.log).expect("worker log");
@@ -1335,6 +1888,7 @@ impl WorkerProcess {
                     .expect("JSON log lines carry an RFC 3339 timestamp")
                     .to_utc(),
                 elapsed_ms: json["elapsed_ms"].as_f64().unwrap_or(0.0),
+                json: std::sync::Arc::new(json),
             });
         }
     }
@@ -1391,6 +1945,119 @@ impl Drop for WorkerProcess {
 }
 
 impl Report {
+    /// The steady-rate lag run's tables.
+    fn lag_table(&self, line: &mut impl FnMut(String)) {
+        let cores = |cores: Option<f64>| cores.map_or("n/a".to_owned(), |c| format!("{c:.2}"));
+        let pair = |values: &[f64]| {
+            let (p50, p99) = p50_p99(values);
+            format!("{p50:.0}/{p99:.0}")
+        };
+        line(String::new());
+        line(format!(
+            "steady-rate lag: {} CSV objects PUT at a fixed rate for {} s each; ms from each PUT's return, p50/p99; CPU in cores (machine: busy share of all its cores)",
+            data::format_size(LAG_OBJECT_BYTES),
+            self.lag_seconds
+        ));
+        line(format!(
+            "emulator alone, no worker ({LAG_RECEIVERS} plain ReceiveMessage loops in parallel): PUT → first received, PUT → on the queue (SentTimestamp)"
+        ));
+        line(format!(
+            "{:>6} {:>7} {:>7} {:>11} {:>11} {:>11} {:>10} {:>8} {:>8}",
+            "rate",
+            "objects",
+            "put/s",
+            "notify p50",
+            "notify p99",
+            "to SQS",
+            "msgs/recv",
+            "LS CPU",
+            "machine"
+        ));
+        for row in &self.lag {
+            let emulator = &row.emulator;
+            let (p50, p99) = p50_p99(&emulator.delay_ms);
+            line(format!(
+                "{:>6.0} {:>7} {:>7.1} {:>11.1} {:>11.1} {:>11} {:>10.2} {:>8} {:>7.0}%",
+                row.rate,
+                emulator.objects,
+                emulator.put_rate,
+                p50,
+                p99,
+                pair(&emulator.to_queue_ms),
+                mean(&emulator.messages_per_receive),
+                cores(emulator.cpu.localstack_cores),
+                emulator.cpu.machine_busy * 100.0
+            ));
+        }
+        line(format!(
+            "worker (concurrency {LAG_CONCURRENCY}, schema declared): PUT → commit, split into PUT → on the queue (emulator), → received (receive loop), → ingest start (slot wait), → commit (elapsed_ms)"
+        ));
+        line(format!(
+            "{:>6} {:>7} {:>7} {:>11} {:>11} {:>13} {:>11} {:>11} {:>11} {:>11} {:>8}",
+            "rate",
+            "objects",
+            "put/s",
+            "commit p50",
+            "commit p99",
+            "first¼/last¼",
+            "to SQS",
+            "SQS wait",
+            "slot wait",
+            "ingest",
+            "lag_ms"
+        ));
+        for row in &self.lag {
+            let worker = &row.worker;
+            let (p50, p99) = p50_p99(&worker.put_to_commit_ms);
+            let (first, last) = worker.quarters_p50_ms();
+            line(format!(
+                "{:>6.0} {:>7} {:>7.1} {:>11.1} {:>11.1} {:>13} {:>11} {:>11} {:>11} {:>11} {:>8.0}",
+                row.rate,
+                worker.objects,
+                worker.put_rate,
+                p50,
+                p99,
+                format!("{first:.0}/{last:.0}"),
+                pair(&worker.to_queue_ms),
+                pair(&worker.queue_wait_ms),
+                pair(&worker.slot_wait_ms),
+                pair(&worker.ingest_ms),
+                p50_p99(&worker.lag_ms).0
+            ));
+        }
+        line("the worker's requests (first PUT → last commit): receives/s, messages per receive (of those with any), empty receives, receive request ms, receive loop gap ms (answer → next request), entries per DeleteMessageBatch; CPU".into());
+        line(format!(
+            "{:>6} {:>10} {:>10} {:>6} {:>11} {:>9} {:>12} {:>8} {:>8} {:>8}",
+            "rate",
+            "receives/s",
+            "msgs/recv",
+            "empty",
+            "request",
+            "loop gap",
+            "del/batch",
+            "LS CPU",
+            "worker",
+            "machine"
+        ));
+        for row in &self.lag {
+            let worker = &row.worker;
+            line(format!(
+                "{:>6.0} {:>10.1} {:>10.2} {:>6} {:>11} {:>9} {:>12.2} {:>8} {:>8} {:>7.0}%",
+                row.rate,
+                worker.receives_per_second(),
+                mean(&worker.messages_per_receive),
+                worker.empty_receives,
+                pair(&worker.request_ms),
+                pair(&worker.loop_gap_ms),
+                mean(&worker.deletes_per_batch),
+                cores(worker.cpu.localstack_cores),
+                cores(worker.cpu.worker_cores),
+                worker.cpu.machine_busy * 100.0
+            ));
+        }
+        line("lag_ms (p50): the worker's own figure, commit − the S3 event's eventTime, which the emulator sets while it handles the PUT".into());
+    }
+
     /// The tables `make bench` prints (and BENCHMARKS.md quotes).
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -1617,6 +2284,9 @@ impl Report {
                 "LocalStack CPU: utime+stime over the same span of {}; worker÷(nproc−LocalStack): cores used ÷ the cores LocalStack left (target ≥ 0.9)",
                 self.emulator_processes
             ));
+        }
+        if !self.lag.is_empty() {
+            self.lag_table(&mut line);
         }
         out
     }

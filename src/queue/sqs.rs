@@ -1,11 +1,14 @@
 //! The SQS implementation of [`Queue`]: the only file that talks to SQS.
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
 };
+use tracing::debug;
 
 use super::{ATTEMPTS_ATTRIBUTE, BatchEntryFailure, Queue, QueueError, Reachable, ReceivedMessage};
 use crate::dead_letter::DeadLetterQueue;
@@ -155,6 +158,7 @@ impl Queue for SqsQueue {
         wait_time_secs: u64,
         visibility_timeout_secs: u64,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let sent = Instant::now();
         let output = self
             .client
             .receive_message()
@@ -163,10 +167,27 @@ impl Queue for SqsQueue {
             .wait_time_seconds(wait_time_secs as i32)
             .visibility_timeout(visibility_timeout_secs as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names(ATTEMPTS_ATTRIBUTE)
             .send()
             .await
             .map_err(|err| queue_error("ReceiveMessage", &self.url, &err))?;
+        // For the steady-rate lag bench (benches/support/e2e.rs): when each
+        // message entered the queue (SentTimestamp, ms since the epoch) and
+        // when it was received (this line's timestamp).
+        debug!(
+            messages = output.messages().len(),
+            asked = max_messages,
+            request_ms = sent.elapsed().as_millis() as u64,
+            message_ids = %output.messages().iter().map(|m| m.message_id().unwrap_or_default()).collect::<Vec<_>>().join(","),
+            sent_timestamps = %output
+                .messages()
+                .iter()
+                .map(|m| m.attributes().and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp)).map_or("", String::as_str))
+                .collect::<Vec<_>>()
+                .join(","),
+            "messages received"
+        );
         let messages = output
             .messages
             .unwrap_or_default()
@@ -230,6 +251,7 @@ impl Queue for SqsQueue {
                     .map_err(|err| entry_build_error(OPERATION, &self.url, err))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let sent = Instant::now();
         let output = self
             .client
             .delete_message_batch()
@@ -238,6 +260,11 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|err| queue_error(OPERATION, &self.url, &err))?;
+        debug!(
+            entries = receipt_handles.len(),
+            request_ms = sent.elapsed().as_millis() as u64,
+            "delete batch sent"
+        );
         Ok(entry_failures(output.failed()))
     }
 

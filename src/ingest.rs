@@ -37,6 +37,9 @@ use crate::sink::{CommitReceipt, CommitState, Lineage, Sink, SinkWriter, SinksBy
 
 /// Downloaded chunks waiting for the decoder.
 const BYTE_CHANNEL_CHUNKS: usize = 8;
+/// The CPU pool size from which a large CSV object is decoded in chunks
+/// (`decode/csv/parallel.rs`) rather than as one stream.
+const CSV_CHUNKS_FROM_THREADS: usize = 3;
 /// Decoded batches waiting for the sink.
 const BATCH_CHANNEL_BATCHES: usize = 2;
 
@@ -402,7 +405,10 @@ impl Ingestor {
             declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),
             object_bytes: pinned.size,
             limits: plan.limits.clone(),
-            in_parallel: crate::parallel::threads() > 1,
+            // Chunks pay off only with more cores than the two stages (a
+            // decoding thread, encoding on the pool) fill: on 2 cores they
+            // measured 0.89 × the one-stream path (BENCHMARKS.md).
+            in_parallel: crate::parallel::threads() >= CSV_CHUNKS_FROM_THREADS,
         };
         let reader = chunk_reader(chunk_rx);
         let decode = tokio::task::spawn_blocking(move || decode_csv(reader, &job, &batches));

@@ -409,7 +409,12 @@ async fn metrics_health_and_readiness_are_served_and_probed() {
     let _suite = crate::shared().await;
     let fixture = util::Fixture::new("status").await;
     let mut config = fixture.config(None);
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    // A port the kernel just handed out as free: one derived from the pid
+    // could be an ephemeral port in use, and the worker would not start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
     config.status.listen_addr = format!("127.0.0.1:{port}");
     let config_file = write_config(&toml::to_string(&config).unwrap());
     let child = util::worker_command()

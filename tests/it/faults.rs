@@ -387,7 +387,10 @@ async fn messages_received_ahead_are_released_at_shutdown_while_work_in_progress
     })
     .await;
 
-    let (body, rows) = big_csv_zstd(400 << 20);
+    // Large enough to outlast the long poll that shutdown waits for
+    // after the put, the receives and the stop below (~4 s per 400 MiB in
+    // a debug build with parallel encoding).
+    let (body, rows) = big_csv_zstd(1 << 30);
     fixture.put("in/large.csv.zst", body).await;
     wait_for_sink_writing(&fixture).await;
     fixture.put_many(small_files("waiting", 10)).await;

@@ -703,15 +703,7 @@ fn check_written_with(path: &Path, expected: &WriterProperties) {
 /// and LocalStack keeps every bucket until it stops.
 async fn delete_objects(fixture: &Fixture, keys: &[String]) {
     for key in keys {
-        fixture
-            .clients
-            .s3
-            .delete_object()
-            .bucket(&fixture.bucket)
-            .key(key)
-            .send()
-            .await
-            .expect("DeleteObject");
+        fixture.delete(key).await;
     }
 }
 

@@ -510,7 +510,10 @@ mod tests {
     }
 
     /// Runs the decoder on a separate thread, as the worker does.
-    fn run(data: Vec<u8>, job: CsvJob) -> (Result<DecodeSummary, IngestError>, Vec<RecordBatch>) {
+    pub(super) fn run(
+        data: Vec<u8>,
+        job: CsvJob,
+    ) -> (Result<DecodeSummary, IngestError>, Vec<RecordBatch>) {
         let (tx, mut rx) = mpsc::channel(2);
         let decoder = std::thread::spawn(move || decode_csv(Cursor::new(data), &job, &tx));
         let mut batches = Vec::new();

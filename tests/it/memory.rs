@@ -360,20 +360,6 @@ async fn wait_for_ingest(
     }
 }
 
-/// Removes an object as soon as it is no longer needed: LocalStack keeps
-/// objects on the shared machine's disk, and this test writes GiBs.
-async fn delete_object(fixture: &Fixture, key: &str) {
-    fixture
-        .clients
-        .s3
-        .delete_object()
-        .bucket(&fixture.bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-}
-
 /// Copies a staged object into the watched bucket, server side: its
 /// notification arrives as soon as the copy completes, so two copies in a
 /// row put two large objects in flight at once.
@@ -421,7 +407,7 @@ async fn worker_memory_does_not_grow_with_file_size() {
         let committed = wait_for_ingest(&fixture, &mut worker, key, bytes).await;
         assert_eq!(committed as u64, rows.load(Ordering::Relaxed), "{key}");
         peaks.push((key, bytes, sampler.take_peak()));
-        delete_object(&fixture, key).await;
+        fixture.delete(key).await;
     }
 
     // The large objects are staged in a bucket without notifications and
@@ -458,7 +444,7 @@ async fn worker_memory_does_not_grow_with_file_size() {
     let committed = wait_for_ingest(&fixture, &mut worker, "in/large.csv", large_csv_bytes).await;
     assert_eq!(committed as u64, csv_rows, "in/large.csv");
     peaks.push(("in/large.csv", large_csv_bytes, sampler.take_peak()));
-    delete_object(&fixture, "in/large.csv").await;
+    fixture.delete("in/large.csv").await;
 
     sampler.take_peak();
     copy_in(&staging, &fixture, "large.csv", "in/together.csv").await;
@@ -486,10 +472,10 @@ async fn worker_memory_does_not_grow_with_file_size() {
         sampler.take_peak(),
     ));
     for key in ["in/together.csv", "in/together.parquet"] {
-        delete_object(&fixture, key).await;
+        fixture.delete(key).await;
     }
     for key in ["large.csv", "big-row-groups.parquet"] {
-        delete_object(&staging, key).await;
+        staging.delete(key).await;
     }
 
     let high_water_kib = proc_status_kib(pid, "VmHWM:").unwrap();
@@ -694,7 +680,7 @@ async fn hostile_files_cost_one_dead_letter_each_within_the_memory_bound() {
             stored as f64 / MIB as f64,
             mib(sampler.take_peak())
         ));
-        delete_object(&fixture, key).await;
+        fixture.delete(key).await;
     }
     let high_water_kib = proc_status_kib(pid, "VmHWM:").unwrap();
     drop(sampler);

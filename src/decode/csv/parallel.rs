@@ -86,7 +86,7 @@ impl Chunks<'_> {
         let (done_tx, done_rx) = std_mpsc::channel::<(u64, ChunkResult)>();
         let mut in_order = InOrder {
             uri: &self.job.uri,
-            header: self.format_has_header(),
+            header: self.job.options.header,
             batches,
             summary: DecodeSummary::empty(self.schema.clone()),
             next: 0,
@@ -195,10 +195,6 @@ impl Chunks<'_> {
         let mut summary = in_order.summary;
         summary.decoded_bytes = self.blank_head_bytes + offset;
         Ok(summary)
-    }
-
-    fn format_has_header(&self) -> bool {
-        self.job.options.header
     }
 }
 
@@ -342,13 +338,12 @@ fn shift_line_number(detail: &str, records_before: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Cursor, Write};
+    use std::io::Write;
     use std::sync::Arc;
 
     use arrow::datatypes::{DataType, Field, Schema};
 
     use crate::config::{CsvOptions, RouteLimits};
-    use crate::decode::csv::decode_csv;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -394,14 +389,9 @@ mod tests {
 
     type Outcome = (Result<DecodeSummary, IngestError>, Vec<RecordBatch>);
 
+    /// The one-stream tests' runner: the decoder on its own thread.
     fn run(data: Vec<u8>, job: CsvJob) -> Outcome {
-        let (tx, mut rx) = mpsc::channel(2);
-        let decoder = std::thread::spawn(move || decode_csv(Cursor::new(data), &job, &tx));
-        let mut batches = Vec::new();
-        while let Some(batch) = rx.blocking_recv() {
-            batches.push(batch);
-        }
-        (decoder.join().unwrap(), batches)
+        super::super::tests::run(data, job)
     }
 
     /// The same input through one stream and through chunks.

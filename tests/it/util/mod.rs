@@ -445,6 +445,19 @@ impl Fixture {
     }
 
     /// Uploads many objects with bounded concurrency.
+    /// Deletes one object: tests and benches that write GiBs free
+    /// LocalStack's disk as they go (it keeps objects until it stops).
+    pub async fn delete(&self, key: &str) {
+        self.clients
+            .s3
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("DeleteObject");
+    }
+
     pub async fn put_many(&self, objects: Vec<(String, Vec<u8>)>) {
         use futures::StreamExt;
         futures::stream::iter(objects)

@@ -397,6 +397,10 @@ pub struct RouteConfig {
     /// dead-lettered with a reason that names the limit.
     #[serde(default)]
     pub limits: RouteLimits,
+    /// Small objects collected into one output per group instead of one
+    /// each (see [`GroupConfig`]); unset: every object is its own output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupConfig>,
 }
 
 impl RouteConfig {
@@ -415,6 +419,45 @@ fn default_batch_rows() -> NonZeroUsize {
 fn default_max_row_group_bytes() -> NonZeroU64 {
     NonZeroU64::new(crate::decode::parquet::DEFAULT_MAX_ROW_GROUP_BYTES).expect("non-zero")
 }
+
+/// Small-file grouping for a route: the rows of many small objects (of the
+/// same source bucket and schema) go into one output, committed together,
+/// and their messages are deleted only after that commit. Each object is
+/// still recorded one by one in the sink's ledger, so a redelivered object
+/// is found as committed whatever group it landed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// A group is committed once its output reaches this many bytes
+    /// (encoded, as the sink writes it).
+    #[serde(default = "default_group_max_bytes")]
+    pub max_bytes: NonZeroU64,
+    /// ... or once its first object joined this many seconds ago. Each
+    /// object's message stays leased (hidden) while it waits, so this must
+    /// stay well inside `worker.max_lease_secs`.
+    #[serde(default = "default_group_max_age_secs")]
+    pub max_age_secs: u64,
+    /// Objects stored larger than this are written one output each, as
+    /// without grouping: a grouped object is held in memory whole until it
+    /// has decoded without error, so a file failing halfway never puts
+    /// rows into a group.
+    #[serde(default = "default_group_max_object_bytes")]
+    pub max_object_bytes: NonZeroU64,
+}
+
+fn default_group_max_bytes() -> NonZeroU64 {
+    NonZeroU64::new(128 << 20).expect("non-zero")
+}
+fn default_group_max_age_secs() -> u64 {
+    30
+}
+fn default_group_max_object_bytes() -> NonZeroU64 {
+    NonZeroU64::new(8 << 20).expect("non-zero")
+}
+
+/// The most `group.max_age_secs` may be: SQS's longest message delay, so a
+/// message handed back behind a group is never hidden for longer.
+pub const MAX_GROUP_AGE_SECS: u64 = 900;
 
 /// Per-route bounds on hostile or broken files. Memory per object is
 /// bounded by these in bytes, whatever the file claims or holds.
@@ -672,6 +715,17 @@ impl<'de> serde::de::Visitor<'de> for SinkVisitor {
 }
 
 impl SinkConfig {
+    /// The sink's `type`, as the config spells it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::ParquetDir { .. } => "parquet_dir",
+            SinkConfig::Stdout {} => "stdout",
+            SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::S3Parquet(_) => "s3_parquet",
+            SinkConfig::Http(_) => "http",
+        }
+    }
+
     /// Checks the sink's own settings; errors name the field (relative to
     /// `sinks.NAME.`).
     fn validate(&self) -> Result<(), (String, String)> {
@@ -965,6 +1019,53 @@ impl Config {
                 }
                 crate::schema::arrow_schema(columns)
                     .map_err(|message| invalid(key("schema"), message))?;
+            }
+            if let Some(group) = &route.group {
+                self.validate_group(group, &names, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A route's `group`: its age well inside the lease, and every sink of
+    /// the route able to commit groups.
+    fn validate_group(
+        &self,
+        group: &GroupConfig,
+        sinks: &[String],
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        let lease_bound = self.worker.max_lease_secs / 4;
+        if group.max_age_secs == 0 || group.max_age_secs > MAX_GROUP_AGE_SECS.min(lease_bound) {
+            return Err(invalid(
+                key("group.max_age_secs"),
+                format!(
+                    "{} is out of range 1..={} (at most {MAX_GROUP_AGE_SECS}, and at most a quarter of worker.max_lease_secs, {}: a grouped object's message stays leased while its group waits)",
+                    group.max_age_secs,
+                    MAX_GROUP_AGE_SECS.min(lease_bound),
+                    self.worker.max_lease_secs
+                ),
+            ));
+        }
+        if group.max_object_bytes > group.max_bytes {
+            return Err(invalid(
+                key("group.max_object_bytes"),
+                format!(
+                    "{} is larger than group.max_bytes ({})",
+                    group.max_object_bytes, group.max_bytes
+                ),
+            ));
+        }
+        for name in sinks {
+            let sink = &self.sinks[name];
+            if !matches!(sink, SinkConfig::ParquetDir { .. }) {
+                return Err(invalid(
+                    key("group"),
+                    format!(
+                        "sink `{name}` ({}) cannot commit groups; grouping is supported by parquet_dir sinks",
+                        sink.type_name()
+                    ),
+                ));
             }
         }
         Ok(())

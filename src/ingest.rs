@@ -30,10 +30,13 @@ use crate::decode::compression::Codec;
 use crate::decode::csv::{CsvJob, decode_csv};
 use crate::decode::parquet::{ParquetLimits, decode_parquet};
 use crate::error::IngestError;
+use crate::group::{GroupTicket, Groups};
 use crate::notification::{ObjectRef, Origin};
 use crate::object::{ObjectTail, PARQUET_TAIL_BYTES, PinnedObject, S3Objects, S3ParquetReader};
 use crate::route::{ObjectPlan, PlannedFormat};
-use crate::sink::{CommitReceipt, CommitState, Lineage, Sink, SinkWriter, SinksByName};
+use crate::sink::{
+    CommitReceipt, CommitState, GroupMember, Lineage, Sink, SinkWriter, SinksByName,
+};
 
 /// Downloaded chunks waiting for the decoder.
 const BYTE_CHANNEL_CHUNKS: usize = 8;
@@ -118,15 +121,27 @@ impl Precheck {
     }
 }
 
+/// What ingesting an object came to.
+pub enum Ingested {
+    /// Every sink of the plan committed it.
+    Committed(Committed),
+    /// Its rows joined a group (the route has `group`): the ticket says
+    /// when the group committed them. The object needs no slot meanwhile.
+    Grouped(GroupTicket),
+}
+
 /// The seam between the worker and the pipeline: the worker hands it one
 /// routed object and learns whether every sink committed it. `Ingestor`
 /// is the real pipeline; the worker's tests script outcomes through it.
 #[async_trait::async_trait]
 pub trait Ingest: Send + Sync {
-    /// Ingests one object as `plan` says; Ok means every sink of the plan
-    /// committed it.
+    /// Ingests one object as `plan` says: committed by every sink of the
+    /// plan, or in a group that will be.
     async fn ingest(&self, object: &ObjectRef, plan: &ObjectPlan)
-    -> Result<Committed, IngestError>;
+    -> Result<Ingested, IngestError>;
+
+    /// Shutdown began: groups commit what they hold now.
+    fn flush_groups(&self) {}
 
     /// Whether there is anything to do before downloading: see
     /// [`Ingestor::precheck`]. `redelivered`: this message was received
@@ -147,8 +162,12 @@ impl Ingest for Ingestor {
         &self,
         object: &ObjectRef,
         plan: &ObjectPlan,
-    ) -> Result<Committed, IngestError> {
-        self.ingest_object(object, plan).await
+    ) -> Result<Ingested, IngestError> {
+        self.ingest_object_or_group(object, plan).await
+    }
+
+    fn flush_groups(&self) {
+        self.groups.flush_all();
     }
 
     async fn precheck(
@@ -164,11 +183,16 @@ impl Ingest for Ingestor {
 pub struct Ingestor {
     objects: S3Objects,
     sinks: SinksByName,
+    groups: Arc<Groups>,
 }
 
 impl Ingestor {
     pub fn new(objects: S3Objects, sinks: SinksByName) -> Ingestor {
-        Ingestor { objects, sinks }
+        Ingestor {
+            objects,
+            sinks,
+            groups: Arc::new(Groups::new()),
+        }
     }
 
     /// What to do with `object` before downloading it.
@@ -278,11 +302,35 @@ impl Ingestor {
     }
 
     /// Ingests one object as `plan` says; Ok means every sink committed it.
+    /// Never joins a group (the operator's commands take objects one by
+    /// one).
     pub async fn ingest_object(
         &self,
         object: &ObjectRef,
         plan: &ObjectPlan,
     ) -> Result<Committed, IngestError> {
+        match self.ingest_inner(object, plan, false).await? {
+            Ingested::Committed(committed) => Ok(committed),
+            Ingested::Grouped(_) => unreachable!("grouping was not allowed"),
+        }
+    }
+
+    /// Ingests one object; with the route's `group` set and the object
+    /// small enough, into a group.
+    pub async fn ingest_object_or_group(
+        &self,
+        object: &ObjectRef,
+        plan: &ObjectPlan,
+    ) -> Result<Ingested, IngestError> {
+        self.ingest_inner(object, plan, true).await
+    }
+
+    async fn ingest_inner(
+        &self,
+        object: &ObjectRef,
+        plan: &ObjectPlan,
+        may_group: bool,
+    ) -> Result<Ingested, IngestError> {
         let uri = object.s3_uri();
         let format = plan.format.file_format();
         let sinks: Vec<Arc<dyn Sink>> = plan
@@ -325,7 +373,21 @@ impl Ingestor {
             }
             Opened::Tail(tail) => self.spawn_parquet(pinned.clone(), tail, plan, batch_tx),
         };
-        let written = write_batches(&sinks, &lineage, &uri, batch_rx).await;
+        // A small object of a grouping route is collected whole, then
+        // joins a group; one that turns out larger decodes (falls back to
+        // its own output) as it would without grouping.
+        let group = plan
+            .group
+            .filter(|group| may_group && lineage.size <= group.max_object_bytes.get());
+        let written = match group {
+            Some(group) => {
+                let limit = group.max_object_bytes.get().saturating_mul(DECODED_PER_STORED_BYTE);
+                collect_or_write(&sinks, &lineage, &uri, batch_rx, limit).await
+            }
+            None => write_batches(&sinks, &lineage, &uri, Vec::new(), batch_rx)
+                .await
+                .map(Written::Writers),
+        };
         // The producer's error explains a sink-side stop better than the
         // closed channel the sink saw, and vice versa; see `first_cause`.
         let produced = producer
@@ -348,6 +410,24 @@ impl Ingestor {
                 ),
             });
         }
+        let writers = match (writers, group) {
+            (Written::Collected(batches), Some(group)) => {
+                let member = GroupMember {
+                    lineage,
+                    rows: summary.rows,
+                    batches,
+                };
+                let ticket = self
+                    .groups
+                    .join(&sinks, group, member, summary.batches, summary.schema.clone())
+                    .await;
+                return Ok(Ingested::Grouped(ticket));
+            }
+            (Written::Collected(batches), None) => {
+                unreachable!("collected {} batches without a group", batches.len())
+            }
+            (Written::Writers(writers), _) => writers,
+        };
         let writers = match writers {
             Some(writers) => writers,
             // No batch at all (header-only or empty file): still commit, so
@@ -373,12 +453,12 @@ impl Ingestor {
                 .map_err(|err| sink_error(&uri, sink.name(), err))?;
             receipts.push((sink.name().to_owned(), receipt));
         }
-        Ok(Committed {
+        Ok(Ingested::Committed(Committed {
             lineage,
             rows: summary.rows,
             batches: summary.batches,
             receipts,
-        })
+        }))
     }
 
     /// Downloads on the runtime, decodes on a blocking thread.
@@ -456,16 +536,66 @@ impl Ingestor {
     }
 }
 
-/// Feeds every batch to one writer per sink, opened on the first batch.
-/// Returns the open writers (uncommitted) or `None` when no batch came.
-async fn write_batches(
+/// How much decoded (Arrow) memory a grouped object may take per stored
+/// byte before it is written on its own instead: CSV grows about 2 × when
+/// decoded, compressed files far more.
+const DECODED_PER_STORED_BYTE: u64 = 8;
+
+/// Where an object's batches went.
+enum Written {
+    /// Held whole in memory, for a group.
+    Collected(Vec<RecordBatch>),
+    /// Written to one writer per sink (uncommitted), or `None` when no
+    /// batch came.
+    Writers(Option<Vec<Box<dyn SinkWriter>>>),
+}
+
+/// Holds every batch in memory while they stay under `limit` bytes of
+/// Arrow memory; past it, writes them and the rest to the sinks as
+/// [`write_batches`] does, so a small file that decodes big costs no more
+/// memory than without grouping.
+async fn collect_or_write(
     sinks: &[Arc<dyn Sink>],
     lineage: &Lineage,
     uri: &str,
     mut batches: mpsc::Receiver<RecordBatch>,
+    limit: u64,
+) -> Result<Written, IngestError> {
+    let mut collected = Vec::new();
+    let mut bytes = 0u64;
+    while let Some(batch) = batches.recv().await {
+        bytes += batch.get_array_memory_size() as u64;
+        collected.push(batch);
+        if bytes > limit {
+            tracing::debug!(uri, bytes, limit, "object decodes too large for a group; writing it on its own");
+            return write_batches(sinks, lineage, uri, collected, batches)
+                .await
+                .map(Written::Writers);
+        }
+    }
+    Ok(Written::Collected(collected))
+}
+
+/// Feeds every batch (`first`, then the channel's) to one writer per
+/// sink, opened on the first batch. Returns the open writers
+/// (uncommitted) or `None` when no batch came.
+async fn write_batches(
+    sinks: &[Arc<dyn Sink>],
+    lineage: &Lineage,
+    uri: &str,
+    first: Vec<RecordBatch>,
+    mut batches: mpsc::Receiver<RecordBatch>,
 ) -> Result<Option<Vec<Box<dyn SinkWriter>>>, IngestError> {
     let mut writers: Option<Vec<Box<dyn SinkWriter>>> = None;
-    while let Some(batch) = batches.recv().await {
+    let mut first = first.into_iter();
+    loop {
+        let batch = match first.next() {
+            Some(batch) => batch,
+            None => match batches.recv().await {
+                Some(batch) => batch,
+                None => break,
+            },
+        };
         let current = match &mut writers {
             Some(writers) => writers,
             None => writers.insert(open_writers(sinks, lineage, batch.schema(), uri).await?),

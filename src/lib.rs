@@ -10,6 +10,7 @@ pub mod decode;
 pub mod deployment;
 pub mod emf;
 pub mod error;
+pub mod group;
 pub mod ingest;
 pub mod lease;
 pub mod notification;

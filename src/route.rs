@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::config::{CsvOptions, FileFormat, RouteConfig, RouteLimits};
+use crate::config::{CsvOptions, FileFormat, GroupConfig, RouteConfig, RouteLimits};
 
 /// What one object's pipeline does, decided once when it is routed and
 /// handed to the pipeline as one value. Only the compression is left to
@@ -23,6 +23,8 @@ pub struct ObjectPlan {
     pub limits: RouteLimits,
     /// Every sink the object lands in, committed in this order.
     pub sinks: Vec<String>,
+    /// Small objects join a group of the route (`group.rs`) when set.
+    pub group: Option<GroupConfig>,
 }
 
 /// The object's format, with what decoding it needs.
@@ -58,6 +60,7 @@ pub struct Route {
     pub schema: Option<SchemaRef>,
     pub batch_rows: usize,
     pub limits: RouteLimits,
+    pub group: Option<GroupConfig>,
 }
 
 impl Route {
@@ -85,6 +88,7 @@ impl Route {
             batch_rows: self.batch_rows,
             limits: self.limits.clone(),
             sinks: self.sinks.clone(),
+            group: self.group,
         })
     }
 
@@ -112,6 +116,7 @@ impl Route {
             schema,
             batch_rows: config.batch_rows.get(),
             limits: config.limits.clone(),
+            group: config.group,
         })
     }
 
@@ -219,6 +224,7 @@ mod tests {
             schema: None,
             batch_rows: std::num::NonZeroUsize::new(10).unwrap(),
             limits: Default::default(),
+            group: None,
         }
     }
 

@@ -181,6 +181,64 @@ pub trait Sink: Send + Sync {
         let _ = lineage;
         Ok(None)
     }
+
+    /// Starts a group of small objects from `bucket` with `schema`, for
+    /// the route `route` (see [`GroupWriter`]). Only sinks that keep a
+    /// ledger per object can: config validation allows `group` on a route
+    /// only when every sink of it does.
+    async fn open_group(
+        &self,
+        bucket: &str,
+        route: &str,
+        schema: SchemaRef,
+    ) -> Result<Box<dyn GroupWriter>, SinkError> {
+        let _ = (bucket, route, schema);
+        Err(SinkError::permanent(format!(
+            "sink `{}` cannot commit groups of objects",
+            self.name()
+        )))
+    }
+}
+
+/// One object's rows, whole, offered to a group (see `group.rs`): its
+/// decode succeeded, so none of its rows are missing.
+pub struct GroupMember {
+    pub lineage: Lineage,
+    pub batches: Vec<RecordBatch>,
+    pub rows: u64,
+}
+
+/// What a group writer did with an object offered to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// Its rows are in the group and it is claimed in the sink's ledger:
+    /// the group's commit commits it.
+    Added,
+    /// The sink already holds this version (a redelivery): nothing added.
+    AlreadyCommitted,
+    /// Another live writer has claimed this version and has not committed
+    /// it yet (a duplicate delivery in flight elsewhere): nothing added.
+    /// The message should come back later, when that writer is done.
+    ClaimedElsewhere,
+}
+
+/// A group of small objects being written as one output. Dropping it
+/// without committing leaves nothing visible, and releases its claims.
+#[async_trait]
+pub trait GroupWriter: Send {
+    /// Claims `member` in the sink's ledger and adds its rows, unless the
+    /// sink already holds it or another writer has claimed it. An error
+    /// leaves the group unusable: drop it.
+    async fn add(&mut self, member: &GroupMember) -> Result<Joined, SinkError>;
+
+    /// The group's output so far in bytes (encoded, including the part
+    /// not yet flushed), for its size threshold.
+    fn output_bytes(&self) -> u64;
+
+    /// Makes every added member durable and visible, atomically; each
+    /// then reads as committed (`Sink::is_committed`). `rows` of the
+    /// receipt is the group's.
+    async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError>;
 }
 
 #[async_trait]

@@ -56,6 +56,10 @@ pub struct Admission {
 struct State {
     /// Received and not yet finished: being worked on or waiting for a slot.
     held: usize,
+    /// Of `held`, objects whose rows wait in a group for its commit: they
+    /// need no slot, so they do not stop receives (their number is bounded
+    /// by the groups' size and age).
+    parked: usize,
     /// Running mean of the time one object spends in a slot.
     mean_object_secs: Option<f64>,
 }
@@ -68,6 +72,17 @@ pub struct HeldMessage {
 impl Drop for HeldMessage {
     fn drop(&mut self) {
         self.admission.update(|state| state.held -= 1);
+    }
+}
+
+/// An object waiting in a group; dropping it ends the wait.
+pub struct ParkedObject {
+    admission: Arc<Admission>,
+}
+
+impl Drop for ParkedObject {
+    fn drop(&mut self) {
+        self.admission.update(|state| state.parked -= 1);
     }
 }
 
@@ -93,7 +108,7 @@ impl Admission {
             let due = {
                 let state = self.state.lock().unwrap();
                 receive_size(
-                    state.held,
+                    state.held.saturating_sub(state.parked),
                     self.concurrency,
                     self.max_messages,
                     self.prefetch(&state),
@@ -114,6 +129,14 @@ impl Admission {
                 admission: self.clone(),
             })
             .collect()
+    }
+
+    /// Counts an object as parked in a group until the guard is dropped.
+    pub fn park(self: &Arc<Self>) -> ParkedObject {
+        self.update(|state| state.parked += 1);
+        ParkedObject {
+            admission: self.clone(),
+        }
     }
 
     /// Waits for an object slot, at most [`MAX_UNSTARTED_WAIT`]; `None`
@@ -162,7 +185,7 @@ impl Admission {
         let (held, prefetch) = {
             let mut state = self.state.lock().unwrap();
             change(&mut state);
-            (state.held, self.prefetch(&state))
+            (state.held.saturating_sub(state.parked), self.prefetch(&state))
         };
         telemetry::messages_held(held, prefetch);
         self.changed.notify_waiters();
@@ -248,6 +271,26 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), 10);
         held.clear();
         assert_eq!(admission.state.lock().unwrap().held, 0);
+    }
+
+    #[tokio::test]
+    async fn objects_parked_in_a_group_do_not_stop_receives() {
+        let admission = Arc::new(Admission::new(2, 10, 0));
+        let held = admission.hold(2);
+        let waiting = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "both slots' messages are held");
+        // Both objects' rows are in a group now: their messages stay held
+        // (leased) until it commits, but two more may be received.
+        let parked = [admission.park(), admission.park()];
+        assert_eq!(waiting.await.unwrap(), 2);
+        drop(parked);
+        drop(held);
+        let state = admission.state.lock().unwrap();
+        assert_eq!((state.held, state.parked), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,7 +35,15 @@ pub(super) enum MessageOutcome {
     Unstarted,
     /// The deployment refused it: hand it back, hidden for the pause.
     Deployment,
+    /// Another writer is committing one of its objects: hand it back,
+    /// hidden for [`CLAIMED_ELSEWHERE_DELAY`].
+    ClaimedElsewhere,
 }
+
+/// How long a message waits when another writer holds one of its objects
+/// uncommitted: that writer's group commits within its age, and a dead
+/// writer's claim is taken over at once.
+const CLAIMED_ELSEWHERE_DELAY: Duration = Duration::from_secs(10);
 
 /// A received message, holding its place among the messages the worker
 /// holds (receive-ahead counts places); dropping it frees the place.
@@ -169,6 +177,23 @@ impl Worker {
                     .await
                 {
                     info!("message that waited too long for a slot released for other workers");
+                }
+            }
+            MessageOutcome::ClaimedElsewhere => {
+                self.stats.released();
+                if self
+                    .hand_back(
+                        &message,
+                        CLAIMED_ELSEWHERE_DELAY,
+                        "claimed_elsewhere",
+                        acknowledgements,
+                    )
+                    .await
+                {
+                    info!(
+                        delay_secs = CLAIMED_ELSEWHERE_DELAY.as_secs(),
+                        "message handed back uncounted: another writer is committing its object"
+                    );
                 }
             }
             MessageOutcome::Deployment => {
@@ -363,6 +388,8 @@ pub(super) fn combine(outcomes: Vec<ObjectOutcome>) -> MessageOutcome {
         MessageOutcome::Retry
     } else if outcomes.contains(&ObjectOutcome::Deployment) {
         MessageOutcome::Deployment
+    } else if outcomes.contains(&ObjectOutcome::ClaimedElsewhere) {
+        MessageOutcome::ClaimedElsewhere
     } else if outcomes.contains(&ObjectOutcome::NotStarted) {
         MessageOutcome::Release
     } else if outcomes.contains(&ObjectOutcome::Unstarted) {

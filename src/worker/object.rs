@@ -10,7 +10,8 @@ use tracing::{error, info, warn};
 use super::{Worker, bump};
 use crate::dead_letter::DeadLetter;
 use crate::error::{ErrorKind, IngestError};
-use crate::ingest::Precheck;
+use crate::group::GroupOutcome;
+use crate::ingest::{Ingested, Precheck};
 use crate::notification::ObjectRef;
 use crate::queue::ReceivedMessage;
 use crate::telemetry;
@@ -32,6 +33,9 @@ pub(super) enum ObjectOutcome {
     NotStarted,
     /// It waited for a slot longer than receive-ahead allows.
     Unstarted,
+    /// Another live writer holds it in a sink's ledger, uncommitted (a
+    /// duplicate delivery being grouped elsewhere): hand it back for later.
+    ClaimedElsewhere,
 }
 
 impl Worker {
@@ -83,7 +87,7 @@ impl Worker {
         // waiting here goes back to the queue for another worker.
         // A message received ahead waits a bounded time (admission.rs):
         // past it, it goes back to the queue instead of hiding there.
-        let _slot = tokio::select! {
+        let slot = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return ObjectOutcome::NotStarted,
             slot = self.admission.slot() => match slot {
@@ -120,6 +124,26 @@ impl Worker {
             Err(err) => Err(err),
         };
         self.admission.object_finished(started.elapsed());
+        let ingested = match ingested {
+            Ok(Ingested::Committed(committed)) => Ok(committed),
+            Ok(Ingested::Grouped(ticket)) => {
+                // The rows wait in a group: the slot goes to the next
+                // object, while this message stays leased until the group
+                // commits (its lease's heartbeat runs in the message task).
+                drop(slot);
+                let _parked = self.admission.park();
+                match ticket.outcome().await {
+                    Ok(GroupOutcome::Committed(committed)) => Ok(committed),
+                    Ok(GroupOutcome::ClaimedElsewhere { sink }) => {
+                        info!(bucket, key, route = %route.name, sink = %sink,
+                            "another worker holds this object uncommitted in the sink's ledger (a duplicate delivery); handing the message back for later");
+                        return ObjectOutcome::ClaimedElsewhere;
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Err(err) => Err(err),
+        };
         match &ingested {
             Ok(_) => {
                 self.deployment.object_read(bucket);

@@ -200,6 +200,8 @@ impl Worker {
         if !late_receive {
             signals.receiving_done.cancel();
         }
+        // Objects waiting in groups commit now, within the grace period.
+        self.ingestor.flush_groups();
         info!(
             in_flight_messages = tracker.len(),
             grace_secs = self.settings.shutdown_grace.as_secs(),

@@ -10,7 +10,8 @@ use super::*;
 use crate::config::{CsvOptions, FileFormat, RouteConfig};
 use crate::dead_letter::DeadLetter;
 use crate::error::{ErrorKind, IngestError};
-use crate::ingest::{Committed, Precheck};
+use crate::group::{GroupOutcome, GroupTicket};
+use crate::ingest::{Committed, Ingested, Precheck};
 use crate::notification::ObjectRef;
 use crate::queue::ReceivedMessage;
 use crate::queue::memory::MemoryQueue;
@@ -34,6 +35,10 @@ enum Step {
     Slow(Duration),
     /// Never finishes.
     Hang,
+    /// Joins a group that commits this long after.
+    Grouped(Duration),
+    /// Joins a group, where another writer holds the object uncommitted.
+    ClaimedElsewhere,
 }
 
 /// An `Ingest` that plays a script per key (then commits), counting calls.
@@ -93,7 +98,7 @@ impl Ingest for ScriptedIngest {
         &self,
         object: &ObjectRef,
         plan: &ObjectPlan,
-    ) -> Result<Committed, IngestError> {
+    ) -> Result<Ingested, IngestError> {
         self.calls.lock().unwrap().push(object.key.clone());
         let step = self
             .script
@@ -104,7 +109,7 @@ impl Ingest for ScriptedIngest {
             .unwrap_or(Step::Commit);
         let uri = object.s3_uri();
         match step {
-            Step::Commit => {}
+            Step::Commit | Step::Grouped(_) | Step::ClaimedElsewhere => {}
             Step::Slow(duration) => tokio::time::sleep(duration).await,
             Step::Hang => std::future::pending::<()>().await,
             Step::Transient => {
@@ -140,7 +145,7 @@ impl Ingest for ScriptedIngest {
                 });
             }
         }
-        Ok(Committed {
+        let committed = Committed {
             lineage: Lineage {
                 bucket: object.bucket.clone(),
                 key: object.key.clone(),
@@ -160,7 +165,24 @@ impl Ingest for ScriptedIngest {
                     already_committed: false,
                 },
             )],
-        })
+        };
+        let (answer, ticket) = GroupTicket::channel(&uri);
+        match step {
+            Step::Grouped(after) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = answer.send(Ok(GroupOutcome::Committed(committed)));
+                });
+                Ok(Ingested::Grouped(ticket))
+            }
+            Step::ClaimedElsewhere => {
+                let _ = answer.send(Ok(GroupOutcome::ClaimedElsewhere {
+                    sink: "lake".into(),
+                }));
+                Ok(Ingested::Grouped(ticket))
+            }
+            _ => Ok(Ingested::Committed(committed)),
+        }
     }
 }
 
@@ -189,6 +211,7 @@ fn router(key_glob: &str) -> Router {
         schema: None,
         batch_rows: std::num::NonZeroUsize::new(100).unwrap(),
         limits: Default::default(),
+        group: None,
     }])
     .unwrap()
 }
@@ -731,5 +754,65 @@ async fn at_the_maximum_lease_the_work_is_abandoned_and_the_message_comes_back()
     assert_eq!(stats.messages_left_for_retry.load(Ordering::Relaxed), 1);
     assert!(stats.visibility_extensions.load(Ordering::Relaxed) >= 3);
     assert_eq!(stats.objects_committed.load(Ordering::Relaxed), 1);
+    assert!(queue.dead_letters().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn objects_waiting_in_a_group_free_their_slot_and_are_deleted_after_its_commit() {
+    let queue = Arc::new(MemoryQueue::new(true));
+    let ingest = Arc::new(ScriptedIngest::default());
+    for name in ["a", "b", "c"] {
+        ingest.then(&format!("in/{name}.csv"), &[Step::Grouped(Duration::from_secs(4))]);
+    }
+    // One slot: without parking, the three would run one after another.
+    let worker = scripted_worker(&queue, &ingest, settings(5, 1));
+    let (shutdown, running) = start(&worker);
+    let stats = worker.stats();
+    for name in ["a", "b", "c"] {
+        queue.send(created(&format!("in/{name}.csv")));
+    }
+    wait_for("all three in the group", || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|name| ingest.calls(&format!("in/{name}.csv")) == 1)
+    })
+    .await;
+    // They wait for the group's commit, leased: nothing deleted yet.
+    assert_eq!(stats.objects_committed.load(Ordering::Relaxed), 0);
+    assert_eq!(queue.in_flight(), 3);
+    wait_for("the group committed", || {
+        stats.objects_committed.load(Ordering::Relaxed) == 3
+    })
+    .await;
+    wait_for("every message deleted", || queue.is_empty()).await;
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(stats.messages_deleted.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_object_another_writer_holds_uncommitted_is_handed_back_uncounted_for_later() {
+    let queue = Arc::new(MemoryQueue::new(true));
+    let ingest = Arc::new(ScriptedIngest::default());
+    ingest.then("in/dup.csv", &[Step::ClaimedElsewhere]);
+    let worker = scripted_worker(&queue, &ingest, settings(5, 1));
+    let (shutdown, running) = start(&worker);
+    let stats = worker.stats();
+    queue.send(created("in/dup.csv"));
+    wait_for("handed back", || {
+        stats.messages_released.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(ingest.calls("in/dup.csv"), 1);
+    // Hidden for a while, then received again as a first attempt (the
+    // hand-back did not count) and, the other writer done, committed.
+    wait_for("committed on the next receive", || {
+        stats.objects_committed.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(ingest.calls("in/dup.csv"), 2);
+    wait_for("deleted", || queue.is_empty()).await;
+    shutdown.cancel();
+    running.await.unwrap();
     assert!(queue.dead_letters().is_empty());
 }

@@ -147,20 +147,31 @@ impl Groups {
             schema,
         };
         let (answer, ticket) = GroupTicket::channel(&uri);
-        let mut join = Join {
+        let join = Join {
             member,
             batches,
             answer,
         };
+        self.send(&key, sinks, settings, join).await;
+        ticket
+    }
+
+    /// Sends `join` to the open group for `key`.
+    async fn send(
+        self: &Arc<Self>,
+        key: &GroupKey,
+        sinks: &[Arc<dyn Sink>],
+        settings: GroupConfig,
+        mut join: Join,
+    ) {
         loop {
-            let joins = self.open_group(&key, sinks, settings);
+            let joins = self.open_group(key, sinks, settings);
             match joins.send(join).await {
-                Ok(()) => break,
+                Ok(()) => return,
                 // The group closed in between: the next one takes it.
                 Err(mpsc::error::SendError(returned)) => join = returned,
             }
         }
-        ticket
     }
 
     /// The open group for `key`, started if there is none (or it closed).
@@ -235,7 +246,8 @@ struct GroupTask {
 
 impl GroupTask {
     async fn run(mut self, mut joins: mpsc::Receiver<Join>) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.settings.max_age_secs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.settings.max_age_secs);
         let flushing = self.groups.flushing.clone();
         loop {
             tokio::select! {
@@ -253,11 +265,20 @@ impl GroupTask {
                 },
             }
         }
-        // No new object joins from here; those already queued are in.
+        // No new object joins from here. Those already queued go to the
+        // next group, so outputs stay near `max_bytes`; at shutdown they
+        // are committed with this one.
         self.groups.close(&self.key, self.id);
         joins.close();
         while let Some(join) = joins.recv().await {
-            self.add(join).await;
+            if flushing.is_cancelled() || self.failed.is_some() {
+                self.add(join).await;
+            } else {
+                let groups = self.groups.clone();
+                groups
+                    .send(&self.key, &self.sinks, self.settings, join)
+                    .await;
+            }
         }
         self.commit().await;
     }
@@ -412,5 +433,267 @@ fn group_failure(err: &SinkError) -> SinkError {
             detail,
             class: class.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::parquet_dir::ParquetDirSink;
+    use crate::sink::{CommitState, Lineage};
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    use std::num::NonZeroU64;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]))
+    }
+
+    fn member(key: &str, values: &[i64]) -> GroupMember {
+        let batch =
+            RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(values.to_vec()))])
+                .unwrap();
+        GroupMember {
+            lineage: Lineage {
+                bucket: "vendor".into(),
+                key: key.into(),
+                version_id: None,
+                etag: Some(format!("etag-{key}")),
+                size: 10,
+                event_time: None,
+                route: "small".into(),
+            },
+            batches: vec![batch],
+            rows: values.len() as u64,
+        }
+    }
+
+    fn settings(max_bytes: u64) -> GroupConfig {
+        GroupConfig {
+            max_bytes: NonZeroU64::new(max_bytes).unwrap(),
+            max_age_secs: 900,
+            max_object_bytes: NonZeroU64::new(1).unwrap(),
+        }
+    }
+
+    /// Every row of every Parquet file directly in `dir`, and the files.
+    fn rows_in(dir: &std::path::Path) -> (Vec<i64>, Vec<String>) {
+        let mut rows = Vec::new();
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".parquet") {
+                continue;
+            }
+            files.push(name);
+            let file = std::fs::File::open(entry.path()).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let column = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                rows.extend(column.values().iter().copied());
+            }
+        }
+        rows.sort_unstable();
+        (rows, files)
+    }
+
+    async fn committed(ticket: GroupTicket) -> Committed {
+        match ticket.outcome().await.unwrap() {
+            GroupOutcome::Committed(committed) => committed,
+            other => panic!("not committed: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_objects_land_in_one_file_once_and_each_reads_as_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(ParquetDirSink::new("lake", dir.path().to_owned()));
+        let sinks = [sink.clone()];
+        let groups = Arc::new(Groups::new());
+        let mut tickets = Vec::new();
+        for (key, values) in [("a.csv", [1, 2]), ("b.csv", [3, 4]), ("c.csv", [5, 6])] {
+            tickets.push(
+                groups
+                    .join(
+                        &sinks,
+                        settings(128 << 20),
+                        member(key, &values),
+                        1,
+                        schema(),
+                    )
+                    .await,
+            );
+        }
+        // A redelivery of `a` while its group is open: the group holds
+        // the claim, so it adds nothing.
+        let duplicate = groups
+            .join(
+                &sinks,
+                settings(128 << 20),
+                member("a.csv", &[1, 2]),
+                1,
+                schema(),
+            )
+            .await;
+        groups.flush_all();
+        for ticket in tickets {
+            let committed = committed(ticket).await;
+            let (_, receipt) = &committed.receipts[0];
+            assert!(!receipt.already_committed);
+            assert!(
+                receipt.location.contains("/vendor/group-"),
+                "{}",
+                receipt.location
+            );
+        }
+        let duplicate = committed(duplicate).await;
+        assert!(duplicate.receipts[0].1.already_committed);
+
+        let (rows, files) = rows_in(&dir.path().join("vendor"));
+        assert_eq!(rows, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(files.len(), 1, "{files:?}");
+        for key in ["a.csv", "b.csv", "c.csv"] {
+            let lineage = member(key, &[]).lineage;
+            assert_eq!(
+                sink.is_committed(&lineage).await.unwrap(),
+                CommitState::Committed
+            );
+            let details = sink.commit_details(&lineage).await.unwrap().unwrap();
+            assert!(details.location.ends_with(&files[0]));
+            assert_eq!(details.rows, Some(2));
+        }
+        let other = member("d.csv", &[]).lineage;
+        assert_eq!(
+            sink.is_committed(&other).await.unwrap(),
+            CommitState::NotCommitted
+        );
+
+        // Delivered again later, into a new group: found committed, and
+        // the new group writes no file.
+        let again = groups
+            .join(
+                &sinks,
+                settings(128 << 20),
+                member("b.csv", &[3, 4]),
+                1,
+                schema(),
+            )
+            .await;
+        assert!(committed(again).await.receipts[0].1.already_committed);
+        assert_eq!(
+            rows_in(&dir.path().join("vendor")),
+            (vec![1, 2, 3, 4, 5, 6], files)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_closes_at_its_size_and_the_next_object_opens_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(ParquetDirSink::new("lake", dir.path().to_owned()));
+        let sinks = [sink];
+        let groups = Arc::new(Groups::new());
+        // Each object encodes to about 2 MiB (random-looking values),
+        // so with 3 MiB groups every second object closes one.
+        let values = |start: i64| {
+            (start..start + 250_000)
+                .map(|n| n.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64))
+                .collect::<Vec<_>>()
+        };
+        let mut tickets = Vec::new();
+        for (n, key) in ["a.csv", "b.csv", "c.csv", "d.csv"].iter().enumerate() {
+            let member = member(key, &values(n as i64 * 1_000_000));
+            // Closed by size, not age (the age is a backstop here).
+            let settings = GroupConfig {
+                max_age_secs: 60,
+                ..settings(3 << 20)
+            };
+            tickets.push(groups.join(&sinks, settings, member, 1, schema()).await);
+        }
+        for ticket in tickets {
+            committed(ticket).await;
+        }
+        let (rows, files) = rows_in(&dir.path().join("vendor"));
+        assert_eq!(rows.len(), 1_000_000);
+        assert_eq!(files.len(), 2, "{files:?}");
+    }
+
+    #[tokio::test]
+    async fn objects_of_a_failed_group_are_retried_and_land_in_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(ParquetDirSink::new("lake", dir.path().to_owned()));
+        let sinks = [sink.clone()];
+        // A group whose writer is dropped uncommitted (a failure, or a
+        // worker killed: the lock goes either way) leaves its claims dead.
+        {
+            let mut writer = sink.open_group("vendor", "small", schema()).await.unwrap();
+            assert_eq!(
+                writer.add(&member("a.csv", &[1])).await.unwrap(),
+                Joined::Added
+            );
+        }
+        let lineage = member("a.csv", &[]).lineage;
+        assert_eq!(
+            sink.is_committed(&lineage).await.unwrap(),
+            CommitState::NotCommitted
+        );
+        let groups = Arc::new(Groups::new());
+        let ticket = groups
+            .join(&sinks, settings(1), member("a.csv", &[1]), 1, schema())
+            .await;
+        assert!(!committed(ticket).await.receipts[0].1.already_committed);
+        assert_eq!(rows_in(&dir.path().join("vendor")).0, [1]);
+        assert_eq!(
+            sink.is_committed(&lineage).await.unwrap(),
+            CommitState::Committed
+        );
+    }
+
+    #[tokio::test]
+    async fn an_object_a_live_group_holds_is_claimed_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(ParquetDirSink::new("lake", dir.path().to_owned()));
+        let mut other_worker = sink.open_group("vendor", "small", schema()).await.unwrap();
+        assert_eq!(
+            other_worker.add(&member("a.csv", &[1])).await.unwrap(),
+            Joined::Added
+        );
+
+        let groups = Arc::new(Groups::new());
+        let ticket = groups
+            .join(
+                &[sink.clone()],
+                settings(1),
+                member("a.csv", &[1]),
+                1,
+                schema(),
+            )
+            .await;
+        groups.flush_all();
+        assert!(matches!(
+            ticket.outcome().await.unwrap(),
+            GroupOutcome::ClaimedElsewhere { sink } if sink == "lake"
+        ));
+        other_worker.commit().await.unwrap();
+        assert_eq!(rows_in(&dir.path().join("vendor")).0, [1]);
+    }
+
+    #[test]
+    fn a_group_failure_is_never_permanent_for_its_members() {
+        let err = group_failure(&SinkError::permanent("encode: bad"));
+        assert!(err.is_retryable());
+        let err = group_failure(&SinkError::unavailable("StorageFull", "disk full"));
+        assert_eq!(
+            err.class,
+            crate::sink::SinkFailure::Unavailable("StorageFull".into())
+        );
+        assert!(err.detail.contains("disk full"));
     }
 }

@@ -137,8 +137,7 @@ pub enum Ingested {
 pub trait Ingest: Send + Sync {
     /// Ingests one object as `plan` says: committed by every sink of the
     /// plan, or in a group that will be.
-    async fn ingest(&self, object: &ObjectRef, plan: &ObjectPlan)
-    -> Result<Ingested, IngestError>;
+    async fn ingest(&self, object: &ObjectRef, plan: &ObjectPlan) -> Result<Ingested, IngestError>;
 
     /// Shutdown began: groups commit what they hold now.
     fn flush_groups(&self) {}
@@ -158,11 +157,7 @@ pub trait Ingest: Send + Sync {
 
 #[async_trait::async_trait]
 impl Ingest for Ingestor {
-    async fn ingest(
-        &self,
-        object: &ObjectRef,
-        plan: &ObjectPlan,
-    ) -> Result<Ingested, IngestError> {
+    async fn ingest(&self, object: &ObjectRef, plan: &ObjectPlan) -> Result<Ingested, IngestError> {
         self.ingest_object_or_group(object, plan).await
     }
 
@@ -381,7 +376,10 @@ impl Ingestor {
             .filter(|group| may_group && lineage.size <= group.max_object_bytes.get());
         let written = match group {
             Some(group) => {
-                let limit = group.max_object_bytes.get().saturating_mul(DECODED_PER_STORED_BYTE);
+                let limit = group
+                    .max_object_bytes
+                    .get()
+                    .saturating_mul(DECODED_PER_STORED_BYTE);
                 collect_or_write(&sinks, &lineage, &uri, batch_rx, limit).await
             }
             None => write_batches(&sinks, &lineage, &uri, Vec::new(), batch_rx)
@@ -419,7 +417,13 @@ impl Ingestor {
                 };
                 let ticket = self
                     .groups
-                    .join(&sinks, group, member, summary.batches, summary.schema.clone())
+                    .join(
+                        &sinks,
+                        group,
+                        member,
+                        summary.batches,
+                        summary.schema.clone(),
+                    )
                     .await;
                 return Ok(Ingested::Grouped(ticket));
             }
@@ -567,7 +571,12 @@ async fn collect_or_write(
         bytes += batch.get_array_memory_size() as u64;
         collected.push(batch);
         if bytes > limit {
-            tracing::debug!(uri, bytes, limit, "object decodes too large for a group; writing it on its own");
+            tracing::debug!(
+                uri,
+                bytes,
+                limit,
+                "object decodes too large for a group; writing it on its own"
+            );
             return write_batches(sinks, lineage, uri, collected, batches)
                 .await
                 .map(Written::Writers);

@@ -168,6 +168,17 @@ impl<W: Write + Send> ParquetEncoder<W> {
         self.in_progress.as_ref().map_or(0, RowGroup::encoded_bytes)
     }
 
+    /// Bytes written to the output so far (closed row groups), plus the
+    /// estimated size of the row group in progress.
+    pub fn output_size(&self) -> u64 {
+        self.file.bytes_written() as u64 + self.in_progress_size() as u64
+    }
+
+    /// Adds a key-value pair to the footer (written at the end).
+    pub fn append_key_value_metadata(&mut self, key_value: parquet::file::metadata::KeyValue) {
+        self.file.append_key_value_metadata(key_value);
+    }
+
     /// The output so far, for a caller that drains it as it goes (an
     /// upload): only bytes of closed row groups are ever in it, and the
     /// footer after [`ParquetEncoder::into_inner`].

@@ -185,7 +185,10 @@ impl Admission {
         let (held, prefetch) = {
             let mut state = self.state.lock().unwrap();
             change(&mut state);
-            (state.held.saturating_sub(state.parked), self.prefetch(&state))
+            (
+                state.held.saturating_sub(state.parked),
+                self.prefetch(&state),
+            )
         };
         telemetry::messages_held(held, prefetch);
         self.changed.notify_waiters();

@@ -94,11 +94,7 @@ impl Ingest for ScriptedIngest {
         Ok(Precheck::ingest(object))
     }
 
-    async fn ingest(
-        &self,
-        object: &ObjectRef,
-        plan: &ObjectPlan,
-    ) -> Result<Ingested, IngestError> {
+    async fn ingest(&self, object: &ObjectRef, plan: &ObjectPlan) -> Result<Ingested, IngestError> {
         self.calls.lock().unwrap().push(object.key.clone());
         let step = self
             .script
@@ -762,7 +758,10 @@ async fn objects_waiting_in_a_group_free_their_slot_and_are_deleted_after_its_co
     let queue = Arc::new(MemoryQueue::new(true));
     let ingest = Arc::new(ScriptedIngest::default());
     for name in ["a", "b", "c"] {
-        ingest.then(&format!("in/{name}.csv"), &[Step::Grouped(Duration::from_secs(4))]);
+        ingest.then(
+            &format!("in/{name}.csv"),
+            &[Step::Grouped(Duration::from_secs(4))],
+        );
     }
     // One slot: without parking, the three would run one after another.
     let worker = scripted_worker(&queue, &ingest, settings(5, 1));

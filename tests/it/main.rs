@@ -15,6 +15,8 @@
 //! - `faults`: processes killed at random moments, connection attempts per
 //!   second during an outage, a shutdown's grace period, messages released
 //!   within seconds, a 1 GiB file against its visibility timeout.
+//! - `group::crash_loop_with_groups_loses_and_doubles_nothing`: the same
+//!   crash loop with small-file groups.
 //! - `cli::sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns`
 //!   (a worker process must exit within 30 s of SIGTERM) and
 //!   `cli::a_stalled_stdout_reader_does_not_stall_the_worker` (a worker
@@ -44,6 +46,7 @@ mod cli;
 mod corpus;
 mod fanout;
 mod faults;
+mod group;
 mod image;
 mod ingest;
 mod memory;

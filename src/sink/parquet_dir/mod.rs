@@ -1,5 +1,6 @@
 //! `parquet_dir`: one Parquet file per source object version under a
-//! directory.
+//! directory, or, for a route with `group`, one per group of small objects
+//! (`group.rs`, with its per-object ledger in `ledger.rs`).
 //!
 //! Atomic and idempotent: rows are written to a hidden temporary file in
 //! the target directory, fsynced, then renamed to a name derived only from
@@ -29,9 +30,14 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
+mod group;
+mod ledger;
+
 use super::parquet_encoder::ParquetEncoder;
 use super::parquet_settings::ParquetWriterSettings;
-use super::{CommitDetails, CommitReceipt, CommitState, Lineage, Sink, SinkError, SinkWriter};
+use super::{
+    CommitDetails, CommitReceipt, CommitState, GroupWriter, Lineage, Sink, SinkError, SinkWriter,
+};
 
 /// Key-value metadata keys written into every file.
 pub const META_SOURCE_BUCKET: &str = "s3_ingest.source_bucket";
@@ -135,9 +141,9 @@ fn sweep_abandoned_temp_files(
     removed
 }
 
-/// `<root>/<bucket>/<readable key>-<16 hex of sha256(bucket, key, version)>.parquet`.
-/// The readable part is for people; the hash makes it unique and stable.
-pub fn output_path(root: &Path, lineage: &Lineage) -> PathBuf {
+/// 16 hex of sha256(bucket, key, version): names an object version's own
+/// file and its claims in a group's ledger.
+fn version_digest(lineage: &Lineage) -> String {
     let mut hasher = Sha256::new();
     for part in [
         lineage.bucket.as_str(),
@@ -147,7 +153,33 @@ pub fn output_path(root: &Path, lineage: &Lineage) -> PathBuf {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
-    let digest = hex::encode(&hasher.finalize()[..8]);
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// The directory of one source bucket's files.
+fn bucket_dir(root: &Path, bucket: &str) -> PathBuf {
+    root.join(bucket)
+}
+
+/// Sweeps `dir` of abandoned temporary files the first time this process
+/// writes there.
+fn sweep_once(swept: &Mutex<HashSet<PathBuf>>, dir: &Path) {
+    let first_visit = swept
+        .lock()
+        .expect("sweep set is never poisoned")
+        .insert(dir.to_path_buf());
+    if first_visit {
+        let removed = sweep_abandoned_temp_files(dir, UNLOCKED_TEMP_MIN_AGE, STALE_TEMP_AGE);
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed temporary files left by killed workers");
+        }
+    }
+}
+
+/// `<root>/<bucket>/<readable key>-<16 hex of sha256(bucket, key, version)>.parquet`.
+/// The readable part is for people; the hash makes it unique and stable.
+pub fn output_path(root: &Path, lineage: &Lineage) -> PathBuf {
+    let digest = version_digest(lineage);
     let readable: String = lineage
         .key
         .chars()
@@ -160,7 +192,7 @@ pub fn output_path(root: &Path, lineage: &Lineage) -> PathBuf {
         })
         .take(120)
         .collect();
-    root.join(&lineage.bucket).join(format!(
+    bucket_dir(root, &lineage.bucket).join(format!(
         "{}-{digest}.parquet",
         readable.trim_start_matches('.')
     ))
@@ -220,38 +252,71 @@ impl Sink for ParquetDirSink {
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
         let final_path = output_path(&self.root, lineage);
         let metadata = lineage_metadata(lineage);
+        let lineage = lineage.clone();
         let swept = self.swept.clone();
         let row_group_bytes = self.row_group_bytes;
         let writer_settings = self.writer_settings;
         let writer = tokio::task::spawn_blocking(move || {
             let dir = final_path.parent().expect("output path has a directory");
-            let first_visit = swept
-                .lock()
-                .expect("sweep set is never poisoned")
-                .insert(dir.to_path_buf());
-            if first_visit {
-                let removed =
-                    sweep_abandoned_temp_files(dir, UNLOCKED_TEMP_MIN_AGE, STALE_TEMP_AGE);
-                if removed > 0 {
-                    tracing::info!(dir = %dir.display(), removed, "removed temporary files left by killed workers");
-                }
-            }
-            ParquetDirWriter::create(final_path, schema, metadata, writer_settings, row_group_bytes)
+            sweep_once(&swept, dir);
+            ParquetDirWriter::create(
+                final_path,
+                lineage,
+                schema,
+                metadata,
+                writer_settings,
+                row_group_bytes,
+            )
         })
         .await
         .map_err(|err| SinkError::transient(format!("writer task failed: {err}")))??;
         Ok(Box::new(writer))
     }
 
-    /// The version's file exists: a file appears under its final name only
-    /// by the commit's rename, so existing means committed whole.
+    /// The version's own file exists, or a group's claim of it names a
+    /// file that exists: files appear under their final names only by a
+    /// commit's rename, so existing means committed whole.
     async fn is_committed(&self, lineage: &Lineage) -> Result<CommitState, SinkError> {
         let path = output_path(&self.root, lineage);
         match tokio::fs::try_exists(&path).await {
-            Ok(true) => Ok(CommitState::Committed),
-            Ok(false) => Ok(CommitState::NotCommitted),
-            Err(err) => Err(io_error("look for", &path, err)),
+            Ok(true) => return Ok(CommitState::Committed),
+            Ok(false) => {}
+            Err(err) => return Err(io_error("look for", &path, err)),
         }
+        let bucket_dir = bucket_dir(&self.root, &lineage.bucket);
+        let lineage = lineage.clone();
+        let claim = tokio::task::spawn_blocking(move || {
+            ledger::committed_claim(&bucket_dir, &lineage)
+                .map_err(|err| io_error("read the ledger of", &bucket_dir, err))
+        })
+        .await
+        .map_err(|err| SinkError::transient(format!("ledger task failed: {err}")))??;
+        Ok(match claim {
+            Some(_) => CommitState::Committed,
+            None => CommitState::NotCommitted,
+        })
+    }
+
+    async fn open_group(
+        &self,
+        bucket: &str,
+        route: &str,
+        schema: SchemaRef,
+    ) -> Result<Box<dyn GroupWriter>, SinkError> {
+        let dir = bucket_dir(&self.root, bucket);
+        let route = route.to_owned();
+        let swept = self.swept.clone();
+        let (settings, row_group_bytes) = (self.writer_settings, self.row_group_bytes);
+        let group = tokio::task::spawn_blocking(move || {
+            sweep_once(&swept, &dir);
+            group::ParquetDirGroup::create(dir, &route, schema, settings, row_group_bytes)
+        })
+        .await
+        .map_err(|err| SinkError::transient(format!("writer task failed: {err}")))??;
+        Ok(Box::new(group::GroupHandle {
+            group: Some(group),
+            root: self.root.clone(),
+        }))
     }
 
     /// The version's file, its rows from the Parquet footer and its
@@ -259,10 +324,29 @@ impl Sink for ParquetDirSink {
     /// last wrote it, moments before).
     async fn commit_details(&self, lineage: &Lineage) -> Result<Option<CommitDetails>, SinkError> {
         let path = output_path(&self.root, lineage);
+        let bucket_dir = bucket_dir(&self.root, &lineage.bucket);
+        let lineage = lineage.clone();
         tokio::task::spawn_blocking(move || {
             let file = match File::open(&path) {
                 Ok(file) => file,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    // In a group: the group's file, the object's rows from
+                    // its claim.
+                    let claim = ledger::committed_claim(&bucket_dir, &lineage)
+                        .map_err(|err| io_error("read the ledger of", &bucket_dir, err))?;
+                    return Ok(claim.map(|claim| {
+                        let output = bucket_dir.join(&claim.output);
+                        let committed_at = std::fs::metadata(&output)
+                            .and_then(|metadata| metadata.modified())
+                            .ok()
+                            .map(chrono::DateTime::<chrono::Utc>::from);
+                        CommitDetails {
+                            location: output.display().to_string(),
+                            rows: Some(claim.rows),
+                            committed_at,
+                        }
+                    }));
+                }
                 Err(err) => return Err(io_error("open", &path, err)),
             };
             let committed_at = file
@@ -297,12 +381,15 @@ struct ParquetDirWriter {
     /// For messages only: the file belongs to the writer.
     temp_path: PathBuf,
     final_path: PathBuf,
+    /// Looked up in the groups' ledger before the commit.
+    lineage: Lineage,
     rows: u64,
 }
 
 impl ParquetDirWriter {
     fn create(
         final_path: PathBuf,
+        lineage: Lineage,
         schema: SchemaRef,
         metadata: Vec<KeyValue>,
         writer_settings: ParquetWriterSettings,
@@ -339,6 +426,7 @@ impl ParquetDirWriter {
             writer: Some(writer),
             temp_path,
             final_path,
+            lineage,
             rows: 0,
         })
     }
@@ -399,7 +487,17 @@ impl SinkWriter for ParquetDirWriter {
             .ok_or_else(|| SinkError::permanent("writer already closed"))?;
         let temp_path = self.temp_path.clone();
         let final_path = self.final_path.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<bool, SinkError> {
+        let lineage = self.lineage.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(PathBuf, bool), SinkError> {
+            let dir = final_path.parent().expect("output path has a directory");
+            // Committed in a group already (it came before, to a worker
+            // grouping its route): a second copy must not appear. The
+            // temporary file is removed with the dropped writer.
+            if let Some(claim) = ledger::committed_claim(dir, &lineage)
+                .map_err(|err| io_error("read the ledger of", dir, err))?
+            {
+                return Ok((dir.join(claim.output), true));
+            }
             let file = writer
                 .into_inner()
                 .map_err(|err| parquet_error(&temp_path, err))?;
@@ -411,18 +509,17 @@ impl SinkWriter for ParquetDirWriter {
             file.persist(&final_path)
                 .map_err(|err| io_error("rename into", &final_path, err.error))?;
             // The rename itself is durable only once the directory is synced.
-            let dir = final_path.parent().expect("output path has a directory");
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|err| io_error("fsync directory", dir, err))?;
-            Ok(already_committed)
+            Ok((final_path, already_committed))
         })
         .await
         .map_err(|err| SinkError::transient(format!("commit task failed: {err}")))?;
         // On an error the temporary file was dropped, and so removed.
-        let already_committed = result?;
+        let (location, already_committed) = result?;
         Ok(CommitReceipt {
-            location: self.final_path.display().to_string(),
+            location: location.display().to_string(),
             rows: self.rows,
             already_committed,
         })
@@ -437,7 +534,7 @@ mod tests {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use std::sync::Arc;
 
-    fn lineage(version: Option<&str>) -> Lineage {
+    pub(super) fn lineage(version: Option<&str>) -> Lineage {
         Lineage {
             bucket: "vendor".into(),
             key: "in/a b+c é.csv".into(),
@@ -685,6 +782,7 @@ mod sweep_tests {
         // made to look old: the lock, not the age, keeps it.
         let live = ParquetDirWriter::create(
             dir.path().join("live.parquet"),
+            tests::lineage(None),
             Arc::new(arrow::datatypes::Schema::empty()),
             Vec::new(),
             ParquetWriterSettings::default(),

@@ -445,6 +445,16 @@ pub struct GroupConfig {
     pub max_object_bytes: NonZeroU64,
 }
 
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            max_bytes: default_group_max_bytes(),
+            max_age_secs: default_group_max_age_secs(),
+            max_object_bytes: default_group_max_object_bytes(),
+        }
+    }
+}
+
 fn default_group_max_bytes() -> NonZeroU64 {
     NonZeroU64::new(128 << 20).expect("non-zero")
 }
@@ -1058,11 +1068,14 @@ impl Config {
         }
         for name in sinks {
             let sink = &self.sinks[name];
-            if !matches!(sink, SinkConfig::ParquetDir { .. }) {
+            if !matches!(
+                sink,
+                SinkConfig::ParquetDir { .. } | SinkConfig::Postgres(_)
+            ) {
                 return Err(invalid(
                     key("group"),
                     format!(
-                        "sink `{name}` ({}) cannot commit groups; grouping is supported by parquet_dir sinks",
+                        "sink `{name}` ({}) cannot commit groups; grouping is supported by parquet_dir and postgres sinks",
                         sink.type_name()
                     ),
                 ));
@@ -1251,6 +1264,58 @@ mod tests {
         let err = Config::from_toml_str(&text).unwrap_err().to_string();
         assert!(err.contains("queue"), "{err}");
         assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn a_route_group_is_read_with_defaults_and_checked() {
+        let grouped = |group: &str| {
+            MINIMAL.replace(
+                "sink = \"lake\"\n",
+                &format!("sink = \"lake\"\ngroup = {group}\n"),
+            )
+        };
+        let config = Config::from_toml_str(&grouped("{ max_age_secs = 5 }")).unwrap();
+        let group = config.routes[0].group.unwrap();
+        assert_eq!(group.max_age_secs, 5);
+        assert_eq!(group.max_bytes.get(), 128 << 20);
+        assert_eq!(group.max_object_bytes.get(), 8 << 20);
+        assert!(
+            Config::from_toml_str(MINIMAL).unwrap().routes[0]
+                .group
+                .is_none()
+        );
+
+        for (group, needle) in [
+            ("{ max_age_secs = 0 }", "routes[0].group.max_age_secs"),
+            ("{ max_age_secs = 901 }", "at most 900"),
+            (
+                "{ max_bytes = 1048576, max_object_bytes = 2097152 }",
+                "routes[0].group.max_object_bytes",
+            ),
+            ("{ max_age = 5 }", "max_age"),
+        ] {
+            let err = Config::from_toml_str(&grouped(group))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{group}: {err}");
+        }
+        // The age stays well inside the lease.
+        let short_lease = grouped("{ max_age_secs = 60 }")
+            .replace("[queue]", "[worker]\nmax_lease_secs = 200\n[queue]")
+            .replace("url = ", "visibility_timeout_secs = 30\nurl = ");
+        let err = Config::from_toml_str(&short_lease).unwrap_err().to_string();
+        assert!(err.contains("quarter of worker.max_lease_secs"), "{err}");
+        // Only sinks with a per-object ledger commit groups.
+        let to_stdout = grouped("{}").replace(
+            "type = \"parquet_dir\"\n        path = \"/tmp/lake\"",
+            "type = \"stdout\"",
+        );
+        let err = Config::from_toml_str(&to_stdout).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[0].group")
+                && err.contains("sink `lake` (stdout) cannot commit groups"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -249,29 +249,33 @@ impl GroupTask {
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.settings.max_age_secs);
         let flushing = self.groups.flushing.clone();
-        loop {
+        // The object that opened the group is on its way (`Groups::send`
+        // sends right after opening): take it before anything can close
+        // the group, or a group opened during shutdown could close empty
+        // again and again.
+        match joins.recv().await {
+            Some(join) => self.add(join).await,
+            None => return,
+        }
+        while self.failed.is_none() && self.output_bytes() < self.settings.max_bytes.get() {
             tokio::select! {
                 biased;
                 _ = flushing.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline) => break,
                 join = joins.recv() => match join {
-                    Some(join) => {
-                        self.add(join).await;
-                        if self.failed.is_some() || self.output_bytes() >= self.settings.max_bytes.get() {
-                            break;
-                        }
-                    }
+                    Some(join) => self.add(join).await,
                     None => break,
                 },
             }
         }
         // No new object joins from here. Those already queued go to the
-        // next group, so outputs stay near `max_bytes`; at shutdown they
-        // are committed with this one.
+        // next group, so outputs stay near `max_bytes` (and a failed
+        // group fails no more objects); at shutdown they are committed
+        // with this one.
         self.groups.close(&self.key, self.id);
         joins.close();
         while let Some(join) = joins.recv().await {
-            if flushing.is_cancelled() || self.failed.is_some() {
+            if flushing.is_cancelled() {
                 self.add(join).await;
             } else {
                 let groups = self.groups.clone();
@@ -296,10 +300,10 @@ impl GroupTask {
     /// Offers one object to every sink's writer.
     async fn add(&mut self, join: Join) {
         let mut joined = Vec::with_capacity(self.sinks.len());
-        if self.failed.is_none() {
-            if let Err(failure) = self.open_writers().await {
-                self.failed = Some(failure);
-            }
+        if self.failed.is_none()
+            && let Err(failure) = self.open_writers().await
+        {
+            self.failed = Some(failure);
         }
         if self.failed.is_none() {
             let writers = self.writers.as_mut().expect("opened above");
@@ -378,14 +382,14 @@ impl GroupTask {
             );
             let outcome = match &self.failed {
                 Some((sink, err)) => Err(IngestError::from_sink(&uri, sink, group_failure(err))),
-                None => Ok(member_outcome(&self.sinks, &receipts, member.joined, {
+                None => member_outcome(&self.sinks, &receipts, member.joined, {
                     Committed {
                         lineage: member.member_lineage,
                         rows: member.rows,
                         batches: member.batches,
                         receipts: Vec::new(),
                     }
-                })),
+                }),
             };
             // The object's task may be gone (its lease lost, shutdown's
             // grace over): its message is redelivered and found committed.
@@ -400,13 +404,24 @@ fn member_outcome(
     receipts: &[(String, CommitReceipt)],
     joined: Vec<Joined>,
     mut committed: Committed,
-) -> GroupOutcome {
+) -> Result<GroupOutcome, IngestError> {
+    let uri = format!(
+        "s3://{}/{}",
+        committed.lineage.bucket, committed.lineage.key
+    );
     for ((sink, answer), (_, receipt)) in sinks.iter().zip(&joined).zip(receipts) {
         match answer {
             Joined::ClaimedElsewhere => {
-                return GroupOutcome::ClaimedElsewhere {
+                return Ok(GroupOutcome::ClaimedElsewhere {
                     sink: sink.name().to_owned(),
-                };
+                });
+            }
+            Joined::Refused(detail) => {
+                return Err(IngestError::from_sink(
+                    &uri,
+                    sink.name(),
+                    SinkError::permanent(detail.clone()),
+                ));
             }
             Joined::Added | Joined::AlreadyCommitted => committed.receipts.push((
                 sink.name().to_owned(),
@@ -418,7 +433,7 @@ fn member_outcome(
             )),
         }
     }
-    GroupOutcome::Committed(committed)
+    Ok(GroupOutcome::Committed(committed))
 }
 
 /// The group's failure as seen by one member: the sink's class, so an
@@ -669,7 +684,7 @@ mod tests {
         let groups = Arc::new(Groups::new());
         let ticket = groups
             .join(
-                &[sink.clone()],
+                std::slice::from_ref(&sink),
                 settings(1),
                 member("a.csv", &[1]),
                 1,
@@ -683,6 +698,27 @@ mod tests {
         ));
         other_worker.commit().await.unwrap();
         assert_eq!(rows_in(&dir.path().join("vendor")).0, [1]);
+    }
+
+    #[tokio::test]
+    async fn once_shutdown_began_a_new_group_commits_its_first_object_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(ParquetDirSink::new("lake", dir.path().to_owned()));
+        let groups = Arc::new(Groups::new());
+        groups.flush_all();
+        // The age is 15 minutes: only the flush can commit it in time.
+        let ticket = groups
+            .join(
+                &[sink],
+                settings(128 << 20),
+                member("late.csv", &[9]),
+                1,
+                schema(),
+            )
+            .await;
+        let answered = tokio::time::timeout(Duration::from_secs(30), committed(ticket)).await;
+        assert!(answered.is_ok(), "the group waited for its age");
+        assert_eq!(rows_in(&dir.path().join("vendor")).0, [9]);
     }
 
     #[test]

@@ -118,6 +118,22 @@ async fn e2e_bench_smoke_run_prints_a_table_with_numbers() {
         assert!(row.worker_output_bytes > 0 && row.bare_output_bytes > 0);
     }
 
+    // Small files without and with grouping: every object committed;
+    // grouped, fewer files than objects.
+    let grouping: Vec<Option<u64>> = report
+        .small_files
+        .iter()
+        .map(|row| row.group_age_secs)
+        .collect();
+    assert_eq!(grouping, [None, Some(1)]);
+    for row in &report.small_files {
+        assert_eq!(row.run.files, 20);
+        assert!(row.run.files_per_second() > 0.0 && row.cpu_ms_per_object().is_finite());
+        assert!(row.emulator_files_per_s > 0.0 && row.output_bytes > 0);
+    }
+    assert_eq!(report.small_files[0].output_files, 20);
+    assert!(report.small_files[1].output_files < 20);
+
     // The lone object, CSV and then Parquet, each with one CPU thread and
     // then unset.
     let runs: Vec<(&str, Option<usize>)> = report

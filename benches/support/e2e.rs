@@ -74,6 +74,11 @@ pub struct Settings {
     /// 1: the CSV object only; 2: also the same rows as Parquet
     /// (`BENCH_LONE_PARQUET=0` leaves it out).
     pub lone_sources: usize,
+    /// Small objects for the grouping rows (0 skips them), their size and
+    /// the group's `max_age_secs`.
+    pub small_files: usize,
+    pub small_size: usize,
+    pub small_group_age_secs: u64,
     /// Objects per second for the steady-rate lag run; empty skips it.
     pub lag_rates: Vec<f64>,
     /// How long each rate uploads.
@@ -230,6 +235,10 @@ impl Settings {
                 .collect(),
             lag_seconds: env("BENCH_LAG_SECONDS")
                 .map_or(20.0, |n| n.parse().expect("BENCH_LAG_SECONDS")),
+            small_files: env("BENCH_SMALL_FILES").map_or(3000, |n| n.trim().parse().unwrap_or(0)),
+            small_size: data::parse_size(&env("BENCH_SMALL_SIZE").unwrap_or("11KiB".into())),
+            small_group_age_secs: env("BENCH_SMALL_GROUP_AGE")
+                .map_or(5, |n| n.parse().expect("BENCH_SMALL_GROUP_AGE")),
         }
     }
 
@@ -257,6 +266,9 @@ impl Settings {
             lone_sources: 2,
             lag_rates: vec![10.0],
             lag_seconds: 2.0,
+            small_files: 20,
+            small_size: 11 << 10,
+            small_group_age_secs: 1,
         }
     }
 
@@ -408,6 +420,24 @@ impl CodecRow {
     }
 }
 
+/// Many small objects, grouping off or on (see `[routes.group]`).
+pub struct SmallFilesRun {
+    /// The group's `max_age_secs`, or `None` without grouping.
+    pub group_age_secs: Option<u64>,
+    pub run: IngestRun,
+    /// Parquet files the sink wrote, and their bytes.
+    pub output_files: usize,
+    pub output_bytes: u64,
+    /// Plain GetObject of the same objects (the emulator's ceiling).
+    pub emulator_files_per_s: f64,
+}
+
+impl SmallFilesRun {
+    pub fn cpu_ms_per_object(&self) -> f64 {
+        self.run.cpu_seconds * 1e3 / self.run.files as f64
+    }
+}
+
 /// The lone large object, with `cpu_threads` as set.
 pub struct LoneRun {
     /// What the object is: CSV, or the same rows as Parquet.
@@ -460,6 +490,9 @@ pub struct Report {
     /// The steady-rate lag run, one row per rate.
     pub lag: Vec<LagRow>,
     pub lag_seconds: f64,
+    /// Small objects, grouping off then on, alternated.
+    pub small_files: Vec<SmallFilesRun>,
+    pub small_size: usize,
 }
 
 pub async fn run(settings: &Settings) -> Report {
@@ -578,6 +611,34 @@ pub async fn run(settings: &Settings) -> Report {
         );
         instructions.push(instruction_row(settings, size, files).await);
     }
+    let mut small_files = Vec::new();
+    if settings.small_files > 0 {
+        for group_age_secs in [None, Some(settings.small_group_age_secs)] {
+            eprintln!(
+                "bench e2e: small files, {} × {}, grouping {} ...",
+                settings.small_files,
+                data::format_size(settings.small_size),
+                group_age_secs.map_or("off".into(), |age| format!("on (max_age_secs {age})"))
+            );
+            let mut setup = WorkerSetup::measured(settings, settings.concurrency);
+            setup.group_age_secs = group_age_secs;
+            let (fixture, keys, run) =
+                ingest_run(settings, settings.small_size, settings.small_files, &setup).await;
+            let outputs = crate::util::parquet_files(fixture.output_dir());
+            let output_bytes = outputs
+                .iter()
+                .map(|path| std::fs::metadata(path).map_or(0, |m| m.len()))
+                .sum();
+            let (emulator_seconds, _) = emulator_ceiling(&fixture, &keys).await;
+            small_files.push(SmallFilesRun {
+                group_age_secs,
+                run,
+                output_files: outputs.len(),
+                output_bytes,
+                emulator_files_per_s: keys.len() as f64 / emulator_seconds,
+            });
+        }
+    }
     let mut lag = Vec::new();
     for &rate in &settings.lag_rates {
         eprintln!(
@@ -604,6 +665,8 @@ pub async fn run(settings: &Settings) -> Report {
         emulator_processes,
         lag,
         lag_seconds: settings.lag_seconds,
+        small_files,
+        small_size: settings.small_size,
     }
 }
 
@@ -743,6 +806,8 @@ struct WorkerSetup<'a> {
     cpu_threads: Option<NonZeroUsize>,
     /// The emulator's processes, when its CPU is measured too.
     emulator: Option<&'a EmulatorProcesses>,
+    /// The route's `group.max_age_secs`; `None`: no grouping.
+    group_age_secs: Option<u64>,
 }
 
 impl WorkerSetup<'_> {
@@ -758,6 +823,7 @@ impl WorkerSetup<'_> {
             writer: ParquetWriterSettings::default(),
             cpu_threads: None,
             emulator: None,
+            group_age_secs: None,
         }
     }
 }
@@ -796,6 +862,12 @@ async fn ingest_run(
     let mut config = fixture.config(routes.as_deref());
     config.worker.concurrency = NonZeroUsize::new(setup.concurrency).expect("concurrency ≥ 1");
     config.worker.cpu_threads = setup.cpu_threads;
+    if let Some(max_age_secs) = setup.group_age_secs {
+        config.routes[0].group = Some(s3_ingest::config::GroupConfig {
+            max_age_secs,
+            ..Default::default()
+        });
+    }
     match config.sinks.get_mut("lake") {
         Some(SinkConfig::ParquetDir { writer, .. }) => *writer = setup.writer,
         _ => panic!("the fixture's config has the `lake` parquet_dir sink"),
@@ -2277,10 +2349,51 @@ impl Report {
                 self.emulator_processes
             ));
         }
+        if !self.small_files.is_empty() {
+            self.small_files_table(&mut line);
+        }
         if !self.lag.is_empty() {
             self.lag_table(&mut line);
         }
         out
+    }
+
+    /// The small-file rows: grouping off and on, same object stream.
+    fn small_files_table(&self, line: &mut impl FnMut(String)) {
+        let first = &self.small_files[0];
+        line(String::new());
+        line(format!(
+            "small files: {} CSV objects of {} queued, then one worker process (concurrency {}) into parquet_dir",
+            first.run.files,
+            data::format_size(self.small_size),
+            self.concurrency
+        ));
+        line(format!(
+            "{:>10} {:>10} {:>12} {:>8} {:>12} {:>10} {:>11} {:>10}",
+            "grouping",
+            "objects/s",
+            "CPU ms/obj",
+            "cores",
+            "output files",
+            "MiB/file",
+            "emu GETs/s",
+            "÷emu GETs"
+        ));
+        for row in &self.small_files {
+            line(format!(
+                "{:>10} {:>10.1} {:>12.2} {:>8.2} {:>12} {:>10.2} {:>11.1} {:>10.2}",
+                row.group_age_secs
+                    .map_or("off".to_owned(), |age| format!("{age} s")),
+                row.run.files_per_second(),
+                row.cpu_ms_per_object(),
+                row.run.cores_used(),
+                row.output_files,
+                row.output_bytes as f64 / MIB / row.output_files.max(1) as f64,
+                row.emulator_files_per_s,
+                row.run.files_per_second() / row.emulator_files_per_s
+            ));
+        }
+        line("objects/s: \"worker started\" → last \"object committed\" (a grouped object logs it after its group's commit, before its message is deleted); emu GETs/s: plain GetObject of the same objects, 8 in flight".into());
     }
 }
 

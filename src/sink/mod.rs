@@ -209,7 +209,7 @@ pub struct GroupMember {
 }
 
 /// What a group writer did with an object offered to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Joined {
     /// Its rows are in the group and it is claimed in the sink's ledger:
     /// the group's commit commits it.
@@ -220,6 +220,10 @@ pub enum Joined {
     /// it yet (a duplicate delivery in flight elsewhere): nothing added.
     /// The message should come back later, when that writer is done.
     ClaimedElsewhere,
+    /// The sink refused this object's rows (a constraint, a type): they
+    /// are not in the group, which goes on without them. Permanent: the
+    /// object is dead-lettered with this reason.
+    Refused(String),
 }
 
 /// A group of small objects being written as one output. Dropping it

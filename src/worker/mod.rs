@@ -11,6 +11,9 @@
 //!    shutdown before a slot   → NotStarted
 //!    waited too long for one  → Unstarted
 //!    ingest + commit ok   → Committed
+//!    joined a group       → slot freed, message leased until the group
+//!                           commits → Committed (`group.rs`)
+//!    held uncommitted by another writer's group → ClaimedElsewhere
 //!    deployment problem   → Deployment (receiving pauses, see deployment.rs)
 //!    sink outage          → Deployment (the same; judged in deployment.rs)
 //!    permanent error      → dead-letter; sent → DeadLettered, failed → Retry
@@ -18,6 +21,7 @@
 //! all Committed / DeadLettered / Unmatched → delete the message
 //! any Retry                                → leave it; SQS redelivers
 //! any Deployment (and no Retry)            → hand it back, delayed by the pause
+//! any ClaimedElsewhere (and no Retry)     → hand it back, hidden 10 s
 //! any NotStarted / Unstarted (and no Retry) → hand it back at once
 //! shutdown past the grace period           → hand it back at once
 //! ```

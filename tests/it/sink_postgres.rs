@@ -1,6 +1,8 @@
 //! The `postgres` sink against a real PostgreSQL server and LocalStack:
 //! values and types that land, schema checks, constraint violations,
-//! duplicate and racing deliveries, a worker killed in the middle of a COPY,
+//! duplicate and racing deliveries, small-file groups (one transaction,
+//! a refused object alone, a key another transaction holds), a worker
+//! killed in the middle of a COPY,
 //! a backend terminated mid-COPY, an unreachable database, and TLS
 //! (verified with the test CA; an untrusted certificate or a wrong host
 //! name left for retry).
@@ -1466,4 +1468,160 @@ async fn is_committed_reads_the_ledger_for_this_table_and_version() {
         nowhere.is_committed(&lineage).await.unwrap(),
         CommitState::NotCommitted
     );
+}
+
+/// `[routes.group]` on a postgres route: many small objects in one
+/// transaction each group, every object's rows once through duplicate
+/// notifications, and one object whose rows the table refuses
+/// dead-lettered alone while its group commits the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_small_files_commit_together_once_each_and_a_refused_one_alone() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("pg-group").await;
+    let client = connect().await;
+    let table = unique_table("group");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price float8);
+             INSERT INTO {table} VALUES (-1, 'already here', 1);"
+        ))
+        .await
+        .unwrap();
+    let routes = r#"
+        [[routes]]
+        name = "all"
+        key_glob = "**"
+        sink = "pg"
+        group = { max_age_secs = 2 }
+        "#;
+    let config =
+        fixture.config_with_sinks(Some(routes), "", &sink_toml(&postgres_url(), &table, ""));
+    let (worker, stats) = fixture.start_worker_with_stats(config).await;
+    let objects = 60;
+    let body = |n: i64| format!("id,name,price\n{},a,1.5\n{},b,2.5\n", n * 10, n * 10 + 1);
+    fixture
+        .put_many(
+            (0..objects)
+                .filter(|&n| n != 7)
+                .map(|n| (format!("in/g-{n:03}.csv"), body(n).into_bytes()))
+                .collect(),
+        )
+        .await;
+    // Notified twice.
+    let etag = fixture.put("in/g-007.csv", body(7)).await;
+    let event = s3_event(
+        &fixture.bucket,
+        &[("in/g-007.csv", &etag, body(7).len() as u64)],
+    );
+    fixture.send_raw(&event.to_string()).await;
+    // Same schema (so the same group); its id collides with the row
+    // already there: refused by the table at its COPY.
+    fixture
+        .put("in/refused.csv", "id,name,price\n-1,again,3.5\n")
+        .await;
+
+    let letters = fixture.wait_for_dead_letters(1).await;
+    assert!(
+        letters[0].key.as_deref() == Some("in/refused.csv") && letters[0].error.contains("23505"),
+        "{:?}",
+        letters[0]
+    );
+    wait_until(
+        "every object in the ledger and the queue empty",
+        WAIT,
+        || async {
+            ledger_count(&client, &table).await == objects && fixture.queue_is_empty().await
+        },
+    )
+    .await;
+    assert_eq!(count(&client, &table).await, 2 * objects + 1);
+    let ledger = ledger(&client, &table).await;
+    assert!(
+        ledger
+            .iter()
+            .all(|(_, rows, committed)| *rows == Some(2) && *committed)
+    );
+    // Many objects per transaction: a group's ledger rows carry its
+    // transaction's start as `committed_at`.
+    let transactions: i64 = client
+        .query_one(
+            &format!("SELECT count(DISTINCT committed_at) FROM {table}_ledger"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        transactions < objects / 4,
+        "{transactions} transactions for {objects} objects"
+    );
+    assert_eq!(
+        stats.objects_committed.load(Ordering::Relaxed)
+            + stats.objects_skipped.load(Ordering::Relaxed),
+        objects as u64 + 1
+    );
+    assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 1);
+    worker.stop().await;
+}
+
+/// A grouped object whose ledger key another transaction holds (another
+/// worker's group, open for its age) is handed back uncounted, not waited
+/// for, and lands once that transaction is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_object_another_transaction_holds_is_handed_back_then_lands() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("pg-group-held").await;
+    let client = connect().await;
+    let table = unique_table("held");
+    let routes = r#"
+        [[routes]]
+        name = "all"
+        key_glob = "**"
+        sink = "pg"
+        group = { max_age_secs = 1 }
+        "#;
+    let sinks = sink_toml(&postgres_url(), &table, "create_table = true");
+    let config = fixture.config_with_sinks(Some(routes), "", &sinks);
+    // A first object creates the table and the ledger.
+    let (worker, _) = fixture.start_worker_with_stats(config.clone()).await;
+    fixture.put("in/first.csv", csv_rows(2)).await;
+    wait_until("the first object committed", WAIT, || async {
+        ledger_count(&client, &table).await == 1 && fixture.queue_is_empty().await
+    })
+    .await;
+    worker.stop().await;
+    // The next object is queued; another transaction claims its version
+    // in the ledger and stays open.
+    let etag = fixture.put("in/held.csv", csv_rows(3)).await;
+    let (holder, holder_connection) =
+        tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(holder_connection);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {table}_ledger
+               (target_table, bucket, key, version_identity, size, route, sink)
+             VALUES ('{table}', '{}', 'in/held.csv', '{etag}', 1, 'all', 'pg')",
+            fixture.bucket
+        ))
+        .await
+        .unwrap();
+    let (worker, stats) = fixture.start_worker_with_stats(config).await;
+    wait_until("the held object handed back", WAIT, || async {
+        stats.messages_released.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(ledger_count(&client, &table).await, 1);
+    assert_eq!(stats.objects_committed.load(Ordering::Relaxed), 0);
+    // The other transaction goes away without committing: the object
+    // lands when its message comes back (10 s later).
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    wait_until("the held object committed", WAIT, || async {
+        ledger_count(&client, &table).await == 2 && fixture.queue_is_empty().await
+    })
+    .await;
+    assert_eq!(count(&client, &table).await, 5);
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
 }

@@ -140,6 +140,20 @@ impl LedgerKey {
         lineage: &Lineage,
         sink: &str,
     ) -> Result<u64, SinkError> {
+        self.try_claim(client, ledger, lineage, sink)
+            .await
+            .map_err(|err| classify(&format!("insert into ledger {ledger}"), &err))
+    }
+
+    /// [`Self::claim`] with the server's error as it is (a group tells a
+    /// lock timeout apart).
+    pub(super) async fn try_claim(
+        &self,
+        client: &tokio_postgres::Client,
+        ledger: &str,
+        lineage: &Lineage,
+        sink: &str,
+    ) -> Result<u64, tokio_postgres::Error> {
         let size = i64::try_from(lineage.size).unwrap_or(i64::MAX);
         // Blocks while a concurrent delivery of the same version holds the
         // key uncommitted; 0 rows once that one committed.
@@ -157,7 +171,6 @@ impl LedgerKey {
                 ],
             )
             .await
-            .map_err(|err| classify(&format!("insert into ledger {ledger}"), &err))
     }
 
     /// The rows the committed load of this version wrote.
@@ -244,12 +257,34 @@ impl LedgerKey {
         ledger: &str,
         rows: i64,
     ) -> Result<(), SinkError> {
+        self.record(client, ledger, rows, "clock_timestamp()").await
+    }
+
+    /// [`Self::record_commit`] for an object of a group: `committed_at` is
+    /// when the group's transaction began (`now()`), the same for every
+    /// object it commits, moments to `max_age_secs` before its COMMIT.
+    pub(super) async fn record_group_commit(
+        &self,
+        client: &tokio_postgres::Client,
+        ledger: &str,
+        rows: i64,
+    ) -> Result<(), SinkError> {
+        self.record(client, ledger, rows, "now()").await
+    }
+
+    async fn record(
+        &self,
+        client: &tokio_postgres::Client,
+        ledger: &str,
+        rows: i64,
+        committed_at: &str,
+    ) -> Result<(), SinkError> {
         let mut params = self.params().to_vec();
         params.push(&rows);
         client
             .execute(
                 &format!(
-                    "UPDATE {ledger} SET rows = $5, committed_at = clock_timestamp() WHERE {}",
+                    "UPDATE {ledger} SET rows = $5, committed_at = {committed_at} WHERE {}",
                     LedgerKey::WHERE
                 ),
                 &params,

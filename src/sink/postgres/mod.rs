@@ -34,6 +34,9 @@
 //! `options=-c client_connection_check_interval=10s` in the connection
 //! string makes it notice sooner.)
 //!
+//! A route with `group` writes many small objects in one transaction,
+//! each with its own ledger row (`group.rs`).
+//!
 //! ## Schema
 //!
 //! The table is checked when the first batch arrives, inside the
@@ -111,6 +114,7 @@
 mod config;
 mod encode;
 mod errors;
+mod group;
 mod ledger;
 mod table;
 mod tls;
@@ -125,7 +129,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::SslMode;
 
-use super::{CommitDetails, CommitState, Lineage, Sink, SinkContext, SinkError, SinkWriter};
+use super::{
+    CommitDetails, CommitState, GroupWriter, Lineage, Sink, SinkContext, SinkError, SinkWriter,
+};
 use errors::{classify, pool_error};
 use ledger::LedgerKey;
 use table::{QualifiedName, Target};
@@ -245,6 +251,31 @@ impl Sink for PostgresSink {
                 rows: 0,
             },
         ))))
+    }
+
+    /// Begins the group's transaction; see `group.rs`.
+    async fn open_group(
+        &self,
+        _bucket: &str,
+        _route: &str,
+        _schema: SchemaRef,
+    ) -> Result<Box<dyn GroupWriter>, SinkError> {
+        let session = self.session().await?;
+        self.ensure_ledger(&session).await?;
+        session
+            .client()
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|err| classify("begin", &err))?;
+        Ok(Box::new(group::PostgresGroup {
+            session,
+            target: self.target.clone(),
+            ledger: self.ledger.sql(),
+            sink: self.name.clone(),
+            plan: None,
+            rows: 0,
+            bytes: 0,
+        }))
     }
 
     /// Asks the ledger for this sink's table and the version's key: a row

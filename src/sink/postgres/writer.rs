@@ -56,9 +56,9 @@ pub(super) enum PostgresWriter {
 
 /// A COPY started on the first batch.
 pub(super) struct Copy {
-    plan: Arc<CopyPlan>,
+    pub(super) plan: Arc<CopyPlan>,
     /// Cache key of a plan to remember once the transaction commits.
-    plan_to_remember: Option<String>,
+    pub(super) plan_to_remember: Option<String>,
     /// `None` when the file has no columns.
     sink: Option<Pin<Box<CopyInSink<Bytes>>>>,
 }
@@ -80,19 +80,42 @@ impl InTransaction {
     /// Plans (cached, or checked/created in this transaction) and starts
     /// the COPY for the first batch's schema.
     async fn start_copy(&mut self, schema: &SchemaRef) -> Result<(), SinkError> {
+        self.copy = Some(Copy::start(&self.session, &self.target, schema).await?);
+        Ok(())
+    }
+}
+
+impl Copy {
+    /// Plans the COPY for `schema` (cached, or checked/created in the
+    /// session's open transaction) and starts it.
+    pub(super) async fn start(
+        session: &Session,
+        target: &Target,
+        schema: &SchemaRef,
+    ) -> Result<Copy, SinkError> {
         let cache_key = Target::cache_key(schema);
-        let (plan, plan_to_remember) = match self.target.cached(&cache_key) {
+        let (plan, plan_to_remember) = match target.cached(&cache_key) {
             Some(plan) => (plan, None),
             None => (
-                Arc::new(self.target.plan(&self.session, schema).await?),
+                Arc::new(target.plan(session, schema).await?),
                 Some(cache_key),
             ),
         };
+        Copy::begin(session, plan, plan_to_remember).await
+    }
+
+    /// Starts a COPY by `plan` (already checked in this transaction, or
+    /// cached). `plan_to_remember`: the cache key, for a plan made in it.
+    pub(super) async fn begin(
+        session: &Session,
+        plan: Arc<CopyPlan>,
+        plan_to_remember: Option<String>,
+    ) -> Result<Copy, SinkError> {
         let sink = match &plan.copy_statement {
             Some(statement) => {
                 let action = || format!("COPY into {}", plan.table);
                 let mut sink: Pin<Box<CopyInSink<Bytes>>> = Box::pin(
-                    self.session
+                    session
                         .client()
                         .copy_in(statement.as_str())
                         .await
@@ -105,12 +128,58 @@ impl InTransaction {
             }
             None => None,
         };
-        self.copy = Some(Copy {
+        Ok(Copy {
             plan,
             plan_to_remember,
             sink,
-        });
-        Ok(())
+        })
+    }
+
+    /// Encodes and sends one batch; `rows_before` numbers its rows in
+    /// errors. Returns the bytes sent.
+    pub(super) async fn send(
+        &mut self,
+        batch: &RecordBatch,
+        rows_before: u64,
+    ) -> Result<usize, SinkError> {
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(0);
+        };
+        let plan = &self.plan;
+        // Encoding is a tight loop over one batch, small next to decoding,
+        // so it stays on the runtime thread. One batch at a time is in
+        // memory; `send` waits for the server to take it.
+        let encoded = encode::encode_batch(batch, &plan.targets, &plan.column_names, rows_before)
+            .map_err(|reason| {
+            SinkError::permanent(format!("COPY into {}: {reason}", plan.table))
+        })?;
+        let bytes = encoded.len();
+        sink.send(encoded.freeze())
+            .await
+            .map_err(|err| classify(&format!("COPY into {}", plan.table), &err))?;
+        Ok(bytes)
+    }
+
+    /// Ends the COPY; returns the table and the plan to remember once the
+    /// transaction commits.
+    pub(super) async fn finish(
+        self,
+        rows: u64,
+    ) -> Result<(String, Option<(String, Arc<CopyPlan>)>), SinkError> {
+        let location = self.plan.table.clone();
+        if let Some(mut sink) = self.sink {
+            let action = || format!("COPY into {location}");
+            sink.send(encode::copy_trailer().freeze())
+                .await
+                .map_err(|err| classify(&action(), &err))?;
+            let copied = sink
+                .as_mut()
+                .finish()
+                .await
+                .map_err(|err| classify(&action(), &err))?;
+            debug_assert_eq!(copied, rows);
+        }
+        Ok((location, self.plan_to_remember.map(|key| (key, self.plan))))
     }
 }
 
@@ -124,20 +193,7 @@ impl SinkWriter for PostgresWriter {
             writer.start_copy(&batch.schema()).await?;
         }
         let copy = writer.copy.as_mut().expect("started above");
-        let Some(sink) = copy.sink.as_mut() else {
-            return Ok(());
-        };
-        let plan = &copy.plan;
-        // Encoding is a tight loop over one batch, small next to decoding,
-        // so it stays on the runtime thread. One batch at a time is in
-        // memory; `send` waits for the server to take it.
-        let encoded = encode::encode_batch(&batch, &plan.targets, &plan.column_names, writer.rows)
-            .map_err(|reason| {
-                SinkError::permanent(format!("COPY into {}: {reason}", plan.table))
-            })?;
-        sink.send(encoded.freeze())
-            .await
-            .map_err(|err| classify(&format!("COPY into {}", plan.table), &err))?;
+        copy.send(&batch, writer.rows).await?;
         writer.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -156,20 +212,7 @@ impl SinkWriter for PostgresWriter {
         let mut location = writer.key.table.clone();
         let mut plan_to_remember = None;
         if let Some(copy) = writer.copy.take() {
-            location = copy.plan.table.clone();
-            if let Some(mut sink) = copy.sink {
-                let action = || format!("COPY into {location}");
-                sink.send(encode::copy_trailer().freeze())
-                    .await
-                    .map_err(|err| classify(&action(), &err))?;
-                let copied = sink
-                    .as_mut()
-                    .finish()
-                    .await
-                    .map_err(|err| classify(&action(), &err))?;
-                debug_assert_eq!(copied, writer.rows);
-            }
-            plan_to_remember = copy.plan_to_remember.map(|key| (key, copy.plan));
+            (location, plan_to_remember) = copy.finish(writer.rows).await?;
         }
         let client = writer.session.client();
         let ledger = &writer.ledger;

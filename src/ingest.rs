@@ -410,6 +410,11 @@ impl Ingestor {
         }
         let writers = match (writers, group) {
             (Written::Collected(batches), Some(group)) => {
+                // Groups are per schema of the rows (the decoder's when
+                // there are none).
+                let schema = batches
+                    .first()
+                    .map_or_else(|| summary.schema.clone(), RecordBatch::schema);
                 let member = GroupMember {
                     lineage,
                     rows: summary.rows,
@@ -417,13 +422,7 @@ impl Ingestor {
                 };
                 let ticket = self
                     .groups
-                    .join(
-                        &sinks,
-                        group,
-                        member,
-                        summary.batches,
-                        summary.schema.clone(),
-                    )
+                    .join(&sinks, group, member, summary.batches, schema)
                     .await;
                 return Ok(Ingested::Grouped(ticket));
             }

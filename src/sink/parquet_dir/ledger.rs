@@ -111,10 +111,12 @@ pub(super) fn claim(
             Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(err) => return Err(err.error),
         }
-        let Some(existing) = read_claim(&path)? else {
-            // Gone between the two calls: nothing removes claims, so only
-            // an operator did; try the same generation's next one.
-            continue;
+        let existing = match read_claim(&path)? {
+            Read::Claim(existing) => existing,
+            // Gone between the two calls (nothing removes claims, so only
+            // an operator did), or cut short by a crash before its group
+            // synced it (so that group never committed): dead.
+            Read::Missing | Read::Unreadable => continue,
         };
         if existing.temp == claim.temp {
             return Ok(Claimed::ThisGroup);
@@ -141,25 +143,30 @@ pub(super) fn committed_claim(
     for generation in 0..MAX_GENERATIONS {
         // Generations are created in order and never removed, so the
         // first missing one ends the list.
-        let Some(claim) = read_claim(&claim_path(&ledger, &digest, generation))? else {
-            return Ok(None);
-        };
-        if bucket_dir.join(&claim.output).exists() {
-            return Ok(Some(claim));
+        match read_claim(&claim_path(&ledger, &digest, generation))? {
+            Read::Missing => return Ok(None),
+            Read::Claim(claim) if bucket_dir.join(&claim.output).exists() => {
+                return Ok(Some(claim));
+            }
+            Read::Claim(_) | Read::Unreadable => {}
         }
     }
     Ok(None)
 }
 
-fn read_claim(path: &Path) -> std::io::Result<Option<Claim>> {
+/// A claim file as read.
+enum Read {
+    Claim(Claim),
+    Missing,
+    /// Not a whole claim: written, but not synced before a crash (claims
+    /// are synced before their group commits, so its group did not).
+    Unreadable,
+}
+
+fn read_claim(path: &Path) -> std::io::Result<Read> {
     match std::fs::read(path) {
-        Ok(text) => serde_json::from_slice(&text).map(Some).map_err(|err| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("claim {} is not readable: {err}", path.display()),
-            )
-        }),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(text) => Ok(serde_json::from_slice(&text).map_or(Read::Unreadable, Read::Claim)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Read::Missing),
         Err(err) => Err(err),
     }
 }
@@ -281,6 +288,31 @@ mod tests {
             None
         );
         sync_claims(bucket_dir, &[path_a, path_b]).unwrap();
+    }
+
+    #[test]
+    fn a_claim_cut_short_by_a_crash_is_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let object = lineage("in/cut.csv");
+        let ledger = ledger_dir(dir.path());
+        std::fs::create_dir_all(&ledger).unwrap();
+        std::fs::write(claim_path(&ledger, &version_digest(&object), 0), b"{\"out").unwrap();
+        assert_eq!(committed_claim(dir.path(), &object).unwrap(), None);
+        let temp = File::create(dir.path().join(".a.tmp")).unwrap();
+        temp.lock().unwrap();
+        let Claimed::Ours(path) =
+            claim(dir.path(), &object, &claim_for("group-a.parquet", ".a.tmp")).unwrap()
+        else {
+            panic!("an unreadable claim is taken over");
+        };
+        assert!(path.to_string_lossy().ends_with(".1.json"));
+        std::fs::rename(
+            dir.path().join(".a.tmp"),
+            dir.path().join("group-a.parquet"),
+        )
+        .unwrap();
+        let committed = committed_claim(dir.path(), &object).unwrap().unwrap();
+        assert_eq!(committed.output, "group-a.parquet");
     }
 
     #[test]

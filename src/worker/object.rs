@@ -136,7 +136,7 @@ impl Worker {
                     Ok(GroupOutcome::Committed(committed)) => Ok(committed),
                     Ok(GroupOutcome::ClaimedElsewhere { sink }) => {
                         info!(bucket, key, route = %route.name, sink = %sink,
-                            "another worker holds this object uncommitted in the sink's ledger (a duplicate delivery); handing the message back for later");
+                            "another group holds this object uncommitted in the sink's ledger (a duplicate delivery); handing the message back for later");
                         return ObjectOutcome::ClaimedElsewhere;
                     }
                     Err(err) => Err(err),

@@ -1531,6 +1531,7 @@ mod tests {
                 ("S3_INGEST__ROUTES__VENDORS__KEY_GLOB", "[ab]*.csv"),
                 ("S3_INGEST__ROUTES__VENDORS__SINKS", "lake,pg"),
                 ("S3_INGEST__ROUTES__VENDORS__LIMITS__MAX_COLUMNS", "12"),
+                ("S3_INGEST__ROUTES__VENDORS__GROUP__MAX_AGE_SECS", "7"),
                 // Inside a sink, whose fields depend on its `type`.
                 ("S3_INGEST__SINKS__PG__CREATE_TABLE", "true"),
                 ("S3_INGEST__SINKS__PG__POOL_SIZE", "3"),
@@ -1548,6 +1549,11 @@ mod tests {
         assert_eq!(route.key_glob, "[ab]*.csv");
         assert_eq!(route.sink_names(), ["lake", "pg"]);
         assert_eq!(route.limits.max_columns.get(), 12);
+        // A table the file does not have, made from one variable; the
+        // rest of it takes its defaults.
+        let group = route.group.expect("group from the environment");
+        assert_eq!(group.max_age_secs, 7);
+        assert_eq!(group.max_bytes.get(), 128 << 20);
         match &config.sinks["pg"] {
             SinkConfig::Postgres(pg) => {
                 assert!(pg.create_table);

@@ -366,10 +366,17 @@ impl GroupTask {
             .map(|member| member.rows)
             .sum();
         if let Some((sink, err)) = &self.failed {
+            crate::telemetry::group_failed(&self.key.route);
             tracing::warn!(route = %self.key.route, bucket = %self.key.bucket, sink = %sink,
                 objects = self.members.len(), error = %err,
                 "group failed: none of its objects committed; each will be retried");
         } else if !self.members.is_empty() {
+            let added = self
+                .members
+                .iter()
+                .filter(|member| member.joined.contains(&Joined::Added))
+                .count();
+            crate::telemetry::group_committed(&self.key.route, added);
             tracing::info!(route = %self.key.route, bucket = %self.key.bucket,
                 objects = self.members.len(), rows = group_rows,
                 locations = %receipts.iter().map(|(_, r)| r.location.as_str()).collect::<Vec<_>>().join(", "),

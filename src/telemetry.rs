@@ -39,6 +39,10 @@ const DEPLOYMENT_PROBLEMS: &str = "s3_ingest_deployment_problems";
 const RECEIVE_PAUSED: &str = "s3_ingest_receive_paused";
 const MESSAGES_HANDED_BACK: &str = "s3_ingest_messages_handed_back_total";
 const BUILD_INFO: &str = "s3_ingest_build_info";
+const GROUPS_COMMITTED: &str = "s3_ingest_groups_committed_total";
+const GROUPS_FAILED: &str = "s3_ingest_groups_failed_total";
+const GROUPED_OBJECTS: &str = "s3_ingest_grouped_objects_total";
+const OBJECTS_PARKED: &str = "s3_ingest_objects_parked";
 const DELETE_FAILURES: &str = "s3_ingest_delete_failures_total";
 const DEAD_LETTER_SEND_FAILURES: &str = "s3_ingest_dead_letter_send_failures_total";
 
@@ -190,6 +194,22 @@ fn describe() {
         BUILD_INFO,
         "always 1; the labels name the running build's version and commit"
     );
+    describe_counter!(
+        GROUPS_COMMITTED,
+        "small-file groups committed (every sink of the route), by route"
+    );
+    describe_counter!(
+        GROUPS_FAILED,
+        "small-file groups that failed (each of their objects is retried), by route"
+    );
+    describe_counter!(
+        GROUPED_OBJECTS,
+        "objects a committed group added (not those its sinks already held), by route"
+    );
+    describe_gauge!(
+        OBJECTS_PARKED,
+        "objects whose rows wait in an open group for its commit (their messages stay leased)"
+    );
     describe_gauge!(
         PREFETCH_LIMIT,
         "messages the worker may hold beyond its object slots now (from recent object times)"
@@ -287,6 +307,20 @@ pub fn object_skipped(route: &str, reason: &'static str) {
     counter!(OBJECTS_SKIPPED, "route" => route.to_owned(), "reason" => reason).increment(1);
 }
 
+/// A small-file group committed, with `objects` objects added by it.
+pub fn group_committed(route: &str, objects: usize) {
+    counter!(GROUPS_COMMITTED, "route" => route.to_owned()).increment(1);
+    counter!(GROUPED_OBJECTS, "route" => route.to_owned()).increment(objects as u64);
+}
+
+pub fn group_failed(route: &str) {
+    counter!(GROUPS_FAILED, "route" => route.to_owned()).increment(1);
+}
+
+pub fn objects_parked(parked: usize) {
+    gauge!(OBJECTS_PARKED).set(parked as f64);
+}
+
 pub fn object_reconciled(route: &str) {
     counter!(OBJECTS_RECONCILED, "route" => route.to_owned()).increment(1);
 }
@@ -352,6 +386,8 @@ mod tests {
         object_dead_lettered(Some("orders"), ErrorKind::CsvError);
         object_retried("orders", ErrorKind::Unavailable, Some("warehouse"));
         object_retried("orders", ErrorKind::S3Error, None);
+        group_committed("small", 600);
+        group_failed("small");
         build_info();
         let text = render();
         assert!(
@@ -368,6 +404,13 @@ mod tests {
             "s3_ingest_objects_retried_total{route=\"orders\",error_kind=\"s3_error\",sink=\"\"} 1",
         ] {
             assert!(text.contains(retried), "{retried} missing from {text}");
+        }
+        for grouped in [
+            "s3_ingest_groups_committed_total{route=\"small\"} 1",
+            "s3_ingest_grouped_objects_total{route=\"small\"} 600",
+            "s3_ingest_groups_failed_total{route=\"small\"} 1",
+        ] {
+            assert!(text.contains(grouped), "{grouped} missing from {text}");
         }
         let build = format!(
             "s3_ingest_build_info{{version=\"{}\",commit=\"{}\"}} 1",

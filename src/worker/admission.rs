@@ -182,15 +182,17 @@ impl Admission {
     }
 
     fn update(&self, change: impl FnOnce(&mut State)) {
-        let (held, prefetch) = {
+        let (held, parked, prefetch) = {
             let mut state = self.state.lock().unwrap();
             change(&mut state);
             (
                 state.held.saturating_sub(state.parked),
+                state.parked,
                 self.prefetch(&state),
             )
         };
         telemetry::messages_held(held, prefetch);
+        telemetry::objects_parked(parked);
         self.changed.notify_waiters();
     }
 }

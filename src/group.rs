@@ -205,6 +205,7 @@ impl Groups {
             writers: None,
             members: Vec::new(),
             failed: None,
+            culprit: None,
         };
         tokio::spawn(task.run(receiver));
         joins
@@ -242,6 +243,9 @@ struct GroupTask {
     /// The first failure: the group then adds nothing more and commits
     /// nothing; every member gets an error.
     failed: Option<(String, SinkError)>,
+    /// The member whose adding failed, if one did (not the commit, nor
+    /// opening the writers): it gets the failure as it is.
+    culprit: Option<usize>,
 }
 
 impl GroupTask {
@@ -253,9 +257,14 @@ impl GroupTask {
         // sends right after opening): take it before anything can close
         // the group, or a group opened during shutdown could close empty
         // again and again.
-        match joins.recv().await {
-            Some(join) => self.add(join).await,
-            None => return,
+        // (Bounded by the age all the same: a joiner dropped before its
+        // send, its lease lost, must not leave the group open forever.)
+        tokio::select! {
+            join = joins.recv() => match join {
+                Some(join) => self.add(join).await,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
         }
         while self.failed.is_none() && self.output_bytes() < self.settings.max_bytes.get() {
             tokio::select! {
@@ -274,17 +283,27 @@ impl GroupTask {
         // with this one.
         self.groups.close(&self.key, self.id);
         joins.close();
+        let mut for_next_group = Vec::new();
         while let Some(join) = joins.recv().await {
             if flushing.is_cancelled() {
                 self.add(join).await;
             } else {
-                let groups = self.groups.clone();
-                groups
-                    .send(&self.key, &self.sinks, self.settings, join)
-                    .await;
+                for_next_group.push(join);
             }
         }
+        // Committed before handing the rest on: the next group may need
+        // what this one holds until it commits (a pooled connection, a
+        // table's creation lock), and its queue may be full.
+        let (groups, key, sinks, settings) = (
+            self.groups.clone(),
+            self.key.clone(),
+            self.sinks.clone(),
+            self.settings,
+        );
         self.commit().await;
+        for join in for_next_group {
+            groups.send(&key, &sinks, settings, join).await;
+        }
     }
 
     fn output_bytes(&self) -> u64 {
@@ -309,9 +328,16 @@ impl GroupTask {
             let writers = self.writers.as_mut().expect("opened above");
             for (sink, writer) in self.sinks.iter().zip(writers.iter_mut()) {
                 match writer.add(&join.member).await {
+                    // Refused by one sink: dead-lettered, so the later
+                    // sinks must not commit its rows either.
+                    Ok(refused @ Joined::Refused(_)) => {
+                        joined.push(refused);
+                        break;
+                    }
                     Ok(answer) => joined.push(answer),
                     Err(err) => {
                         self.failed = Some((sink.name().to_owned(), err));
+                        self.culprit = Some(self.members.len());
                         break;
                     }
                 }
@@ -382,12 +408,17 @@ impl GroupTask {
                 locations = %receipts.iter().map(|(_, r)| r.location.as_str()).collect::<Vec<_>>().join(", "),
                 "group committed");
         }
-        for member in self.members {
+        for (index, member) in self.members.into_iter().enumerate() {
             let uri = format!(
                 "s3://{}/{}",
                 member.member_lineage.bucket, member.member_lineage.key
             );
             let outcome = match &self.failed {
+                // Its own rows failed: its own error (a permanent one
+                // dead-letters it at once, so it fails no second group).
+                Some((sink, err)) if self.culprit == Some(index) => {
+                    Err(IngestError::from_sink(&uri, sink, copy_error(err)))
+                }
                 Some((sink, err)) => Err(IngestError::from_sink(&uri, sink, group_failure(err))),
                 None => member_outcome(&self.sinks, &receipts, member.joined, {
                     Committed {
@@ -443,6 +474,13 @@ fn member_outcome(
     Ok(GroupOutcome::Committed(committed))
 }
 
+fn copy_error(err: &SinkError) -> SinkError {
+    SinkError {
+        detail: err.detail.clone(),
+        class: err.class.clone(),
+    }
+}
+
 /// The group's failure as seen by one member: the sink's class, so an
 /// outage is an outage for each, but never permanent. A permanent failure
 /// is the data of one member or the group's own; the others' rows are
@@ -467,6 +505,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::record_batch::RecordBatch;
     use std::num::NonZeroU64;
+    use std::sync::Mutex;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]))
@@ -726,6 +765,159 @@ mod tests {
         let answered = tokio::time::timeout(Duration::from_secs(30), committed(ticket)).await;
         assert!(answered.is_ok(), "the group waited for its age");
         assert_eq!(rows_in(&dir.path().join("vendor")).0, [9]);
+    }
+
+    /// A sink whose groups refuse or fail on given keys, and record what
+    /// they added.
+    struct ScriptedSink {
+        name: &'static str,
+        refuse: &'static str,
+        fail: &'static str,
+        added: Arc<Mutex<Vec<String>>>,
+    }
+
+    struct ScriptedGroup {
+        refuse: &'static str,
+        fail: &'static str,
+        added: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for ScriptedSink {
+        fn name(&self) -> &str {
+            self.name
+        }
+        async fn open(
+            &self,
+            _: &Lineage,
+            _: SchemaRef,
+        ) -> Result<Box<dyn crate::sink::SinkWriter>, SinkError> {
+            unreachable!("groups only")
+        }
+        async fn open_group(
+            &self,
+            _: &str,
+            _: &str,
+            _: SchemaRef,
+        ) -> Result<Box<dyn GroupWriter>, SinkError> {
+            Ok(Box::new(ScriptedGroup {
+                refuse: self.refuse,
+                fail: self.fail,
+                added: self.added.clone(),
+            }))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl GroupWriter for ScriptedGroup {
+        async fn add(&mut self, member: &GroupMember) -> Result<Joined, SinkError> {
+            let key = member.lineage.key.as_str();
+            if key == self.refuse {
+                return Ok(Joined::Refused("23505: duplicate key".into()));
+            }
+            if key == self.fail {
+                return Err(SinkError::permanent("encode: a value no column takes"));
+            }
+            self.added.lock().unwrap().push(key.to_owned());
+            Ok(Joined::Added)
+        }
+        fn output_bytes(&self) -> u64 {
+            0
+        }
+        async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError> {
+            Ok(CommitReceipt {
+                location: "scripted".into(),
+                rows: 0,
+                already_committed: false,
+            })
+        }
+    }
+
+    fn scripted(
+        name: &'static str,
+        refuse: &'static str,
+        fail: &'static str,
+    ) -> (Arc<dyn Sink>, Arc<Mutex<Vec<String>>>) {
+        let added = Arc::new(Mutex::new(Vec::new()));
+        let sink = ScriptedSink {
+            name,
+            refuse,
+            fail,
+            added: added.clone(),
+        };
+        (Arc::new(sink), added)
+    }
+
+    #[tokio::test]
+    async fn a_refused_object_is_dead_lettered_alone_and_no_later_sink_takes_it() {
+        let (first, _) = scripted("warehouse", "bad.csv", "");
+        let (second, second_added) = scripted("lake", "", "");
+        let groups = Arc::new(Groups::new());
+        let sinks = [first, second];
+        let good = groups
+            .join(
+                &sinks,
+                settings(1 << 30),
+                member("good.csv", &[1]),
+                1,
+                schema(),
+            )
+            .await;
+        let bad = groups
+            .join(
+                &sinks,
+                settings(1 << 30),
+                member("bad.csv", &[2]),
+                1,
+                schema(),
+            )
+            .await;
+        groups.flush_all();
+        assert_eq!(committed(good).await.receipts.len(), 2);
+        let err = bad.outcome().await.unwrap_err();
+        assert!(
+            !err.is_retryable() && err.to_string().contains("23505"),
+            "{err}"
+        );
+        assert_eq!(*second_added.lock().unwrap(), ["good.csv"]);
+    }
+
+    #[tokio::test]
+    async fn the_object_that_failed_a_group_gets_its_error_the_others_a_retry() {
+        let (sink, _) = scripted("lake", "", "poison.csv");
+        let groups = Arc::new(Groups::new());
+        let sinks = [sink];
+        let before = groups
+            .join(
+                &sinks,
+                settings(1 << 30),
+                member("before.csv", &[1]),
+                1,
+                schema(),
+            )
+            .await;
+        let poison = groups
+            .join(
+                &sinks,
+                settings(1 << 30),
+                member("poison.csv", &[2]),
+                1,
+                schema(),
+            )
+            .await;
+        groups.flush_all();
+        // Its own failure, permanent: dead-lettered now, so it fails no
+        // second group.
+        let err = poison.outcome().await.unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+        // The others' rows were fine: retried.
+        let err = before.outcome().await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the group this object joined failed"),
+            "{err}"
+        );
     }
 
     #[test]

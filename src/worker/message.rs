@@ -42,7 +42,8 @@ pub(super) enum MessageOutcome {
 
 /// How long a message waits when another writer holds one of its objects
 /// uncommitted: that writer's group commits within its age, and a dead
-/// writer's claim is taken over at once.
+/// writer's claim is taken over at once (after an hour where the
+/// filesystem has no locks).
 const CLAIMED_ELSEWHERE_DELAY: Duration = Duration::from_secs(10);
 
 /// A received message, holding its place among the messages the worker

@@ -802,6 +802,7 @@ async fn an_object_another_writer_holds_uncommitted_is_handed_back_uncounted_for
         stats.messages_released.load(Ordering::Relaxed) == 1
     })
     .await;
+    let handed_back = tokio::time::Instant::now();
     assert_eq!(ingest.calls("in/dup.csv"), 1);
     // Hidden for a while, then received again as a first attempt (the
     // hand-back did not count) and, the other writer done, committed.
@@ -809,7 +810,20 @@ async fn an_object_another_writer_holds_uncommitted_is_handed_back_uncounted_for
         stats.objects_committed.load(Ordering::Relaxed) == 1
     })
     .await;
+    assert!(
+        handed_back.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        handed_back.elapsed()
+    );
     assert_eq!(ingest.calls("in/dup.csv"), 2);
+    assert_eq!(
+        *ingest.prechecks.lock().unwrap(),
+        [
+            ("in/dup.csv".to_owned(), false),
+            ("in/dup.csv".to_owned(), false)
+        ],
+        "the copy is a first attempt again"
+    );
     wait_for("deleted", || queue.is_empty()).await;
     shutdown.cancel();
     running.await.unwrap();

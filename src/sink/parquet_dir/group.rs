@@ -47,7 +47,7 @@ pub(super) struct ParquetDirGroup {
     bucket_dir: PathBuf,
     temp_name: String,
     output_name: String,
-    /// The claims this group made, to be made durable before the commit.
+    /// The claims this group made (none: it has nothing to write).
     claims: Vec<PathBuf>,
     /// `s3://bucket/key#version` of each added object, for the footer.
     sources: Vec<String>,
@@ -85,10 +85,15 @@ impl ParquetDirGroup {
             .trim_start_matches('.')
             .trim_end_matches(".tmp")
             .to_owned();
-        // The claims' liveness rests on this lock (see ledger.rs); where
-        // locks are missing, claims expire instead.
-        if let Err(err) = file.as_file().lock() {
-            tracing::debug!(path = %file.path().display(), error = %err, "cannot lock the group's temporary file");
+        // The claims' liveness rests on this lock (see ledger.rs): a group
+        // that cannot hold it must not claim anything. Where locks are not
+        // supported at all, claims expire instead.
+        match file.as_file().lock() {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::debug!(path = %file.path().display(), error = %err, "cannot lock the group's temporary file; its claims expire instead");
+            }
+            Err(err) => return Err(io_error("lock", file.path(), err)),
         }
         let properties = writer_settings
             .apply(WriterProperties::builder(), &schema)
@@ -246,7 +251,7 @@ fn commit_blocking(mut group: ParquetDirGroup) -> Result<CommitReceipt, SinkErro
         .sync_all()
         .map_err(|err| io_error("fsync", &temp_path, err))?;
     let ledger_dir = ledger::ledger_dir(&group.bucket_dir);
-    ledger::sync_claims(&group.bucket_dir, &group.claims)
+    ledger::sync_claims(&group.bucket_dir)
         .map_err(|err| io_error("fsync claims in", &ledger_dir, err))?;
     // The commit point. The lock on the file is held until `file` (now
     // the output) is closed, after the rename: a claim is never live and

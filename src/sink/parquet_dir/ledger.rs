@@ -106,6 +106,9 @@ pub(super) fn claim(
             .suffix(".tmp")
             .tempfile_in(&ledger)?;
         file.write_all(&text)?;
+        // On the server before the link makes it visible: a reader on
+        // another host (EFS) must never see it empty.
+        file.as_file().sync_data()?;
         match file.persist_noclobber(&path) {
             Ok(_) => return Ok(Claimed::Ours(path)),
             Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -121,7 +124,7 @@ pub(super) fn claim(
         if existing.temp == claim.temp {
             return Ok(Claimed::ThisGroup);
         }
-        match state_of(bucket_dir, &existing) {
+        match state_of(bucket_dir, &existing)? {
             ClaimState::Committed => return Ok(Claimed::Committed(Box::new(existing))),
             ClaimState::Live => return Ok(Claimed::Elsewhere),
             ClaimState::Dead => continue,
@@ -145,13 +148,34 @@ pub(super) fn committed_claim(
         // first missing one ends the list.
         match read_claim(&claim_path(&ledger, &digest, generation))? {
             Read::Missing => return Ok(None),
-            Read::Claim(claim) if bucket_dir.join(&claim.output).exists() => {
+            Read::Claim(claim) if bucket_dir.join(&claim.output).try_exists()? => {
                 return Ok(Some(claim));
             }
             Read::Claim(_) | Read::Unreadable => {}
         }
     }
     Ok(None)
+}
+
+/// Whether a live writer (a group being written) holds a claim of
+/// `lineage` that is not committed: a file of its own must not be renamed
+/// into place meanwhile.
+pub(super) fn claimed_by_a_live_group(
+    bucket_dir: &Path,
+    lineage: &Lineage,
+) -> std::io::Result<bool> {
+    let ledger = ledger_dir(bucket_dir);
+    let digest = version_digest(lineage);
+    for generation in 0..MAX_GENERATIONS {
+        match read_claim(&claim_path(&ledger, &digest, generation))? {
+            Read::Missing => return Ok(false),
+            Read::Claim(claim) if state_of(bucket_dir, &claim)? == ClaimState::Live => {
+                return Ok(true);
+            }
+            Read::Claim(_) | Read::Unreadable => {}
+        }
+    }
+    Ok(false)
 }
 
 /// A claim file as read.
@@ -171,35 +195,47 @@ fn read_claim(path: &Path) -> std::io::Result<Read> {
     }
 }
 
-fn state_of(bucket_dir: &Path, claim: &Claim) -> ClaimState {
+/// A claim's state. Anything but a clear answer is an error, never
+/// "dead": taking over a live writer's claim would land its rows twice.
+fn state_of(bucket_dir: &Path, claim: &Claim) -> std::io::Result<ClaimState> {
     let output = bucket_dir.join(&claim.output);
-    if output.exists() {
-        return ClaimState::Committed;
+    if output.try_exists()? {
+        return Ok(ClaimState::Committed);
     }
-    let live = match File::open(bucket_dir.join(&claim.temp)) {
+    // Opened for writing: NFS (EFS) grants an exclusive lock only then.
+    let live = match File::options()
+        .read(true)
+        .write(true)
+        .open(bucket_dir.join(&claim.temp))
+    {
         Ok(file) => match file.try_lock() {
             // We got the lock: its writer is gone.
             Ok(()) => false,
             Err(std::fs::TryLockError::WouldBlock) => true,
-            Err(std::fs::TryLockError::Error(_)) => Utc::now() < claim.expires_at,
+            Err(std::fs::TryLockError::Error(err))
+                if err.kind() == std::io::ErrorKind::Unsupported =>
+            {
+                Utc::now() < claim.expires_at
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(err),
         },
-        Err(_) => false,
+        // Removed (its writer gave up), or renamed (committed: below).
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+        Err(err) => return Err(err),
     };
-    if live {
+    Ok(if live {
         ClaimState::Live
-    } else if output.exists() {
+    } else if output.try_exists()? {
         // Renamed between the two looks: the group committed.
         ClaimState::Committed
     } else {
         ClaimState::Dead
-    }
+    })
 }
 
-/// Makes `claims` durable: their contents and their directory entries.
-pub(super) fn sync_claims(bucket_dir: &Path, claims: &[PathBuf]) -> std::io::Result<()> {
-    for path in claims {
-        File::open(path)?.sync_all()?;
-    }
+/// Makes the claims' directory entries durable (their contents were
+/// synced as each was made).
+pub(super) fn sync_claims(bucket_dir: &Path) -> std::io::Result<()> {
     File::open(ledger_dir(bucket_dir))?.sync_all()
 }
 
@@ -287,7 +323,8 @@ mod tests {
             committed_claim(bucket_dir, &lineage("in/b.csv")).unwrap(),
             None
         );
-        sync_claims(bucket_dir, &[path_a, path_b]).unwrap();
+        sync_claims(bucket_dir).unwrap();
+        assert!(path_a.exists() && path_b.exists());
     }
 
     #[test]

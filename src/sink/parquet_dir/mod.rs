@@ -498,6 +498,16 @@ impl SinkWriter for ParquetDirWriter {
             {
                 return Ok((dir.join(claim.output), true));
             }
+            // A group being written holds it: whichever commits second
+            // would add its rows again. Wait for that group.
+            if ledger::claimed_by_a_live_group(dir, &lineage)
+                .map_err(|err| io_error("read the ledger of", dir, err))?
+            {
+                return Err(SinkError::transient(format!(
+                    "a group being written in {} holds this object; retrying once it has committed",
+                    dir.display()
+                )));
+            }
             let file = writer
                 .into_inner()
                 .map_err(|err| parquet_error(&temp_path, err))?;

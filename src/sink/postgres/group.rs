@@ -7,7 +7,7 @@
 //! add     SAVEPOINT object; INSERT ledger row ON CONFLICT DO NOTHING,
 //!           waiting at most CLAIM_LOCK_TIMEOUT for a concurrent holder
 //!           0 rows      → RELEASE: already committed
-//!           lock timeout → ROLLBACK TO SAVEPOINT: claimed elsewhere
+//!           lock timeout, deadlock → ROLLBACK TO SAVEPOINT: claimed elsewhere
 //!         COPY the object's rows; UPDATE its ledger row (rows, committed_at)
 //!           the server refuses the rows (a constraint, a type) →
 //!           ROLLBACK TO SAVEPOINT: refused, the group goes on without them
@@ -35,7 +35,10 @@ use crate::sink::{CommitReceipt, GroupMember, GroupWriter, Joined, SinkError, Si
 
 /// How long a group waits for another transaction holding an object's
 /// ledger key before it hands the object back.
-const CLAIM_LOCK_TIMEOUT: &str = "1s";
+/// Below PostgreSQL's default `deadlock_timeout` (1 s): two groups
+/// claiming two duplicates in opposite orders time out here, each handing
+/// its object back, before the server picks one to fail as a deadlock.
+const CLAIM_LOCK_TIMEOUT: &str = "500ms";
 
 pub(super) struct PostgresGroup {
     /// Dropped without `commit`: the connection closes, the server rolls
@@ -106,7 +109,10 @@ impl GroupWriter for PostgresGroup {
             .await;
         let inserted = match claimed {
             Ok(inserted) => inserted,
-            Err(err) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(err)
+                if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                    || err.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
                 self.execute("ROLLBACK TO SAVEPOINT object; RELEASE SAVEPOINT object")
                     .await?;
                 return Ok(Joined::ClaimedElsewhere);
@@ -123,6 +129,9 @@ impl GroupWriter for PostgresGroup {
             self.execute("RELEASE SAVEPOINT object").await?;
             return Ok(Joined::AlreadyCommitted);
         }
+        // A plan made by this object's COPY was checked (and the table
+        // perhaps created) inside its savepoint: kept only if it stays.
+        let had_plan = self.plan.is_some();
         match self.copy_member(member, &key).await {
             Ok(rows) => {
                 self.execute("RELEASE SAVEPOINT object").await?;
@@ -134,6 +143,9 @@ impl GroupWriter for PostgresGroup {
             Err(err) if err.class == SinkFailure::Permanent => {
                 self.execute("ROLLBACK TO SAVEPOINT object; RELEASE SAVEPOINT object")
                     .await?;
+                if !had_plan {
+                    self.plan = None;
+                }
                 Ok(Joined::Refused(err.detail))
             }
             Err(err) => Err(err),

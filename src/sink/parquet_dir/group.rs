@@ -64,7 +64,7 @@ impl ParquetDirGroup {
         writer_settings: ParquetWriterSettings,
         row_group_bytes: usize,
     ) -> Result<ParquetDirGroup, SinkError> {
-        std::fs::create_dir_all(&bucket_dir)
+        ledger::create_ledger_dir(&bucket_dir)
             .map_err(|err| io_error("create directory", &bucket_dir, err))?;
         // The temporary file's name is unique in the directory (created
         // exclusively, 12 random characters); the output's is the same

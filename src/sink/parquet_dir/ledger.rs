@@ -81,6 +81,11 @@ enum ClaimState {
     Dead,
 }
 
+/// Made once per group, before its first claim.
+pub(super) fn create_ledger_dir(bucket_dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(ledger_dir(bucket_dir))
+}
+
 fn claim_path(ledger: &Path, digest: &str, generation: u32) -> PathBuf {
     if generation == 0 {
         ledger.join(format!("{digest}.json"))
@@ -89,14 +94,14 @@ fn claim_path(ledger: &Path, digest: &str, generation: u32) -> PathBuf {
     }
 }
 
-/// Claims `lineage` for the group `claim` describes.
+/// Claims `lineage` for the group `claim` describes. The ledger's
+/// directory exists (the group made it, [`create_ledger_dir`]).
 pub(super) fn claim(
     bucket_dir: &Path,
     lineage: &Lineage,
     claim: &Claim,
 ) -> std::io::Result<Claimed> {
     let ledger = ledger_dir(bucket_dir);
-    std::fs::create_dir_all(&ledger)?;
     let digest = version_digest(lineage);
     let text = serde_json::to_vec(claim).expect("a claim serializes");
     for generation in 0..MAX_GENERATIONS {
@@ -136,46 +141,48 @@ pub(super) fn claim(
     )))
 }
 
+/// Who holds `lineage` in the ledger.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Holder {
+    /// A committed group (the claim names its file).
+    Committed(Box<Claim>),
+    /// A group being written, not committed yet.
+    Live,
+    /// Nobody: no claim, or only dead ones.
+    Nobody,
+}
+
+/// Who holds `lineage`: one walk over its claims' generations.
+pub(super) fn holder(bucket_dir: &Path, lineage: &Lineage) -> std::io::Result<Holder> {
+    let ledger = ledger_dir(bucket_dir);
+    let digest = version_digest(lineage);
+    let mut holder = Holder::Nobody;
+    for generation in 0..MAX_GENERATIONS {
+        // Generations are created in order and never removed, so the
+        // first missing one ends the list.
+        let claim = match read_claim(&claim_path(&ledger, &digest, generation))? {
+            Read::Missing => break,
+            Read::Unreadable => continue,
+            Read::Claim(claim) => claim,
+        };
+        match state_of(bucket_dir, &claim)? {
+            ClaimState::Committed => return Ok(Holder::Committed(Box::new(claim))),
+            ClaimState::Live => holder = Holder::Live,
+            ClaimState::Dead => {}
+        }
+    }
+    Ok(holder)
+}
+
 /// The committed claim of `lineage`, if any group committed it.
 pub(super) fn committed_claim(
     bucket_dir: &Path,
     lineage: &Lineage,
 ) -> std::io::Result<Option<Claim>> {
-    let ledger = ledger_dir(bucket_dir);
-    let digest = version_digest(lineage);
-    for generation in 0..MAX_GENERATIONS {
-        // Generations are created in order and never removed, so the
-        // first missing one ends the list.
-        match read_claim(&claim_path(&ledger, &digest, generation))? {
-            Read::Missing => return Ok(None),
-            Read::Claim(claim) if bucket_dir.join(&claim.output).try_exists()? => {
-                return Ok(Some(claim));
-            }
-            Read::Claim(_) | Read::Unreadable => {}
-        }
-    }
-    Ok(None)
-}
-
-/// Whether a live writer (a group being written) holds a claim of
-/// `lineage` that is not committed: a file of its own must not be renamed
-/// into place meanwhile.
-pub(super) fn claimed_by_a_live_group(
-    bucket_dir: &Path,
-    lineage: &Lineage,
-) -> std::io::Result<bool> {
-    let ledger = ledger_dir(bucket_dir);
-    let digest = version_digest(lineage);
-    for generation in 0..MAX_GENERATIONS {
-        match read_claim(&claim_path(&ledger, &digest, generation))? {
-            Read::Missing => return Ok(false),
-            Read::Claim(claim) if state_of(bucket_dir, &claim)? == ClaimState::Live => {
-                return Ok(true);
-            }
-            Read::Claim(_) | Read::Unreadable => {}
-        }
-    }
-    Ok(false)
+    Ok(match holder(bucket_dir, lineage)? {
+        Holder::Committed(claim) => Some(*claim),
+        Holder::Live | Holder::Nobody => None,
+    })
 }
 
 /// A claim file as read.
@@ -273,6 +280,7 @@ mod tests {
     fn a_claim_is_live_while_its_writer_holds_the_lock_then_committed_or_dead() {
         let dir = tempfile::tempdir().unwrap();
         let bucket_dir = dir.path();
+        create_ledger_dir(bucket_dir).unwrap();
         let object = lineage("in/a.csv");
 
         // Writer A: its temporary file, locked.
@@ -290,6 +298,7 @@ mod tests {
         // Writer B, while A lives: elsewhere, and not committed.
         let b = claim_for("group-b.parquet", ".b.tmp");
         assert_eq!(claim(bucket_dir, &object, &b).unwrap(), Claimed::Elsewhere);
+        assert_eq!(holder(bucket_dir, &object).unwrap(), Holder::Live);
         assert_eq!(committed_claim(bucket_dir, &object).unwrap(), None);
 
         // A dies (its lock goes with it, its file stays): B takes over at
@@ -356,6 +365,7 @@ mod tests {
     fn concurrent_claims_of_one_object_have_one_winner() {
         let dir = tempfile::tempdir().unwrap();
         let bucket_dir = dir.path().to_owned();
+        create_ledger_dir(&bucket_dir).unwrap();
         let object = lineage("in/race.csv");
         let all_tried = std::sync::Barrier::new(8);
         let winners: Vec<bool> = std::thread::scope(|scope| {

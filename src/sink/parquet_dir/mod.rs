@@ -493,20 +493,19 @@ impl SinkWriter for ParquetDirWriter {
             // Committed in a group already (it came before, to a worker
             // grouping its route): a second copy must not appear. The
             // temporary file is removed with the dropped writer.
-            if let Some(claim) = ledger::committed_claim(dir, &lineage)
+            match ledger::holder(dir, &lineage)
                 .map_err(|err| io_error("read the ledger of", dir, err))?
             {
-                return Ok((dir.join(claim.output), true));
-            }
-            // A group being written holds it: whichever commits second
-            // would add its rows again. Wait for that group.
-            if ledger::claimed_by_a_live_group(dir, &lineage)
-                .map_err(|err| io_error("read the ledger of", dir, err))?
-            {
-                return Err(SinkError::transient(format!(
-                    "a group being written in {} holds this object; retrying once it has committed",
-                    dir.display()
-                )));
+                ledger::Holder::Committed(claim) => return Ok((dir.join(claim.output), true)),
+                // A group being written holds it: whichever commits second
+                // would add its rows again. Wait for that group.
+                ledger::Holder::Live => {
+                    return Err(SinkError::transient(format!(
+                        "a group being written in {} holds this object; retrying once it has committed",
+                        dir.display()
+                    )));
+                }
+                ledger::Holder::Nobody => {}
             }
             let file = writer
                 .into_inner()

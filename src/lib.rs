@@ -4,6 +4,7 @@
 //! [`decode`] → Arrow batches) → [`sink`] → delete the message. See
 //! `docs/design.md` for the message state machine and its invariants.
 
+pub mod byte_ranges;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;

@@ -20,8 +20,8 @@ use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
@@ -29,6 +29,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::byte_ranges;
 use crate::error::{IngestError, s3_error};
 use crate::notification::ObjectRef;
 
@@ -518,16 +519,8 @@ impl S3Objects {
         pinned: &PinnedObject,
         range: Range<u64>,
     ) -> Result<Bytes, IngestError> {
+        check_range(pinned, &range)?;
         let what = format!("range {}..{}", range.start, range.end);
-        if range.end < range.start || (pinned.size_known && range.end > pinned.size) {
-            return Err(IngestError::Parquet {
-                uri: pinned.uri(),
-                detail: format!(
-                    "the footer points at bytes {what}, outside the object's {} bytes",
-                    pinned.size
-                ),
-            });
-        }
         let Some(header) = range_header(range.start, Some(range.end)) else {
             return Ok(Bytes::new());
         };
@@ -540,6 +533,21 @@ impl S3Objects {
         )
         .await
     }
+}
+
+/// A range Parquet asks for must lie within the object: one that is
+/// reversed or reaches past the end is the footer's fault.
+fn check_range(pinned: &PinnedObject, range: &Range<u64>) -> Result<(), IngestError> {
+    if range.end < range.start || (pinned.size_known && range.end > pinned.size) {
+        return Err(IngestError::Parquet {
+            uri: pinned.uri(),
+            detail: format!(
+                "the footer points at bytes range {}..{}, outside the object's {} bytes",
+                range.start, range.end, pinned.size
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The pinned version as a GET response describes it. The ETag is
@@ -650,20 +658,53 @@ impl S3ParquetReader {
     }
 }
 
+impl S3ParquetReader {
+    /// One range: from the tail read at open when it lies within it, else
+    /// a ranged GET.
+    async fn fetch(&self, range: Range<u64>) -> parquet::errors::Result<Bytes> {
+        let tail_end = self.tail.offset + self.tail.bytes.len() as u64;
+        if range.start <= range.end && range.start >= self.tail.offset && range.end <= tail_end {
+            let start = (range.start - self.tail.offset) as usize;
+            let end = (range.end - self.tail.offset) as usize;
+            return Ok(self.tail.bytes.slice(start..end));
+        }
+        self.objects
+            .read_range(&self.pinned, range)
+            .await
+            .map_err(|err| ParquetError::External(Box::new(err)))
+    }
+}
+
 impl AsyncFileReader for S3ParquetReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.fetch(range).boxed()
+    }
+
+    /// A row group's (or slice's) ranges: close ones merged into one GET,
+    /// the GETs made at once (see [`crate::byte_ranges`]).
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
-            let tail_end = self.tail.offset + self.tail.bytes.len() as u64;
-            if range.start <= range.end && range.start >= self.tail.offset && range.end <= tail_end
-            {
-                let start = (range.start - self.tail.offset) as usize;
-                let end = (range.end - self.tail.offset) as usize;
-                return Ok(self.tail.bytes.slice(start..end));
+            // Checked one by one: merging must not hide a bad range.
+            for range in &ranges {
+                check_range(&self.pinned, range)
+                    .map_err(|err| ParquetError::External(Box::new(err)))?;
             }
-            self.objects
-                .read_range(&self.pinned, range)
-                .await
-                .map_err(|err| ParquetError::External(Box::new(err)))
+            let (reads, pieces) = byte_ranges::coalesce(&ranges, byte_ranges::MAX_GAP_BYTES);
+            let read: Vec<Bytes> = futures::stream::iter(reads)
+                .map(|range| self.fetch(range))
+                .buffered(byte_ranges::READS_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            Ok(pieces
+                .into_iter()
+                .map(|piece| match read.get(piece.read) {
+                    Some(bytes) => bytes.slice(piece.within),
+                    None => Bytes::new(),
+                })
+                .collect())
         }
         .boxed()
     }
@@ -775,6 +816,124 @@ mod tests {
     }
 
     const DATA: &[u8] = &[b'x'; 1000];
+
+    /// A stand-in for S3 that honours `Range` (`bytes=a-b`, `bytes=a-`,
+    /// `bytes=-n`) on `size` bytes where byte `i` is `i % 251`, with
+    /// Content-Length and Content-Range, and records each `Range` and the
+    /// most requests it served at once.
+    async fn server_with_ranges(size: usize) -> (String, Arc<std::sync::Mutex<RangeLog>>) {
+        use axum::body::Body;
+        use axum::http::{HeaderMap, Response};
+
+        let log: Arc<std::sync::Mutex<RangeLog>> = Arc::default();
+        let seen = log.clone();
+        let handler = move |headers: HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let range = headers["range"].to_str().unwrap().to_owned();
+                {
+                    let mut log = seen.lock().unwrap();
+                    log.ranges.push(range.clone());
+                    log.in_flight += 1;
+                    log.most_in_flight = log.most_in_flight.max(log.in_flight);
+                }
+                let spec = range.strip_prefix("bytes=").unwrap();
+                let (first, last) = spec.split_once('-').unwrap();
+                let (start, end) = match (first.parse::<usize>(), last.parse::<usize>()) {
+                    (Ok(start), Ok(last)) => (start, last + 1),
+                    (Ok(start), Err(_)) => (start, size),
+                    (Err(_), Ok(suffix)) => (size - suffix.min(size), size),
+                    _ => panic!("range {range}"),
+                };
+                // A latency long enough for the other requests of a batch
+                // to arrive meanwhile, even on a loaded machine.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                seen.lock().unwrap().in_flight -= 1;
+                let body: Vec<u8> = (start..end).map(|i| (i % 251) as u8).collect();
+                Response::builder()
+                    .status(206)
+                    .header("etag", "\"abc\"")
+                    .header("content-length", body.len())
+                    .header("content-range", format!("bytes {start}-{}/{size}", end - 1))
+                    .body(Body::from(body))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (endpoint, log)
+    }
+
+    #[derive(Default)]
+    struct RangeLog {
+        ranges: Vec<String>,
+        in_flight: usize,
+        most_in_flight: usize,
+    }
+
+    #[tokio::test]
+    async fn parquet_reads_merge_close_ranges_and_run_at_once() {
+        const SIZE: usize = 8 << 20;
+        let (endpoint, log) = server_with_ranges(SIZE).await;
+        let objects = objects_at(&endpoint);
+        let (pinned, tail) = objects
+            .open_tail(&notified(Some(SIZE as u64)), 100)
+            .await
+            .unwrap();
+        let mut reader = S3ParquetReader::new(objects, Arc::new(pinned), tail);
+        let far = 3u64 << 20;
+        let ranges = vec![
+            10..20,
+            far..far + 5,
+            30..40,
+            15..25,
+            (6 << 20)..(6 << 20) + 1,
+            (SIZE as u64 - 50)..SIZE as u64,
+        ];
+        let bytes = reader.get_byte_ranges(ranges.clone()).await.unwrap();
+        for (range, bytes) in ranges.iter().zip(&bytes) {
+            let expected: Vec<u8> = range.clone().map(|i| (i % 251) as u8).collect();
+            assert_eq!(bytes.as_ref(), expected.as_slice(), "{range:?}");
+        }
+        let log = log.lock().unwrap();
+        // The tail at open, then one GET per cluster; the last range came
+        // from the tail.
+        let mut reads = log.ranges[1..].to_vec();
+        reads.sort();
+        assert_eq!(
+            reads,
+            [
+                "bytes=10-39",
+                "bytes=3145728-3145732",
+                "bytes=6291456-6291456"
+            ]
+        );
+        assert_eq!(log.most_in_flight, 3, "the reads ran at once");
+    }
+
+    #[tokio::test]
+    async fn a_range_past_the_object_is_refused_before_any_read() {
+        const SIZE: usize = 1000;
+        let (endpoint, log) = server_with_ranges(SIZE).await;
+        let objects = objects_at(&endpoint);
+        let (pinned, tail) = objects
+            .open_tail(&notified(Some(SIZE as u64)), 10)
+            .await
+            .unwrap();
+        let mut reader = S3ParquetReader::new(objects, Arc::new(pinned), tail);
+        let err = reader
+            .get_byte_ranges(vec![0..10, 900..1001])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("outside the object"), "{err}");
+        assert_eq!(
+            log.lock().unwrap().ranges.len(),
+            1,
+            "only the tail was read"
+        );
+    }
 
     fn objects_at(endpoint: &str) -> S3Objects {
         let config = aws_sdk_s3::Config::builder()

@@ -17,6 +17,11 @@
 //! declare more than that uncompressed ([`PageGuard`]), so a footer or a
 //! page header cannot make the worker allocate what it merely claims.
 //!
+//! Each row group, or slice, is fetched and decoded on a blocking thread
+//! of its own while the one before it is handed on, so a large object
+//! does not wait on each of its reads in turn; the reads of one row group
+//! or slice are merged where close and made at once (`byte_ranges`).
+//!
 //! Every row group must decode to exactly the rows its footer declares,
 //! and the file to its total; anything else is a `parquet_error`, never a
 //! commit.
@@ -118,43 +123,42 @@ pub async fn decode_parquet<R: AsyncFileReader + Clone + Unpin + Send + 'static>
     }
     let reader = PageGuard::new(reader, metadata.metadata(), uri, limits.max_row_group_bytes);
     let declared_rows = metadata.metadata().file_metadata().num_rows() as u64;
+    let units = plan_units(metadata.metadata(), limits.max_row_group_bytes).map_err(invalid)?;
     let mut summary = DecodeSummary::empty(schema);
     summary.expected_rows = Some(declared_rows);
-    for (row_group, group) in metadata.metadata().row_groups().iter().enumerate() {
-        // Both checked non-negative by `prepare`.
+    let mut decoded_by_group = vec![0u64; metadata.metadata().num_row_groups()];
+    let read_unit =
+        |unit: &Unit| UnitDecode::start(reader.clone(), metadata.clone(), unit, batch_rows, uri);
+    // One unit is decoded while the next is fetched (and its first
+    // batches decoded) on another thread, so the object does not wait on
+    // each GET in turn. Only units of at most `SLICE_BYTES` are read ahead:
+    // a large row group read whole keeps the memory bound it had.
+    let mut ahead: Option<UnitDecode> = None;
+    for (index, unit) in units.iter().enumerate() {
+        let mut current = ahead.take().unwrap_or_else(|| read_unit(unit));
+        ahead = units
+            .get(index + 1)
+            .filter(|next| next.compressed <= SLICE_BYTES)
+            .map(read_unit);
+        while let Some(batch) = current.next_batch(uri).await? {
+            decoded_by_group[unit.row_group] += batch.num_rows() as u64;
+            summary.batches += 1;
+            if batches.send(batch).await.is_err() {
+                return Err(IngestError::Abandoned {
+                    uri: uri.to_owned(),
+                });
+            }
+        }
+    }
+    for (row_group, (group, decoded)) in metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .zip(decoded_by_group)
+        .enumerate()
+    {
+        // Checked non-negative by `prepare`.
         let declared = group.num_rows() as u64;
-        let compressed = group.compressed_size() as u64;
-        let indexed = has_offset_index(metadata.metadata(), row_group);
-        if !indexed && compressed > limits.max_row_group_bytes {
-            return Err(invalid(format!(
-                "row group {row_group} is {compressed} bytes compressed and has no offset index \
-                 to read it in slices (nor flat columns to make one from its page headers); \
-                 the route's max_row_group_bytes is {}",
-                limits.max_row_group_bytes
-            )));
-        }
-        let mut decoded = 0u64;
-        for selection in slices(declared as usize, compressed, indexed) {
-            let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
-                reader.clone(),
-                metadata.clone(),
-            )
-            .with_batch_size(batch_rows)
-            .with_row_groups(vec![row_group]);
-            if let Some(selection) = selection {
-                builder = builder.with_row_selection(selection);
-            }
-            let mut stream = builder.build().map_err(parquet_error)?;
-            while let Some(batch) = stream.try_next().await.map_err(parquet_error)? {
-                decoded += batch.num_rows() as u64;
-                summary.batches += 1;
-                if batches.send(batch).await.is_err() {
-                    return Err(IngestError::Abandoned {
-                        uri: uri.to_owned(),
-                    });
-                }
-            }
-        }
         if decoded != declared {
             return Err(invalid(format!(
                 "row group {row_group} decoded to {decoded} rows, its footer declares {declared}"
@@ -169,6 +173,129 @@ pub async fn decode_parquet<R: AsyncFileReader + Clone + Unpin + Send + 'static>
         )));
     }
     Ok(summary)
+}
+
+/// One read of the decoder: a row group whole, or a slice of its rows.
+struct Unit {
+    row_group: usize,
+    selection: Option<RowSelection>,
+    /// About the compressed bytes it fetches.
+    compressed: u64,
+}
+
+/// Every row group's units, in file order; an error names a row group too
+/// large to read whole that cannot be read in slices.
+fn plan_units(metadata: &ParquetMetaData, max_row_group_bytes: u64) -> Result<Vec<Unit>, String> {
+    let mut units = Vec::new();
+    for (row_group, group) in metadata.row_groups().iter().enumerate() {
+        // Both checked non-negative by `prepare`.
+        let declared = group.num_rows() as usize;
+        let compressed = group.compressed_size() as u64;
+        let indexed = has_offset_index(metadata, row_group);
+        if !indexed && compressed > max_row_group_bytes {
+            return Err(format!(
+                "row group {row_group} is {compressed} bytes compressed and has no offset index \
+                 to read it in slices (nor flat columns to make one from its page headers); \
+                 the route's max_row_group_bytes is {max_row_group_bytes}"
+            ));
+        }
+        let selections = slices(declared, compressed, indexed);
+        let per_unit = compressed.div_ceil(selections.len() as u64);
+        units.extend(selections.into_iter().map(|selection| Unit {
+            row_group,
+            selection,
+            compressed: per_unit,
+        }));
+    }
+    Ok(units)
+}
+
+/// Batches a unit decodes ahead of the consumer, at most.
+const UNIT_BATCHES_AHEAD: usize = 2;
+
+/// A unit being fetched and decoded on a blocking thread of its own,
+/// its batches (or its error) coming through a small channel.
+struct UnitDecode {
+    batches: mpsc::Receiver<Result<RecordBatch, IngestError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UnitDecode {
+    fn start<R: AsyncFileReader + Clone + Unpin + Send + 'static>(
+        reader: PageGuard<R>,
+        metadata: ArrowReaderMetadata,
+        unit: &Unit,
+        batch_rows: usize,
+        uri: &str,
+    ) -> UnitDecode {
+        let (sender, receiver) = mpsc::channel(UNIT_BATCHES_AHEAD);
+        let runtime = tokio::runtime::Handle::current();
+        let row_group = unit.row_group;
+        let selection = unit.selection.clone();
+        let uri = uri.to_owned();
+        let task = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                let decoded = decode_unit(
+                    reader, metadata, row_group, selection, batch_rows, &uri, &sender,
+                )
+                .await;
+                if let Err(err) = decoded {
+                    let _ = sender.send(Err(err)).await;
+                }
+            })
+        });
+        UnitDecode {
+            batches: receiver,
+            task,
+        }
+    }
+
+    /// The unit's next batch; `None` once it is done.
+    async fn next_batch(&mut self, uri: &str) -> Result<Option<RecordBatch>, IngestError> {
+        match self.batches.recv().await {
+            Some(batch) => batch.map(Some),
+            // The channel closes when the task ends: a panic is an error,
+            // not an early end of data.
+            None => match (&mut self.task).await {
+                Ok(()) => Ok(None),
+                Err(err) if err.is_panic() => Err(IngestError::Parquet {
+                    uri: uri.to_owned(),
+                    detail: format!("decoding a row group failed: {err}"),
+                }),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => Err(IngestError::Abandoned {
+                    uri: uri.to_owned(),
+                }),
+            },
+        }
+    }
+}
+
+/// Fetches and decodes one unit into `batches`; stops quietly when the
+/// receiver is gone (the object failed or was abandoned elsewhere).
+async fn decode_unit<R: AsyncFileReader + Clone + Unpin + Send + 'static>(
+    reader: PageGuard<R>,
+    metadata: ArrowReaderMetadata,
+    row_group: usize,
+    selection: Option<RowSelection>,
+    batch_rows: usize,
+    uri: &str,
+    batches: &mpsc::Sender<Result<RecordBatch, IngestError>>,
+) -> Result<(), IngestError> {
+    let parquet_error = |err: ParquetError| into_ingest_error(uri, err);
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+        .with_batch_size(batch_rows)
+        .with_row_groups(vec![row_group]);
+    if let Some(selection) = selection {
+        builder = builder.with_row_selection(selection);
+    }
+    let mut stream = builder.build().map_err(parquet_error)?;
+    while let Some(batch) = stream.try_next().await.map_err(parquet_error)? {
+        if batches.send(Ok(batch)).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// A reader error as the object's error: our own S3 errors travel through
@@ -745,11 +872,23 @@ mod tests {
     };
     use parquet::file::properties::WriterProperties;
 
-    /// An in-memory file that remembers the most bytes fetched in one call.
+    /// An in-memory file that remembers the most bytes fetched in one call
+    /// and where each fetch started.
     #[derive(Clone)]
     struct CountingReader {
         file: Bytes,
         largest_fetch: Arc<AtomicU64>,
+        fetch_starts: Arc<std::sync::Mutex<Vec<u64>>>,
+    }
+
+    impl CountingReader {
+        fn new(file: Bytes) -> CountingReader {
+            CountingReader {
+                file,
+                largest_fetch: Arc::default(),
+                fetch_starts: Arc::default(),
+            }
+        }
     }
 
     impl AsyncFileReader for CountingReader {
@@ -759,6 +898,7 @@ mod tests {
         ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
             self.largest_fetch
                 .fetch_max(range.end - range.start, Ordering::Relaxed);
+            self.fetch_starts.lock().unwrap().push(range.start);
             let bytes = self.file.slice(range.start as usize..range.end as usize);
             async move { Ok(bytes) }.boxed()
         }
@@ -769,6 +909,7 @@ mod tests {
         ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
             let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
             self.largest_fetch.fetch_max(total, Ordering::Relaxed);
+            (self.fetch_starts.lock().unwrap()).extend(ranges.iter().map(|range| range.start));
             let parts = ranges
                 .into_iter()
                 .map(|r| self.file.slice(r.start as usize..r.end as usize))
@@ -794,13 +935,19 @@ mod tests {
 
     /// One row group of `rows` incompressible rows (about 36 bytes each).
     fn one_row_group_file(rows: usize, offset_index: bool) -> Bytes {
+        file_in_row_groups(rows, rows, offset_index)
+    }
+
+    /// `rows` incompressible rows (about 36 bytes each), `group_rows` to a
+    /// row group.
+    fn file_in_row_groups(rows: usize, group_rows: usize, offset_index: bool) -> Bytes {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("amount", DataType::Float64, false),
             Field::new("note", DataType::Utf8, false),
         ]));
         let properties = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(rows))
+            .set_max_row_group_row_count(Some(group_rows))
             .set_dictionary_enabled(false)
             .set_offset_index_disabled(!offset_index)
             .build();
@@ -854,10 +1001,7 @@ mod tests {
         file: Bytes,
         limits: ParquetLimits,
     ) -> (Result<DecodeSummary, IngestError>, Vec<RecordBatch>, u64) {
-        let reader = CountingReader {
-            file,
-            largest_fetch: Arc::new(AtomicU64::new(0)),
-        };
+        let reader = CountingReader::new(file);
         let largest_fetch = reader.largest_fetch.clone();
         let (sender, mut receiver) = mpsc::channel(4);
         let decoder = tokio::spawn(async move {
@@ -1349,6 +1493,55 @@ mod tests {
             covered += selected[0].row_count;
         }
         assert_eq!(covered, rows);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_row_group_is_fetched_while_the_current_one_is_handed_on() {
+        const GROUP_ROWS: usize = 20_000;
+        let file = file_in_row_groups(4 * GROUP_ROWS, GROUP_ROWS, true);
+        let metadata = ParquetMetaDataReader::new()
+            .parse_and_finish(&file)
+            .unwrap();
+        let group_start = |group: usize| metadata.row_group(group).column(0).byte_range().0;
+        let second_group = group_start(1)..group_start(2);
+        let limits = limits_for(&file);
+        let reader = CountingReader::new(file);
+        let fetch_starts = reader.fetch_starts.clone();
+        let (sender, mut receiver) = mpsc::channel(1);
+        // 20 batches a row group: more than the channels between hold.
+        let decoder = tokio::spawn(async move {
+            decode_parquet(reader, "s3://b/k.parquet", None, 1000, limits, &sender).await
+        });
+        let first = receiver.recv().await.expect("a first batch");
+        // The consumer holds back, so the first row group cannot be done,
+        // yet the second is read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let second_group_read = || {
+            let starts = fetch_starts.lock().unwrap();
+            starts.iter().any(|start| second_group.contains(start))
+        };
+        while !second_group_read() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second row group was not read ahead"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut ids: Vec<i64> = first
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        while let Some(batch) = receiver.recv().await {
+            ids.extend(batch.column(0).as_primitive::<Int64Type>().values().iter());
+        }
+        let summary = decoder.await.unwrap().unwrap();
+        assert_eq!(summary.rows, 4 * GROUP_ROWS as u64);
+        assert_eq!(
+            ids,
+            (0..4 * GROUP_ROWS as i64).collect::<Vec<_>>(),
+            "in order"
+        );
     }
 
     #[tokio::test]

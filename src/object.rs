@@ -808,14 +808,19 @@ mod tests {
                     .unwrap()
             }
         };
-        let app = axum::Router::new().fallback(handler);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let endpoint = serve(axum::Router::new().fallback(handler)).await;
         (endpoint, ranges)
     }
 
     const DATA: &[u8] = &[b'x'; 1000];
+
+    /// Serves `app` on a free local port; its `http://` address.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        endpoint
+    }
 
     /// A stand-in for S3 that honours `Range` (`bytes=a-b`, `bytes=a-`,
     /// `bytes=-n`) on `size` bytes where byte `i` is `i % 251`, with
@@ -859,10 +864,7 @@ mod tests {
                     .unwrap()
             }
         };
-        let app = axum::Router::new().fallback(handler);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let endpoint = serve(axum::Router::new().fallback(handler)).await;
         (endpoint, log)
     }
 
@@ -873,16 +875,25 @@ mod tests {
         most_in_flight: usize,
     }
 
+    /// A Parquet reader of a `size`-byte object behind
+    /// [`server_with_ranges`], opened with a tail of `tail_bytes`.
+    async fn parquet_reader_of(
+        size: usize,
+        tail_bytes: u64,
+    ) -> (S3ParquetReader, Arc<std::sync::Mutex<RangeLog>>) {
+        let (endpoint, log) = server_with_ranges(size).await;
+        let objects = objects_at(&endpoint);
+        let (pinned, tail) = objects
+            .open_tail(&notified(Some(size as u64)), tail_bytes)
+            .await
+            .unwrap();
+        (S3ParquetReader::new(objects, Arc::new(pinned), tail), log)
+    }
+
     #[tokio::test]
     async fn parquet_reads_merge_close_ranges_and_run_at_once() {
         const SIZE: usize = 8 << 20;
-        let (endpoint, log) = server_with_ranges(SIZE).await;
-        let objects = objects_at(&endpoint);
-        let (pinned, tail) = objects
-            .open_tail(&notified(Some(SIZE as u64)), 100)
-            .await
-            .unwrap();
-        let mut reader = S3ParquetReader::new(objects, Arc::new(pinned), tail);
+        let (mut reader, log) = parquet_reader_of(SIZE, 100).await;
         let far = 3u64 << 20;
         let ranges = vec![
             10..20,
@@ -916,13 +927,7 @@ mod tests {
     #[tokio::test]
     async fn a_range_past_the_object_is_refused_before_any_read() {
         const SIZE: usize = 1000;
-        let (endpoint, log) = server_with_ranges(SIZE).await;
-        let objects = objects_at(&endpoint);
-        let (pinned, tail) = objects
-            .open_tail(&notified(Some(SIZE as u64)), 10)
-            .await
-            .unwrap();
-        let mut reader = S3ParquetReader::new(objects, Arc::new(pinned), tail);
+        let (mut reader, log) = parquet_reader_of(SIZE, 10).await;
         let err = reader
             .get_byte_ranges(vec![0..10, 900..1001])
             .await

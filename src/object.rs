@@ -656,9 +656,7 @@ impl S3ParquetReader {
             tail,
         }
     }
-}
 
-impl S3ParquetReader {
     /// One range: from the tail read at open when it lies within it, else
     /// a ranged GET.
     async fn fetch(&self, range: Range<u64>) -> parquet::errors::Result<Bytes> {

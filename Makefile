@@ -13,6 +13,9 @@ NEED_VALGRIND := benches/support/need-valgrind.sh
 # from Debian's packages when missing, started for the run and stopped after.
 WITH_POSTGRES := tests/services/with-postgres.sh
 WITH_CLICKHOUSE := tests/services/with-service.sh tests/services/clickhouse.sh
+# The delta sink's tests read its tables with delta-rs' Python binding,
+# installed from PyPI into a venv of its own the first time.
+NEED_DELTA_READER := tests/services/need-delta-reader.sh
 
 .PHONY: all build test unit-test lint infra-check fmt fuzz demo localstack-start localstack-stop clean-demo bench bench-memory image image-test
 
@@ -22,11 +25,13 @@ build:
 	cargo build --all-targets
 
 ## Every test: unit tests, the LocalStack integration tests, the sink tests
-## against real PostgreSQL and ClickHouse, and a minute of fuzzing. Starts
+## against real PostgreSQL, ClickHouse and Delta tables (read back by
+## delta-rs' Python binding), and a minute of fuzzing. Starts
 ## what it needs (installing LocalStack into a venv, and the servers from
 ## Debian's packages, the first time) and stops what it started.
 test:
 	$(NEED_VALGRIND)
+	$(NEED_DELTA_READER)
 	$(WITH_LOCALSTACK) $(WITH_POSTGRES) $(WITH_CLICKHOUSE) cargo test --all-targets
 	fuzz/smoke.sh
 

@@ -9,12 +9,15 @@
 # 4. prints what landed in the sink and what went to the DLQ,
 # 5. stops the worker (SIGTERM, graceful) and what it started.
 #
-# DEMO_SINK=postgres|s3_parquet|http also lands the order files in that sink
+# DEMO_SINK=postgres|s3_parquet|http|delta also lands the order files in that sink
 # (a fan-out beside the parquet_dir lake), configured through
 # S3_INGEST__* variables as on ECS, and prints what arrived there:
 #   postgres    a local PostgreSQL (tests/services/postgres.sh), a new table
 #   s3_parquet  Parquet objects in the LocalStack bucket vendor-lake
 #   http        NDJSON into a local ClickHouse (tests/services/clickhouse.sh)
+#   delta       a Delta table in the LocalStack bucket vendor-lake, partitioned
+#               by the date in the order file's key; read back with delta-rs'
+#               Python binding (tests/services/need-delta-reader.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,8 +100,19 @@ case "$sink" in
       S3_INGEST__SINKS__EXTRA__COMPRESSION=gzip
     )
     ;;
+  delta)
+    lake_bucket="vendor-lake"
+    delta_table="s3://$lake_bucket/demo-$run_id/orders"
+    tests/services/need-delta-reader.sh
+    extra_env=(
+      S3_INGEST__SINKS__EXTRA__TYPE=delta
+      S3_INGEST__SINKS__EXTRA__TABLE="$delta_table"
+      S3_INGEST__SINKS__EXTRA__PARTITION_BY=order_date
+      S3_INGEST__SINKS__EXTRA__KEY_COLUMNS='{ order_date = "^orders/([^/]+)/", source_key = "^(.*)$" }'
+    )
+    ;;
   *)
-    echo "DEMO_SINK must be parquet_dir, postgres, s3_parquet or http (got '$sink')" >&2
+    echo "DEMO_SINK must be parquet_dir, postgres, s3_parquet, http or delta (got '$sink')" >&2
     exit 2
     ;;
 esac
@@ -109,7 +123,7 @@ fi
 
 echo "==> creating bucket, queue, DLQ and bucket notification"
 eval "$("$venv/bin/python" localstack/init.py --bucket vendor-drops --queue s3-ingest-events --dlq s3-ingest-dlq --max-receive-count 5)"
-if [[ "$sink" == s3_parquet ]]; then
+if [[ "$sink" == s3_parquet || "$sink" == delta ]]; then
   "$venv/bin/python" - "$lake_bucket" <<'PY'
 import sys, boto3
 s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:4566", region_name="us-east-1")
@@ -159,6 +173,27 @@ PY
     echo
     echo "==> landed in ClickHouse: table $table"
     curl -fsS "$clickhouse" --data-binary "SELECT count() AS rows, sum(quantity) AS quantity FROM $table FORMAT PrettyCompactNoEscapes"
+    ;;
+  delta)
+    echo
+    echo "==> landed in the Delta table $delta_table (read with delta-rs' Python binding)"
+    "${S3I_DELTA_READER_VENV:-$HOME/.cache/s3-ingest/delta-reader-venv}/bin/python" - "$delta_table" <<'PY'
+import json, sys
+from deltalake import DeltaTable
+table = DeltaTable(sys.argv[1], storage_options={
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:4566", "AWS_ALLOW_HTTP": "true",
+    "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+data = table.to_pyarrow_table()
+print(f"    version {table.version()}, {data.num_rows} rows, partitioned by {table.metadata().partition_columns}")
+for uri in sorted(table.file_uris()):
+    print(f"    {uri.split('/orders/', 1)[-1]}")
+print("    history:")
+for commit in table.history():
+    lineage = commit.get("s3_ingest")
+    lineage = json.loads(lineage) if isinstance(lineage, str) else lineage
+    sources = ", ".join(f"{s['key']} ({s['rows']} rows)" for s in (lineage or {}).get("sources", []))
+    print(f"    v{commit.get('version')}  {commit.get('operation'):<12} {sources}")
+PY
     ;;
 esac
 

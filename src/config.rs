@@ -607,6 +607,8 @@ pub enum SinkConfig {
     S3Parquet(crate::sink::s3_parquet::S3ParquetSinkConfig),
     /// Batches POSTed to an HTTP endpoint (ClickHouse, Tinybird, ...).
     Http(crate::sink::http::HttpSinkConfig),
+    /// Rows appended to a Delta Lake table, exactly once per object version.
+    Delta(crate::sink::delta::DeltaSinkConfig),
 }
 
 fn default_parquet_dir_row_group_bytes() -> usize {
@@ -633,6 +635,7 @@ enum SinkType {
     Postgres,
     S3Parquet,
     Http,
+    Delta,
 }
 
 #[derive(Deserialize)]
@@ -688,6 +691,7 @@ impl SinkType {
             SinkType::Postgres => SinkConfig::Postgres(Deserialize::deserialize(fields)?),
             SinkType::S3Parquet => SinkConfig::S3Parquet(Deserialize::deserialize(fields)?),
             SinkType::Http => SinkConfig::Http(Deserialize::deserialize(fields)?),
+            SinkType::Delta => SinkConfig::Delta(Deserialize::deserialize(fields)?),
         })
     }
 }
@@ -733,6 +737,7 @@ impl SinkConfig {
             SinkConfig::Postgres(_) => "postgres",
             SinkConfig::S3Parquet(_) => "s3_parquet",
             SinkConfig::Http(_) => "http",
+            SinkConfig::Delta(_) => "delta",
         }
     }
 
@@ -754,6 +759,7 @@ impl SinkConfig {
             SinkConfig::Postgres(config) => config.validate(),
             SinkConfig::S3Parquet(config) => config.validate(),
             SinkConfig::Http(config) => config.validate(),
+            SinkConfig::Delta(config) => config.validate(),
         }
     }
 }
@@ -1070,12 +1076,12 @@ impl Config {
             let sink = &self.sinks[name];
             if !matches!(
                 sink,
-                SinkConfig::ParquetDir { .. } | SinkConfig::Postgres(_)
+                SinkConfig::ParquetDir { .. } | SinkConfig::Postgres(_) | SinkConfig::Delta(_)
             ) {
                 return Err(invalid(
                     key("group"),
                     format!(
-                        "sink `{name}` ({}) cannot commit groups; grouping is supported by parquet_dir and postgres sinks",
+                        "sink `{name}` ({}) cannot commit groups; grouping is supported by parquet_dir, postgres and delta sinks",
                         sink.type_name()
                     ),
                 ));

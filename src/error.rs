@@ -260,6 +260,10 @@ impl IngestError {
                 code,
                 detail,
             },
+            SinkFailure::Schema => IngestError::Schema {
+                uri,
+                detail: format!("sink `{sink}`: {detail}"),
+            },
             SinkFailure::Transient | SinkFailure::Permanent => IngestError::Sink {
                 uri,
                 sink: sink.to_owned(),

@@ -488,7 +488,9 @@ fn copy_error(err: &SinkError) -> SinkError {
 fn group_failure(err: &SinkError) -> SinkError {
     let detail = format!("the group this object joined failed: {}", err.detail);
     match &err.class {
-        crate::sink::SinkFailure::Permanent => SinkError::transient(detail),
+        crate::sink::SinkFailure::Permanent | crate::sink::SinkFailure::Schema => {
+            SinkError::transient(detail)
+        }
         class => SinkError {
             detail,
             class: class.clone(),

@@ -216,6 +216,7 @@ pub(crate) fn build_sinks(
     let context = sink::SinkContext {
         s3: s3.clone(),
         expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
+        aws: config.aws.clone(),
     };
     let mut sinks = sink::SinksByName::new();
     let mut failures = Vec::new();

@@ -2,6 +2,7 @@
 //! batches plus its lineage and commits them as a unit; `commit` returning
 //! Ok means the data is durable, and only then is the message deleted.
 
+pub mod delta;
 pub mod http;
 pub mod parquet_dir;
 pub mod parquet_encoder;
@@ -55,6 +56,10 @@ pub struct SinkError {
 pub enum SinkFailure {
     /// Something about this data: the object is dead-lettered.
     Permanent,
+    /// The file's columns do not fit the destination's (a column the
+    /// table lacks, a type it cannot take): dead-lettered as
+    /// `schema_error`, the detail naming the columns.
+    Schema,
     /// May clear on another try; the try counts as a failed attempt.
     Transient,
     /// The sink is out: unreachable, timing out, overloaded, its storage
@@ -100,9 +105,18 @@ impl SinkError {
         }
     }
 
-    /// Whether another try may succeed (everything but `Permanent`).
+    /// The file's columns do not fit: see [`SinkFailure::Schema`].
+    pub fn schema(detail: impl Into<String>) -> SinkError {
+        SinkError {
+            detail: detail.into(),
+            class: SinkFailure::Schema,
+        }
+    }
+
+    /// Whether another try may succeed (everything but `Permanent` and
+    /// `Schema`).
     pub fn is_retryable(&self) -> bool {
-        self.class != SinkFailure::Permanent
+        !matches!(self.class, SinkFailure::Permanent | SinkFailure::Schema)
     }
 }
 
@@ -145,6 +159,9 @@ pub struct SinkContext {
     pub s3: aws_sdk_s3::Client,
     /// Sent on every S3 call a sink makes, as on reads.
     pub expected_bucket_owner: Option<String>,
+    /// The `[aws]` settings, for sinks that reach S3 through another
+    /// client than the SDK (`delta`, through object_store).
+    pub aws: crate::config::AwsConfig,
 }
 
 #[async_trait]
@@ -282,5 +299,6 @@ pub fn build(
             Arc::new(s3_parquet::S3ParquetSink::new(name, config, context)?)
         }
         SinkConfig::Http(config) => Arc::new(http::HttpSink::new(name, config, context)?),
+        SinkConfig::Delta(config) => Arc::new(delta::DeltaSink::new(name, config, context)?),
     })
 }

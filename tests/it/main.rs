@@ -15,8 +15,9 @@
 //! - `faults`: processes killed at random moments, connection attempts per
 //!   second during an outage, a shutdown's grace period, messages released
 //!   within seconds, a 1 GiB file against its visibility timeout.
-//! - `group::crash_loop_with_groups_loses_and_doubles_nothing`: the same
-//!   crash loop with small-file groups.
+//! - `group::crash_loop_with_groups_loses_and_doubles_nothing` and
+//!   `sink_delta::crash_loop_into_a_delta_table_loses_and_doubles_nothing`:
+//!   the same crash loop with small-file groups, and into a Delta table.
 //! - `cli::sigterm_stops_receiving_and_releases_what_the_last_long_poll_returns`
 //!   (a worker process must exit within 30 s of SIGTERM) and
 //!   `cli::a_stalled_stdout_reader_does_not_stall_the_worker` (a worker
@@ -52,6 +53,7 @@ mod ingest;
 mod memory;
 mod operate;
 mod reconcile;
+mod sink_delta;
 mod sink_http;
 mod sink_postgres;
 mod sink_s3_parquet;

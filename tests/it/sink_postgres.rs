@@ -1114,6 +1114,7 @@ async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_t
     let context = SinkContext {
         s3: clients().s3,
         expected_bucket_owner: None,
+        aws: Default::default(),
     };
     let sink = PostgresSink::new("pg", &config, &context).unwrap();
     let lineage = Lineage {
@@ -1308,6 +1309,7 @@ async fn a_certificate_for_another_host_name_is_refused_even_from_a_trusted_ca()
     let context = SinkContext {
         s3: clients().s3,
         expected_bucket_owner: None,
+        aws: Default::default(),
     };
     let sink = PostgresSink::new("pg", &config, &context).unwrap();
     let lineage = Lineage {
@@ -1354,6 +1356,7 @@ async fn is_committed_reads_the_ledger_for_this_table_and_version() {
     let context = SinkContext {
         s3: clients().s3,
         expected_bucket_owner: None,
+        aws: Default::default(),
     };
     let ledger_table = format!("{table}_ledger");
     let sink = PostgresSink::new("pg", &sink_config(&table, &ledger_table), &context).unwrap();

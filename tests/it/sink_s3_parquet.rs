@@ -166,6 +166,7 @@ fn sink_at(s3: &aws_sdk_s3::Client, destination: &str, extra: &str) -> S3Parquet
     let context = SinkContext {
         s3: s3.clone(),
         expected_bucket_owner: None,
+        aws: Default::default(),
     };
     S3ParquetSink::new("s3lake", &config, &context).unwrap()
 }
@@ -627,6 +628,7 @@ async fn a_dropped_writer_aborts_its_multipart_upload() {
     let context = SinkContext {
         s3: fixture.clients.s3.clone(),
         expected_bucket_owner: None,
+        aws: Default::default(),
     };
     let sink = S3ParquetSink::new("s3lake", &config, &context).unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("hash", DataType::Utf8, false)]));
@@ -865,6 +867,7 @@ async fn is_committed_follows_the_commit_marker_written_after_every_partition() 
         &SinkContext {
             s3: s3.clone(),
             expected_bucket_owner: None,
+            aws: Default::default(),
         },
     )
     .unwrap();

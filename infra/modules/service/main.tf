@@ -74,7 +74,16 @@ locals {
     exec-ssm-logs       = "/var/log/amazon/ssm"
   } : {}
 
-  destination_kms_key_arns = distinct(compact([for destination in var.s3_parquet_destinations : destination.kms_key_arn]))
+  destination_kms_key_arns = distinct(compact(concat(
+    [for destination in var.s3_parquet_destinations : destination.kms_key_arn],
+    [for table in var.delta_tables : table.kms_key_arn],
+  )))
+
+  # delta tables: s3://bucket/prefix as in the sink's `table`, the prefix
+  # with one trailing slash (the table's files and _delta_log/ are under it).
+  delta_table_prefixes = {
+    for table in var.delta_tables : table.bucket => "${trim(table.prefix, "/")}/"...
+  }
 
   # s3_parquet commit markers: <prefix>/_s3_ingest/commits/<name>.json (the
   # sink trims slashes off its prefix the same way).
@@ -529,8 +538,39 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
+  # delta sinks read the table's log and files, write data files (single
+  # and multipart) and log versions (conditional PUTs), and delete expired
+  # log files after a checkpoint.
+  dynamic "statement" {
+    for_each = length(var.delta_tables) > 0 ? [1] : []
+    content {
+      sid     = "ReadWriteDeltaTables"
+      actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+      resources = distinct(flatten([
+        for bucket, prefixes in local.delta_table_prefixes : [
+          for prefix in prefixes : "arn:${local.partition}:s3:::${bucket}/${prefix}*"
+        ]
+      ]))
+    }
+  }
+
+  # Listing _delta_log/ finds the latest version; limited to the tables.
+  dynamic "statement" {
+    for_each = local.delta_table_prefixes
+    content {
+      sid       = "ListDeltaTables${replace(title(replace(statement.key, "/[^A-Za-z0-9]+/", " ")), " ", "")}"
+      actions   = ["s3:ListBucket"]
+      resources = ["arn:${local.partition}:s3:::${statement.key}"]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = [for prefix in distinct(statement.value) : "${prefix}*"]
+      }
+    }
+  }
+
   # SSE-KMS on the destination: a data key per object, and Decrypt to
-  # complete a multipart upload.
+  # complete a multipart upload (and to read a delta table's log).
   dynamic "statement" {
     for_each = length(local.destination_kms_key_arns) > 0 ? [1] : []
     content {

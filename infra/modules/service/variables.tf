@@ -178,8 +178,23 @@ variable "s3_parquet_destinations" {
   default = []
 }
 
+variable "delta_tables" {
+  description = "Delta tables a delta sink writes to, s3://bucket/prefix as in the sink's `table`: the task role may read, write and delete objects under the prefix (data files, _delta_log/), abort its multipart uploads, list the prefix, and use kms_key_arn for SSE-KMS."
+  type = list(object({
+    bucket      = string
+    prefix      = string
+    kms_key_arn = optional(string)
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for table in var.delta_tables : trim(table.prefix, "/") != ""])
+    error_message = "Each delta table needs a prefix: a table at the bucket's root would give the worker every object of the bucket."
+  }
+}
+
 variable "tasks_iam_role_statements" {
-  description = "Extra statements for the task role (what the worker itself may do), for what the module does not know about. Prefer s3_parquet_destinations and secrets where they fit."
+  description = "Extra statements for the task role (what the worker itself may do), for what the module does not know about. Prefer s3_parquet_destinations, delta_tables and secrets where they fit."
   type = list(object({
     sid       = string
     effect    = optional(string, "Allow")

@@ -277,6 +277,7 @@ mod tests {
         SinkContext {
             s3,
             expected_bucket_owner: None,
+            aws: Default::default(),
         }
     }
 

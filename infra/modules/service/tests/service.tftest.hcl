@@ -393,6 +393,40 @@ run "s3_parquet_destinations_and_extra_statements" {
   }
 }
 
+run "delta_tables" {
+  command = apply
+
+  variables {
+    delta_tables = [
+      { bucket = "acme-lake", prefix = "/tables/orders/", kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/aaaaaaaa-6666-3333-4444-555555555555" },
+      { bucket = "acme-lake", prefix = "tables/prices" },
+    ]
+  }
+
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "ReadWriteDeltaTables"]) == toset(["arn:aws:s3:::acme-lake/tables/orders/*", "arn:aws:s3:::acme-lake/tables/prices/*"]) && one([for s in data.aws_iam_policy_document.task.statement : s.actions if s.sid == "ReadWriteDeltaTables"]) == toset(["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"])
+    error_message = "the sink reads and writes under each table's prefix only"
+  }
+  assert {
+    condition     = flatten([for c in one([for s in data.aws_iam_policy_document.task.statement : s.condition if s.sid == "ListDeltaTablesAcmeLake"]) : [for v in c.values : "${c.variable} ${v}"]]) == ["s3:prefix tables/orders/*", "s3:prefix tables/prices/*"]
+    error_message = "listing is limited to the tables' prefixes"
+  }
+  assert {
+    condition     = one([for s in data.aws_iam_policy_document.task.statement : s.resources if s.sid == "S3ParquetSinkEncryption"]) == toset(["arn:aws:kms:eu-west-1:123456789012:key/aaaaaaaa-6666-3333-4444-555555555555"])
+    error_message = "SSE-KMS on a delta table's bucket"
+  }
+}
+
+run "a_delta_table_at_a_bucket_root_is_refused" {
+  command = plan
+
+  variables {
+    delta_tables = [{ bucket = "acme-lake", prefix = "/" }]
+  }
+
+  expect_failures = [var.delta_tables]
+}
+
 run "fargate_spot_through_capacity_providers" {
   command = apply
 

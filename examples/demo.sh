@@ -193,6 +193,9 @@ for commit in table.history():
     lineage = json.loads(lineage) if isinstance(lineage, str) else lineage
     sources = ", ".join(f"{s['key']} ({s['rows']} rows)" for s in (lineage or {}).get("sources", []))
     print(f"    v{commit.get('version')}  {commit.get('operation'):<12} {sources}")
+# delta-rs' runtime threads abort the interpreter's normal shutdown.
+sys.stdout.flush()
+import os; os._exit(0)
 PY
     ;;
 esac

@@ -283,6 +283,28 @@ impl Sink for DeltaSink {
 /// object's commit info.
 const DETAILS_SEARCH_COMMITS: usize = 1000;
 
+/// Commits `pending` and says what it did: the table version its rows
+/// are in, or that every object was in the table already.
+async fn commit_receipt(
+    table: &TableHandle,
+    pending: PendingCommit,
+) -> Result<CommitReceipt, SinkError> {
+    let rows = pending.rows();
+    let location = table.url().to_string();
+    Ok(match pending.commit(table).await? {
+        Committed::Version(version) => CommitReceipt {
+            location: format!("{location} version {version}"),
+            rows,
+            already_committed: false,
+        },
+        Committed::AlreadyCommitted => CommitReceipt {
+            location,
+            rows: 0,
+            already_committed: true,
+        },
+    })
+}
+
 /// One object's rows on their way to one commit.
 struct DeltaObjectWriter {
     table: Arc<TableHandle>,
@@ -309,19 +331,7 @@ impl SinkWriter for DeltaObjectWriter {
         } = *self;
         let rows = pending.rows();
         pending.add_member(lineage, rows);
-        let location = table.url().to_string();
-        Ok(match pending.commit(&table).await? {
-            Committed::Version(version) => CommitReceipt {
-                location: format!("{location} version {version}"),
-                rows,
-                already_committed: false,
-            },
-            Committed::AlreadyCommitted => CommitReceipt {
-                location,
-                rows: 0,
-                already_committed: true,
-            },
-        })
+        commit_receipt(&table, pending).await
     }
 }
 
@@ -388,20 +398,7 @@ impl GroupWriter for DeltaGroupWriter {
 
     async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError> {
         let DeltaGroupWriter { table, pending, .. } = *self;
-        let rows = pending.rows();
-        let location = table.url().to_string();
-        Ok(match pending.commit(&table).await? {
-            Committed::Version(version) => CommitReceipt {
-                location: format!("{location} version {version}"),
-                rows,
-                already_committed: false,
-            },
-            Committed::AlreadyCommitted => CommitReceipt {
-                location,
-                rows: 0,
-                already_committed: true,
-            },
-        })
+        commit_receipt(&table, pending).await
     }
 }
 

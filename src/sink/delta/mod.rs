@@ -33,7 +33,7 @@ use commit::{Committed, FileSettings, PendingCommit, find_source, holds};
 use errors::delta_error;
 use key_columns::{KeyColumns, KeyValues};
 use table::TableHandle;
-pub use table::{check_schema, storage_options, table_url};
+pub use table::{storage_options, table_url};
 
 use crate::sink::parquet_settings::ParquetWriterSettings;
 use crate::sink::{
@@ -97,9 +97,8 @@ impl DeltaSinkConfig {
             return Err(("table".into(), "must not be empty".into()));
         }
         table_url(&self.table).map_err(|message| ("table".to_owned(), message))?;
-        let key_columns = KeyColumns::parse(&self.key_columns)
+        KeyColumns::parse(&self.key_columns)
             .map_err(|(column, message)| (format!("key_columns.{column}"), message))?;
-        drop(key_columns);
         let mut seen = BTreeSet::new();
         for column in &self.partition_by {
             if column.trim().is_empty() {

@@ -255,7 +255,7 @@ pub fn check_schema(table: &StructType, file: &StructType) -> Result<(), String>
         .fields()
         .filter_map(|field| {
             let in_table = table.field(field.name())?;
-            (!same_type(in_table.data_type(), field.data_type())).then(|| {
+            (in_table.data_type() != field.data_type()).then(|| {
                 format!(
                     "{} (table {}, file {})",
                     field.name(),
@@ -276,10 +276,6 @@ pub fn check_schema(table: &StructType, file: &StructType) -> Result<(), String>
             problems.join("; ")
         ))
     }
-}
-
-fn same_type(table: &DataType, file: &DataType) -> bool {
-    table == file
 }
 
 fn type_name(data_type: &DataType) -> String {

@@ -208,6 +208,7 @@ fn pipeline_csv(runtime: &tokio::runtime::Runtime, input: Bytes, codec: Option<C
         let (sender, mut receiver) = mpsc::channel(2);
         let decoder = tokio::task::spawn_blocking(move || {
             let job = CsvJob {
+                text_columns: Vec::new(),
                 uri: "s3://bench/orders.csv".into(),
                 options: CsvOptions::default(),
                 schema: Some(data::schema()),

@@ -401,6 +401,12 @@ pub struct RouteConfig {
     /// each (see [`GroupConfig`]); unset: every object is its own output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupConfig>,
+    /// The vendor's data contract (`[routes.contract]`): how files must
+    /// fit `schema`, checks on their values, what happens to bad rows.
+    /// Unset: the schema, if any, is applied as the decoders always did
+    /// (CSV by position, Parquet by name and type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<crate::contract::ContractConfig>,
 }
 
 impl RouteConfig {
@@ -1039,8 +1045,72 @@ impl Config {
             if let Some(group) = &route.group {
                 self.validate_group(group, &names, &key)?;
             }
+            if let Some(contract) = &route.contract {
+                self.validate_contract(route, contract, &names, &key)?;
+            }
         }
         Ok(())
+    }
+
+    /// A route's `contract`: it compiles against the route's schema (every
+    /// checked column declared, every literal of its column's type), CSV
+    /// files have a header to match columns by, and bad rows have
+    /// somewhere to go.
+    fn validate_contract(
+        &self,
+        route: &RouteConfig,
+        contract: &crate::contract::ContractConfig,
+        sinks: &[String],
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        use crate::contract::{BadRows, Contract};
+        let name = &route.name;
+        let field = |sub: &str| {
+            if sub.is_empty() {
+                key("contract")
+            } else {
+                key(&format!("contract.{sub}"))
+            }
+        };
+        let declared = route
+            .schema
+            .as_deref()
+            .map(crate::schema::arrow_schema)
+            .transpose()
+            .map_err(|message| invalid(key("schema"), message))?;
+        Contract::compile(name, declared.as_ref(), contract)
+            .map_err(|err| invalid(field(&err.field), err.message))?;
+        if route.format != FileFormat::Parquet && !route.csv.header {
+            return Err(invalid(
+                key("csv.header"),
+                format!(
+                    "route `{name}`: a contract matches a CSV file's columns by its header; set csv.header = true (or format = \"parquet\")"
+                ),
+            ));
+        }
+        match (contract.bad_rows, &contract.quarantine_sink) {
+            (BadRows::Quarantine, None) => Err(invalid(
+                field("quarantine_sink"),
+                format!(
+                    "route `{name}`: bad_rows = \"quarantine\" needs the sink that quarantined rows land in"
+                ),
+            )),
+            (BadRows::Reject, Some(_)) => Err(invalid(
+                field("quarantine_sink"),
+                format!("route `{name}`: only used with bad_rows = \"quarantine\""),
+            )),
+            (BadRows::Quarantine, Some(sink)) if !self.sinks.contains_key(sink) => Err(invalid(
+                field("quarantine_sink"),
+                format!("route `{name}`: sink `{sink}` is not defined under [sinks]"),
+            )),
+            (BadRows::Quarantine, Some(sink)) if sinks.contains(sink) => Err(invalid(
+                field("quarantine_sink"),
+                format!(
+                    "route `{name}`: sink `{sink}` is one of the route's own sinks; quarantined rows need a sink of their own"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A route's `group`: its age well inside the lease, and every sink of

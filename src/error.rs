@@ -27,6 +27,8 @@ pub enum ErrorKind {
     UnsupportedFormat,
     DecompressionError,
     SchemaError,
+    /// Rows break the route's contract and its `bad_rows` is `reject`.
+    ContractViolation,
     CsvError,
     ParquetError,
     SinkError,
@@ -36,7 +38,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::InvalidMessage,
         ErrorKind::MaxReceiveCountExceeded,
         ErrorKind::BucketNotAllowed,
@@ -47,6 +49,7 @@ impl ErrorKind {
         ErrorKind::UnsupportedFormat,
         ErrorKind::DecompressionError,
         ErrorKind::SchemaError,
+        ErrorKind::ContractViolation,
         ErrorKind::CsvError,
         ErrorKind::ParquetError,
         ErrorKind::SinkError,
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedFormat => "unsupported_format",
             ErrorKind::DecompressionError => "decompression_error",
             ErrorKind::SchemaError => "schema_error",
+            ErrorKind::ContractViolation => "contract_violation",
             ErrorKind::CsvError => "csv_error",
             ErrorKind::ParquetError => "parquet_error",
             ErrorKind::SinkError => "sink_error",
@@ -113,6 +117,10 @@ pub enum IngestError {
     /// repeats a name, or a Parquet file does not match the route's schema.
     #[error("{uri}: unusable schema: {detail}")]
     Schema { uri: String, detail: String },
+    /// Rows break the route's contract (`[routes.contract]`, `bad_rows =
+    /// "reject"`): the detail quotes the first of them.
+    #[error("{uri}: contract violated: {detail}")]
+    Contract { uri: String, detail: String },
     /// `first_row` 0: the rows are not known (the decoder panicked).
     #[error("{uri}: CSV {}: {detail}", csv_rows(*first_row, *last_row))]
     Csv {
@@ -208,6 +216,7 @@ impl IngestError {
             | IngestError::UnsupportedFormat { .. }
             | IngestError::Decompress { .. }
             | IngestError::Schema { .. }
+            | IngestError::Contract { .. }
             | IngestError::Csv { .. }
             | IngestError::Parquet { .. } => false,
         }
@@ -223,6 +232,7 @@ impl IngestError {
             IngestError::UnsupportedFormat { .. } => ErrorKind::UnsupportedFormat,
             IngestError::Decompress { .. } => ErrorKind::DecompressionError,
             IngestError::Schema { .. } => ErrorKind::SchemaError,
+            IngestError::Contract { .. } => ErrorKind::ContractViolation,
             IngestError::Csv { .. } => ErrorKind::CsvError,
             IngestError::Parquet { .. } => ErrorKind::ParquetError,
             IngestError::Sink { .. } => ErrorKind::SinkError,
@@ -280,6 +290,7 @@ impl IngestError {
         match self {
             IngestError::Decompress { .. }
             | IngestError::Schema { .. }
+            | IngestError::Contract { .. }
             | IngestError::Csv { .. }
             | IngestError::Parquet { .. }
             | IngestError::Sink { .. } => true,

@@ -223,6 +223,7 @@ impl Groups {
 /// A member waiting for its group's commit.
 struct Waiting {
     member_lineage: crate::sink::Lineage,
+    contract: Option<crate::contract::ContractOutcome>,
     rows: u64,
     batches: u64,
     /// What each sink's writer said when it was offered, in sink order.
@@ -345,6 +346,7 @@ impl GroupTask {
         }
         self.members.push(Waiting {
             member_lineage: join.member.lineage,
+            contract: join.member.contract.clone(),
             rows: join.member.rows,
             batches: join.batches,
             joined,
@@ -426,6 +428,7 @@ impl GroupTask {
                         rows: member.rows,
                         batches: member.batches,
                         receipts: Vec::new(),
+                        contract: member.contract,
                     }
                 }),
             };
@@ -529,6 +532,7 @@ mod tests {
             },
             batches: vec![batch],
             rows: values.len() as u64,
+            contract: None,
         }
     }
 

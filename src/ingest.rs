@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::config::{CsvOptions, FileFormat};
+use crate::contract::{Contract, ContractOutcome, FileContract};
 use crate::decode::DecodeSummary;
 use crate::decode::compression::Codec;
 use crate::decode::csv::{CsvJob, decode_csv};
@@ -58,10 +59,14 @@ enum Opened {
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub lineage: Lineage,
+    /// The rows the route's sinks committed (all the file's, unless its
+    /// contract quarantined some).
     pub rows: u64,
     pub batches: u64,
-    /// One receipt per sink, in commit order.
+    /// One receipt per sink, in commit order (a quarantine sink first).
     pub receipts: Vec<(String, CommitReceipt)>,
+    /// What the route's contract made of the file, when it has one.
+    pub contract: Option<ContractOutcome>,
 }
 
 impl Committed {
@@ -368,6 +373,24 @@ impl Ingestor {
             }
             Opened::Tail(tail) => self.spawn_parquet(pinned.clone(), tail, plan, batch_tx),
         };
+        // A route's contract sits between the decoder and the sinks.
+        let (batch_rx, contract_stage) = match &plan.contract {
+            Some(contract) => {
+                let (good_tx, good_rx) = mpsc::channel(BATCH_CHANNEL_BATCHES);
+                let stage = ContractStage {
+                    contract: contract.clone(),
+                    quarantine_sink: contract
+                        .config
+                        .quarantine_sink
+                        .as_ref()
+                        .map(|name| self.sink(name)),
+                    lineage: lineage.clone(),
+                    uri: uri.clone(),
+                };
+                (good_rx, Some(tokio::spawn(stage.run(batch_rx, good_tx))))
+            }
+            None => (batch_rx, None),
+        };
         // A small object of a grouping route is collected whole, then
         // joins a group; one that turns out larger decodes (falls back to
         // its own output) as it would without grouping.
@@ -388,11 +411,22 @@ impl Ingestor {
         };
         // The producer's error explains a sink-side stop better than the
         // closed channel the sink saw, and vice versa; see `first_cause`.
-        let produced = producer
+        let decoded = producer
             .await
             .unwrap_or_else(|err| Err(decoder_failed(&uri, format, err)));
-        let (writers, summary) = match (produced, written) {
-            (Ok(summary), Ok(writers)) => (writers, summary),
+        let contracted = match contract_stage {
+            Some(stage) => stage
+                .await
+                .unwrap_or_else(|_| Err(IngestError::Abandoned { uri: uri.clone() })),
+            None => Ok(Contracted::none()),
+        };
+        let produced = match (decoded, contracted) {
+            (Ok(summary), Ok(contracted)) => Ok((summary, contracted)),
+            (Err(decode_err), Err(contract_err)) => Err(first_cause(decode_err, contract_err)),
+            (Err(err), Ok(_)) | (Ok(_), Err(err)) => Err(err),
+        };
+        let (writers, summary, contracted) = match (produced, written) {
+            (Ok((summary, contracted)), Ok(writers)) => (writers, summary, contracted),
             (Err(produce_err), Err(write_err)) => return Err(first_cause(produce_err, write_err)),
             (Err(err), Ok(_)) | (Ok(_), Err(err)) => return Err(err),
         };
@@ -408,17 +442,29 @@ impl Ingestor {
                 ),
             });
         }
+        // What the sinks receive: the decoder's schema, or the contract's.
+        let schema = contracted
+            .output_schema
+            .clone()
+            .unwrap_or_else(|| summary.schema.clone());
+        let outcome = contracted.outcome.clone();
+        // Bad rows are committed before the good ones: once every sink
+        // holds the good rows, the file's bad rows are already in quarantine.
+        let mut receipts = Vec::with_capacity(sinks.len() + 1);
+        if let Some(quarantine) = contracted.quarantine {
+            receipts.push(quarantine.commit(&uri, outcome.as_ref()).await?);
+        }
+        let rows = outcome.as_ref().map_or(summary.rows, |o| o.accepted_rows);
         let writers = match (writers, group) {
             (Written::Collected(batches), Some(group)) => {
                 // Groups are per schema of the rows (the decoder's when
                 // there are none).
-                let schema = batches
-                    .first()
-                    .map_or_else(|| summary.schema.clone(), RecordBatch::schema);
+                let schema = batches.first().map_or(schema, RecordBatch::schema);
                 let member = GroupMember {
                     lineage,
-                    rows: summary.rows,
+                    rows,
                     batches,
+                    contract: outcome,
                 };
                 let ticket = self
                     .groups
@@ -445,11 +491,13 @@ impl Ingestor {
                         "object holds no data rows (only a header, blank lines, or a Parquet file of 0 rows); committing it with 0 rows so its version is recorded"
                     );
                 }
-                open_writers(&sinks, &lineage, summary.schema.clone(), &uri).await?
+                open_writers(&sinks, &lineage, schema, &uri).await?
             }
         };
-        let mut receipts = Vec::with_capacity(writers.len());
-        for (sink, writer) in sinks.iter().zip(writers) {
+        for (sink, mut writer) in sinks.iter().zip(writers) {
+            if let Some(outcome) = &outcome {
+                writer.record_contract(outcome);
+            }
             let receipt = writer
                 .commit()
                 .await
@@ -458,10 +506,18 @@ impl Ingestor {
         }
         Ok(Ingested::Committed(Committed {
             lineage,
-            rows: summary.rows,
+            rows,
             batches: summary.batches,
             receipts,
+            contract: outcome,
         }))
+    }
+
+    fn sink(&self, name: &str) -> Arc<dyn Sink> {
+        self.sinks
+            .get(name)
+            .cloned()
+            .expect("config validation guarantees every named sink exists")
     }
 
     /// Downloads on the runtime, decodes on a blocking thread.
@@ -480,10 +536,16 @@ impl Ingestor {
             tokio::spawn(
                 async move { objects.stream_into(&download_pinned, body, chunk_tx).await },
             );
+        // A contract parses the declared columns itself (see `contract/`).
+        let (schema, text_columns) = match &plan.contract {
+            Some(contract) => (None, contract.declared_names()),
+            None => (plan.schema.clone(), Vec::new()),
+        };
         let job = CsvJob {
             uri: pinned.uri(),
             options,
-            schema: plan.schema.clone(),
+            schema,
+            text_columns,
             batch_rows: plan.batch_rows,
             declared_codec: Codec::declared(pinned.content_encoding.as_deref(), &pinned.key),
             object_bytes: pinned.size,
@@ -519,7 +581,11 @@ impl Ingestor {
         batches: mpsc::Sender<RecordBatch>,
     ) -> tokio::task::JoinHandle<Result<DecodeSummary, IngestError>> {
         let reader = S3ParquetReader::new(self.objects.clone(), pinned.clone(), tail);
-        let schema = plan.schema.clone();
+        // A contract matches and casts the file's columns itself.
+        let schema = match &plan.contract {
+            Some(_) => None,
+            None => plan.schema.clone(),
+        };
         let batch_rows = plan.batch_rows;
         let limits = ParquetLimits {
             file_size: pinned.size,
@@ -535,6 +601,111 @@ impl Ingestor {
                 limits,
                 &batches,
             ))
+        })
+    }
+}
+
+/// Holds every decoded batch of one file to its route's contract: good
+/// rows go on to the sinks, bad rows into the quarantine sink's writer.
+struct ContractStage {
+    contract: Arc<Contract>,
+    quarantine_sink: Option<Arc<dyn Sink>>,
+    lineage: Lineage,
+    uri: String,
+}
+
+/// What the contract stage leaves for the commit.
+struct Contracted {
+    outcome: Option<ContractOutcome>,
+    /// The schema the sinks receive (`None` without a contract).
+    output_schema: Option<arrow::datatypes::SchemaRef>,
+    quarantine: Option<Quarantine>,
+}
+
+impl Contracted {
+    fn none() -> Contracted {
+        Contracted {
+            outcome: None,
+            output_schema: None,
+            quarantine: None,
+        }
+    }
+}
+
+/// The file's bad rows, written to the quarantine sink, not committed.
+struct Quarantine {
+    sink: Arc<dyn Sink>,
+    writer: Box<dyn SinkWriter>,
+}
+
+impl Quarantine {
+    async fn commit(
+        mut self,
+        uri: &str,
+        outcome: Option<&ContractOutcome>,
+    ) -> Result<(String, CommitReceipt), IngestError> {
+        if let Some(outcome) = outcome {
+            self.writer.record_contract(outcome);
+        }
+        let name = self.sink.name().to_owned();
+        let receipt = self
+            .writer
+            .commit()
+            .await
+            .map_err(|err| sink_error(uri, &name, err))?;
+        Ok((name, receipt))
+    }
+}
+
+impl ContractStage {
+    async fn run(
+        self,
+        mut decoded: mpsc::Receiver<RecordBatch>,
+        good: mpsc::Sender<RecordBatch>,
+    ) -> Result<Contracted, IngestError> {
+        let mut file = FileContract::new(self.contract.clone(), &self.uri);
+        let mut quarantine: Option<Quarantine> = None;
+        while let Some(batch) = decoded.recv().await {
+            let applied = match file.apply(&batch) {
+                Ok(applied) => applied,
+                Err(err) => {
+                    crate::telemetry::contract_file(&self.lineage.route, file.outcome());
+                    return Err(err);
+                }
+            };
+            if let Some(bad) = applied.bad {
+                let sink = self
+                    .quarantine_sink
+                    .as_ref()
+                    .expect("only bad_rows = \"quarantine\" passes bad rows on, with its sink");
+                let open = match quarantine.as_mut() {
+                    Some(open) => open,
+                    None => {
+                        let writer = sink
+                            .open(&self.lineage, crate::contract::quarantine_schema())
+                            .await
+                            .map_err(|err| sink_error(&self.uri, sink.name(), err))?;
+                        quarantine.insert(Quarantine {
+                            sink: sink.clone(),
+                            writer,
+                        })
+                    }
+                };
+                open.writer
+                    .write(bad)
+                    .await
+                    .map_err(|err| sink_error(&self.uri, sink.name(), err))?;
+            }
+            if let Some(batch) = applied.good
+                && good.send(batch).await.is_err()
+            {
+                return Err(IngestError::Abandoned { uri: self.uri });
+            }
+        }
+        Ok(Contracted {
+            outcome: Some(file.outcome().clone()),
+            output_schema: Some(file.output_schema()),
+            quarantine,
         })
     }
 }

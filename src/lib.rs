@@ -6,6 +6,7 @@
 
 pub mod byte_ranges;
 pub mod config;
+pub mod contract;
 pub mod dead_letter;
 pub mod decode;
 pub mod deployment;
@@ -217,6 +218,16 @@ pub(crate) fn build_sinks(
         s3: s3.clone(),
         expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
         aws: config.aws.clone(),
+        add_columns_routes: config
+            .routes
+            .iter()
+            .filter(|route| {
+                route.contract.as_ref().is_some_and(|contract| {
+                    contract.schema_mode == contract::SchemaMode::AddColumns
+                })
+            })
+            .map(|route| route.name.clone())
+            .collect(),
     };
     let mut sinks = sink::SinksByName::new();
     let mut failures = Vec::new();

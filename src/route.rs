@@ -7,6 +7,7 @@ use arrow::datatypes::SchemaRef;
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::config::{CsvOptions, FileFormat, GroupConfig, RouteConfig, RouteLimits};
+use crate::contract::Contract;
 
 /// What one object's pipeline does, decided once when it is routed and
 /// handed to the pipeline as one value. Only the compression is left to
@@ -25,6 +26,9 @@ pub struct ObjectPlan {
     pub sinks: Vec<String>,
     /// Small objects join a group of the route (`group.rs`) when set.
     pub group: Option<GroupConfig>,
+    /// The route's data contract: each batch passes through it between
+    /// the decoder and the sinks (`contract/`).
+    pub contract: Option<Arc<Contract>>,
 }
 
 /// The object's format, with what decoding it needs.
@@ -61,6 +65,7 @@ pub struct Route {
     pub batch_rows: usize,
     pub limits: RouteLimits,
     pub group: Option<GroupConfig>,
+    pub contract: Option<Arc<Contract>>,
 }
 
 impl Route {
@@ -89,6 +94,7 @@ impl Route {
             limits: self.limits.clone(),
             sinks: self.sinks.clone(),
             group: self.group,
+            contract: self.contract.clone(),
         })
     }
 
@@ -105,6 +111,15 @@ impl Route {
             .as_deref()
             .map(crate::schema::arrow_schema)
             .transpose()?;
+        let contract = config
+            .contract
+            .as_ref()
+            .map(|contract| {
+                Contract::compile(&config.name, schema.as_ref(), contract)
+                    .map(Arc::new)
+                    .map_err(|err| err.message)
+            })
+            .transpose()?;
         Ok(Route {
             name: config.name.clone(),
             bucket: config.bucket.clone(),
@@ -117,6 +132,7 @@ impl Route {
             batch_rows: config.batch_rows.get(),
             limits: config.limits.clone(),
             group: config.group,
+            contract,
         })
     }
 
@@ -225,6 +241,7 @@ mod tests {
             batch_rows: std::num::NonZeroUsize::new(10).unwrap(),
             limits: Default::default(),
             group: None,
+            contract: None,
         }
     }
 

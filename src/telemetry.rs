@@ -45,6 +45,9 @@ const GROUPED_OBJECTS: &str = "s3_ingest_grouped_objects_total";
 const OBJECTS_PARKED: &str = "s3_ingest_objects_parked";
 const DELETE_FAILURES: &str = "s3_ingest_delete_failures_total";
 const DEAD_LETTER_SEND_FAILURES: &str = "s3_ingest_dead_letter_send_failures_total";
+const CONTRACT_FILES: &str = "s3_ingest_contract_files_total";
+const CONTRACT_ROWS: &str = "s3_ingest_contract_rows_total";
+const CONTRACT_DRIFT: &str = "s3_ingest_contract_drifted_files_total";
 
 /// Seconds: from a 10 KiB file's tens of milliseconds to a large file's
 /// half hour.
@@ -142,6 +145,18 @@ fn describe() {
         "source object bytes committed, by route and sink"
     );
     describe_counter!(ROWS_INGESTED, "rows committed, by route and sink");
+    describe_counter!(
+        CONTRACT_FILES,
+        "files held to a route's contract, by route and verdict (accepted, quarantined, rejected)"
+    );
+    describe_counter!(
+        CONTRACT_ROWS,
+        "rows of files held to a route's contract, by route and outcome (accepted, quarantined, rescued)"
+    );
+    describe_counter!(
+        CONTRACT_DRIFT,
+        "files whose columns differ from their route's schema, by route and drift (columns_added, columns_rescued, columns_missing)"
+    );
     describe_counter!(
         BATCHES_INGESTED,
         "Arrow record batches committed, by route and sink"
@@ -278,6 +293,31 @@ pub fn object_committed(object: CommittedObject<'_>) {
         .record(object.duration.as_secs_f64());
     if let Some(lag) = object.lag {
         histogram!(END_TO_END_LAG, "route" => object.route.to_owned()).record(lag.as_secs_f64());
+    }
+}
+
+/// One file's outcome under its route's contract, counted once: when the
+/// file is committed (not for a redelivery the sinks already held) or
+/// rejected. Labels are the route and fixed words, never the file.
+pub fn contract_file(route: &str, outcome: &crate::contract::ContractOutcome) {
+    let route = route.to_owned();
+    counter!(CONTRACT_FILES, "route" => route.clone(), "verdict" => outcome.verdict.as_str())
+        .increment(1);
+    for (name, rows) in [
+        ("accepted", outcome.accepted_rows),
+        ("quarantined", outcome.quarantined_rows),
+        ("rescued", outcome.rescued_rows),
+    ] {
+        counter!(CONTRACT_ROWS, "route" => route.clone(), "outcome" => name).increment(rows);
+    }
+    for (drift, columns) in [
+        ("columns_added", &outcome.columns_added),
+        ("columns_rescued", &outcome.columns_rescued),
+        ("columns_missing", &outcome.columns_missing),
+    ] {
+        if !columns.is_empty() {
+            counter!(CONTRACT_DRIFT, "route" => route.clone(), "drift" => drift).increment(1);
+        }
     }
 }
 

@@ -32,6 +32,10 @@ pub struct CsvJob {
     pub options: CsvOptions,
     /// The route's explicit schema; inferred from the file when `None`.
     pub schema: Option<SchemaRef>,
+    /// Columns read as text whatever inference says (ASCII case ignored):
+    /// the declared columns of a route with a contract, which parses them
+    /// itself so that one bad value is one bad row (`contract/`).
+    pub text_columns: Vec<String>,
     pub batch_rows: usize,
     /// Compression named by Content-Encoding or the key's extension.
     pub declared_codec: Option<Codec>,
@@ -88,7 +92,7 @@ pub fn decode_csv(
     let whole_input_in_head = head.len() < head_limit;
     let schema = match &job.schema {
         Some(schema) => schema.clone(),
-        None => infer_schema(&head, head_limit, &format, &job.options, &job.uri)?,
+        None => infer_schema(&head, head_limit, &format, job)?,
     };
     if schema.fields().is_empty() {
         // Nothing but blank lines: an empty file is not poison. (Whatever
@@ -370,9 +374,9 @@ fn infer_schema(
     sample: &[u8],
     limit: usize,
     format: &Format,
-    options: &CsvOptions,
-    uri: &str,
+    job: &CsvJob,
 ) -> Result<SchemaRef, IngestError> {
+    let (options, uri) = (&job.options, job.uri.as_str());
     if sample.iter().all(u8::is_ascii_whitespace) {
         return Ok(Arc::new(Schema::empty()));
     }
@@ -427,11 +431,17 @@ fn infer_schema(
     // A column empty throughout the sample is inferred as Null, and
     // arrow-csv decodes a Null column as all nulls whatever it later holds:
     // read such columns as text instead, so no value is silently dropped.
+    let as_text = |name: &str| {
+        job.text_columns
+            .iter()
+            .any(|text| text.eq_ignore_ascii_case(name))
+    };
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|field| match field.data_type() {
             DataType::Null => Field::new(field.name(), DataType::Utf8, true),
+            _ if as_text(field.name()) => Field::new(field.name(), DataType::Utf8, true),
             _ => field.as_ref().clone(),
         })
         .collect();
@@ -498,6 +508,7 @@ mod tests {
 
     fn job(schema: Option<SchemaRef>) -> CsvJob {
         CsvJob {
+            text_columns: Vec::new(),
             uri: "s3://b/k.csv".into(),
             options: CsvOptions::default(),
             schema,

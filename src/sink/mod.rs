@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::SinkConfig;
+use crate::contract::ContractOutcome;
 
 /// Where an object's rows came from; every sink records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +163,17 @@ pub struct SinkContext {
     /// The `[aws]` settings, for sinks that reach S3 through another
     /// client than the SDK (`delta`, through object_store).
     pub aws: crate::config::AwsConfig,
+    /// The routes whose contract has `schema_mode = "add_columns"`: a sink
+    /// with a table (postgres, delta) adds a new column of their files to
+    /// it instead of refusing the file.
+    pub add_columns_routes: std::collections::BTreeSet<String>,
+}
+
+impl SinkContext {
+    /// Whether files of `route` may add columns to the sink's table.
+    pub fn adds_columns(&self, route: &str) -> bool {
+        self.add_columns_routes.contains(route)
+    }
 }
 
 #[async_trait]
@@ -222,7 +234,11 @@ pub trait Sink: Send + Sync {
 pub struct GroupMember {
     pub lineage: Lineage,
     pub batches: Vec<RecordBatch>,
+    /// The rows in `batches` (a route's contract may have quarantined
+    /// others of the file).
     pub rows: u64,
+    /// What the route's contract made of the file, for the sink's lineage.
+    pub contract: Option<ContractOutcome>,
 }
 
 /// What a group writer did with an object offered to it.
@@ -265,6 +281,14 @@ pub trait GroupWriter: Send {
 #[async_trait]
 pub trait SinkWriter: Send {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError>;
+
+    /// What the route's contract made of the file, given before `commit`
+    /// for the sink to record with its lineage (a Parquet file's key-value
+    /// metadata, the ledger row, the Delta commit). Sinks that keep no
+    /// lineage ignore it.
+    fn record_contract(&mut self, outcome: &ContractOutcome) {
+        let _ = outcome;
+    }
 
     /// Makes everything written durable and visible, atomically.
     async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError>;

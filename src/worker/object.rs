@@ -175,12 +175,20 @@ impl Worker {
                     duration,
                     lag,
                 });
+                if let Some(outcome) = &committed.contract
+                    && !committed.already_committed()
+                {
+                    telemetry::contract_file(&route.name, outcome);
+                }
                 info!(
                     bucket,
                     key,
                     route = %route.name,
                     sinks = %route.sinks.join(","),
                     rows = committed.rows,
+                    contract = committed.contract.as_ref().map(|o| o.verdict.as_str()),
+                    quarantined_rows = committed.contract.as_ref().map(|o| o.quarantined_rows),
+                    contract_outcome = committed.contract.as_ref().map(|o| o.to_json()),
                     bytes = committed.lineage.size,
                     location = %committed.locations(),
                     already_committed = committed.already_committed(),

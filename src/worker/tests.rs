@@ -153,6 +153,7 @@ impl Ingest for ScriptedIngest {
             },
             rows: 1,
             batches: 1,
+            contract: None,
             receipts: vec![(
                 "lake".into(),
                 CommitReceipt {
@@ -208,6 +209,7 @@ fn router(key_glob: &str) -> Router {
         batch_rows: std::num::NonZeroUsize::new(100).unwrap(),
         limits: Default::default(),
         group: None,
+        contract: None,
     }])
     .unwrap()
 }

@@ -261,6 +261,7 @@ fn sink(table: &str) -> DeltaSink {
         s3: clients().s3,
         expected_bucket_owner: None,
         aws: aws(),
+        add_columns_routes: Default::default(),
     };
     DeltaSink::new("table", &config, &context).unwrap()
 }

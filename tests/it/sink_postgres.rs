@@ -609,7 +609,7 @@ async fn schema_mismatches_are_dead_lettered_naming_the_column() {
     let mut letters = fixture.wait_for_dead_letters(3).await;
     letters.sort_by(|a, b| a.key.cmp(&b.key));
     for letter in &letters {
-        assert_eq!(letter.error_kind.as_str(), "sink_error", "{letter:?}");
+        assert_eq!(letter.error_kind.as_str(), "schema_error", "{letter:?}");
     }
     let reasons: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
     assert!(reasons[0].contains("no column `colour`"), "{}", reasons[0]);
@@ -1115,6 +1115,7 @@ async fn a_dropped_writer_leaves_nothing_and_a_committed_version_is_not_loaded_t
         s3: clients().s3,
         expected_bucket_owner: None,
         aws: Default::default(),
+        add_columns_routes: Default::default(),
     };
     let sink = PostgresSink::new("pg", &config, &context).unwrap();
     let lineage = Lineage {
@@ -1310,6 +1311,7 @@ async fn a_certificate_for_another_host_name_is_refused_even_from_a_trusted_ca()
         s3: clients().s3,
         expected_bucket_owner: None,
         aws: Default::default(),
+        add_columns_routes: Default::default(),
     };
     let sink = PostgresSink::new("pg", &config, &context).unwrap();
     let lineage = Lineage {
@@ -1357,6 +1359,7 @@ async fn is_committed_reads_the_ledger_for_this_table_and_version() {
         s3: clients().s3,
         expected_bucket_owner: None,
         aws: Default::default(),
+        add_columns_routes: Default::default(),
     };
     let ledger_table = format!("{table}_ledger");
     let sink = PostgresSink::new("pg", &sink_config(&table, &ledger_table), &context).unwrap();

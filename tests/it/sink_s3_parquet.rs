@@ -167,6 +167,7 @@ fn sink_at(s3: &aws_sdk_s3::Client, destination: &str, extra: &str) -> S3Parquet
         s3: s3.clone(),
         expected_bucket_owner: None,
         aws: Default::default(),
+        add_columns_routes: Default::default(),
     };
     S3ParquetSink::new("s3lake", &config, &context).unwrap()
 }
@@ -629,6 +630,7 @@ async fn a_dropped_writer_aborts_its_multipart_upload() {
         s3: fixture.clients.s3.clone(),
         expected_bucket_owner: None,
         aws: Default::default(),
+        add_columns_routes: Default::default(),
     };
     let sink = S3ParquetSink::new("s3lake", &config, &context).unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("hash", DataType::Utf8, false)]));
@@ -868,6 +870,7 @@ async fn is_committed_follows_the_commit_marker_written_after_every_partition() 
             s3: s3.clone(),
             expected_bucket_owner: None,
             aws: Default::default(),
+            add_columns_routes: Default::default(),
         },
     )
     .unwrap();

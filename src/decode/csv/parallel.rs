@@ -355,6 +355,7 @@ mod tests {
 
     fn job(in_parallel: bool) -> CsvJob {
         CsvJob {
+            text_columns: Vec::new(),
             uri: "s3://b/big.csv".into(),
             options: CsvOptions::default(),
             schema: Some(schema()),

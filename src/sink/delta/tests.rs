@@ -65,6 +65,7 @@ fn sink(config: &DeltaSinkConfig) -> DeltaSink {
         ),
         expected_bucket_owner: None,
         aws: Default::default(),
+        add_columns_routes: Default::default(),
     };
     DeltaSink::new("lake", config, &context).unwrap()
 }
@@ -395,6 +396,7 @@ async fn a_group_commits_its_objects_in_one_version_and_skips_those_in_the_table
         lineage: lineage(key, "1"),
         rows: (ids.end - ids.start) as u64,
         batches: vec![batch(ids, "fr")],
+        contract: None,
     };
     assert_eq!(
         group.add(&member("in/landed.csv", 0..3)).await.unwrap(),
@@ -453,6 +455,7 @@ async fn a_group_raced_by_another_commit_of_one_of_its_objects_is_not_committed(
             lineage: lineage(key, "1"),
             rows: 2,
             batches: vec![batch(10..12, "fr")],
+            contract: None,
         };
         assert_eq!(group.add(&member).await.unwrap(), Joined::Added);
     }

@@ -278,6 +278,7 @@ mod tests {
             s3,
             expected_bucket_owner: None,
             aws: Default::default(),
+            add_columns_routes: Default::default(),
         }
     }
 

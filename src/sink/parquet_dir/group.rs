@@ -194,6 +194,7 @@ impl GroupWriter for GroupHandle {
             lineage: member.lineage.clone(),
             batches: member.batches.clone(),
             rows: member.rows,
+            contract: member.contract.clone(),
         };
         let root = self.root.clone();
         let (group, joined) = tokio::task::spawn_blocking(move || {

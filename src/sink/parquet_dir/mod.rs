@@ -44,6 +44,8 @@ pub const META_SOURCE_BUCKET: &str = "s3_ingest.source_bucket";
 pub const META_SOURCE_KEY: &str = "s3_ingest.source_key";
 pub const META_SOURCE_ETAG: &str = "s3_ingest.source_etag";
 pub const META_SOURCE_VERSION_ID: &str = "s3_ingest.source_version_id";
+/// The route's contract outcome for the file, as JSON (`contract/`).
+pub const META_CONTRACT: &str = "s3_ingest.contract";
 
 /// An unlocked temporary file younger than this may belong to a writer
 /// between creating its file and locking it: left alone.
@@ -478,6 +480,13 @@ impl SinkWriter for ParquetDirWriter {
         .await?;
         self.rows += rows;
         Ok(())
+    }
+
+    fn record_contract(&mut self, outcome: &crate::contract::ContractOutcome) {
+        if let Some(writer) = self.writer.as_mut() {
+            writer
+                .append_key_value_metadata(KeyValue::new(META_CONTRACT.into(), outcome.to_json()));
+        }
     }
 
     async fn commit(mut self: Box<Self>) -> Result<CommitReceipt, SinkError> {

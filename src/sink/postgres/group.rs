@@ -53,6 +53,9 @@ pub(super) struct PostgresGroup {
     pub(super) plan: Option<(Arc<CopyPlan>, Option<String>)>,
     pub(super) rows: u64,
     pub(super) bytes: u64,
+    /// New columns of the group's schema are added to the table
+    /// (`add_columns`).
+    pub(super) add_columns: bool,
 }
 
 impl PostgresGroup {
@@ -76,7 +79,13 @@ impl PostgresGroup {
             let mut copy = match &self.plan {
                 Some((plan, _)) => Copy::begin(&self.session, plan.clone(), None).await?,
                 None => {
-                    let copy = Copy::start(&self.session, &self.target, &first.schema()).await?;
+                    let copy = Copy::start(
+                        &self.session,
+                        &self.target,
+                        &first.schema(),
+                        self.add_columns,
+                    )
+                    .await?;
                     self.plan = Some((copy.plan.clone(), copy.plan_to_remember.clone()));
                     copy
                 }
@@ -88,8 +97,14 @@ impl PostgresGroup {
             copy.finish(rows).await?;
         }
         let recorded = i64::try_from(rows).unwrap_or(i64::MAX);
-        key.record_group_commit(self.session.client(), &self.ledger, recorded)
-            .await?;
+        let contract = member.contract.as_ref().map(|outcome| outcome.to_json());
+        key.record_group_commit(
+            self.session.client(),
+            &self.ledger,
+            recorded,
+            contract.as_deref(),
+        )
+        .await?;
         self.bytes += bytes;
         Ok(rows)
     }

@@ -13,7 +13,7 @@ use crate::sink::{Lineage, SinkError};
 /// write: an older layout is migrated in place ([`migrate`]), a newer one
 /// (written by a later s3-ingest) is refused as a deployment problem
 /// instead of being written in a layout this worker does not know.
-pub(super) const LEDGER_SCHEMA_VERSION: u32 = 1;
+pub(super) const LEDGER_SCHEMA_VERSION: u32 = 2;
 const SCHEMA_COMMENT_PREFIX: &str = "s3-ingest ledger schema ";
 
 impl PostgresSink {
@@ -43,6 +43,7 @@ impl PostgresSink {
                          rows bigint,
                          started_at timestamptz NOT NULL DEFAULT now(),
                          committed_at timestamptz,
+                         contract jsonb,
                          PRIMARY KEY (target_table, bucket, key, version_identity)
                      );",
                     name = sql_literal(&ledger),
@@ -100,10 +101,15 @@ fn schema_version(comment: Option<&str>) -> u32 {
 /// steps must be idempotent (`ADD COLUMN IF NOT EXISTS`), since a worker
 /// of the old version may keep writing until it is replaced, so a new
 /// column must be nullable or have a default.
-fn migrate(from: u32, _ledger: &str) -> Vec<String> {
-    let steps: Vec<String> = Vec::new();
-    // Version 1 is the first layout: nothing to do yet.
+fn migrate(from: u32, ledger: &str) -> Vec<String> {
+    let mut steps: Vec<String> = Vec::new();
     debug_assert!(from <= LEDGER_SCHEMA_VERSION);
+    if from < 2 {
+        // Version 2: the route's contract outcome for the file.
+        steps.push(format!(
+            "ALTER TABLE {ledger} ADD COLUMN IF NOT EXISTS contract jsonb;"
+        ));
+    }
     steps
 }
 
@@ -256,8 +262,10 @@ impl LedgerKey {
         client: &tokio_postgres::Client,
         ledger: &str,
         rows: i64,
+        contract: Option<&str>,
     ) -> Result<(), SinkError> {
-        self.record(client, ledger, rows, "clock_timestamp()").await
+        self.record(client, ledger, rows, contract, "clock_timestamp()")
+            .await
     }
 
     /// [`Self::record_commit`] for an object of a group: `committed_at` is
@@ -268,23 +276,27 @@ impl LedgerKey {
         client: &tokio_postgres::Client,
         ledger: &str,
         rows: i64,
+        contract: Option<&str>,
     ) -> Result<(), SinkError> {
-        self.record(client, ledger, rows, "now()").await
+        self.record(client, ledger, rows, contract, "now()").await
     }
 
+    /// `contract`: the route's contract outcome for the file, as JSON.
     async fn record(
         &self,
         client: &tokio_postgres::Client,
         ledger: &str,
         rows: i64,
+        contract: Option<&str>,
         committed_at: &str,
     ) -> Result<(), SinkError> {
         let mut params = self.params().to_vec();
         params.push(&rows);
+        params.push(&contract);
         client
             .execute(
                 &format!(
-                    "UPDATE {ledger} SET rows = $5, committed_at = {committed_at} WHERE {}",
+                    "UPDATE {ledger} SET rows = $5, contract = $6::text::jsonb, committed_at = {committed_at} WHERE {}",
                     LedgerKey::WHERE
                 ),
                 &params,
@@ -314,6 +326,10 @@ mod tests {
         assert_eq!(schema_version(Some("hand-written note")), 1);
         assert_eq!(schema_version(Some("s3-ingest ledger schema 1")), 1);
         assert_eq!(schema_version(Some("s3-ingest ledger schema 7")), 7);
-        assert!(migrate(1, "ledger").is_empty());
+        assert_eq!(
+            migrate(1, "ledger"),
+            ["ALTER TABLE ledger ADD COLUMN IF NOT EXISTS contract jsonb;"]
+        );
+        assert!(migrate(2, "ledger").is_empty());
     }
 }

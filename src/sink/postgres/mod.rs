@@ -145,6 +145,8 @@ pub struct PostgresSink {
     pool: Pool,
     ledger_ready: tokio::sync::OnceCell<()>,
     target: Arc<Target>,
+    /// Routes whose new columns are added to the table (`add_columns`).
+    add_columns_routes: std::collections::BTreeSet<String>,
 }
 
 impl PostgresSink {
@@ -154,7 +156,7 @@ impl PostgresSink {
     pub fn new(
         name: &str,
         config: &PostgresSinkConfig,
-        _context: &SinkContext,
+        context: &SinkContext,
     ) -> Result<PostgresSink, SinkError> {
         let connection = config.connection_config(name)?;
         let tls = tls::connector(
@@ -188,6 +190,7 @@ impl PostgresSink {
             ledger: parse(&config.ledger_table)?,
             pool,
             ledger_ready: tokio::sync::OnceCell::new(),
+            add_columns_routes: context.add_columns_routes.clone(),
             target: Arc::new(Target {
                 table: parse(&config.table)?,
                 configured: config.table.clone(),
@@ -249,6 +252,8 @@ impl Sink for PostgresSink {
                 key,
                 sink: self.name.clone(),
                 rows: 0,
+                contract: None,
+                add_columns: self.add_columns_routes.contains(&lineage.route),
             },
         ))))
     }
@@ -257,7 +262,7 @@ impl Sink for PostgresSink {
     async fn open_group(
         &self,
         _bucket: &str,
-        _route: &str,
+        route: &str,
         _schema: SchemaRef,
     ) -> Result<Box<dyn GroupWriter>, SinkError> {
         let session = self.session().await?;
@@ -275,6 +280,7 @@ impl Sink for PostgresSink {
             plan: None,
             rows: 0,
             bytes: 0,
+            add_columns: self.add_columns_routes.contains(route),
         }))
     }
 

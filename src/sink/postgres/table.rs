@@ -109,15 +109,100 @@ impl Target {
 
     /// Creates the table if asked, then checks it, inside the writer's
     /// open transaction (DDL is transactional in PostgreSQL).
+    /// With `add_columns` (the route's contract has `schema_mode =
+    /// "add_columns"`), the file's columns the table lacks are added first.
     pub(super) async fn plan(
         &self,
         session: &Session,
         schema: &SchemaRef,
+        add_columns: bool,
     ) -> Result<CopyPlan, SinkError> {
         if self.create_table && !schema.fields().is_empty() {
             self.create(session, schema).await?;
         }
+        if add_columns && !schema.fields().is_empty() {
+            self.add_columns(session, schema).await?;
+        }
         self.check(session, schema).await
+    }
+
+    /// `ALTER TABLE … ADD COLUMN` (nullable) for each of the file's columns
+    /// that the table has under no name (matched as [`plan_copy`] does:
+    /// exactly, else ignoring ASCII case), under the DDL lock, in the
+    /// writer's transaction. A table that does not exist is left to
+    /// [`Self::check`] to report.
+    async fn add_columns(&self, session: &Session, schema: &SchemaRef) -> Result<(), SinkError> {
+        let table = self.table.sql();
+        let client = session.client();
+        let read_columns = || async {
+            let rows = client
+                .query(
+                    "SELECT attname::text FROM pg_attribute
+                     WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                    &[&table],
+                )
+                .await
+                .map_err(|err| classify(&format!("read the columns of {table}"), &err))?;
+            Ok::<Vec<String>, SinkError>(rows.iter().map(|row| row.get(0)).collect())
+        };
+        let new_fields = |existing: &[String]| -> Vec<arrow::datatypes::FieldRef> {
+            schema
+                .fields()
+                .iter()
+                .filter(|field| {
+                    !existing
+                        .iter()
+                        .any(|name| name.eq_ignore_ascii_case(field.name()))
+                })
+                .cloned()
+                .collect()
+        };
+        let existing = read_columns().await?;
+        if existing.is_empty() || new_fields(&existing).is_empty() {
+            return Ok(());
+        }
+        // Another worker may be adding the same columns: take the lock,
+        // then look again.
+        client
+            .query_one(
+                "SELECT pg_advisory_xact_lock(hashtext('s3-ingest ddl ' || $1))",
+                &[&table],
+            )
+            .await
+            .map_err(|err| classify(&format!("lock {table} to add columns"), &err))?;
+        let existing = read_columns().await?;
+        let mut statements = Vec::new();
+        for field in new_fields(&existing) {
+            let pg_type = encode::create_table_type(field.data_type()).ok_or_else(|| {
+                SinkError::schema(format!(
+                    "column `{}`: Arrow type {} has no PostgreSQL mapping, so it cannot be added to table {table}",
+                    field.name(),
+                    field.data_type()
+                ))
+            })?;
+            if field.name().contains('\0') {
+                return Err(SinkError::schema(format!(
+                    "column `{}`: a PostgreSQL identifier cannot hold a NUL byte",
+                    field.name().escape_debug()
+                )));
+            }
+            statements.push(format!(
+                "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {pg_type};",
+                quote_identifier(field.name())
+            ));
+        }
+        if statements.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            table,
+            columns = statements.len(),
+            "adding the file's new columns to the table"
+        );
+        client
+            .batch_execute(&statements.join("\n"))
+            .await
+            .map_err(|err| classify(&format!("add columns to {table}"), &err))
     }
 
     /// `CREATE TABLE IF NOT EXISTS` under a transaction-level advisory
@@ -212,7 +297,7 @@ impl Target {
                 generated: row.get(5),
             })
             .collect();
-        plan_copy(canonical, schema, &columns).map_err(SinkError::permanent)
+        plan_copy(canonical, schema, &columns).map_err(SinkError::schema)
     }
 }
 

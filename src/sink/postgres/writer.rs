@@ -74,13 +74,17 @@ pub(super) struct InTransaction {
     pub(super) key: LedgerKey,
     pub(super) sink: String,
     pub(super) rows: u64,
+    /// The route's contract outcome for the file, as JSON.
+    pub(super) contract: Option<String>,
+    /// The file's new columns are added to the table (`add_columns`).
+    pub(super) add_columns: bool,
 }
 
 impl InTransaction {
     /// Plans (cached, or checked/created in this transaction) and starts
     /// the COPY for the first batch's schema.
     async fn start_copy(&mut self, schema: &SchemaRef) -> Result<(), SinkError> {
-        self.copy = Some(Copy::start(&self.session, &self.target, schema).await?);
+        self.copy = Some(Copy::start(&self.session, &self.target, schema, self.add_columns).await?);
         Ok(())
     }
 }
@@ -92,12 +96,13 @@ impl Copy {
         session: &Session,
         target: &Target,
         schema: &SchemaRef,
+        add_columns: bool,
     ) -> Result<Copy, SinkError> {
         let cache_key = Target::cache_key(schema);
         let (plan, plan_to_remember) = match target.cached(&cache_key) {
             Some(plan) => (plan, None),
             None => (
-                Arc::new(target.plan(session, schema).await?),
+                Arc::new(target.plan(session, schema, add_columns).await?),
                 Some(cache_key),
             ),
         };
@@ -198,6 +203,12 @@ impl SinkWriter for PostgresWriter {
         Ok(())
     }
 
+    fn record_contract(&mut self, outcome: &crate::contract::ContractOutcome) {
+        if let PostgresWriter::InTransaction(writer) = self {
+            writer.contract = Some(outcome.to_json());
+        }
+    }
+
     async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError> {
         let mut writer = match *self {
             PostgresWriter::AlreadyCommitted { table, rows } => {
@@ -217,7 +228,10 @@ impl SinkWriter for PostgresWriter {
         let client = writer.session.client();
         let ledger = &writer.ledger;
         let rows = i64::try_from(writer.rows).unwrap_or(i64::MAX);
-        writer.key.record_commit(client, ledger, rows).await?;
+        writer
+            .key
+            .record_commit(client, ledger, rows, writer.contract.as_deref())
+            .await?;
         // A connection lost during COMMIT leaves the outcome unknown; that
         // is transient, and the redelivery asks the ledger.
         client

@@ -384,6 +384,7 @@ impl Sink for S3ParquetSink {
             properties,
             open: Vec::new(),
             index_of_path: HashMap::new(),
+            contract: None,
             rows: 0,
         };
         // Without column placeholders there is exactly one output, even for
@@ -534,6 +535,8 @@ struct PartitionOutputs {
     open: Vec<PartitionOutput>,
     index_of_path: HashMap<String, usize>,
     rows: u64,
+    /// The route's contract outcome, as JSON, for every object's footer.
+    contract: Option<String>,
 }
 
 impl PartitionOutputs {
@@ -632,6 +635,14 @@ impl PartitionOutputs {
         // visible: a failure in the first phase publishes nothing.
         let mut uploads = Vec::with_capacity(self.open.len());
         for mut output in std::mem::take(&mut self.open) {
+            if let Some(contract) = &self.contract {
+                output
+                    .encoder
+                    .append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+                        super::parquet_dir::META_CONTRACT.into(),
+                        contract.clone(),
+                    ));
+            }
             output
                 .encoder
                 .finish()
@@ -722,6 +733,12 @@ impl SinkWriter for S3ParquetWriter {
         .await?;
         self.outputs = Some(outputs);
         result
+    }
+
+    fn record_contract(&mut self, outcome: &crate::contract::ContractOutcome) {
+        if let Some(outputs) = self.outputs.as_mut() {
+            outputs.contract = Some(outcome.to_json());
+        }
     }
 
     async fn commit(mut self: Box<Self>) -> Result<CommitReceipt, SinkError> {

@@ -1,0 +1,694 @@
+//! Vendor data contracts: a stage between decoding and the sinks that holds
+//! every batch of a file to its route's contract (`[routes.contract]`).
+//!
+//! ```text
+//! decoder ──batches──► FileContract::apply ──good rows──► route's sinks
+//!                                 └──────────bad rows───► quarantine sink
+//! ```
+//!
+//! The file's columns are matched to the route's `schema` by name (exactly,
+//! else ignoring ASCII case) and cast to the declared types; what does not
+//! fit is handled by `schema_mode`. Then each row is checked (declared
+//! not-null columns, the route's `checks`); a row that fails is rejected
+//! with the whole file, or quarantined with its reason (`bad_rows`). The
+//! file's [`ContractOutcome`] goes into the log line, the sinks' lineage
+//! and the metrics.
+//!
+//! CSV files of a route with a contract are decoded with the declared
+//! columns as text, so a value that does not parse is one bad row (or one
+//! rescued value), not a dead-lettered file.
+
+mod checks;
+pub mod config;
+mod outcome;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, StringArray, UInt64Array, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use crate::error::IngestError;
+use crate::text::excerpt;
+use checks::{CompiledCheck, SeenValues};
+pub use config::{BadRows, ColumnCheck, ContractConfig, Literal, SchemaMode};
+pub use outcome::{ContractOutcome, Verdict};
+
+/// The column that holds, as a JSON object, what `schema_mode = "rescue"`
+/// kept out of the declared columns.
+pub const RESCUED_COLUMN: &str = "_rescued";
+
+/// The most bytes of one row's values quoted in a reason or dead letter.
+const RECORD_EXCERPT_BYTES: usize = 300;
+
+/// A route's contract, compiled against its schema.
+#[derive(Debug)]
+pub struct Contract {
+    /// The route's name, for messages.
+    pub route: String,
+    pub config: ContractConfig,
+    /// The route's schema: what the contract holds files to.
+    pub declared: SchemaRef,
+    checks: Vec<CompiledCheck>,
+}
+
+impl std::fmt::Debug for CompiledCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledCheck")
+            .field("column", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A contract that does not compile: `field` is the key under the
+/// route's `contract` (`checks[2].min`), the message names the column.
+#[derive(Debug)]
+pub struct ContractError {
+    pub field: String,
+    pub message: String,
+}
+
+impl Contract {
+    /// Compiles `config` against the route's schema (`declared`); `route`
+    /// names the route in errors.
+    pub fn compile(
+        route: &str,
+        declared: Option<&SchemaRef>,
+        config: &ContractConfig,
+    ) -> Result<Contract, ContractError> {
+        let error = |field: &str, message: String| ContractError {
+            field: field.to_owned(),
+            message: format!("route `{route}`: {message}"),
+        };
+        let Some(declared) = declared else {
+            return Err(error(
+                "",
+                "a contract holds files to the route's `schema`; declare the columns there".into(),
+            ));
+        };
+        if config.schema_mode == SchemaMode::Rescue
+            && declared.field_with_name(RESCUED_COLUMN).is_ok()
+        {
+            return Err(error(
+                "schema_mode",
+                format!("`rescue` adds the column `{RESCUED_COLUMN}`; the schema declares it too"),
+            ));
+        }
+        if config.reported_rows == 0 || config.reported_rows > config::MAX_REPORTED_ROWS {
+            return Err(error(
+                "reported_rows",
+                format!(
+                    "{} is out of range 1..={}",
+                    config.reported_rows,
+                    config::MAX_REPORTED_ROWS
+                ),
+            ));
+        }
+        let mut checked = BTreeSet::new();
+        let mut checks = Vec::with_capacity(config.checks.len());
+        for (index, check) in config.checks.iter().enumerate() {
+            let field = format!("checks[{index}]");
+            let name = &check.column;
+            let Some(column) = declared.fields().iter().position(|f| f.name() == name) else {
+                let known: Vec<&str> = declared
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                return Err(error(
+                    &field,
+                    format!(
+                        "column `{name}` is not in the route's schema ({})",
+                        known.join(", ")
+                    ),
+                ));
+            };
+            if !checked.insert(name.as_str()) {
+                return Err(error(
+                    &field,
+                    format!("column `{name}` has two checks; put its rules in one"),
+                ));
+            }
+            let data_type = declared.field(column).data_type();
+            let compiled = CompiledCheck::compile(check, column, data_type)
+                .map_err(|message| error(&field, format!("column `{name}`: {message}")))?;
+            checks.push(compiled);
+        }
+        Ok(Contract {
+            route: route.to_owned(),
+            config: config.clone(),
+            declared: declared.clone(),
+            checks,
+        })
+    }
+
+    pub fn schema_mode(&self) -> SchemaMode {
+        self.config.schema_mode
+    }
+
+    /// The declared columns' names, which a CSV file's decoder reads as
+    /// text for [`FileContract`] to parse.
+    pub fn declared_names(&self) -> Vec<String> {
+        self.declared
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// Lines describing the contract, for `check-config`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "schema_mode {}, bad rows: {}",
+            self.config.schema_mode.as_str(),
+            match (&self.config.bad_rows, &self.config.quarantine_sink) {
+                (BadRows::Quarantine, Some(sink)) => format!("quarantined to sink `{sink}`"),
+                _ => format!(
+                    "the file is rejected (dead letter quotes up to {} rows)",
+                    self.config.reported_rows
+                ),
+            }
+        )];
+        for field in self.declared.fields() {
+            let mut rules = Vec::new();
+            if !field.is_nullable() {
+                rules.push("not null".to_owned());
+            }
+            if let Some(check) = self
+                .config
+                .checks
+                .iter()
+                .find(|c| c.column == *field.name())
+            {
+                rules.push(check.describe());
+            }
+            let rules = if rules.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", rules.join(", "))
+            };
+            lines.push(format!(
+                "column {} {}{rules}",
+                field.name(),
+                field.data_type()
+            ));
+        }
+        if self.config.schema_mode == SchemaMode::Rescue {
+            lines.push(format!(
+                "column {RESCUED_COLUMN} Utf8: JSON of new columns and values that do not parse"
+            ));
+        }
+        lines
+    }
+}
+
+/// The schema of quarantined rows, whatever the file's columns: each bad
+/// row as the file held it (JSON, values as text), its row number in the
+/// file and the reason. The sink's lineage says which file.
+pub fn quarantine_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("source_row", DataType::UInt64, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("record", DataType::Utf8, false),
+    ]))
+}
+
+/// How a file's columns map onto the route's schema, decided from its
+/// first batch (every batch of a file has the same columns).
+struct ColumnPlan {
+    /// For each declared column, its position in the file (`None`: absent).
+    sources: Vec<Option<usize>>,
+    /// The file's columns that the route does not declare.
+    extra: Vec<usize>,
+    /// What the sinks receive.
+    output: SchemaRef,
+}
+
+/// One batch held to the contract.
+pub struct Applied {
+    /// The rows that keep the contract, in the output schema.
+    pub good: Option<RecordBatch>,
+    /// The rows that do not, in [`quarantine_schema`] (`bad_rows =
+    /// "quarantine"`; under `reject` a bad row is an error instead).
+    pub bad: Option<RecordBatch>,
+}
+
+/// One file held to its route's contract, batch by batch.
+pub struct FileContract {
+    contract: Arc<Contract>,
+    uri: String,
+    plan: Option<ColumnPlan>,
+    /// Per check (in order), the values a `unique` column held so far.
+    seen: Vec<Option<SeenValues>>,
+    outcome: ContractOutcome,
+}
+
+impl FileContract {
+    pub fn new(contract: Arc<Contract>, uri: &str) -> FileContract {
+        let seen = contract
+            .checks
+            .iter()
+            .map(|check| {
+                check
+                    .unique
+                    .then(|| SeenValues::new(contract.declared.field(check.column).data_type()))
+            })
+            .collect();
+        let outcome = ContractOutcome::new(contract.schema_mode());
+        FileContract {
+            contract,
+            uri: uri.to_owned(),
+            plan: None,
+            seen,
+            outcome,
+        }
+    }
+
+    /// The schema the sinks receive: the declared columns, then the new
+    /// ones (`add_columns`) or `_rescued` (`rescue`).
+    pub fn output_schema(&self) -> SchemaRef {
+        match &self.plan {
+            Some(plan) => plan.output.clone(),
+            None => output_schema(&self.contract, &[], &Schema::empty()),
+        }
+    }
+
+    /// The outcome so far; final once every batch was applied.
+    pub fn outcome(&self) -> &ContractOutcome {
+        &self.outcome
+    }
+
+    /// Marks the file rejected (its error is on its way to the DLQ).
+    pub fn reject(&mut self) {
+        self.outcome.verdict = Verdict::Rejected;
+    }
+
+    /// Holds one decoded batch to the contract. Errors: the file's columns
+    /// do not fit (`schema_error`), or a row broke the contract under
+    /// `bad_rows = "reject"` (`contract_violation`, quoting the first rows).
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<Applied, IngestError> {
+        if self.plan.is_none() {
+            let plan = self.plan_columns(&batch.schema())?;
+            self.plan = Some(plan);
+        }
+        let plan = self.plan.as_ref().expect("planned above");
+        let rows = batch.num_rows();
+        let rows_before = self.outcome.rows;
+        let mode = self.contract.schema_mode();
+        let formatters: Vec<ArrayFormatter> = batch
+            .columns()
+            .iter()
+            .map(|column| ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default()))
+            .collect::<Result<_, _>>()
+            .map_err(|err| self.internal(err))?;
+        let text = |column: usize, row: usize| -> String {
+            excerpt(
+                &formatters[column].value(row).to_string(),
+                RECORD_EXCERPT_BYTES,
+            )
+        };
+        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); rows];
+        let mut rescued: Vec<serde_json::Map<String, serde_json::Value>> =
+            if mode == SchemaMode::Rescue {
+                vec![serde_json::Map::new(); rows]
+            } else {
+                Vec::new()
+            };
+
+        // The declared columns, cast to their types.
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.output.fields().len());
+        for (field, source) in self.contract.declared.fields().iter().zip(&plan.sources) {
+            let Some(source) = *source else {
+                columns.push(new_null_array(field.data_type(), rows));
+                continue;
+            };
+            let values = batch.column(source);
+            let cast = if values.data_type() == field.data_type() {
+                values.clone()
+            } else {
+                let lenient = CastOptions {
+                    safe: true,
+                    ..Default::default()
+                };
+                cast_with_options(values, field.data_type(), &lenient)
+                    .map_err(|err| self.internal(err))?
+            };
+            for row in 0..rows {
+                if values.is_valid(row) && cast.is_null(row) {
+                    let value = text(source, row);
+                    if mode == SchemaMode::Rescue {
+                        rescued[row].insert(field.name().clone(), value.into());
+                    } else {
+                        reasons[row].push(format!(
+                            "`{}`: {value:?} is not a {} value",
+                            field.name(),
+                            field.data_type()
+                        ));
+                    }
+                }
+            }
+            if !field.is_nullable() {
+                for row in (0..rows).filter(|row| cast.is_null(*row)) {
+                    reasons[row].push(format!(
+                        "`{}` is null; the route's schema declares it not nullable",
+                        field.name()
+                    ));
+                }
+            }
+            columns.push(cast);
+        }
+
+        // The route's checks, then uniqueness among the rows still good.
+        for check in &self.contract.checks {
+            let source = plan.sources[check.column];
+            let values = &columns[check.column];
+            let shown = |row: usize| match source {
+                Some(source) => format!("{:?}", text(source, row)),
+                None => "null".to_owned(),
+            };
+            check
+                .run(values, &shown, &mut |row, reason| reasons[row].push(reason))
+                .map_err(|err| self.internal(err))?;
+        }
+        let unique_keys: Vec<(usize, Vec<Option<Box<[u8]>>>)> = self
+            .contract
+            .checks
+            .iter()
+            .enumerate()
+            .filter_map(|(index, check)| {
+                let seen = self.seen[index].as_ref()?;
+                Some(seen.keys(&columns[check.column]).map(|keys| (index, keys)))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|err| self.internal(err))?;
+        for row in 0..rows {
+            if !reasons[row].is_empty() {
+                continue;
+            }
+            let file_row = rows_before + row as u64 + 1;
+            for (index, keys) in &unique_keys {
+                if let Some(key) = &keys[row]
+                    && let Some(first) = self.seen[*index].as_ref().and_then(|s| s.first(key))
+                {
+                    let check = &self.contract.checks[*index];
+                    let value = match plan.sources[check.column] {
+                        Some(source) => format!("{:?}", text(source, row)),
+                        None => "null".into(),
+                    };
+                    reasons[row].push(format!(
+                        "`{}`: {value} repeats row {first}; the column is unique",
+                        check.name
+                    ));
+                }
+            }
+            if reasons[row].is_empty() {
+                for (index, keys) in &unique_keys {
+                    if let (Some(key), Some(seen)) = (&keys[row], self.seen[*index].as_mut()) {
+                        seen.insert(key.clone(), file_row);
+                    }
+                }
+            }
+        }
+
+        // The columns the route does not declare.
+        match mode {
+            SchemaMode::Strict => {}
+            SchemaMode::AddColumns => {
+                columns.extend(plan.extra.iter().map(|&index| batch.column(index).clone()));
+            }
+            SchemaMode::Rescue => {
+                for &index in &plan.extra {
+                    let name = batch.schema().field(index).name().clone();
+                    let values = batch.column(index);
+                    for row in (0..rows).filter(|row| values.is_valid(*row)) {
+                        rescued[row].insert(name.clone(), text(index, row).into());
+                    }
+                }
+                let json: StringArray = rescued
+                    .iter()
+                    .map(|values| {
+                        (!values.is_empty())
+                            .then(|| serde_json::Value::Object(values.clone()).to_string())
+                    })
+                    .collect();
+                columns.push(Arc::new(json));
+            }
+        }
+
+        let bad_mask: BooleanArray = reasons.iter().map(|r| Some(!r.is_empty())).collect();
+        let bad_rows = bad_mask.true_count();
+        self.outcome.rows += rows as u64;
+        if bad_rows > 0 && self.contract.config.bad_rows == BadRows::Reject {
+            self.reject();
+            return Err(self.violation(batch, rows_before, &reasons, bad_rows));
+        }
+        // Every column nullable until the bad rows are gone: a declared
+        // NOT NULL column holds nulls in exactly those rows.
+        let lenient_schema = Arc::new(Schema::new(
+            plan.output
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let all = RecordBatch::try_new_with_options(lenient_schema, columns, &options)
+            .map_err(|err| self.internal(err))?;
+        let good_mask = arrow::compute::not(&bad_mask).map_err(|err| self.internal(err))?;
+        let good = filter_record_batch(&all, &good_mask).map_err(|err| self.internal(err))?;
+        let good = RecordBatch::try_new_with_options(
+            plan.output.clone(),
+            good.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(good.num_rows())),
+        )
+        .map_err(|err| self.internal(err))?;
+        if mode == SchemaMode::Rescue {
+            let json = good.column(good.num_columns() - 1);
+            self.outcome.rescued_rows += (json.len() - json.null_count()) as u64;
+        }
+        self.outcome.accepted_rows += good.num_rows() as u64;
+        self.outcome.quarantined_rows += bad_rows as u64;
+        if self.outcome.quarantined_rows > 0 {
+            self.outcome.verdict = Verdict::Quarantined;
+        }
+        let bad = (bad_rows > 0)
+            .then(|| quarantined(batch, rows_before, &reasons))
+            .transpose()
+            .map_err(|err| self.internal(err))?;
+        Ok(Applied {
+            good: (good.num_rows() > 0).then_some(good),
+            bad,
+        })
+    }
+
+    /// Matches the file's columns to the declared ones; a mismatch that the
+    /// mode does not allow is a schema error naming the columns.
+    fn plan_columns(&mut self, file: &Schema) -> Result<ColumnPlan, IngestError> {
+        let declared = &self.contract.declared;
+        let mut taken = vec![false; file.fields().len()];
+        let mut sources = Vec::with_capacity(declared.fields().len());
+        for field in declared.fields() {
+            let name = field.name();
+            let exact = file.fields().iter().position(|f| f.name() == name);
+            let source = exact.or_else(|| {
+                let folded: Vec<usize> = (0..file.fields().len())
+                    .filter(|&i| file.field(i).name().eq_ignore_ascii_case(name))
+                    .collect();
+                match folded.as_slice() {
+                    [only] => Some(*only),
+                    _ => None,
+                }
+            });
+            if let Some(source) = source {
+                taken[source] = true;
+            }
+            sources.push(source);
+        }
+        let extra: Vec<usize> = (0..file.fields().len()).filter(|&i| !taken[i]).collect();
+        let extra_names: Vec<String> = extra
+            .iter()
+            .map(|&i| file.field(i).name().clone())
+            .collect();
+        let missing: Vec<&Field> = declared
+            .fields()
+            .iter()
+            .zip(&sources)
+            .filter(|(_, source)| source.is_none())
+            .map(|(field, _)| field.as_ref())
+            .collect();
+        let quote = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let missing_names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+        let mode = self.contract.schema_mode();
+        let mut problems = Vec::new();
+        if mode == SchemaMode::Strict && !extra_names.is_empty() {
+            problems.push(format!(
+                "the file has columns the route does not declare: {}",
+                quote(&extra_names)
+            ));
+        }
+        let required: Vec<String> = missing
+            .iter()
+            .filter(|f| mode == SchemaMode::Strict || !f.is_nullable())
+            .map(|f| f.name().clone())
+            .collect();
+        if !required.is_empty() {
+            problems.push(format!(
+                "the file lacks declared columns: {}",
+                quote(&required)
+            ));
+        }
+        if !problems.is_empty() {
+            self.reject();
+            return Err(IngestError::Schema {
+                uri: self.uri.clone(),
+                detail: format!(
+                    "route `{}` ({} schema): {}",
+                    self.contract.route,
+                    mode.as_str(),
+                    problems.join("; ")
+                ),
+            });
+        }
+        match mode {
+            SchemaMode::Strict => {}
+            SchemaMode::AddColumns => self.outcome.columns_added = extra_names,
+            SchemaMode::Rescue => self.outcome.columns_rescued = extra_names,
+        }
+        self.outcome.columns_missing = missing_names;
+        let extra_fields: Vec<&Field> = extra.iter().map(|&i| file.field(i)).collect();
+        let output = output_schema(&self.contract, &extra_fields, file);
+        Ok(ColumnPlan {
+            sources,
+            extra,
+            output,
+        })
+    }
+
+    /// The error of a rejected file: the first bad rows with their reasons
+    /// and values.
+    fn violation(
+        &self,
+        batch: &RecordBatch,
+        rows_before: u64,
+        reasons: &[Vec<String>],
+        bad_rows: usize,
+    ) -> IngestError {
+        let limit = self.contract.config.reported_rows;
+        let records = records_json(batch).unwrap_or_default();
+        let quoted: Vec<String> = reasons
+            .iter()
+            .enumerate()
+            .filter(|(_, reasons)| !reasons.is_empty())
+            .take(limit)
+            .map(|(row, reasons)| {
+                let record = records
+                    .get(row)
+                    .map(|r| excerpt(r, RECORD_EXCERPT_BYTES))
+                    .unwrap_or_default();
+                format!(
+                    "row {}: {} {record}",
+                    rows_before + row as u64 + 1,
+                    reasons.join("; ")
+                )
+            })
+            .collect();
+        let more = if bad_rows > quoted.len() {
+            format!(" (and {} more in the same batch)", bad_rows - quoted.len())
+        } else {
+            String::new()
+        };
+        IngestError::Contract {
+            uri: self.uri.clone(),
+            detail: format!(
+                "route `{}` rejects the file (bad_rows = \"reject\"): {}{more}",
+                self.contract.route,
+                quoted.join(" | ")
+            ),
+        }
+    }
+
+    fn internal(&self, err: impl std::fmt::Display) -> IngestError {
+        IngestError::Schema {
+            uri: self.uri.clone(),
+            detail: format!(
+                "route `{}`: cannot apply its contract: {err}",
+                self.contract.route
+            ),
+        }
+    }
+}
+
+/// The declared fields, then `extra` (every one nullable: older rows lack
+/// them) or `_rescued`.
+fn output_schema(contract: &Contract, extra: &[&Field], _file: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = contract
+        .declared
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    match contract.schema_mode() {
+        SchemaMode::Strict => {}
+        SchemaMode::AddColumns => {
+            fields.extend(extra.iter().map(|f| (*f).clone().with_nullable(true)));
+        }
+        SchemaMode::Rescue => fields.push(Field::new(RESCUED_COLUMN, DataType::Utf8, true)),
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Each row of `batch` as a JSON object of its values as text (nulls as
+/// null).
+fn records_json(batch: &RecordBatch) -> Result<Vec<String>, arrow::error::ArrowError> {
+    let schema = batch.schema();
+    let formatters: Vec<ArrayFormatter> = batch
+        .columns()
+        .iter()
+        .map(|column| ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default()))
+        .collect::<Result<_, _>>()?;
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            let mut record = serde_json::Map::new();
+            for (index, field) in schema.fields().iter().enumerate() {
+                let value = if batch.column(index).is_null(row) {
+                    serde_json::Value::Null
+                } else {
+                    formatters[index].value(row).to_string().into()
+                };
+                record.insert(field.name().clone(), value);
+            }
+            serde_json::Value::Object(record).to_string()
+        })
+        .collect())
+}
+
+/// The bad rows of `batch` in [`quarantine_schema`].
+fn quarantined(
+    batch: &RecordBatch,
+    rows_before: u64,
+    reasons: &[Vec<String>],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let records = records_json(batch)?;
+    let bad: Vec<usize> = (0..reasons.len())
+        .filter(|&r| !reasons[r].is_empty())
+        .collect();
+    let source_row: UInt64Array = bad.iter().map(|&r| rows_before + r as u64 + 1).collect();
+    let reason: StringArray = bad.iter().map(|&r| Some(reasons[r].join("; "))).collect();
+    let record: StringArray = bad.iter().map(|&r| Some(records[r].clone())).collect();
+    RecordBatch::try_new(
+        quarantine_schema(),
+        vec![Arc::new(source_row), Arc::new(reason), Arc::new(record)],
+    )
+}
+
+#[cfg(test)]
+mod tests;

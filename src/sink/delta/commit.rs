@@ -33,6 +33,7 @@ use url::Url;
 
 use super::errors::{delta_error, is_concurrent_transaction};
 use super::table::TableHandle;
+use crate::contract::ContractOutcome;
 use crate::sink::{Lineage, SinkError};
 
 /// The most bytes of source lineage written into one commit's info; past
@@ -74,8 +75,15 @@ pub struct PendingCommit {
     writer: RecordBatchWriter,
     route: String,
     partition_by: Vec<String>,
-    members: Vec<(Lineage, u64)>,
+    members: Vec<Member>,
     rows: u64,
+}
+
+/// One source object of a commit.
+struct Member {
+    lineage: Lineage,
+    rows: u64,
+    contract: Option<ContractOutcome>,
 }
 
 /// What a commit did.
@@ -132,9 +140,14 @@ impl PendingCommit {
         Ok(())
     }
 
-    /// Records that `lineage`'s `rows` are among the rows written.
-    pub fn add_member(&mut self, lineage: Lineage, rows: u64) {
-        self.members.push((lineage, rows));
+    /// Records that `lineage`'s `rows` are among the rows written, and
+    /// what its route's contract made of it.
+    pub fn add_member(&mut self, lineage: Lineage, rows: u64, contract: Option<ContractOutcome>) {
+        self.members.push(Member {
+            lineage,
+            rows,
+            contract,
+        });
     }
 
     /// Finishes the files and commits them with every member's `txn`.
@@ -151,8 +164,8 @@ impl PendingCommit {
         // Committed by someone else since the rows were written: the
         // files just written stay unreferenced.
         let mut already = 0;
-        for (lineage, _) in &self.members {
-            if holds(&latest, &url, lineage).await? {
+        for member in &self.members {
+            if holds(&latest, &url, &member.lineage).await? {
                 already += 1;
             }
         }
@@ -163,7 +176,7 @@ impl PendingCommit {
         let transactions = self
             .members
             .iter()
-            .map(|(lineage, _)| Transaction::new_with_last_update(app_id(lineage), 1, Some(now)))
+            .map(|member| Transaction::new_with_last_update(app_id(&member.lineage), 1, Some(now)))
             .collect();
         let properties = CommitProperties::default()
             .with_application_transactions(transactions)
@@ -205,14 +218,22 @@ impl PendingCommit {
     fn lineage_info(&self) -> serde_json::Value {
         let mut sources = Vec::new();
         let mut bytes = 0;
-        for (lineage, rows) in &self.members {
-            let source = json!({
+        for Member {
+            lineage,
+            rows,
+            contract,
+        } in &self.members
+        {
+            let mut source = json!({
                 "bucket": lineage.bucket,
                 "key": lineage.key,
                 "version_id": lineage.version_id,
                 "etag": lineage.etag,
                 "rows": rows,
             });
+            if let Some(contract) = contract {
+                source["contract"] = serde_json::to_value(contract).expect("plain data");
+            }
             bytes += source.to_string().len();
             if bytes > MAX_SOURCES_BYTES {
                 break;

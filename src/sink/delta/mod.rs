@@ -32,9 +32,10 @@ pub use commit::app_id;
 use commit::{Committed, FileSettings, PendingCommit, find_source, holds};
 use errors::delta_error;
 use key_columns::{KeyColumns, KeyValues};
-use table::TableHandle;
+use table::{TableHandle, fill_missing_columns};
 pub use table::{storage_options, table_url};
 
+use crate::contract::ContractOutcome;
 use crate::sink::parquet_settings::ParquetWriterSettings;
 use crate::sink::{
     CommitDetails, CommitReceipt, CommitState, GroupMember, GroupWriter, Joined, Lineage, Sink,
@@ -128,6 +129,8 @@ pub struct DeltaSink {
     key_columns: KeyColumns,
     writer_settings: ParquetWriterSettings,
     target_file_bytes: u64,
+    /// Routes whose new columns are added to the table (`add_columns`).
+    add_columns_routes: BTreeSet<String>,
 }
 
 impl DeltaSink {
@@ -151,6 +154,7 @@ impl DeltaSink {
             key_columns,
             writer_settings: config.writer_settings(),
             target_file_bytes: config.target_file_bytes,
+            add_columns_routes: context.add_columns_routes.clone(),
         })
     }
 
@@ -170,15 +174,22 @@ impl DeltaSink {
     }
 
     /// The table, ready for rows of `schema` (with the key columns): created
-    /// when missing, checked when not. Returns the schema rows are written
-    /// with.
+    /// when missing, checked when not; for a route that adds columns,
+    /// given the file's new columns. Returns the schema rows are written
+    /// with, and for a route that adds columns the table's, which each
+    /// batch is filled up to.
     async fn table_for(
         &self,
         schema: &SchemaRef,
-    ) -> Result<(deltalake::DeltaTable, SchemaRef), SinkError> {
+        route: &str,
+    ) -> Result<(deltalake::DeltaTable, SchemaRef, Option<SchemaRef>), SinkError> {
         let schema = self.key_columns.extend_schema(schema)?;
+        if self.add_columns_routes.contains(route) {
+            let (table, table_schema) = self.table.for_schema_adding_columns(&schema).await?;
+            return Ok((table, schema, Some(table_schema)));
+        }
         let table = self.table.for_schema(&schema).await?;
-        Ok((table, schema))
+        Ok((table, schema, None))
     }
 }
 
@@ -193,7 +204,7 @@ impl Sink for DeltaSink {
         lineage: &Lineage,
         schema: SchemaRef,
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
-        let (table, schema) = self.table_for(&schema).await?;
+        let (table, schema, fill_to) = self.table_for(&schema, &lineage.route).await?;
         let url = self.table.url().clone();
         if holds(&table, &url, lineage).await? {
             return Ok(Box::new(AlreadyCommittedWriter {
@@ -207,7 +218,9 @@ impl Sink for DeltaSink {
             lineage: lineage.clone(),
             key_values: self.key_columns.values_for(&lineage.key),
             schema,
+            fill_to,
             pending,
+            contract: None,
         }))
     }
 
@@ -265,7 +278,7 @@ impl Sink for DeltaSink {
         route: &str,
         schema: SchemaRef,
     ) -> Result<Box<dyn GroupWriter>, SinkError> {
-        let (table, schema) = self.table_for(&schema).await?;
+        let (table, schema, fill_to) = self.table_for(&schema, route).await?;
         let url = self.table.url().clone();
         let pending = PendingCommit::new(&table, &url, route, &self.file_settings(&schema))?;
         Ok(Box::new(DeltaGroupWriter {
@@ -273,6 +286,7 @@ impl Sink for DeltaSink {
             snapshot: table,
             key_columns: self.key_columns.clone(),
             schema,
+            fill_to,
             pending,
         }))
     }
@@ -311,14 +325,36 @@ struct DeltaObjectWriter {
     key_values: KeyValues,
     /// The batches' schema with the key columns.
     schema: SchemaRef,
+    /// The table's columns, which each batch is filled up to (a route
+    /// that adds columns: see `TableHandle::for_schema_adding_columns`).
+    fill_to: Option<SchemaRef>,
     pending: PendingCommit,
+    contract: Option<ContractOutcome>,
+}
+
+/// `batch` with the key columns, filled up to `fill_to` when given.
+fn table_batch(
+    batch: RecordBatch,
+    key_values: &KeyValues,
+    schema: &SchemaRef,
+    fill_to: Option<&SchemaRef>,
+) -> Result<RecordBatch, SinkError> {
+    let batch = key_values.append_to(batch, schema)?;
+    match fill_to {
+        Some(table) => fill_missing_columns(batch, table),
+        None => Ok(batch),
+    }
 }
 
 #[async_trait]
 impl SinkWriter for DeltaObjectWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
-        let batch = self.key_values.append_to(batch, &self.schema)?;
+        let batch = table_batch(batch, &self.key_values, &self.schema, self.fill_to.as_ref())?;
         self.pending.write(self.table.url(), batch).await
+    }
+
+    fn record_contract(&mut self, outcome: &ContractOutcome) {
+        self.contract = Some(outcome.clone());
     }
 
     async fn commit(self: Box<Self>) -> Result<CommitReceipt, SinkError> {
@@ -326,10 +362,11 @@ impl SinkWriter for DeltaObjectWriter {
             table,
             lineage,
             mut pending,
+            contract,
             ..
         } = *self;
         let rows = pending.rows();
-        pending.add_member(lineage, rows);
+        pending.add_member(lineage, rows, contract);
         commit_receipt(&table, pending).await
     }
 }
@@ -364,6 +401,7 @@ struct DeltaGroupWriter {
     snapshot: deltalake::DeltaTable,
     key_columns: KeyColumns,
     schema: SchemaRef,
+    fill_to: Option<SchemaRef>,
     pending: PendingCommit,
 }
 
@@ -375,7 +413,12 @@ impl GroupWriter for DeltaGroupWriter {
         }
         let key_values = self.key_columns.values_for(&member.lineage.key);
         for (index, batch) in member.batches.iter().enumerate() {
-            let batch = key_values.append_to(batch.clone(), &self.schema)?;
+            let batch = table_batch(
+                batch.clone(),
+                &key_values,
+                &self.schema,
+                self.fill_to.as_ref(),
+            )?;
             match self.pending.write(self.table.url(), batch).await {
                 Ok(()) => {}
                 // Rows that do not fit are refused before they are
@@ -387,7 +430,8 @@ impl GroupWriter for DeltaGroupWriter {
                 Err(err) => return Err(err),
             }
         }
-        self.pending.add_member(member.lineage.clone(), member.rows);
+        self.pending
+            .add_member(member.lineage.clone(), member.rows, member.contract.clone());
         Ok(Joined::Added)
     }
 

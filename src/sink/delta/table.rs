@@ -4,8 +4,12 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use arrow::datatypes::SchemaRef;
-use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use arrow::record_batch::RecordBatch;
+use deltalake::kernel::StructField;
+use deltalake::kernel::engine::arrow_conversion::{TryFromArrow, TryFromKernel};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{DataType, StructType};
 use deltalake::operations::create::CreateBuilder;
@@ -155,6 +159,59 @@ impl TableHandle {
         Ok(table)
     }
 
+    /// [`Self::for_schema`] for a route with `schema_mode =
+    /// "add_columns"`: the file's columns the table lacks are added to it
+    /// (nullable; one metadata commit), and table columns the file lacks
+    /// are left to be filled with nulls. Shared columns must still have
+    /// the same type. Returns the table and its columns in Arrow terms,
+    /// which the rows are conformed to (see [`fill_missing_columns`]).
+    pub async fn for_schema_adding_columns(
+        &self,
+        schema: &SchemaRef,
+    ) -> Result<(DeltaTable, SchemaRef), SinkError> {
+        let wanted = delta_schema(schema)?;
+        let mut table = match self.latest().await? {
+            Some(table) => table,
+            None => self.for_schema(schema).await?,
+        };
+        let current = self.table_schema(&table)?;
+        check_shared_types(&current, &wanted)
+            .map_err(|detail| SinkError::schema(format!("delta table {}: {detail}", self.url)))?;
+        let new: Vec<StructField> = wanted
+            .fields()
+            .filter(|field| current.field(field.name()).is_none())
+            .map(|field| StructField::nullable(field.name(), field.data_type().clone()))
+            .collect();
+        if !new.is_empty() {
+            let names: Vec<&str> = new.iter().map(|f| f.name().as_str()).collect();
+            tracing::info!(table = %self.url, columns = ?names, "adding the file's new columns to the delta table");
+            let added = table.clone().add_columns().with_fields(new.clone()).await;
+            table = self.latest().await?.ok_or_else(|| {
+                SinkError::transient(format!(
+                    "delta table {}: gone while adding columns",
+                    self.url
+                ))
+            })?;
+            if let Err(err) = added {
+                // Another worker may have added them first: fine if all are there now.
+                let now = self.table_schema(&table)?;
+                if new.iter().any(|field| now.field(field.name()).is_none()) {
+                    return Err(delta_error(&self.url, "add columns to", err));
+                }
+            }
+        }
+        let arrow = arrow::datatypes::Schema::try_from_kernel(&self.table_schema(&table)?)
+            .map_err(|err| SinkError::schema(format!("delta table {}: {err}", self.url)))?;
+        Ok((table, Arc::new(arrow)))
+    }
+
+    fn table_schema(&self, table: &DeltaTable) -> Result<StructType, SinkError> {
+        let snapshot = table
+            .snapshot()
+            .map_err(|err| delta_error(&self.url, "read", err))?;
+        Ok(snapshot.schema().as_ref().clone())
+    }
+
     /// The table's directory when it is on a local path.
     fn local_dir(&self) -> Option<std::path::PathBuf> {
         (self.url.scheme() == "file")
@@ -224,6 +281,66 @@ fn lost_creation_race(err: &DeltaTableError) -> bool {
 pub fn delta_schema(schema: &SchemaRef) -> Result<StructType, SinkError> {
     StructType::try_from_arrow(schema.as_ref())
         .map_err(|err| SinkError::schema(format!("a Delta table cannot hold these columns: {err}")))
+}
+
+/// The columns `file` shares with `table` have the same Delta type; the
+/// error names each that does not.
+fn check_shared_types(table: &StructType, file: &StructType) -> Result<(), String> {
+    let retyped: Vec<String> = file
+        .fields()
+        .filter_map(|field| {
+            let in_table = table.field(field.name())?;
+            (in_table.data_type() != field.data_type()).then(|| {
+                format!(
+                    "{} (table {}, file {})",
+                    field.name(),
+                    type_name(in_table.data_type()),
+                    type_name(field.data_type())
+                )
+            })
+        })
+        .collect();
+    if retyped.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("columns of another type: {}", retyped.join(", ")))
+    }
+}
+
+/// `batch` with every column of `table` (matched by name): the table's
+/// columns the batch lacks are all nulls. A table column that is not
+/// nullable stays missing, for the writer to refuse naming it.
+pub fn fill_missing_columns(
+    batch: RecordBatch,
+    table: &SchemaRef,
+) -> Result<RecordBatch, SinkError> {
+    if table
+        .fields()
+        .iter()
+        .all(|field| batch.column_by_name(field.name()).is_some())
+    {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(table.fields().len());
+    let mut columns = Vec::with_capacity(table.fields().len());
+    for field in table.fields() {
+        match batch.schema().field_with_name(field.name()) {
+            Ok(present) => {
+                fields.push(present.clone());
+                columns.push(batch.column_by_name(field.name()).expect("present").clone());
+            }
+            Err(_) if field.is_nullable() => {
+                fields.push(field.as_ref().clone());
+                columns.push(arrow::array::new_null_array(
+                    field.data_type(),
+                    batch.num_rows(),
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+        .map_err(|err| SinkError::permanent(format!("fill the table's missing columns: {err}")))
 }
 
 /// Whether a file with columns `file` can be appended to a table with

@@ -55,6 +55,11 @@ fn config(dir: &std::path::Path, extra: &str) -> DeltaSinkConfig {
 }
 
 fn sink(config: &DeltaSinkConfig) -> DeltaSink {
+    sink_adding_columns_for(config, &[])
+}
+
+/// A sink that adds new columns for `routes` (`schema_mode = "add_columns"`).
+fn sink_adding_columns_for(config: &DeltaSinkConfig, routes: &[&str]) -> DeltaSink {
     config.validate().unwrap();
     let context = SinkContext {
         s3: aws_sdk_s3::Client::from_conf(
@@ -65,7 +70,7 @@ fn sink(config: &DeltaSinkConfig) -> DeltaSink {
         ),
         expected_bucket_owner: None,
         aws: Default::default(),
-        add_columns_routes: Default::default(),
+        add_columns_routes: routes.iter().map(|route| route.to_string()).collect(),
     };
     DeltaSink::new("lake", config, &context).unwrap()
 }
@@ -524,4 +529,82 @@ fn the_example_config_is_valid_and_a_bad_key_column_names_its_field() {
             && error.contains("capture group"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_route_that_adds_columns_evolves_the_table_and_fills_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "");
+    let sink = sink_adding_columns_for(&config, &["sales"]);
+    land(&sink, &lineage("in/a.csv", "1"), vec![batch(0..2, "fr")]).await;
+
+    // A file with a new column, then one lacking `country` and the new one.
+    let wider = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("country", DataType::Utf8, true),
+        Field::new("discount", DataType::Int64, true),
+    ]));
+    let rows = RecordBatch::try_new(
+        wider.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![10])),
+            Arc::new(StringArray::from(vec!["de"])),
+            Arc::new(Int64Array::from(vec![5])),
+        ],
+    )
+    .unwrap();
+    let mut writer = sink.open(&lineage("in/b.csv", "1"), wider).await.unwrap();
+    writer.write(rows).await.unwrap();
+    let mut outcome =
+        crate::contract::ContractOutcome::new(crate::contract::SchemaMode::AddColumns);
+    outcome.rows = 1;
+    outcome.accepted_rows = 1;
+    outcome.columns_added = vec!["discount".into()];
+    writer.record_contract(&outcome);
+    writer.commit().await.unwrap();
+
+    let narrow = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let ids =
+        RecordBatch::try_new(narrow.clone(), vec![Arc::new(Int64Array::from(vec![20]))]).unwrap();
+    let mut writer = sink.open(&lineage("in/c.csv", "1"), narrow).await.unwrap();
+    writer.write(ids).await.unwrap();
+    writer.commit().await.unwrap();
+
+    let contents = read_table(sink.table_url(), HashMap::new()).await;
+    assert_eq!(contents.ids(), [0, 1, 10, 20]);
+    let table = DeltaTableBuilder::from_url(sink.table_url().clone())
+        .unwrap()
+        .load()
+        .await
+        .unwrap();
+    let schema = table.snapshot().unwrap().schema();
+    let names: Vec<&str> = schema.fields().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["id", "country", "discount"]);
+    // The commit of b.csv says what its route's contract made of it.
+    let sources: Vec<&serde_json::Value> = contents
+        .commit_infos
+        .iter()
+        .filter_map(|info| info.get("s3_ingest")?.get("sources")?.as_array())
+        .flatten()
+        .collect();
+    let b = sources
+        .iter()
+        .find(|source| source["key"] == "in/b.csv")
+        .unwrap();
+    assert_eq!(b["contract"]["columns_added"][0], "discount", "{b}");
+    assert_eq!(b["contract"]["verdict"], "accepted");
+
+    // Without `add_columns` the same drift is a schema error.
+    let strict = self::sink(&config);
+    let err = match strict
+        .open(
+            &lineage("in/d.csv", "1"),
+            Arc::new(Schema::new(vec![Field::new("extra", DataType::Utf8, true)])),
+        )
+        .await
+    {
+        Err(err) => err,
+        Ok(_) => panic!("a strict route's drift must not open"),
+    };
+    assert_eq!(err.class, SinkFailure::Schema, "{err}");
 }

@@ -1500,6 +1500,103 @@ mod tests {
         );
     }
 
+    /// MINIMAL with a schema on the route, `contract` as its contract
+    /// table, and a second sink `bad`.
+    fn with_contract(contract: &str) -> Result<Config, ConfigError> {
+        let text = MINIMAL.replace(
+            "sink = \"lake\"\n",
+            "sink = \"lake\"\nschema = [{ name = \"id\", type = \"int64\", nullable = false }, { name = \"status\", type = \"string\" }]\n",
+        );
+        let text = format!("{text}\n[sinks.bad]\ntype = \"parquet_dir\"\npath = \"/tmp/bad\"\n");
+        let text = text.replace(
+            "[sinks.lake]",
+            &format!("[routes.contract]\n{contract}\n\n[sinks.lake]"),
+        );
+        Config::from_toml_str(&text)
+    }
+
+    #[test]
+    fn contracts_are_validated_naming_the_route_the_key_and_the_column() {
+        let config = with_contract(
+            r#"schema_mode = "rescue"
+               bad_rows = "quarantine"
+               quarantine_sink = "bad"
+               checks = [{ column = "status", one_of = ["new", "shipped"] }, { column = "id", min = 1, unique = true }]"#,
+        )
+        .unwrap();
+        let contract = config.routes[0].contract.as_ref().unwrap();
+        assert_eq!(contract.schema_mode, crate::contract::SchemaMode::Rescue);
+        assert_eq!(contract.checks.len(), 2);
+
+        let cases = [
+            (
+                r#"checks = [{ column = "colour", not_null = true }]"#,
+                "routes[0].contract.checks[0]",
+                "route `vendors`: column `colour` is not in the route's schema",
+            ),
+            (
+                r#"checks = [{ column = "id", max = "lots" }]"#,
+                "routes[0].contract.checks[0]",
+                "column `id`: max: \"lots\" is not a Int64 value",
+            ),
+            (
+                r#"bad_rows = "quarantine""#,
+                "routes[0].contract.quarantine_sink",
+                "needs the sink",
+            ),
+            (
+                r#"bad_rows = "quarantine"
+                   quarantine_sink = "lake""#,
+                "routes[0].contract.quarantine_sink",
+                "one of the route's own sinks",
+            ),
+            (
+                r#"bad_rows = "quarantine"
+                   quarantine_sink = "nowhere""#,
+                "routes[0].contract.quarantine_sink",
+                "`nowhere` is not defined",
+            ),
+            (
+                r#"quarantine_sink = "bad""#,
+                "routes[0].contract.quarantine_sink",
+                "only used with bad_rows",
+            ),
+            (r#"schema_mode = "loose""#, "schema_mode", "loose"),
+        ];
+        for (contract, key, message) in cases {
+            let err = with_contract(contract).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(message),
+                "{contract}: {err}"
+            );
+        }
+
+        let no_schema = MINIMAL.replace(
+            "[sinks.lake]",
+            "[routes.contract]\nschema_mode = \"strict\"\n\n[sinks.lake]",
+        );
+        let err = Config::from_toml_str(&no_schema).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[0].contract") && err.contains("declare the columns"),
+            "{err}"
+        );
+        let headerless = with_contract("")
+            .map(|_| ())
+            .and_then(|()| {
+                let text = MINIMAL.replace(
+                    "sink = \"lake\"\n",
+                    "sink = \"lake\"\nschema = [{ name = \"id\", type = \"int64\" }]\ncsv = { header = false }\n",
+                );
+                Config::from_toml_str(&text.replace(
+                    "[sinks.lake]",
+                    "[routes.contract]\n\n[sinks.lake]",
+                ))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(headerless.contains("routes[0].csv.header"), "{headerless}");
+    }
+
     #[test]
     fn non_ascii_delimiter_is_rejected() {
         let text = format!("{MINIMAL}\n[routes.csv]\ndelimiter = \"é\"\n");

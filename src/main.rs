@@ -274,6 +274,16 @@ async fn check_config(config: &Config) -> ExitCode {
             sink = route.sink_names().join(" + "),
         );
     }
+    // Validation compiled every contract already; this prints them.
+    let router = s3_ingest::route::Router::new(&config.routes);
+    for route in router.iter().flat_map(|router| router.routes()) {
+        if let Some(contract) = &route.contract {
+            println!("\n# contract of route {}", route.name);
+            for line in contract.describe() {
+                println!("  {line}");
+            }
+        }
+    }
     let failures = s3_ingest::check_sinks(config).await;
     for (name, err) in &failures {
         eprintln!("error: cannot set up sink `{name}`: {err}");

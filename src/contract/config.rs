@@ -25,9 +25,9 @@ pub struct ContractConfig {
     pub reported_rows: usize,
 }
 
-/// The most `reported_rows` may be: a dead letter stays well inside an SQS
-/// message.
-pub const MAX_REPORTED_ROWS: usize = 100;
+/// The most `reported_rows` may be: each quoted row takes up to a few
+/// hundred bytes, and a dead letter's error is cut at 8 KiB.
+pub const MAX_REPORTED_ROWS: usize = 20;
 
 fn default_reported_rows() -> usize {
     10

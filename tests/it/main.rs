@@ -44,6 +44,7 @@
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 mod cli;
+mod contract;
 mod corpus;
 mod fanout;
 mod faults;

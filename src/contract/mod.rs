@@ -25,7 +25,7 @@ mod outcome;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, StringArray, UInt64Array, new_null_array};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -210,7 +210,8 @@ impl Contract {
 /// file and the reason. The sink's lineage says which file.
 pub fn quarantine_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("source_row", DataType::UInt64, false),
+        // Signed: Delta tables have no unsigned types.
+        Field::new("source_row", DataType::Int64, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("record", DataType::Utf8, false),
     ]))
@@ -681,7 +682,10 @@ fn quarantined(
     let bad: Vec<usize> = (0..reasons.len())
         .filter(|&r| !reasons[r].is_empty())
         .collect();
-    let source_row: UInt64Array = bad.iter().map(|&r| rows_before + r as u64 + 1).collect();
+    let source_row: Int64Array = bad
+        .iter()
+        .map(|&r| i64::try_from(rows_before + r as u64 + 1).unwrap_or(i64::MAX))
+        .collect();
     let reason: StringArray = bad.iter().map(|&r| Some(reasons[r].join("; "))).collect();
     let record: StringArray = bad.iter().map(|&r| Some(records[r].clone())).collect();
     RecordBatch::try_new(

@@ -230,9 +230,9 @@ fn quarantine_splits_rows_and_keeps_every_one() {
     assert_eq!(ids(&good), [1, 4], "a null passes one_of unless not_null");
     let bad = applied.bad.unwrap();
     assert_eq!(bad.schema(), quarantine_schema());
-    let rows: Vec<u64> = bad
+    let rows: Vec<i64> = bad
         .column(0)
-        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .as_primitive::<arrow::datatypes::Int64Type>()
         .values()
         .to_vec();
     assert_eq!(rows, [2, 3, 5]);

@@ -322,13 +322,13 @@ async fn bad_rows_reject_the_file_or_go_to_quarantine_and_none_is_lost() {
     assert_eq!(outcome["quarantined_rows"], bad as u64);
     assert_eq!(contract_of(&quarantined), outcome, "both sinks record it");
     // Each quarantined row: its row number, why, and the values as sent.
-    let source_rows: Vec<u64> = quarantined
+    let source_rows: Vec<i64> = quarantined
         .batches
         .iter()
         .flat_map(|b| {
             b.column_by_name("source_row")
                 .unwrap()
-                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .as_primitive::<arrow::datatypes::Int64Type>()
                 .values()
                 .to_vec()
         })

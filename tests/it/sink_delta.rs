@@ -450,3 +450,128 @@ async fn crash_loop_into_a_delta_table_loses_and_doubles_nothing() {
 fn csv_rows_count(body: &[u8]) -> usize {
     body.iter().filter(|&&b| b == b'\n').count() - 1
 }
+
+/// Routes with contracts into Delta tables on S3: `add_columns` evolves
+/// the table's schema (another engine reads the new column), bad rows go
+/// to a quarantine table, `rescue` keeps what does not fit in `_rescued`,
+/// and each file's outcome is in its commit's info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contracts_evolve_the_table_quarantine_bad_rows_and_rescue_values() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("delta-contract").await;
+    let table = create_lake(&fixture).await;
+    let bad_table = format!("{table}_bad");
+    let rescued_table = format!("{table}_rescued");
+    let schema = r#"schema = [
+        { name = "id", type = "int64", nullable = false },
+        { name = "country", type = "string" },
+    ]"#;
+    let routes = format!(
+        r#"
+        [[routes]]
+        name = "evolving"
+        key_glob = "evolving/**"
+        sink = "table"
+        {schema}
+        [routes.contract]
+        schema_mode = "add_columns"
+        bad_rows = "quarantine"
+        quarantine_sink = "bad"
+        checks = [{{ column = "country", one_of = ["fr", "de"] }}]
+
+        [[routes]]
+        name = "rescuing"
+        key_glob = "rescuing/**"
+        sink = "rescued"
+        {schema}
+        [routes.contract]
+        schema_mode = "rescue"
+        "#
+    );
+    let sinks = format!(
+        r#"
+        [sinks.table]
+        type = "delta"
+        table = "{table}"
+        key_columns = {{ source_key = '^(.*)$' }}
+
+        [sinks.bad]
+        type = "delta"
+        table = "{bad_table}"
+
+        [sinks.rescued]
+        type = "delta"
+        table = "{rescued_table}"
+        "#
+    );
+    let config = fixture.config_with_sinks(Some(&routes), "", &sinks);
+    let worker = fixture.start_worker(config);
+    fixture
+        .put("evolving/1.csv", "id,country\n1,fr\n2,xx\n")
+        .await;
+    wait_until("the first file committed", WAIT, || async {
+        read_table(&table).await.is_some_and(|t| t.rows == 1)
+    })
+    .await;
+    fixture
+        .put("evolving/2.csv", "id,country,discount\n3,de,5\n")
+        .await;
+    wait_until("the second file committed", WAIT, || async {
+        read_table(&table).await.is_some_and(|t| t.rows == 2)
+    })
+    .await;
+    fixture.put("evolving/3.csv", "id\n4\n").await;
+    fixture
+        .put("rescuing/1.csv", "id,country,colour\n1,fr,red\n2,de,\n")
+        .await;
+    wait_until("every file in", WAIT, || async {
+        read_table(&table).await.is_some_and(|t| t.rows == 3)
+            && read_table(&rescued_table)
+                .await
+                .is_some_and(|t| t.rows == 2)
+    })
+    .await;
+    fixture.wait_for_empty_queue().await;
+
+    let python = read_with_python(&table);
+    assert_eq!(python["ids"], serde_json::json!([1, 3, 4]));
+    assert_eq!(
+        python["columns"],
+        serde_json::json!(["id", "country", "source_key", "discount"])
+    );
+    let outcome_of = |sources: &serde_json::Value, key: &str| {
+        sources
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|source| source["key"] == key)
+            .unwrap_or_else(|| panic!("no source {key} in {sources}"))["contract"]
+            .clone()
+    };
+    let first = outcome_of(&python["sources"], "evolving/1.csv");
+    assert_eq!(first["verdict"], "quarantined");
+    assert_eq!(first["quarantined_rows"], 1);
+    let second = outcome_of(&python["sources"], "evolving/2.csv");
+    assert_eq!(second["columns_added"], serde_json::json!(["discount"]));
+    let third = outcome_of(&python["sources"], "evolving/3.csv");
+    assert_eq!(third["columns_missing"], serde_json::json!(["country"]));
+
+    let quarantined = read_with_python(&bad_table);
+    assert_eq!(quarantined["rows"], 1);
+    assert_eq!(
+        quarantined["columns"],
+        serde_json::json!(["source_row", "reason", "record"])
+    );
+
+    let rescued = read_with_python(&rescued_table);
+    assert_eq!(rescued["rows"], 2);
+    assert_eq!(
+        rescued["columns"],
+        serde_json::json!(["id", "country", "_rescued"])
+    );
+    let outcome = outcome_of(&rescued["sources"], "rescuing/1.csv");
+    assert_eq!(outcome["rescued_rows"], 1);
+    assert_eq!(outcome["columns_rescued"], serde_json::json!(["colour"]));
+    assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}

@@ -822,7 +822,18 @@ async fn the_ledger_schema_version_is_checked_and_labelled() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(comment.as_deref(), Some("s3-ingest ledger schema 1"));
+    assert_eq!(comment.as_deref(), Some("s3-ingest ledger schema 2"));
+    // Migrated from version 1: the contract outcome's column was added.
+    let contract_column: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_name = $1 AND column_name = 'contract'",
+            &[&ledger],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(contract_column, 1);
     assert_eq!(stats.objects_dead_lettered.load(Ordering::Relaxed), 0);
     running.stop().await;
 }
@@ -1629,5 +1640,143 @@ async fn a_grouped_object_another_transaction_holds_is_handed_back_then_lands() 
     .await;
     assert_eq!(count(&client, &table).await, 5);
     assert!(fixture.take_dead_letters().await.is_empty());
+    worker.stop().await;
+}
+
+/// A route with a contract into PostgreSQL: `add_columns` adds a vendor's
+/// new column to the table, missing columns land as NULL, bad rows go to
+/// a quarantine table (another postgres sink) with their reasons, and
+/// each file's outcome is in its ledger row. A second route rejects the
+/// file on its first bad row: nothing lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_adds_columns_quarantines_bad_rows_and_records_its_outcome() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("pg-contract").await;
+    let client = connect().await;
+    let table = unique_table("contract");
+    let strict_table = unique_table("contract_strict");
+    let schema = r#"schema = [
+        { name = "id", type = "int64", nullable = false },
+        { name = "name", type = "string" },
+        { name = "price", type = "float64" },
+    ]"#;
+    let routes = format!(
+        r#"
+        [[routes]]
+        name = "evolving"
+        key_glob = "evolving/**"
+        sink = "pg"
+        {schema}
+        [routes.contract]
+        schema_mode = "add_columns"
+        bad_rows = "quarantine"
+        quarantine_sink = "pg_bad"
+        checks = [{{ column = "price", min = 0 }}]
+
+        [[routes]]
+        name = "strict"
+        key_glob = "strict/**"
+        sink = "pg_strict"
+        {schema}
+        [routes.contract]
+        checks = [{{ column = "price", min = 0 }}]
+        "#
+    );
+    let url = postgres_url();
+    let sinks = format!(
+        "{}\n{}\n{}",
+        sink_toml(&url, &table, "create_table = true"),
+        sink_toml(&url, &format!("{table}_bad"), "create_table = true")
+            .replace("[sinks.pg]", "[sinks.pg_bad]"),
+        sink_toml(&url, &strict_table, "create_table = true")
+            .replace("[sinks.pg]", "[sinks.pg_strict]"),
+    );
+    let config = fixture.config_with_sinks(Some(&routes), "", &sinks);
+    let (worker, _) = fixture.start_worker_with_stats(config).await;
+
+    fixture
+        .put("evolving/1.csv", "id,name,price\n1,a,1.5\n2,b,-1\n")
+        .await;
+    wait_until("the first file committed", WAIT, || async {
+        ledger_count(&client, &table).await == 1
+    })
+    .await;
+    fixture
+        .put("evolving/2.csv", "id,name,price,colour\n3,c,2,red\n")
+        .await;
+    wait_until("the second file committed", WAIT, || async {
+        ledger_count(&client, &table).await == 2
+    })
+    .await;
+    fixture.put("evolving/3.csv", "ID,colour\n4,blue\n").await;
+    fixture
+        .put("strict/1.csv", "id,name,price\n1,a,1.5\n2,b,-1\n")
+        .await;
+    let letters = fixture.wait_for_dead_letters(1).await;
+    assert_eq!(letters[0].key.as_deref(), Some("strict/1.csv"));
+    assert_eq!(letters[0].error_kind.as_str(), "contract_violation");
+    assert!(
+        letters[0]
+            .error
+            .contains(r#"row 2: `price`: "-1" is below min 0"#),
+        "{}",
+        letters[0].error
+    );
+    wait_until("every file done", WAIT, || async {
+        ledger_count(&client, &table).await == 3 && fixture.queue_is_empty().await
+    })
+    .await;
+
+    assert_eq!(
+        rows_as_text(&client, &table, &["id", "name", "price", "colour"]).await,
+        vec![
+            text(&[Some("1"), Some("a"), Some("1.5"), None]),
+            text(&[Some("3"), Some("c"), Some("2"), Some("red")]),
+            text(&[Some("4"), None, None, Some("blue")]),
+        ],
+        "row 2 quarantined; colour added by the second file"
+    );
+    let quarantined = rows_as_text(
+        &client,
+        &format!("{table}_bad"),
+        &["source_row", "reason", "record"],
+    )
+    .await;
+    assert_eq!(
+        quarantined,
+        vec![text(&[
+            Some("2"),
+            Some(r#"`price`: "-1" is below min 0"#),
+            Some(r#"{"id":"2","name":"b","price":"-1"}"#),
+        ])]
+    );
+    let outcomes: Vec<(String, serde_json::Value)> = client
+        .query(
+            &format!("SELECT key, contract::text FROM {table}_ledger ORDER BY key"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let text: String = row.get(1);
+            (row.get(0), serde_json::from_str(&text).unwrap())
+        })
+        .collect();
+    assert_eq!(outcomes[0].1["verdict"], "quarantined");
+    assert_eq!(outcomes[0].1["quarantined_rows"], 1);
+    assert_eq!(outcomes[0].1["accepted_rows"], 1);
+    assert_eq!(
+        outcomes[1].1["columns_added"],
+        serde_json::json!(["colour"])
+    );
+    assert_eq!(
+        outcomes[2].1["columns_missing"],
+        serde_json::json!(["name", "price"])
+    );
+    // The quarantine table's ledger names the file too.
+    assert_eq!(ledger(&client, &format!("{table}_bad")).await.len(), 1);
+    // The rejected file left nothing.
+    assert_eq!(ledger_count(&client, &strict_table).await, 0);
     worker.stop().await;
 }

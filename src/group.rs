@@ -428,7 +428,7 @@ impl GroupTask {
                         rows: member.rows,
                         batches: member.batches,
                         receipts: Vec::new(),
-                        contract: member.contract,
+                        contract: member.contract.map(Box::new),
                     }
                 }),
             };

@@ -66,7 +66,7 @@ pub struct Committed {
     /// One receipt per sink, in commit order (a quarantine sink first).
     pub receipts: Vec<(String, CommitReceipt)>,
     /// What the route's contract made of the file, when it has one.
-    pub contract: Option<ContractOutcome>,
+    pub contract: Option<Box<ContractOutcome>>,
 }
 
 impl Committed {
@@ -509,7 +509,7 @@ impl Ingestor {
             rows,
             batches: summary.batches,
             receipts,
-            contract: outcome,
+            contract: outcome.map(Box::new),
         }))
     }
 

@@ -186,6 +186,10 @@ impl CompiledCheck {
     }
 }
 
+/// One batch's values of a column in a comparable byte form, `None` for
+/// nulls (see [`SeenValues::keys`]).
+pub(super) type ValueKeys = Vec<Option<Box<[u8]>>>;
+
 /// The values a `unique` column held in the file's accepted rows so far,
 /// each with the row (numbered in the file) that held it first. Memory
 /// grows with the distinct values of the file: the price of the check.
@@ -204,10 +208,7 @@ impl SeenValues {
     }
 
     /// Each value of `values` in a comparable byte form (`None` for nulls).
-    pub(super) fn keys(
-        &self,
-        values: &ArrayRef,
-    ) -> Result<Vec<Option<Box<[u8]>>>, arrow::error::ArrowError> {
+    pub(super) fn keys(&self, values: &ArrayRef) -> Result<ValueKeys, arrow::error::ArrowError> {
         let rows = self
             .converter
             .convert_columns(std::slice::from_ref(values))?;

@@ -33,7 +33,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::error::IngestError;
 use crate::text::excerpt;
-use checks::{CompiledCheck, SeenValues};
+use checks::{CompiledCheck, SeenValues, ValueKeys};
 pub use config::{BadRows, ColumnCheck, ContractConfig, Literal, SchemaMode};
 pub use outcome::{ContractOutcome, Verdict};
 
@@ -374,7 +374,7 @@ impl FileContract {
                 .run(values, &shown, &mut |row, reason| reasons[row].push(reason))
                 .map_err(|err| self.internal(err))?;
         }
-        let unique_keys: Vec<(usize, Vec<Option<Box<[u8]>>>)> = self
+        let unique_keys: Vec<(usize, ValueKeys)> = self
             .contract
             .checks
             .iter()

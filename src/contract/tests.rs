@@ -455,3 +455,20 @@ fn an_outcome_serializes_without_empty_lists() {
         r#"{"verdict":"accepted","schema_mode":"add_columns","rows":3,"accepted_rows":3,"quarantined_rows":0,"rescued_rows":0,"columns_added":["discount"]}"#
     );
 }
+
+#[test]
+fn the_example_config_is_valid_and_prints_its_contracts() {
+    let example = include_str!("../../examples/contracts.toml");
+    let config = crate::config::Config::from_toml_str(example).expect("examples/contracts.toml");
+    let router = crate::route::Router::new(&config.routes).unwrap();
+    let described: Vec<Vec<String>> = router
+        .routes()
+        .iter()
+        .map(|route| route.contract.as_ref().unwrap().describe())
+        .collect();
+    assert_eq!(described.len(), 3);
+    assert!(
+        described[0].contains(&"column sku Utf8: matches /[A-Z]{3}-[0-9]+/".to_owned()),
+        "{described:?}"
+    );
+}

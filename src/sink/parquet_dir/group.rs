@@ -51,6 +51,9 @@ pub(super) struct ParquetDirGroup {
     claims: Vec<PathBuf>,
     /// `s3://bucket/key#version` of each added object, for the footer.
     sources: Vec<String>,
+    /// Each added object's contract outcome (routes with a contract), by
+    /// its entry in `sources`, for the footer (`s3_ingest.contracts`).
+    contracts: serde_json::Map<String, serde_json::Value>,
     rows: u64,
     output_bytes: u64,
 }
@@ -115,6 +118,7 @@ impl ParquetDirGroup {
             output_name,
             claims: Vec::new(),
             sources: Vec::new(),
+            contracts: serde_json::Map::new(),
             rows: 0,
             output_bytes: 0,
         })
@@ -166,12 +170,19 @@ impl ParquetDirGroup {
         }
         self.rows += member.rows;
         self.output_bytes = encoder.output_size();
-        self.sources.push(format!(
+        let source = format!(
             "s3://{}/{}#{}",
             lineage.bucket,
             lineage.key,
             lineage.version_identity()
-        ));
+        );
+        if let Some(outcome) = &member.contract {
+            self.contracts.insert(
+                source.clone(),
+                serde_json::to_value(outcome).expect("plain data"),
+            );
+        }
+        self.sources.push(source);
         Ok(Joined::Added)
     }
 }
@@ -243,6 +254,13 @@ fn commit_blocking(mut group: ParquetDirGroup) -> Result<CommitReceipt, SinkErro
     let sources = serde_json::to_string(&group.sources).expect("strings serialize");
     if sources.len() <= MAX_SOURCES_LIST_BYTES {
         encoder.append_key_value_metadata(KeyValue::new("s3_ingest.sources".into(), sources));
+    }
+    if !group.contracts.is_empty() {
+        let contracts = serde_json::Value::Object(std::mem::take(&mut group.contracts)).to_string();
+        if contracts.len() <= MAX_SOURCES_LIST_BYTES {
+            encoder
+                .append_key_value_metadata(KeyValue::new("s3_ingest.contracts".into(), contracts));
+        }
     }
     let temp_path = group.bucket_dir.join(&group.temp_name);
     let file = encoder

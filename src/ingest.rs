@@ -443,11 +443,16 @@ impl Ingestor {
             });
         }
         // What the sinks receive: the decoder's schema, or the contract's.
-        let schema = contracted
-            .output_schema
-            .clone()
-            .unwrap_or_else(|| summary.schema.clone());
-        let outcome = contracted.outcome.clone();
+        let (schema, outcome) = match contracted.file {
+            Some(mut file) => {
+                if let Err(err) = file.finish(&summary.schema) {
+                    crate::telemetry::contract_file(&lineage.route, file.outcome());
+                    return Err(err);
+                }
+                (file.output_schema(), Some(file.outcome().clone()))
+            }
+            None => (summary.schema.clone(), None),
+        };
         // Bad rows are committed before the good ones: once every sink
         // holds the good rows, the file's bad rows are already in quarantine.
         let mut receipts = Vec::with_capacity(sinks.len() + 1);
@@ -616,17 +621,15 @@ struct ContractStage {
 
 /// What the contract stage leaves for the commit.
 struct Contracted {
-    outcome: Option<ContractOutcome>,
-    /// The schema the sinks receive (`None` without a contract).
-    output_schema: Option<arrow::datatypes::SchemaRef>,
+    /// The file held to its route's contract (`None` without a contract).
+    file: Option<FileContract>,
     quarantine: Option<Quarantine>,
 }
 
 impl Contracted {
     fn none() -> Contracted {
         Contracted {
-            outcome: None,
-            output_schema: None,
+            file: None,
             quarantine: None,
         }
     }
@@ -703,8 +706,7 @@ impl ContractStage {
             }
         }
         Ok(Contracted {
-            outcome: Some(file.outcome().clone()),
-            output_schema: Some(file.output_schema()),
+            file: Some(file),
             quarantine,
         })
     }

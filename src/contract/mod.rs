@@ -273,13 +273,24 @@ impl FileContract {
     pub fn output_schema(&self) -> SchemaRef {
         match &self.plan {
             Some(plan) => plan.output.clone(),
-            None => output_schema(&self.contract, &[], &Schema::empty()),
+            None => output_schema(&self.contract, &[]),
         }
     }
 
     /// The outcome so far; final once every batch was applied.
     pub fn outcome(&self) -> &ContractOutcome {
         &self.outcome
+    }
+
+    /// Ends the file. One that gave no batch (only a header) still has its
+    /// columns held to the route's, from `decoded`, the decoder's schema
+    /// (without columns for an empty file, which passes as it always has).
+    pub fn finish(&mut self, decoded: &Schema) -> Result<(), IngestError> {
+        if self.plan.is_none() && !decoded.fields().is_empty() {
+            let plan = self.plan_columns(decoded)?;
+            self.plan = Some(plan);
+        }
+        Ok(())
     }
 
     /// Marks the file rejected (its error is on its way to the DLQ).
@@ -566,7 +577,7 @@ impl FileContract {
         }
         self.outcome.columns_missing = missing_names;
         let extra_fields: Vec<&Field> = extra.iter().map(|&i| file.field(i)).collect();
-        let output = output_schema(&self.contract, &extra_fields, file);
+        let output = output_schema(&self.contract, &extra_fields);
         Ok(ColumnPlan {
             sources,
             extra,
@@ -584,21 +595,23 @@ impl FileContract {
         bad_rows: usize,
     ) -> IngestError {
         let limit = self.contract.config.reported_rows;
-        let records = records_json(batch).unwrap_or_default();
-        let quoted: Vec<String> = reasons
+        let first_bad: Vec<usize> = (0..reasons.len())
+            .filter(|&row| !reasons[row].is_empty())
+            .take(limit)
+            .collect();
+        let records = records_json(batch, &first_bad).unwrap_or_default();
+        let quoted: Vec<String> = first_bad
             .iter()
             .enumerate()
-            .filter(|(_, reasons)| !reasons.is_empty())
-            .take(limit)
-            .map(|(row, reasons)| {
+            .map(|(index, &row)| {
                 let record = records
-                    .get(row)
+                    .get(index)
                     .map(|r| excerpt(r, RECORD_EXCERPT_BYTES))
                     .unwrap_or_default();
                 format!(
                     "row {}: {} {record}",
                     rows_before + row as u64 + 1,
-                    reasons.join("; ")
+                    reasons[row].join("; ")
                 )
             })
             .collect();
@@ -630,7 +643,7 @@ impl FileContract {
 
 /// The declared fields, then `extra` (every one nullable: older rows lack
 /// them) or `_rescued`.
-fn output_schema(contract: &Contract, extra: &[&Field], _file: &Schema) -> SchemaRef {
+fn output_schema(contract: &Contract, extra: &[&Field]) -> SchemaRef {
     let mut fields: Vec<Field> = contract
         .declared
         .fields()
@@ -647,17 +660,21 @@ fn output_schema(contract: &Contract, extra: &[&Field], _file: &Schema) -> Schem
     Arc::new(Schema::new(fields))
 }
 
-/// Each row of `batch` as a JSON object of its values as text (nulls as
-/// null).
-fn records_json(batch: &RecordBatch) -> Result<Vec<String>, arrow::error::ArrowError> {
+/// Each of `rows` of `batch` as a JSON object of its values as text
+/// (nulls as null).
+fn records_json(
+    batch: &RecordBatch,
+    rows: &[usize],
+) -> Result<Vec<String>, arrow::error::ArrowError> {
     let schema = batch.schema();
     let formatters: Vec<ArrayFormatter> = batch
         .columns()
         .iter()
         .map(|column| ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default()))
         .collect::<Result<_, _>>()?;
-    Ok((0..batch.num_rows())
-        .map(|row| {
+    Ok(rows
+        .iter()
+        .map(|&row| {
             let mut record = serde_json::Map::new();
             for (index, field) in schema.fields().iter().enumerate() {
                 let value = if batch.column(index).is_null(row) {
@@ -678,16 +695,16 @@ fn quarantined(
     rows_before: u64,
     reasons: &[Vec<String>],
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let records = records_json(batch)?;
     let bad: Vec<usize> = (0..reasons.len())
         .filter(|&r| !reasons[r].is_empty())
         .collect();
+    let records = records_json(batch, &bad)?;
     let source_row: Int64Array = bad
         .iter()
         .map(|&r| i64::try_from(rows_before + r as u64 + 1).unwrap_or(i64::MAX))
         .collect();
     let reason: StringArray = bad.iter().map(|&r| Some(reasons[r].join("; "))).collect();
-    let record: StringArray = bad.iter().map(|&r| Some(records[r].clone())).collect();
+    let record: StringArray = records.into_iter().map(Some).collect();
     RecordBatch::try_new(
         quarantine_schema(),
         vec![Arc::new(source_row), Arc::new(reason), Arc::new(record)],

@@ -472,3 +472,27 @@ fn the_example_config_is_valid_and_prints_its_contracts() {
         "{described:?}"
     );
 }
+
+#[test]
+fn a_header_only_file_still_has_its_columns_checked() {
+    let header = Schema::new(vec![
+        Field::new("id", DataType::Utf8, true),
+        Field::new("colour", DataType::Utf8, true),
+    ]);
+    let mut file = FileContract::new(contract(""), "s3://b/k.csv");
+    let err = file.finish(&header).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaError);
+    assert!(err.to_string().contains("`colour`"), "{err}");
+
+    // add_columns: the new column is in the (empty) output's schema.
+    let mut file = FileContract::new(contract("schema_mode = \"add_columns\""), "s3://b/k.csv");
+    file.finish(&header).unwrap();
+    assert_eq!(file.output_schema().fields().len(), 4);
+    assert_eq!(file.outcome().columns_added, ["colour"]);
+
+    // A file without even a header passes, with the declared columns.
+    let mut file = FileContract::new(contract(""), "s3://b/k.csv");
+    file.finish(&Schema::empty()).unwrap();
+    assert_eq!(file.output_schema(), declared());
+    assert_eq!(file.outcome().verdict, Verdict::Accepted);
+}

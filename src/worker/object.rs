@@ -179,6 +179,19 @@ impl Worker {
                     && !committed.already_committed()
                 {
                     telemetry::contract_file(&route.name, outcome);
+                    // A vendor's drift is news the day it starts.
+                    if outcome.quarantined_rows > 0 || outcome.drifted() {
+                        warn!(
+                            bucket,
+                            key,
+                            route = %route.name,
+                            quarantined_rows = outcome.quarantined_rows,
+                            columns_added = ?outcome.columns_added,
+                            columns_rescued = ?outcome.columns_rescued,
+                            columns_missing = ?outcome.columns_missing,
+                            "the file does not keep its route's contract; it landed as the contract says"
+                        );
+                    }
                 }
                 info!(
                     bucket,

@@ -113,22 +113,30 @@ async fn each_schema_mode_lands_a_drifted_file_as_its_route_says() {
             "id,status,price,colour\n1,new,n/a,red\n2,new,3,\n",
         )
         .await;
+    // A header alone is held to the contract too.
+    fixture
+        .put("strict/header.csv", "id,status,price,colour\n")
+        .await;
     // And a file that keeps the contract, columns reordered.
     fixture
         .put("strict/b.csv", "price,id,status\n1.5,7,new\n")
         .await;
 
-    let letters = fixture.wait_for_dead_letters(1).await;
+    let mut letters = fixture.wait_for_dead_letters(2).await;
+    letters.sort_by(|a, b| a.key.cmp(&b.key));
     assert_eq!(letters[0].key.as_deref(), Some("strict/a.csv"));
-    assert_eq!(letters[0].error_kind, ErrorKind::SchemaError);
-    assert!(
-        letters[0].error.contains("strict schema")
-            && letters[0]
-                .error
-                .contains("columns the route does not declare: `colour`"),
-        "{}",
-        letters[0].error
-    );
+    assert_eq!(letters[1].key.as_deref(), Some("strict/header.csv"));
+    for letter in &letters {
+        assert_eq!(letter.error_kind, ErrorKind::SchemaError);
+        assert!(
+            letter.error.contains("strict schema")
+                && letter
+                    .error
+                    .contains("columns the route does not declare: `colour`"),
+            "{}",
+            letter.error
+        );
+    }
     fixture.wait_for_files_and_empty_queue(3).await;
     let files = fixture.sink_files();
 
@@ -176,7 +184,7 @@ async fn each_schema_mode_lands_a_drifted_file_as_its_route_says() {
             files_total,
             &format!("{},verdict=\"rejected\"", route("strict"))
         ),
-        1,
+        2,
         "{page}"
     );
     assert_eq!(
@@ -300,6 +308,13 @@ async fn bad_rows_reject_the_file_or_go_to_quarantine_and_none_is_lost() {
     let (csv, bad) = rows_with_bad_ones();
     fixture.put("reject/a.csv", csv.clone()).await;
     fixture.put("quarantine/a.csv", csv).await;
+    // Every row bad: the route's sink still records the file, with 0 rows.
+    fixture
+        .put(
+            "quarantine/all-bad.csv",
+            "id,status,price\n1,lost,1\n2,new,-1\n",
+        )
+        .await;
 
     let letters = fixture.wait_for_dead_letters(1).await;
     assert_eq!(letters[0].key.as_deref(), Some("reject/a.csv"));
@@ -311,7 +326,15 @@ async fn bad_rows_reject_the_file_or_go_to_quarantine_and_none_is_lost() {
             && !error.contains("row 14:"),
         "the first two bad rows, with their values: {error}"
     );
-    fixture.wait_for_files_and_empty_queue(1).await;
+    fixture.wait_for_files_and_empty_queue(2).await;
+
+    let all_bad = sink_file_for(&fixture.sink_files(), "quarantine/all-bad.csv");
+    assert_eq!(all_bad.rows, 0);
+    assert_eq!(contract_of(&all_bad)["quarantined_rows"], 2);
+    assert_eq!(
+        sink_file_for(&parquet_files(bad_dir.path()), "quarantine/all-bad.csv").rows,
+        2
+    );
 
     let good = sink_file_for(&fixture.sink_files(), "quarantine/a.csv");
     let bad_files: Vec<PathBuf> = parquet_files(bad_dir.path());
@@ -363,7 +386,7 @@ async fn bad_rows_reject_the_file_or_go_to_quarantine_and_none_is_lost() {
             "s3_ingest_contract_files_total",
             &format!("{route},verdict=\"quarantined\"")
         ),
-        1
+        2
     );
     assert_eq!(
         metric(
@@ -371,7 +394,7 @@ async fn bad_rows_reject_the_file_or_go_to_quarantine_and_none_is_lost() {
             "s3_ingest_contract_rows_total",
             &format!("{route},outcome=\"quarantined\"")
         ),
-        bad as u64
+        bad as u64 + 2
     );
     assert_eq!(
         metric(

@@ -45,6 +45,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 mod cli;
 mod contract;
+mod contract_sinks;
 mod corpus;
 mod fanout;
 mod faults;

@@ -24,7 +24,7 @@ use s3_ingest::sink::{CommitState, Sink, SinkContext};
 use crate::util::*;
 
 /// Where the fixture's table is: a bucket of its own.
-async fn create_lake(fixture: &Fixture) -> String {
+pub(crate) async fn create_lake(fixture: &Fixture) -> String {
     let bucket = format!("{}-lake", fixture.bucket);
     fixture
         .clients
@@ -37,7 +37,7 @@ async fn create_lake(fixture: &Fixture) -> String {
     format!("s3://{bucket}/tables/sales")
 }
 
-fn aws() -> AwsConfig {
+pub(crate) fn aws() -> AwsConfig {
     AwsConfig {
         region: Some("us-east-1".into()),
         endpoint_url: Some(endpoint()),

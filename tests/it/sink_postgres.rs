@@ -29,13 +29,13 @@ use s3_ingest::config::Config;
 
 use crate::util::*;
 
-fn postgres_url() -> String {
+pub(crate) fn postgres_url() -> String {
     std::env::var("S3I_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/postgres".into())
 }
 
 /// The CA certificate of the test server's TLS certificate.
-fn postgres_ca() -> String {
+pub(crate) fn postgres_ca() -> String {
     let path = std::env::var("S3I_POSTGRES_CA").unwrap_or_else(|_| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/services/postgres.sh");
         let output = std::process::Command::new(script)
@@ -105,7 +105,7 @@ async fn a_server_error_quoting_a_huge_value_is_dead_lettered_with_a_bounded_rea
 
 /// A client for assertions; fails loudly with a hint when the server is
 /// not there (tests never skip).
-async fn connect() -> tokio_postgres::Client {
+pub(crate) async fn connect() -> tokio_postgres::Client {
     let url = postgres_url();
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await

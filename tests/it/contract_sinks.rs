@@ -1,9 +1,9 @@
 //! One contract scenario on each sink that keeps rows: every schema mode,
 //! every column check and both bad-row policies, through the worker on
 //! LocalStack into `parquet_dir` files, PostgreSQL tables, Delta tables on
-//! S3 and `s3_parquet` objects. The rows are read back from each, and each file's outcome from
-//! each sink's own lineage (the Parquet footer, the ledger row, the Delta
-//! commit info).
+//! S3 and `s3_parquet` objects. The rows are read back from each, and each
+//! file's outcome from each sink's own lineage (the Parquet footer, the
+//! ledger row, the Delta commit info).
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,9 @@
 //! Decode stage, in memory: the pipeline's CSV and Parquet decoders against
 //! bare arrow-csv and the bare parquet Arrow reader on the same bytes, with
 //! criterion; then a table of MB/s, rows/s and pipeline ÷ bare from this
-//! run's criterion estimates.
+//! run's criterion estimates. A third case runs the pipeline with a route
+//! contract (`contract/`: CSV columns read as text and cast, three checks),
+//! reported as contract ÷ pipeline.
 //!
 //! Then the same cases counted in instructions: each case runs once in a
 //! process of its own under callgrind, less a process that only loads the
@@ -26,7 +28,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::sync::Arc;
+
 use s3_ingest::config::CsvOptions;
+use s3_ingest::contract::{Contract, ContractConfig, FileContract};
 use s3_ingest::decode::compression::Codec;
 use s3_ingest::decode::csv::{CsvJob, decode_csv};
 use s3_ingest::decode::parquet::{DEFAULT_MAX_ROW_GROUP_BYTES, ParquetLimits, decode_parquet};
@@ -35,7 +40,7 @@ use tokio::sync::mpsc;
 const GROUP: &str = "decode";
 /// The inputs and cases, as criterion names them.
 const FUNCTIONS: [&str; 3] = ["csv", "csv-gzip", "parquet"];
-const CASES: [&str; 2] = ["bare", "pipeline"];
+const CASES: [&str; 3] = ["bare", "pipeline", "contract"];
 
 /// The bench's inputs, all decoding to the same rows.
 struct Inputs {
@@ -86,14 +91,28 @@ fn runtime() -> tokio::runtime::Runtime {
 fn run_case(function: &str, case: &str, inputs: &Inputs, runtime: &tokio::runtime::Runtime) -> u64 {
     match (function, case) {
         ("csv", "bare") => data::bare_csv_batches(&inputs.csv[..], drop),
-        ("csv", "pipeline") => pipeline_csv(runtime, inputs.csv.clone(), None),
+        ("csv", "pipeline") => pipeline_csv(runtime, inputs.csv.clone(), None, None),
+        ("csv", "contract") => {
+            pipeline_csv(runtime, inputs.csv.clone(), None, Some(bench_contract()))
+        }
         ("csv-gzip", "bare") => {
             let plain = flate2::read::GzDecoder::new(&inputs.gz[..]);
             data::bare_csv_batches(std::io::BufReader::with_capacity(1 << 20, plain), drop)
         }
-        ("csv-gzip", "pipeline") => pipeline_csv(runtime, inputs.gz.clone(), Some(Codec::Gzip)),
+        ("csv-gzip", "pipeline") => {
+            pipeline_csv(runtime, inputs.gz.clone(), Some(Codec::Gzip), None)
+        }
+        ("csv-gzip", "contract") => pipeline_csv(
+            runtime,
+            inputs.gz.clone(),
+            Some(Codec::Gzip),
+            Some(bench_contract()),
+        ),
         ("parquet", "bare") => bare_parquet(inputs.parquet.clone()),
-        ("parquet", "pipeline") => pipeline_parquet(runtime, inputs.parquet.clone()),
+        ("parquet", "pipeline") => pipeline_parquet(runtime, inputs.parquet.clone(), None),
+        ("parquet", "contract") => {
+            pipeline_parquet(runtime, inputs.parquet.clone(), Some(bench_contract()))
+        }
         _ => panic!("no decode case {function}/{case}"),
     }
 }
@@ -186,32 +205,81 @@ fn print_instructions(inputs: &Inputs, csv_bytes: u64) {
         loading as f64 / 1e6
     );
     println!(
-        "{:<10} {:>12} {:>12} {:>16}",
-        "input", "bare Ir/B", "pipe Ir/B", "bare÷pipeline"
+        "{:<10} {:>12} {:>12} {:>16} {:>14} {:>18}",
+        "input", "bare Ir/B", "pipe Ir/B", "bare÷pipeline", "contract Ir/B", "pipeline÷contract"
     );
     for function in FUNCTIONS {
-        let [bare, pipeline] = CASES.map(|case| count(function, case).saturating_sub(loading));
+        let [bare, pipeline, contract] =
+            CASES.map(|case| count(function, case).saturating_sub(loading));
         println!(
-            "{:<10} {:>12.2} {:>12.2} {:>16.3}",
+            "{:<10} {:>12.2} {:>12.2} {:>16.3} {:>14.2} {:>18.3}",
             function,
             bare as f64 / csv_bytes as f64,
             pipeline as f64 / csv_bytes as f64,
             bare as f64 / pipeline as f64,
+            contract as f64 / csv_bytes as f64,
+            pipeline as f64 / contract as f64,
         );
     }
 }
 
+/// A route contract every bench row keeps: the bench schema, strict, a
+/// uniqueness check and two ranges.
+fn bench_contract() -> Arc<Contract> {
+    let config: ContractConfig = toml::from_str(
+        r#"checks = [
+            { column = "order_id", unique = true },
+            { column = "quantity", min = 0, max = 1000 },
+            { column = "unit_price", min = 0 },
+        ]"#,
+    )
+    .expect("bench contract");
+    Arc::new(Contract::compile("bench", Some(&data::schema()), &config).expect("it compiles"))
+}
+
+/// Drains the decoder's batches as the sink stage would, through the
+/// route's contract when there is one; returns the rows.
+async fn drain(
+    receiver: &mut mpsc::Receiver<arrow::record_batch::RecordBatch>,
+    contract: Option<Arc<Contract>>,
+    uri: &str,
+) -> u64 {
+    let mut file = contract.map(|contract| FileContract::new(contract, uri));
+    let mut rows = 0u64;
+    while let Some(batch) = receiver.recv().await {
+        rows += match &mut file {
+            Some(file) => {
+                let applied = file.apply(&batch).expect("bench rows keep the contract");
+                assert!(applied.bad.is_none());
+                applied.good.map_or(0, |good| good.num_rows() as u64)
+            }
+            None => batch.num_rows() as u64,
+        };
+    }
+    rows
+}
+
 /// The worker's CSV path: `decode_csv` on a blocking thread, batches drained
-/// from its channel by an async task, as `ingest.rs` does.
-fn pipeline_csv(runtime: &tokio::runtime::Runtime, input: Bytes, codec: Option<Codec>) -> u64 {
+/// from its channel by an async task, as `ingest.rs` does; with a contract,
+/// its columns decoded as text and held to it, as for a route with one.
+fn pipeline_csv(
+    runtime: &tokio::runtime::Runtime,
+    input: Bytes,
+    codec: Option<Codec>,
+    contract: Option<Arc<Contract>>,
+) -> u64 {
     runtime.block_on(async move {
         let (sender, mut receiver) = mpsc::channel(2);
+        let (schema, text_columns) = match &contract {
+            Some(contract) => (None, contract.declared_names()),
+            None => (Some(data::schema()), Vec::new()),
+        };
         let decoder = tokio::task::spawn_blocking(move || {
             let job = CsvJob {
-                text_columns: Vec::new(),
+                text_columns,
                 uri: "s3://bench/orders.csv".into(),
                 options: CsvOptions::default(),
-                schema: Some(data::schema()),
+                schema,
                 batch_rows: data::BATCH_ROWS,
                 declared_codec: codec,
                 object_bytes: input.len() as u64,
@@ -221,10 +289,7 @@ fn pipeline_csv(runtime: &tokio::runtime::Runtime, input: Bytes, codec: Option<C
             };
             decode_csv(Cursor::new(input), &job, &sender)
         });
-        let mut rows = 0u64;
-        while let Some(batch) = receiver.recv().await {
-            rows += batch.num_rows() as u64;
-        }
+        let rows = drain(&mut receiver, contract, "s3://bench/orders.csv").await;
         let summary = decoder
             .await
             .expect("decoder thread")
@@ -246,8 +311,14 @@ fn bare_parquet(file: Bytes) -> u64 {
 
 /// The worker's Parquet path: `decode_parquet` over an in-memory reader,
 /// batches drained from its channel.
-fn pipeline_parquet(runtime: &tokio::runtime::Runtime, file: Bytes) -> u64 {
+fn pipeline_parquet(
+    runtime: &tokio::runtime::Runtime,
+    file: Bytes,
+    contract: Option<Arc<Contract>>,
+) -> u64 {
     runtime.block_on(async move {
+        // A contract casts the file's columns itself.
+        let schema = contract.is_none().then(data::schema);
         let (sender, mut receiver) = mpsc::channel(2);
         let limits = ParquetLimits {
             file_size: file.len() as u64,
@@ -257,17 +328,14 @@ fn pipeline_parquet(runtime: &tokio::runtime::Runtime, file: Bytes) -> u64 {
             decode_parquet(
                 Cursor::new(file),
                 "s3://bench/prices.parquet",
-                Some(data::schema()),
+                schema,
                 data::BATCH_ROWS,
                 limits,
                 &sender,
             )
             .await
         });
-        let mut rows = 0u64;
-        while let Some(batch) = receiver.recv().await {
-            rows += batch.num_rows() as u64;
-        }
+        let rows = drain(&mut receiver, contract, "s3://bench/prices.parquet").await;
         decoder
             .await
             .expect("decoder task")
@@ -312,20 +380,30 @@ fn print_table(output: &Path, csv_bytes: u64, rows: u64) {
         data::format_size(csv_bytes as usize)
     );
     println!(
-        "{:<10} {:>12} {:>12} {:>14} {:>14} {:>16}",
-        "input", "bare MB/s", "pipe MB/s", "bare rows/s", "pipe rows/s", "pipeline÷bare"
+        "{:<10} {:>12} {:>12} {:>14} {:>14} {:>16} {:>15} {:>18}",
+        "input",
+        "bare MB/s",
+        "pipe MB/s",
+        "bare rows/s",
+        "pipe rows/s",
+        "pipeline÷bare",
+        "contract MB/s",
+        "contract÷pipeline"
     );
     for function in FUNCTIONS {
         let bare = mean_seconds(output, function, "bare");
         let pipeline = mean_seconds(output, function, "pipeline");
+        let contract = mean_seconds(output, function, "contract");
         println!(
-            "{:<10} {:>12.1} {:>12.1} {:>14.0} {:>14.0} {:>16.3}",
+            "{:<10} {:>12.1} {:>12.1} {:>14.0} {:>14.0} {:>16.3} {:>15.1} {:>18.3}",
             function,
             csv_bytes as f64 / bare / 1e6,
             csv_bytes as f64 / pipeline / 1e6,
             rows as f64 / bare,
             rows as f64 / pipeline,
             bare / pipeline,
+            csv_bytes as f64 / contract / 1e6,
+            pipeline / contract,
         );
     }
 }

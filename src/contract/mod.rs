@@ -348,7 +348,9 @@ impl FileContract {
                 cast_with_options(values, field.data_type(), &lenient)
                     .map_err(|err| self.internal(err))?
             };
-            for row in 0..rows {
+            // A cast only turns values into nulls: the same count, none failed.
+            let failed = cast.null_count() > values.null_count();
+            for row in (0..rows).filter(|_| failed) {
                 if values.is_valid(row) && cast.is_null(row) {
                     let value = text(source, row);
                     if mode == SchemaMode::Rescue {
@@ -362,7 +364,7 @@ impl FileContract {
                     }
                 }
             }
-            if !field.is_nullable() {
+            if !field.is_nullable() && cast.null_count() > 0 {
                 for row in (0..rows).filter(|row| cast.is_null(*row)) {
                     reasons[row].push(format!(
                         "`{}` is null; the route's schema declares it not nullable",
@@ -385,7 +387,7 @@ impl FileContract {
                 .run(values, &shown, &mut |row, reason| reasons[row].push(reason))
                 .map_err(|err| self.internal(err))?;
         }
-        let unique_keys: Vec<(usize, ValueKeys)> = self
+        let mut unique_keys: Vec<(usize, ValueKeys)> = self
             .contract
             .checks
             .iter()
@@ -417,9 +419,10 @@ impl FileContract {
                 }
             }
             if reasons[row].is_empty() {
-                for (index, keys) in &unique_keys {
-                    if let (Some(key), Some(seen)) = (&keys[row], self.seen[*index].as_mut()) {
-                        seen.insert(key.clone(), file_row);
+                for (index, keys) in &mut unique_keys {
+                    if let (Some(key), Some(seen)) = (keys[row].take(), self.seen[*index].as_mut())
+                    {
+                        seen.insert(key, file_row);
                     }
                 }
             }
@@ -457,6 +460,16 @@ impl FileContract {
             self.reject();
             return Err(self.violation(batch, rows_before, &reasons, bad_rows));
         }
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        if bad_rows == 0 {
+            let good = RecordBatch::try_new_with_options(plan.output.clone(), columns, &options)
+                .map_err(|err| self.internal(err))?;
+            self.accept(&good, 0);
+            return Ok(Applied {
+                good: (rows > 0).then_some(good),
+                bad: None,
+            });
+        }
         // Every column nullable until the bad rows are gone: a declared
         // NOT NULL column holds nulls in exactly those rows.
         let lenient_schema = Arc::new(Schema::new(
@@ -466,7 +479,6 @@ impl FileContract {
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect::<Vec<_>>(),
         ));
-        let options = RecordBatchOptions::new().with_row_count(Some(rows));
         let all = RecordBatch::try_new_with_options(lenient_schema, columns, &options)
             .map_err(|err| self.internal(err))?;
         let good_mask = arrow::compute::not(&bad_mask).map_err(|err| self.internal(err))?;
@@ -477,7 +489,17 @@ impl FileContract {
             &RecordBatchOptions::new().with_row_count(Some(good.num_rows())),
         )
         .map_err(|err| self.internal(err))?;
-        if mode == SchemaMode::Rescue {
+        self.accept(&good, bad_rows);
+        let bad = quarantined(batch, rows_before, &reasons).map_err(|err| self.internal(err))?;
+        Ok(Applied {
+            good: (good.num_rows() > 0).then_some(good),
+            bad: Some(bad),
+        })
+    }
+
+    /// Counts a batch's `good` rows and its `bad_rows` into the outcome.
+    fn accept(&mut self, good: &RecordBatch, bad_rows: usize) {
+        if self.contract.schema_mode() == SchemaMode::Rescue {
             let json = good.column(good.num_columns() - 1);
             self.outcome.rescued_rows += (json.len() - json.null_count()) as u64;
         }
@@ -486,14 +508,6 @@ impl FileContract {
         if self.outcome.quarantined_rows > 0 {
             self.outcome.verdict = Verdict::Quarantined;
         }
-        let bad = (bad_rows > 0)
-            .then(|| quarantined(batch, rows_before, &reasons))
-            .transpose()
-            .map_err(|err| self.internal(err))?;
-        Ok(Applied {
-            good: (good.num_rows() > 0).then_some(good),
-            bad,
-        })
     }
 
     /// Matches the file's columns to the declared ones; a mismatch that the

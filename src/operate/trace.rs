@@ -815,6 +815,9 @@ pub fn print(trace: &Trace, out: &mut impl Write) -> std::io::Result<()> {
                     if let Some(at) = details.committed_at {
                         line.push_str(&format!(", at {}", at.to_rfc3339()));
                     }
+                    if let Some(contract) = &details.contract {
+                        line.push_str(&format!(", contract {}", contract_summary(contract)));
+                    }
                 }
                 if let Some(error) = &sink.error {
                     line.push_str(&format!(": {error}"));
@@ -906,6 +909,40 @@ pub fn print(trace: &Trace, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "note: {note}")?;
     }
     Ok(())
+}
+
+/// A contract outcome (`ContractOutcome` as a sink recorded it) in a few
+/// words: `quarantined (2 of 10 rows quarantined; columns added: colour)`.
+fn contract_summary(outcome: &serde_json::Value) -> String {
+    let verdict = outcome["verdict"].as_str().unwrap_or("?");
+    let mut notes = Vec::new();
+    if let (Some(quarantined), Some(rows)) = (
+        outcome["quarantined_rows"].as_u64(),
+        outcome["rows"].as_u64(),
+    ) && quarantined > 0
+    {
+        notes.push(format!("{quarantined} of {rows} rows quarantined"));
+    }
+    if let Some(rescued) = outcome["rescued_rows"].as_u64()
+        && rescued > 0
+    {
+        notes.push(format!("{rescued} rows with rescued values"));
+    }
+    for (field, label) in [
+        ("columns_added", "columns added"),
+        ("columns_rescued", "columns rescued"),
+        ("columns_missing", "columns missing"),
+    ] {
+        if let Some(columns) = outcome[field].as_array() {
+            let names: Vec<&str> = columns.iter().filter_map(|c| c.as_str()).collect();
+            notes.push(format!("{label}: {}", names.join(", ")));
+        }
+    }
+    if notes.is_empty() {
+        verdict.to_owned()
+    } else {
+        format!("{verdict} ({})", notes.join("; "))
+    }
 }
 
 #[cfg(test)]
@@ -1204,6 +1241,10 @@ mod tests {
                 location: "/data/vendor/a.parquet".into(),
                 rows: Some(3),
                 committed_at: None,
+                contract: Some(serde_json::json!({
+                    "verdict": "quarantined", "rows": 5, "quarantined_rows": 2,
+                    "rescued_rows": 0, "columns_added": ["colour"],
+                })),
             }),
             error: None,
         }];
@@ -1219,7 +1260,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("lake  committed: /data/vendor/a.parquet, 3 rows"),
+            text.contains("lake  committed: /data/vendor/a.parquet, 3 rows, contract quarantined (2 of 5 rows quarantined; columns added: colour)"),
             "{text}"
         );
         assert!(

@@ -152,6 +152,10 @@ pub struct CommitDetails {
     pub location: String,
     pub rows: Option<u64>,
     pub committed_at: Option<DateTime<Utc>>,
+    /// What the route's contract made of the file, as the sink recorded it
+    /// (`ContractOutcome` as JSON), for a route with a contract.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<serde_json::Value>,
 }
 
 /// What sinks may need from the rest of the worker when they are built.

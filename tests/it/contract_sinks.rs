@@ -320,7 +320,7 @@ const ADD_FILE: &str = "id,status,price,sku,colour\n\
 async fn run_scenario(fixture: &Fixture, destination: Destination) {
     let prefix = unique("matrix");
     let config = fixture.config_with_sinks(Some(&routes(&prefix)), "", &destination.sinks_toml());
-    let worker = fixture.start_worker(config);
+    let worker = fixture.start_worker(config.clone());
     fixture
         .put(
             "strict/ok.csv",
@@ -339,7 +339,7 @@ async fn run_scenario(fixture: &Fixture, destination: Destination) {
             "id,status,price,sku\n4,new,1,ABC-4\n5,new,101,ABC-5\n",
         )
         .await;
-    fixture.put("add/a.csv", ADD_FILE).await;
+    let add_etag = fixture.put("add/a.csv", ADD_FILE).await;
     fixture
         .put(
             "rescue/a.csv",
@@ -452,6 +452,32 @@ async fn run_scenario(fixture: &Fixture, destination: Destination) {
         destination.outcome("strict", "strict/ok.csv").await["verdict"],
         "accepted"
     );
+
+    // What `s3-ingest trace` shows: each sink's commit details carry it.
+    let context = s3_ingest::sink::SinkContext {
+        s3: fixture.clients.s3.clone(),
+        expected_bucket_owner: None,
+        aws: config.aws.clone(),
+        add_columns_routes: Default::default(),
+    };
+    let lineage = s3_ingest::sink::Lineage {
+        bucket: fixture.bucket.clone(),
+        key: "add/a.csv".into(),
+        version_id: None,
+        etag: Some(add_etag),
+        size: 0,
+        event_time: None,
+        route: String::new(),
+    };
+    for name in ["added", "quarantine"] {
+        let sink = s3_ingest::sink::build(name, &config.sinks[name], &context).unwrap();
+        let details = sink.commit_details(&lineage).await.unwrap().unwrap();
+        assert_eq!(
+            details.contract.as_ref(),
+            Some(&added),
+            "{name}: {details:?}"
+        );
+    }
     worker.stop().await;
 }
 

@@ -250,18 +250,17 @@ impl PendingCommit {
     }
 }
 
-/// Rows and time of `lineage` according to a commit info's `s3_ingest`
-/// entry, when it lists it.
-pub fn find_source(info: &serde_json::Value, lineage: &Lineage) -> Option<u64> {
-    info.get("sources")?.as_array()?.iter().find_map(|source| {
-        let same = source.get("bucket")?.as_str()? == lineage.bucket
-            && source.get("key")?.as_str()? == lineage.key
-            && source.get("version_id")?.as_str() == lineage.version_id.as_deref()
-            && source.get("etag")?.as_str() == lineage.etag.as_deref();
-        if same {
-            source.get("rows")?.as_u64()
-        } else {
-            None
-        }
+/// `lineage`'s entry in a commit info's `s3_ingest` sources (its rows,
+/// its contract outcome), when the commit lists it.
+pub fn find_source<'a>(
+    info: &'a serde_json::Value,
+    lineage: &Lineage,
+) -> Option<&'a serde_json::Value> {
+    info.get("sources")?.as_array()?.iter().find(|source| {
+        source.get("bucket").and_then(|v| v.as_str()) == Some(lineage.bucket.as_str())
+            && source.get("key").and_then(|v| v.as_str()) == Some(lineage.key.as_str())
+            && source.get("version_id").and_then(|v| v.as_str()) == lineage.version_id.as_deref()
+            && source.get("etag").and_then(|v| v.as_str()) == lineage.etag.as_deref()
+            && source.get("rows").and_then(|v| v.as_u64()).is_some()
     })
 }

@@ -253,21 +253,23 @@ impl Sink for DeltaSink {
         // Newest first, one per version.
         let latest_version = table.version().unwrap_or_default();
         let found = history.iter().enumerate().find_map(|(newer, info)| {
-            let rows = find_source(info.info.get("s3_ingest")?, lineage)?;
-            Some((latest_version.saturating_sub(newer as u64), info, rows))
+            let source = find_source(info.info.get("s3_ingest")?, lineage)?;
+            Some((latest_version.saturating_sub(newer as u64), info, source))
         });
         Ok(Some(match found {
-            Some((version, info, rows)) => CommitDetails {
+            Some((version, info, source)) => CommitDetails {
                 location: format!("{url} version {version}"),
-                rows: Some(rows),
+                rows: source.get("rows").and_then(|rows| rows.as_u64()),
                 committed_at: info
                     .timestamp
                     .and_then(chrono::DateTime::from_timestamp_millis),
+                contract: source.get("contract").cloned(),
             },
             None => CommitDetails {
                 location: url.to_string(),
                 rows: None,
                 committed_at: None,
+                contract: None,
             },
         }))
     }

@@ -342,10 +342,21 @@ impl Sink for ParquetDirSink {
                             .and_then(|metadata| metadata.modified())
                             .ok()
                             .map(chrono::DateTime::<chrono::Utc>::from);
+                        // A group file maps each source to its outcome.
+                        let source = format!(
+                            "s3://{}/{}#{}",
+                            lineage.bucket,
+                            lineage.key,
+                            lineage.version_identity()
+                        );
+                        let contract = footer_value(&output, "s3_ingest.contracts")
+                            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+                            .and_then(|contracts| contracts.get(&source).cloned());
                         CommitDetails {
                             location: output.display().to_string(),
                             rows: Some(claim.rows),
                             committed_at,
+                            contract,
                         }
                     }));
                 }
@@ -365,15 +376,33 @@ impl Sink for ParquetDirSink {
                     reader.metadata().file_metadata().num_rows()
                 })
                 .and_then(|rows| u64::try_from(rows).ok());
+            let contract = footer_value(&path, META_CONTRACT)
+                .and_then(|json| serde_json::from_str(&json).ok());
             Ok(Some(CommitDetails {
                 location: path.display().to_string(),
                 rows,
                 committed_at,
+                contract,
             }))
         })
         .await
         .map_err(|err| SinkError::transient(format!("reading a footer failed: {err}")))?
     }
+}
+
+/// One key-value entry of a Parquet file's footer, if the file and the
+/// entry are there.
+fn footer_value(path: &Path, key: &str) -> Option<String> {
+    use parquet::file::reader::FileReader;
+    let reader = parquet::file::reader::SerializedFileReader::new(File::open(path).ok()?).ok()?;
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()?
+        .iter()
+        .find(|entry| entry.key == key)?
+        .value
+        .clone()
 }
 
 struct ParquetDirWriter {

@@ -113,6 +113,14 @@ fn migrate(from: u32, ledger: &str) -> Vec<String> {
     steps
 }
 
+/// What a committed ledger row says (`s3-ingest trace`).
+pub(super) struct LedgerDetails {
+    pub(super) rows: Option<i64>,
+    pub(super) committed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The route's contract outcome, when the route had a contract.
+    pub(super) contract: Option<serde_json::Value>,
+}
+
 /// The ledger's primary key for one object version and target table.
 pub(super) struct LedgerKey {
     pub(super) table: String,
@@ -230,12 +238,12 @@ impl LedgerKey {
         &self,
         client: &tokio_postgres::Client,
         ledger: &str,
-    ) -> Result<Option<(Option<i64>, Option<chrono::DateTime<chrono::Utc>>)>, SinkError> {
+    ) -> Result<Option<LedgerDetails>, SinkError> {
         // Microseconds since the epoch: no chrono feature in tokio-postgres.
         let result = client
             .query_opt(
                 &format!(
-                    "SELECT rows, (extract(epoch FROM committed_at) * 1000000)::bigint
+                    "SELECT rows, (extract(epoch FROM committed_at) * 1000000)::bigint, contract::text
                      FROM {ledger} WHERE {} AND committed_at IS NOT NULL",
                     LedgerKey::WHERE
                 ),
@@ -245,10 +253,12 @@ impl LedgerKey {
         match result {
             Ok(row) => Ok(row.map(|row| {
                 let micros: Option<i64> = row.get(1);
-                (
-                    row.get(0),
-                    micros.and_then(chrono::DateTime::from_timestamp_micros),
-                )
+                let contract: Option<String> = row.get(2);
+                LedgerDetails {
+                    rows: row.get(0),
+                    committed_at: micros.and_then(chrono::DateTime::from_timestamp_micros),
+                    contract: contract.and_then(|text| serde_json::from_str(&text).ok()),
+                }
             })),
             Err(err) if is_missing_relation(&err) => Ok(None),
             Err(err) => Err(classify(&format!("read ledger {ledger}"), &err)),

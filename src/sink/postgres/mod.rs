@@ -311,10 +311,11 @@ impl Sink for PostgresSink {
             .commit_details(session.client(), &self.ledger.sql())
             .await?;
         session.release();
-        Ok(details.map(|(rows, committed_at)| CommitDetails {
+        Ok(details.map(|details| CommitDetails {
             location: key.table,
-            rows: rows.and_then(|rows| u64::try_from(rows).ok()),
-            committed_at,
+            rows: details.rows.and_then(|rows| u64::try_from(rows).ok()),
+            committed_at: details.committed_at,
+            contract: details.contract,
         }))
     }
 }

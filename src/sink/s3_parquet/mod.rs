@@ -275,6 +275,10 @@ pub struct CommitMarker {
     pub committed_at: chrono::DateTime<chrono::Utc>,
     /// The s3-ingest version that wrote it.
     pub worker_version: String,
+    /// The route's contract outcome for the source (`contract/`), when the
+    /// route has a contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<serde_json::Value>,
 }
 
 /// The source object version a commit marker is about.
@@ -472,6 +476,7 @@ impl Sink for S3ParquetSink {
             location: marker_location(&marker, &uri),
             rows: Some(marker.rows),
             committed_at: Some(marker.committed_at),
+            contract: marker.contract,
         }))
     }
 }
@@ -682,6 +687,10 @@ impl PartitionOutputs {
             rows: self.rows,
             committed_at: chrono::Utc::now(),
             worker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            contract: self
+                .contract
+                .as_deref()
+                .and_then(|json| serde_json::from_str(json).ok()),
         };
         self.settings.put_marker(&self.marker_key, &marker).await?;
         if let Some((first, _)) = uploads.first() {
@@ -833,6 +842,7 @@ mod tests {
             rows: 3,
             committed_at: chrono::Utc::now(),
             worker_version: "0.1.0".into(),
+            contract: None,
         };
         let json: serde_json::Value = serde_json::to_value(&marker).unwrap();
         assert_eq!(json["source"]["version_identity"], "v1");

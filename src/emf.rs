@@ -10,8 +10,8 @@
 //! series that changed: a counter's increase since the last line, a
 //! gauge's value. Each line is published under the dimension `Service`
 //! alone (for alarms over the whole service) and under `Service` with
-//! each of its labels (`route`, `sink`, `error_kind`), so cardinality stays
-//! that of the labels, never per file.
+//! each of its labels (`route`, `sink`, `error_kind`, a contract's
+//! `verdict`), so cardinality stays that of the labels, never per file.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +49,14 @@ const EXPORTED_COUNTERS: &[(&str, &str, &str)] = &[
         "Count",
     ),
     ("s3_ingest_receive_errors_total", "ReceiveErrors", "Count"),
+    // Vendor data contracts: a vendor's drift and bad rows, per route.
+    ("s3_ingest_contract_files_total", "ContractFiles", "Count"),
+    ("s3_ingest_contract_rows_total", "ContractRows", "Count"),
+    (
+        "s3_ingest_contract_drifted_files_total",
+        "ContractDriftedFiles",
+        "Count",
+    ),
 ];
 const EXPORTED_GAUGES: &[(&str, &str, &str)] = &[
     (

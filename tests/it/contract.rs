@@ -448,3 +448,68 @@ fn check_config_prints_each_routes_contract() {
         assert!(stdout.contains(line), "{line}\n{stdout}");
     }
 }
+
+/// The worker process's own log: the committed line of a file under a
+/// contract carries its outcome, and drift or quarantined rows add a
+/// warning that names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_is_in_the_files_log_lines() {
+    let _suite = crate::shared().await;
+    let fixture = Fixture::new("contract-log").await;
+    let prefix = unique("log");
+    let bad_dir = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        "[sinks.bad]\ntype = \"parquet_dir\"\npath = \"{}\"\n",
+        bad_dir.path().display()
+    );
+    let routes = format!(
+        r#"
+        [[routes]]
+        name = "{prefix}"
+        key_glob = "**"
+        sink = "lake"
+        {SCHEMA}
+        [routes.contract]
+        schema_mode = "add_columns"
+        bad_rows = "quarantine"
+        quarantine_sink = "bad"
+        checks = [{{ column = "price", min = 0 }}]
+        "#
+    );
+    let config = fixture.config_with_sinks(Some(&routes), "", &sinks);
+    let log = fixture.output_dir().join("worker.log");
+    let child = fixture.spawn_worker_process(&config, &log);
+    fixture
+        .put(
+            "in/a.csv",
+            "id,status,price,colour\n1,new,2,red\n2,new,-1,blue\n",
+        )
+        .await;
+    wait_for_log(&log, "the file does not keep its route's contract").await;
+    wait_for_log(&log, "object committed").await;
+    signal(&child, "-TERM");
+    assert_eq!(wait_for_exit(child).await.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in {text}"))
+            .to_owned()
+    };
+    let warning = line("the file does not keep its route's contract");
+    assert!(
+        warning.contains("quarantined_rows=1") && warning.contains(r#"columns_added=["colour"]"#),
+        "{warning}"
+    );
+    let committed = line("object committed");
+    assert!(
+        committed.contains("contract=\"quarantined\"")
+            || committed.contains("contract=quarantined"),
+        "{committed}"
+    );
+    assert!(committed.contains("quarantined_rows=1"), "{committed}");
+    assert!(
+        committed.contains("accepted_rows"),
+        "the outcome as JSON: {committed}"
+    );
+}

@@ -186,16 +186,40 @@ impl CompiledCheck {
     }
 }
 
-/// One batch's values of a column in a comparable byte form, `None` for
-/// nulls (see [`SeenValues::keys`]).
-pub(super) type ValueKeys = Vec<Option<Box<[u8]>>>;
+/// One batch's values of a column as [`ValueKey`]s, `None` for nulls
+/// (see [`SeenValues::keys`]).
+pub(super) type ValueKeys = Vec<Option<ValueKey>>;
+
+/// A value in Arrow's row format (comparable bytes): up to 16 bytes held
+/// inline (integers, dates, timestamps, short text), longer ones boxed, so
+/// the common keys cost no allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum ValueKey {
+    Inline { bytes: [u8; 16], len: u8 },
+    Boxed(Box<[u8]>),
+}
+
+impl ValueKey {
+    fn new(bytes: &[u8]) -> ValueKey {
+        if bytes.len() <= 16 {
+            let mut inline = [0u8; 16];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            ValueKey::Inline {
+                bytes: inline,
+                len: bytes.len() as u8,
+            }
+        } else {
+            ValueKey::Boxed(bytes.into())
+        }
+    }
+}
 
 /// The values a `unique` column held in the file's accepted rows so far,
 /// each with the row (numbered in the file) that held it first. Memory
 /// grows with the distinct values of the file: the price of the check.
 pub(super) struct SeenValues {
     converter: RowConverter,
-    first_row: HashMap<Box<[u8]>, u64>,
+    first_row: HashMap<ValueKey, u64>,
 }
 
 impl SeenValues {
@@ -207,22 +231,26 @@ impl SeenValues {
         }
     }
 
-    /// Each value of `values` in a comparable byte form (`None` for nulls).
+    /// Each value of `values` as a key (`None` for nulls).
     pub(super) fn keys(&self, values: &ArrayRef) -> Result<ValueKeys, arrow::error::ArrowError> {
         let rows = self
             .converter
             .convert_columns(std::slice::from_ref(values))?;
         Ok((0..values.len())
-            .map(|row| values.is_valid(row).then(|| rows.row(row).as_ref().into()))
+            .map(|row| {
+                values
+                    .is_valid(row)
+                    .then(|| ValueKey::new(rows.row(row).as_ref()))
+            })
             .collect())
     }
 
     /// The row that first held `key`, if one did.
-    pub(super) fn first(&self, key: &[u8]) -> Option<u64> {
+    pub(super) fn first(&self, key: &ValueKey) -> Option<u64> {
         self.first_row.get(key).copied()
     }
 
-    pub(super) fn insert(&mut self, key: Box<[u8]>, row: u64) {
+    pub(super) fn insert(&mut self, key: ValueKey, row: u64) {
         self.first_row.entry(key).or_insert(row);
     }
 }

@@ -219,7 +219,9 @@ impl ValueKey {
 /// grows with the distinct values of the file: the price of the check.
 pub(super) struct SeenValues {
     converter: RowConverter,
-    first_row: HashMap<ValueKey, u64>,
+    /// foldhash, not std's SipHash: the check hashes every row of a file,
+    /// and SipHash made it the stage's main cost.
+    first_row: HashMap<ValueKey, u64, foldhash::fast::RandomState>,
 }
 
 impl SeenValues {
@@ -227,7 +229,7 @@ impl SeenValues {
         SeenValues {
             converter: RowConverter::new(vec![SortField::new(data_type.clone())])
                 .expect("checked when the contract was compiled"),
-            first_row: HashMap::new(),
+            first_row: HashMap::default(),
         }
     }
 
@@ -252,6 +254,18 @@ impl SeenValues {
 
     pub(super) fn insert(&mut self, key: ValueKey, row: u64) {
         self.first_row.entry(key).or_insert(row);
+    }
+
+    /// Records `key` as first held by `row`, in one lookup; or the row that
+    /// held it first.
+    pub(super) fn insert_new(&mut self, key: ValueKey, row: u64) -> Result<(), u64> {
+        match self.first_row.entry(key) {
+            std::collections::hash_map::Entry::Occupied(first) => Err(*first.get()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(row);
+                Ok(())
+            }
+        }
     }
 }
 

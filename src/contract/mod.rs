@@ -398,24 +398,38 @@ impl FileContract {
             })
             .collect::<Result<_, _>>()
             .map_err(|err| self.internal(err))?;
+        let repeats = |index: usize, row: usize, first: u64| {
+            let check = &self.contract.checks[index];
+            let value = match plan.sources[check.column] {
+                Some(source) => format!("{:?}", text(source, row)),
+                None => "null".into(),
+            };
+            format!(
+                "`{}`: {value} repeats row {first}; the column is unique",
+                check.name
+            )
+        };
         for row in 0..rows {
             if !reasons[row].is_empty() {
                 continue;
             }
             let file_row = rows_before + row as u64 + 1;
+            if let [(index, keys)] = unique_keys.as_mut_slice() {
+                // One unique column (the usual case): one lookup per row.
+                let seen = self.seen[*index].as_mut().expect("a unique check");
+                if let Some(key) = keys[row].take()
+                    && let Err(first) = seen.insert_new(key, file_row)
+                {
+                    reasons[row].push(repeats(*index, row, first));
+                }
+                continue;
+            }
+            // Several: a row takes its values only if it repeats none.
             for (index, keys) in &unique_keys {
                 if let Some(key) = &keys[row]
                     && let Some(first) = self.seen[*index].as_ref().and_then(|s| s.first(key))
                 {
-                    let check = &self.contract.checks[*index];
-                    let value = match plan.sources[check.column] {
-                        Some(source) => format!("{:?}", text(source, row)),
-                        None => "null".into(),
-                    };
-                    reasons[row].push(format!(
-                        "`{}`: {value} repeats row {first}; the column is unique",
-                        check.name
-                    ));
+                    reasons[row].push(repeats(*index, row, first));
                 }
             }
             if reasons[row].is_empty() {

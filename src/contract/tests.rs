@@ -496,3 +496,30 @@ fn a_header_only_file_still_has_its_columns_checked() {
     assert_eq!(file.output_schema(), declared());
     assert_eq!(file.outcome().verdict, Verdict::Accepted);
 }
+
+#[test]
+fn with_two_unique_columns_a_row_takes_its_values_only_if_it_repeats_neither() {
+    let contract = contract(
+        r#"
+        bad_rows = "quarantine"
+        quarantine_sink = "bad"
+        checks = [{ column = "id", unique = true }, { column = "status", unique = true }]
+        "#,
+    );
+    let mut file = FileContract::new(contract, "s3://b/k.csv");
+    let batch = text_batch(&[
+        ("id", vec![Some("1"), Some("2"), Some("3"), Some("2")]),
+        ("status", vec![Some("a"), Some("a"), Some("b"), Some("c")]),
+        ("price", vec![None; 4]),
+    ]);
+    let applied = file.apply(&batch).unwrap();
+    // Row 2 repeats `a`, so its id 2 is not taken: row 4's id 2 is new.
+    assert_eq!(ids(&applied.good.unwrap()), [1, 3, 2]);
+    let reasons = strings(&applied.bad.unwrap(), "reason");
+    assert_eq!(
+        reasons,
+        [Some(
+            r#"`status`: "a" repeats row 1; the column is unique"#.to_owned()
+        )]
+    );
+}

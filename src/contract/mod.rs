@@ -28,6 +28,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
@@ -241,7 +242,7 @@ pub struct Applied {
 pub struct FileContract {
     contract: Arc<Contract>,
     uri: String,
-    plan: Option<ColumnPlan>,
+    plan: Option<Arc<ColumnPlan>>,
     /// Per check (in order), the values a `unique` column held so far.
     seen: Vec<Option<SeenValues>>,
     outcome: ContractOutcome,
@@ -288,7 +289,7 @@ impl FileContract {
     pub fn finish(&mut self, decoded: &Schema) -> Result<(), IngestError> {
         if self.plan.is_none() && !decoded.fields().is_empty() {
             let plan = self.plan_columns(decoded)?;
-            self.plan = Some(plan);
+            self.plan = Some(Arc::new(plan));
         }
         Ok(())
     }
@@ -301,37 +302,65 @@ impl FileContract {
     /// Holds one decoded batch to the contract. Errors: the file's columns
     /// do not fit (`schema_error`), or a row broke the contract under
     /// `bad_rows = "reject"` (`contract_violation`, quoting the first rows).
+    ///
+    /// In steps: the declared columns cast to their types, the route's
+    /// checks, `unique` among the rows still good, the columns the route
+    /// does not declare (per `schema_mode`), then the split into good and
+    /// bad rows.
     pub fn apply(&mut self, batch: &RecordBatch) -> Result<Applied, IngestError> {
         if self.plan.is_none() {
             let plan = self.plan_columns(&batch.schema())?;
-            self.plan = Some(plan);
+            self.plan = Some(Arc::new(plan));
         }
-        let plan = self.plan.as_ref().expect("planned above");
-        let rows = batch.num_rows();
+        let plan = self.plan.clone().expect("planned above");
         let rows_before = self.outcome.rows;
-        let mode = self.contract.schema_mode();
-        let formatters: Vec<ArrayFormatter> = batch
-            .columns()
-            .iter()
-            .map(|column| ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default()))
-            .collect::<Result<_, _>>()
-            .map_err(|err| self.internal(err))?;
-        let text = |column: usize, row: usize| -> String {
-            excerpt(
-                &formatters[column].value(row).to_string(),
-                RECORD_EXCERPT_BYTES,
-            )
-        };
-        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); rows];
-        let mut rescued: Vec<serde_json::Map<String, serde_json::Value>> =
-            if mode == SchemaMode::Rescue {
-                vec![serde_json::Map::new(); rows]
-            } else {
-                Vec::new()
-            };
+        let mut notes =
+            RowNotes::new(batch, self.contract.schema_mode()).map_err(|err| self.internal(err))?;
+        let mut columns = self.cast_declared(batch, &plan, &mut notes)?;
+        for check in &self.contract.checks {
+            let source = plan.sources[check.column];
+            let shown = |row: usize| notes.shown(source, row);
+            let mut found = Vec::new();
+            check
+                .run(&columns[check.column], &shown, &mut |row, reason| {
+                    found.push((row, reason))
+                })
+                .map_err(|err| self.internal(err))?;
+            for (row, reason) in found {
+                notes.flag(row, reason);
+            }
+        }
+        self.check_unique(&columns, &plan, &mut notes, rows_before)?;
+        match self.contract.schema_mode() {
+            SchemaMode::Strict => {}
+            SchemaMode::AddColumns => {
+                columns.extend(plan.extra.iter().map(|&index| batch.column(index).clone()));
+            }
+            SchemaMode::Rescue => {
+                for &index in &plan.extra {
+                    notes.rescue_column(batch, index);
+                }
+                columns.push(Arc::new(notes.rescued_json()));
+            }
+        }
+        self.split(batch, &plan, columns, &notes)
+    }
 
-        // The declared columns, cast to their types.
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.output.fields().len());
+    /// The declared columns, cast to their types (a column the file lacks
+    /// is all nulls). A value that does not parse is rescued (`rescue`) or
+    /// makes its row bad; so does a null in a column declared not nullable.
+    fn cast_declared(
+        &self,
+        batch: &RecordBatch,
+        plan: &ColumnPlan,
+        notes: &mut RowNotes,
+    ) -> Result<Vec<ArrayRef>, IngestError> {
+        let rows = batch.num_rows();
+        let lenient = CastOptions {
+            safe: true,
+            ..Default::default()
+        };
+        let mut columns = Vec::with_capacity(plan.output.fields().len());
         for (field, source) in self.contract.declared.fields().iter().zip(&plan.sources) {
             let Some(source) = *source else {
                 columns.push(new_null_array(field.data_type(), rows));
@@ -341,76 +370,76 @@ impl FileContract {
             let cast = if values.data_type() == field.data_type() {
                 values.clone()
             } else {
-                let lenient = CastOptions {
-                    safe: true,
-                    ..Default::default()
-                };
                 cast_with_options(values, field.data_type(), &lenient)
                     .map_err(|err| self.internal(err))?
             };
             // A cast only turns values into nulls: the same count, none failed.
-            let failed = cast.null_count() > values.null_count();
-            for row in (0..rows).filter(|_| failed) {
-                if values.is_valid(row) && cast.is_null(row) {
-                    let value = text(source, row);
-                    if mode == SchemaMode::Rescue {
-                        rescued[row].insert(field.name().clone(), value.into());
+            if cast.null_count() > values.null_count() {
+                for row in (0..rows).filter(|&row| values.is_valid(row) && cast.is_null(row)) {
+                    let value = notes.text(source, row);
+                    if notes.rescuing {
+                        notes.rescue(row, field.name(), value);
                     } else {
-                        reasons[row].push(format!(
-                            "`{}`: {value:?} is not a {} value",
-                            field.name(),
-                            field.data_type()
-                        ));
+                        notes.flag(
+                            row,
+                            format!(
+                                "`{}`: {value:?} is not a {} value",
+                                field.name(),
+                                field.data_type()
+                            ),
+                        );
                     }
                 }
             }
             if !field.is_nullable() && cast.null_count() > 0 {
-                for row in (0..rows).filter(|row| cast.is_null(*row)) {
-                    reasons[row].push(format!(
-                        "`{}` is null; the route's schema declares it not nullable",
-                        field.name()
-                    ));
+                for row in (0..rows).filter(|&row| cast.is_null(row)) {
+                    notes.flag(
+                        row,
+                        format!(
+                            "`{}` is null; the route's schema declares it not nullable",
+                            field.name()
+                        ),
+                    );
                 }
             }
             columns.push(cast);
         }
+        Ok(columns)
+    }
 
-        // The route's checks, then uniqueness among the rows still good.
-        for check in &self.contract.checks {
-            let source = plan.sources[check.column];
-            let values = &columns[check.column];
-            let shown = |row: usize| match source {
-                Some(source) => format!("{:?}", text(source, row)),
-                None => "null".to_owned(),
-            };
-            check
-                .run(values, &shown, &mut |row, reason| reasons[row].push(reason))
-                .map_err(|err| self.internal(err))?;
+    /// The `unique` checks, on the rows no other rule flagged: a value an
+    /// accepted row of the file held already makes the row bad, naming that
+    /// row; a good row's values are taken.
+    fn check_unique(
+        &mut self,
+        columns: &[ArrayRef],
+        plan: &ColumnPlan,
+        notes: &mut RowNotes,
+        rows_before: u64,
+    ) -> Result<(), IngestError> {
+        let mut unique_keys: Vec<(usize, ValueKeys)> = Vec::new();
+        for (index, check) in self.contract.checks.iter().enumerate() {
+            if let Some(seen) = &self.seen[index] {
+                let keys = seen
+                    .keys(&columns[check.column])
+                    .map_err(|err| self.internal(err))?;
+                unique_keys.push((index, keys));
+            }
         }
-        let mut unique_keys: Vec<(usize, ValueKeys)> = self
-            .contract
-            .checks
-            .iter()
-            .enumerate()
-            .filter_map(|(index, check)| {
-                let seen = self.seen[index].as_ref()?;
-                Some(seen.keys(&columns[check.column]).map(|keys| (index, keys)))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|err| self.internal(err))?;
-        let repeats = |index: usize, row: usize, first: u64| {
-            let check = &self.contract.checks[index];
-            let value = match plan.sources[check.column] {
-                Some(source) => format!("{:?}", text(source, row)),
-                None => "null".into(),
-            };
+        if unique_keys.is_empty() {
+            return Ok(());
+        }
+        let checks = &self.contract.checks;
+        let repeats = |notes: &RowNotes, index: usize, row: usize, first: u64| {
+            let check = &checks[index];
+            let value = notes.shown(plan.sources[check.column], row);
             format!(
                 "`{}`: {value} repeats row {first}; the column is unique",
                 check.name
             )
         };
-        for row in 0..rows {
-            if !reasons[row].is_empty() {
+        for row in 0..notes.rows() {
+            if notes.is_bad(row) {
                 continue;
             }
             let file_row = rows_before + row as u64 + 1;
@@ -420,7 +449,8 @@ impl FileContract {
                 if let Some(key) = keys[row].take()
                     && let Err(first) = seen.insert_new(key, file_row)
                 {
-                    reasons[row].push(repeats(*index, row, first));
+                    let reason = repeats(notes, *index, row, first);
+                    notes.flag(row, reason);
                 }
                 continue;
             }
@@ -429,10 +459,11 @@ impl FileContract {
                 if let Some(key) = &keys[row]
                     && let Some(first) = self.seen[*index].as_ref().and_then(|s| s.first(key))
                 {
-                    reasons[row].push(repeats(*index, row, first));
+                    let reason = repeats(notes, *index, row, first);
+                    notes.flag(row, reason);
                 }
             }
-            if reasons[row].is_empty() {
+            if !notes.is_bad(row) {
                 for (index, keys) in &mut unique_keys {
                     if let (Some(key), Some(seen)) = (keys[row].take(), self.seen[*index].as_mut())
                     {
@@ -441,38 +472,27 @@ impl FileContract {
                 }
             }
         }
+        Ok(())
+    }
 
-        // The columns the route does not declare.
-        match mode {
-            SchemaMode::Strict => {}
-            SchemaMode::AddColumns => {
-                columns.extend(plan.extra.iter().map(|&index| batch.column(index).clone()));
-            }
-            SchemaMode::Rescue => {
-                for &index in &plan.extra {
-                    let name = batch.schema().field(index).name().clone();
-                    let values = batch.column(index);
-                    for row in (0..rows).filter(|row| values.is_valid(*row)) {
-                        rescued[row].insert(name.clone(), text(index, row).into());
-                    }
-                }
-                let json: StringArray = rescued
-                    .iter()
-                    .map(|values| {
-                        (!values.is_empty())
-                            .then(|| serde_json::Value::Object(values.clone()).to_string())
-                    })
-                    .collect();
-                columns.push(Arc::new(json));
-            }
-        }
-
-        let bad_mask: BooleanArray = reasons.iter().map(|r| Some(!r.is_empty())).collect();
+    /// Splits the batch's rows (`columns`, in the output's order) into the
+    /// good ones and, in the quarantine schema, the bad ones; under
+    /// `reject` a bad row is the file's error instead.
+    fn split(
+        &mut self,
+        batch: &RecordBatch,
+        plan: &ColumnPlan,
+        columns: Vec<ArrayRef>,
+        notes: &RowNotes,
+    ) -> Result<Applied, IngestError> {
+        let rows = batch.num_rows();
+        let rows_before = self.outcome.rows;
+        let bad_mask: BooleanArray = (0..rows).map(|row| Some(notes.is_bad(row))).collect();
         let bad_rows = bad_mask.true_count();
         self.outcome.rows += rows as u64;
         if bad_rows > 0 && self.contract.config.bad_rows == BadRows::Reject {
             self.reject();
-            return Err(self.violation(batch, rows_before, &reasons, bad_rows));
+            return Err(self.violation(batch, rows_before, &notes.reasons, bad_rows));
         }
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         if bad_rows == 0 {
@@ -504,7 +524,8 @@ impl FileContract {
         )
         .map_err(|err| self.internal(err))?;
         self.accept(&good, bad_rows);
-        let bad = quarantined(batch, rows_before, &reasons).map_err(|err| self.internal(err))?;
+        let bad =
+            quarantined(batch, rows_before, &notes.reasons).map_err(|err| self.internal(err))?;
         Ok(Applied {
             good: (good.num_rows() > 0).then_some(good),
             bad: Some(bad),
@@ -666,6 +687,93 @@ impl FileContract {
                 self.contract.route
             ),
         }
+    }
+}
+
+/// What one batch's rows have collected on their way through the
+/// contract: why each is bad (none: good), and under `rescue` what each
+/// keeps in `_rescued`. Values are shown as the file held them.
+struct RowNotes<'a> {
+    formatters: Vec<ArrayFormatter<'a>>,
+    reasons: Vec<Vec<String>>,
+    /// `schema_mode = "rescue"`.
+    rescuing: bool,
+    /// Empty unless rescuing.
+    rescued: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl<'a> RowNotes<'a> {
+    fn new(batch: &'a RecordBatch, mode: SchemaMode) -> Result<RowNotes<'a>, ArrowError> {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|column| ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default()))
+            .collect::<Result<_, _>>()?;
+        let rows = batch.num_rows();
+        let rescuing = mode == SchemaMode::Rescue;
+        Ok(RowNotes {
+            formatters,
+            reasons: vec![Vec::new(); rows],
+            rescuing,
+            rescued: if rescuing {
+                vec![serde_json::Map::new(); rows]
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.reasons.len()
+    }
+
+    /// The file's value in `column` (its position in the file), as text.
+    fn text(&self, column: usize, row: usize) -> String {
+        excerpt(
+            &self.formatters[column].value(row).to_string(),
+            RECORD_EXCERPT_BYTES,
+        )
+    }
+
+    /// A declared column's value for a reason: quoted, or `null` for a
+    /// column the file lacks.
+    fn shown(&self, source: Option<usize>, row: usize) -> String {
+        match source {
+            Some(source) => format!("{:?}", self.text(source, row)),
+            None => "null".to_owned(),
+        }
+    }
+
+    fn flag(&mut self, row: usize, reason: String) {
+        self.reasons[row].push(reason);
+    }
+
+    fn is_bad(&self, row: usize) -> bool {
+        !self.reasons[row].is_empty()
+    }
+
+    fn rescue(&mut self, row: usize, column: &str, value: String) {
+        self.rescued[row].insert(column.to_owned(), value.into());
+    }
+
+    /// Every value of the file's column `index` into `_rescued`.
+    fn rescue_column(&mut self, batch: &RecordBatch, index: usize) {
+        let name = batch.schema().field(index).name().clone();
+        let values = batch.column(index);
+        for row in (0..self.rows()).filter(|&row| values.is_valid(row)) {
+            let value = self.text(index, row);
+            self.rescue(row, &name, value);
+        }
+    }
+
+    /// The `_rescued` column: each row's JSON object, null when empty.
+    fn rescued_json(&self) -> StringArray {
+        self.rescued
+            .iter()
+            .map(|values| {
+                (!values.is_empty()).then(|| serde_json::Value::Object(values.clone()).to_string())
+            })
+            .collect()
     }
 }
 

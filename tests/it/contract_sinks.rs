@@ -8,13 +8,7 @@
 use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
-use bytes::Bytes;
-use deltalake::DeltaTableBuilder;
-use deltalake::logstore::object_store::ObjectStoreExt;
-use futures::TryStreamExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use s3_ingest::error::ErrorKind;
-use s3_ingest::sink::delta::storage_options;
 use serde_json::Value;
 
 use crate::util::*;
@@ -231,39 +225,10 @@ async fn s3_parquet_files(
 
 /// Every row of a Delta table, file by file, and its commit infos.
 async fn delta_table(table: &str) -> (Vec<RecordBatch>, Vec<Value>) {
-    let url = url::Url::parse(&format!("{table}/")).unwrap();
-    let delta = DeltaTableBuilder::from_url(url)
-        .unwrap()
-        .with_storage_options(storage_options(&crate::sink_delta::aws()))
-        .load()
+    let read = crate::sink_delta::read_table(table)
         .await
-        .unwrap_or_else(|err| panic!("cannot load {table}: {err}"));
-    let store = delta.object_store();
-    let mut batches = Vec::new();
-    let views: Vec<_> = delta.snapshot().unwrap().log_data().iter().collect();
-    for view in views {
-        let bytes: Bytes = store
-            .get(&view.object_store_path())
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap();
-        batches.extend(reader.map(Result::unwrap));
-    }
-    let infos = delta
-        .history(None)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|info| serde_json::to_value(info).unwrap())
-        .collect();
-    (batches, infos)
+        .unwrap_or_else(|| panic!("no Delta table at {table}"));
+    (read.batches, read.commit_infos)
 }
 
 /// The vendor's columns and the checks on them, shared by every route.

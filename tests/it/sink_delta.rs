@@ -70,14 +70,17 @@ fn delta_config(fixture: &Fixture, table: &str, routes: Option<&str>) -> s3_inge
 }
 
 /// What a reader of the table sees through delta-rs (Rust).
-struct Table {
-    version: u64,
-    rows_by_key: BTreeMap<String, usize>,
-    rows: usize,
-    commit_infos: Vec<serde_json::Value>,
+pub(crate) struct Table {
+    pub(crate) version: u64,
+    pub(crate) rows_by_key: BTreeMap<String, usize>,
+    pub(crate) rows: usize,
+    /// Every file's rows, file by file.
+    pub(crate) batches: Vec<RecordBatch>,
+    pub(crate) commit_infos: Vec<serde_json::Value>,
 }
 
-async fn read_table(table: &str) -> Option<Table> {
+/// The table at `table` (`s3://…`) on LocalStack, `None` before it exists.
+pub(crate) async fn read_table(table: &str) -> Option<Table> {
     let url = url::Url::parse(&format!("{table}/")).unwrap();
     let mut delta = DeltaTableBuilder::from_url(url)
         .unwrap()
@@ -92,6 +95,7 @@ async fn read_table(table: &str) -> Option<Table> {
     let store = delta.object_store();
     let mut rows_by_key = BTreeMap::new();
     let mut rows = 0;
+    let mut batches = Vec::new();
     let views: Vec<_> = delta.snapshot().unwrap().log_data().iter().collect();
     for view in views {
         let bytes: Bytes = store
@@ -114,6 +118,7 @@ async fn read_table(table: &str) -> Option<Table> {
                     *rows_by_key.entry(key.unwrap_or("").to_owned()).or_default() += 1;
                 }
             }
+            batches.push(batch);
         }
     }
     let commit_infos = delta
@@ -128,6 +133,7 @@ async fn read_table(table: &str) -> Option<Table> {
         version: delta.version().unwrap(),
         rows_by_key,
         rows,
+        batches,
         commit_infos,
     })
 }

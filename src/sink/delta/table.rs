@@ -368,22 +368,8 @@ pub fn check_schema(table: &StructType, file: &StructType) -> Result<(), String>
             missing.join(", ")
         ));
     }
-    let retyped: Vec<String> = file
-        .fields()
-        .filter_map(|field| {
-            let in_table = table.field(field.name())?;
-            (in_table.data_type() != field.data_type()).then(|| {
-                format!(
-                    "{} (table {}, file {})",
-                    field.name(),
-                    type_name(in_table.data_type()),
-                    type_name(field.data_type())
-                )
-            })
-        })
-        .collect();
-    if !retyped.is_empty() {
-        problems.push(format!("columns of another type: {}", retyped.join(", ")));
+    if let Err(retyped) = check_shared_types(table, file) {
+        problems.push(retyped);
     }
     if problems.is_empty() {
         Ok(())
